@@ -1,0 +1,143 @@
+"""Main's process: ``python -m dask_batch._child``, started by the job runner.
+
+Reads its configuration (pickled, from stdin), loads and checks the payload,
+connects a default Dask client to its own scheduler over the cluster's TLS,
+runs main, stores the result or the error, and reports the outcome in a small
+file for the runner. Its stdout and stderr are the job's log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sys
+import threading
+import time
+import traceback
+from typing import Any, NoReturn
+
+import cloudpickle
+
+from ._store import ERROR, PAYLOAD, RESULT, JobStore, digest
+
+
+def _exit_with_parent() -> None:
+    # The gateway signals the scheduler only; if the scheduler dies without
+    # closing its plugins (SIGKILL), main must not live on as an orphan.
+    parent = os.getppid()
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(70)
+
+
+def _write_outcome(path: str, outcome: dict[str, Any]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(outcome, f)
+    os.replace(tmp, path)
+
+
+def _error_doc(exc: BaseException, *, type_name: str | None = None) -> dict[str, str]:
+    cls = type(exc)
+    return {
+        "type": type_name or f"{cls.__module__}.{cls.__qualname__}",
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+def _fail(store: JobStore, cfg: dict[str, Any], error: dict[str, str]) -> NoReturn:
+    print(f"dask-batch: job {cfg['job_id']} failed: {error['type']}: "
+          f"{error['message']}", file=sys.stderr)
+    try:
+        store.put_json(cfg["user"], cfg["job_id"], ERROR, error)
+    finally:
+        _write_outcome(cfg["outcome_path"], {"status": "failed", "error": error})
+    sys.exit(1)
+
+
+def _load_main(store: JobStore, cfg: dict[str, Any]) -> tuple[Any, tuple, dict]:
+    job_id = cfg["job_id"]
+    data = store.get(cfg["user"], job_id, PAYLOAD)
+    expected = cfg.get("payload_digest")
+    if expected and digest(data) != expected:
+        _fail(store, cfg, {
+            "type": "IntegrityError",
+            "message": (
+                f"the payload of job {job_id!r} in storage does not match the "
+                "digest recorded at submission; it was changed after submit. "
+                "Submit the job again."
+            ),
+            "traceback": "",
+        })
+    try:
+        func, args, kwargs = cloudpickle.loads(data)
+    except ImportError as exc:
+        module = getattr(exc, "name", None) or str(exc)
+        _fail(store, cfg, _error_doc(exc, type_name="ModuleNotFoundError") | {
+            "message": (
+                f"main of job {job_id!r} cannot be loaded on the cluster: module "
+                f"{module!r} is not importable there ({exc}). Install it in the "
+                "cluster's environment, or call "
+                "cloudpickle.register_pickle_by_value(module) before submit."
+            )
+        })
+    except Exception as exc:
+        _fail(store, cfg, _error_doc(exc) | {
+            "message": f"main of job {job_id!r} cannot be unpickled on the "
+            f"cluster: {exc}. Check that client and cluster run the same "
+            "Python and library versions.",
+        })
+    return func, args, kwargs
+
+
+def _connect(cfg: dict[str, Any]) -> Any:
+    from distributed import Client
+    from distributed.security import Security
+
+    ca, cert, key = cfg["tls"]
+    if ca:
+        security = Security(
+            tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key,
+            require_encryption=True,
+        )
+        return Client(cfg["scheduler_address"], security=security, set_as_default=True)
+    return Client(cfg["scheduler_address"], set_as_default=True)
+
+
+def main() -> None:
+    cfg = pickle.load(sys.stdin.buffer)
+    threading.Thread(target=_exit_with_parent, daemon=True).start()
+    store = JobStore(cfg["storage_url"], cfg["storage_options"])
+    func, args, kwargs = _load_main(store, cfg)
+
+    client = _connect(cfg)
+    try:
+        result = func(*args, **kwargs)
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt included
+        traceback.print_exc()
+        _fail(store, cfg, _error_doc(exc))
+    finally:
+        try:
+            client.close()
+        except Exception:
+            traceback.print_exc()
+
+    try:
+        blob = cloudpickle.dumps(result)
+    except Exception as exc:
+        _fail(store, cfg, _error_doc(exc) | {
+            "message": f"the value returned by main of job {cfg['job_id']!r} "
+            f"cannot be pickled: {exc}. Return plain data, or write it to "
+            "storage yourself and return its path.",
+        })
+    store.put(cfg["user"], cfg["job_id"], RESULT, blob)
+    _write_outcome(
+        cfg["outcome_path"], {"status": "succeeded", "result_digest": digest(blob)}
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,739 @@
+"""The client side: :class:`BatchClient` and :class:`Job`."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import getpass
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import cloudpickle
+import dask.config
+from dask.utils import parse_timedelta
+from dask_gateway import Gateway
+from dask_gateway.client import ClusterStatus, GatewayClusterError
+
+from . import config as _config  # noqa: F401  (loads batch.* defaults)
+from . import local as _local
+from ._exceptions import (
+    DaskBatchError,
+    JobCancelledError,
+    JobFailedError,
+    JobLostError,
+    JobNotFoundError,
+    StorageError,
+    SubmitError,
+)
+from ._pickling import dumps_payload
+from ._records import JobRecord, JobState, new_job_id, to_iso, utcnow
+from ._runner import JobRunnerPlugin
+from ._store import CLUSTER, LOGS, PAYLOAD, RESULT, SPEC, STATE, JobStore, digest
+
+logger = logging.getLogger("dask_batch")
+
+_ALIVE = {ClusterStatus.PENDING, ClusterStatus.RUNNING, ClusterStatus.STOPPING}
+_ALL_STATUSES = ["pending", "running", "stopping", "stopped", "failed"]
+_LOG_TAIL_LINES = 20
+
+
+def _gateway_user(gateway: Gateway) -> str:
+    """The gateway user that job records are filed under."""
+    configured = dask.config.get("batch.user", None)
+    if configured:
+        return str(configured)
+    auth = gateway.auth
+    username = getattr(auth, "username", None)
+    if username:
+        return str(username)
+    if type(auth).__name__ == "JupyterHubAuth" and os.environ.get("JUPYTERHUB_USER"):
+        return os.environ["JUPYTERHUB_USER"]
+    return getpass.getuser()
+
+
+def _check_scaling(job_id: str, workers: Any, adapt: Any) -> tuple[Any, Any]:
+    if workers is not None and adapt is not None:
+        raise SubmitError(f"Job {job_id!r} not submitted: give workers or adapt, not both.")
+    if adapt is not None:
+        try:
+            minimum, maximum = (int(a) for a in adapt)
+        except (TypeError, ValueError):
+            raise SubmitError(
+                f"Job {job_id!r} not submitted: adapt must be (minimum, maximum), "
+                f"got {adapt!r}."
+            ) from None
+        if not 0 <= minimum <= maximum:
+            raise SubmitError(
+                f"Job {job_id!r} not submitted: adapt needs 0 <= minimum <= maximum, "
+                f"got {adapt!r}."
+            )
+        return None, (minimum, maximum)
+    if workers is None:
+        workers = dask.config.get("batch.workers")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise SubmitError(
+            f"Job {job_id!r} not submitted: workers must be a whole number >= 0, "
+            f"got {workers!r}."
+        )
+    return workers, None
+
+
+class Job:
+    """A handle on one batch job; cheap to create from an id.
+
+    Methods mirror :class:`BatchClient`'s with the job id filled in.
+
+    Examples
+    --------
+    >>> job = batch.submit(main)      # doctest: +SKIP
+    >>> job.status().state            # doctest: +SKIP
+    <JobState.RUNNING: 'RUNNING'>
+    >>> job.result()                  # doctest: +SKIP
+    42
+    """
+
+    def __init__(self, client: BatchClient, job_id: str) -> None:
+        self.client = client
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Job) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def status(self) -> Any:
+        """The job's record; see :meth:`BatchClient.status`."""
+        return self.client.status(self.id)
+
+    def result(self, timeout: float | str | None = None) -> Any:
+        """The value main returned; see :meth:`BatchClient.result`."""
+        return self.client.result(self.id, timeout=timeout)
+
+    def logs(self) -> Any:
+        """Captured stdout and stderr of main; see :meth:`BatchClient.logs`."""
+        return self.client.logs(self.id)
+
+    def cancel(self) -> Any:
+        """Stop the job and its cluster; see :meth:`BatchClient.cancel`."""
+        return self.client.cancel(self.id)
+
+
+class BatchClient:
+    """Submit batch jobs to Dask Gateway and follow them from anywhere.
+
+    Parameters
+    ----------
+    gateway : dask_gateway.Gateway, optional
+        The gateway to run jobs on. Default: ``Gateway()`` from the
+        ``gateway.*`` config if ``gateway.address`` is set, else the embedded
+        local gateway (:mod:`dask_batch.local`), started on first use.
+    storage : str, optional
+        fsspec URL of the job storage. Default ``batch.storage``; with the local
+        gateway and no storage configured, its ``jobs/`` directory.
+    storage_options : dict, optional
+        fsspec options (credentials, endpoint). Default ``batch.storage-options``.
+    mode : {"auto", "server", "client"}, optional
+        How the runner reaches the scheduler. Default ``batch.mode``.
+    user : str, optional
+        The user whose jobs to file and list. Default: the gateway user.
+    asynchronous : bool
+        Return awaitables, as ``dask_gateway.Gateway(asynchronous=True)``.
+        Ignored when ``gateway`` is given: its own mode is used.
+
+    Examples
+    --------
+    >>> from dask_batch import BatchClient
+    >>> batch = BatchClient()                     # doctest: +SKIP
+    >>> job = batch.submit(sum, [1, 2, 3])        # doctest: +SKIP
+    >>> BatchClient().result(job.id)              # doctest: +SKIP
+    6
+    """
+
+    def __init__(
+        self,
+        gateway: Gateway | None = None,
+        storage: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+        *,
+        mode: str | None = None,
+        user: str | None = None,
+        asynchronous: bool = False,
+    ) -> None:
+        self._owns_gateway = gateway is None
+        local_info = None
+        if gateway is None:
+            if dask.config.get("gateway.address", None):
+                gateway = Gateway(asynchronous=asynchronous)
+            else:
+                local_info = _local.start()
+                gateway = local_info.gateway(asynchronous=asynchronous)
+        self.gateway = gateway
+        if storage is None:
+            storage = dask.config.get("batch.storage", None)
+        if storage is None:
+            if local_info is None:
+                self.close()
+                raise StorageError(
+                    "No job storage configured: pass storage='s3://bucket/jobs' "
+                    "or set `batch.storage` (env DASK_BATCH__STORAGE)."
+                )
+            storage = local_info.storage
+        if storage_options is None:
+            storage_options = dask.config.get("batch.storage-options", None) or {}
+        try:
+            self.store = JobStore(storage, storage_options)
+        except BaseException:
+            self.close()
+            raise
+        self.mode = mode or dask.config.get("batch.mode")
+        if self.mode not in ("auto", "server", "client"):
+            self.close()
+            raise ValueError(
+                f"mode must be 'auto', 'server' or 'client', got {self.mode!r}"
+            )
+        self.user = user or _gateway_user(gateway)
+        self._resolved_mode: str | None = None if self.mode == "auto" else self.mode
+
+    # -- plumbing ----------------------------------------------------------------
+    @property
+    def asynchronous(self) -> bool:
+        return bool(self.gateway.asynchronous)
+
+    def sync(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.asynchronous:
+            return func(*args, **kwargs)
+        future = asyncio.run_coroutine_threadsafe(
+            func(*args, **kwargs), self.gateway.loop.asyncio_loop
+        )
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    def close(self) -> None:
+        """Close the gateway client if this BatchClient created it."""
+        if self._owns_gateway and getattr(self, "gateway", None) is not None:
+            self.gateway.close()
+
+    def __enter__(self) -> BatchClient:
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        self.close()
+
+    async def __aenter__(self) -> BatchClient:
+        return self
+
+    async def __aexit__(self, *args: Any) -> None:
+        if self._owns_gateway:
+            await self.gateway._cleanup()
+
+    def __repr__(self) -> str:
+        return f"BatchClient<gateway={self.gateway.address}, storage={self.store.url}>"
+
+    async def _io(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(func, *args, **kwargs)
+
+    async def _mode(self) -> str:
+        if self._resolved_mode is None:
+            options = await self.gateway._cluster_options(use_local_defaults=False)
+            self._resolved_mode = "server" if "batch_job_id" in options else "client"
+        return self._resolved_mode
+
+    # -- submit ------------------------------------------------------------------
+    def submit(
+        self,
+        func: Callable[..., Any],
+        /,
+        *args: Any,
+        name: str | None = None,
+        workers: int | None = None,
+        adapt: tuple[int, int] | None = None,
+        cluster_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run ``func(*args, **kwargs)`` as a batch job on its own cluster.
+
+        Returns as soon as the job is safely on its way: the submitting
+        process may exit right after. Main runs in a process beside the job's
+        scheduler, with the cluster as its default Dask client; when it
+        returns, the result, the log and the final state are stored and the
+        cluster is stopped.
+
+        Parameters
+        ----------
+        func : callable
+            Main. Functions from ``__main__``, notebooks and local (not
+            installed) modules are pickled by value.
+        *args, **kwargs
+            Passed to ``func``.
+        name : str, optional
+            A display name. Default: ``func.__name__``.
+        workers : int, optional
+            Workers to start. Default ``batch.workers``.
+        adapt : (int, int), optional
+            Adaptive scaling between ``minimum`` and ``maximum`` workers.
+        cluster_options : dict, optional
+            Options for the gateway (``gateway.cluster_options()`` lists them).
+
+        Returns
+        -------
+        Job
+
+        Raises
+        ------
+        SubmitError
+            Bad input: nothing was created (no record, no cluster). Also
+            raised when the gateway refuses the cluster; the record is then
+            FAILED with the gateway's message.
+        StorageError
+            The storage cannot be written; no cluster was requested.
+
+        Examples
+        --------
+        >>> job = batch.submit(train, 10, lr=0.1, name="train", workers=4)  # doctest: +SKIP
+        >>> job.id                                                          # doctest: +SKIP
+        '20261126-081530-123-3f9a1c2b'
+        """
+        return self.sync(
+            self._submit,
+            func,
+            args,
+            kwargs,
+            name=name,
+            workers=workers,
+            adapt=adapt,
+            cluster_options=cluster_options,
+        )
+
+    async def _submit(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        name: str | None,
+        workers: int | None,
+        adapt: tuple[int, int] | None,
+        cluster_options: dict[str, Any] | None,
+    ) -> Job:
+        submitted = utcnow()
+        job_id = new_job_id(submitted)
+        if not callable(func):
+            raise SubmitError(f"Job {job_id!r} not submitted: {func!r} is not callable.")
+        workers, adapt = _check_scaling(job_id, workers, adapt)
+        try:
+            payload = dumps_payload(func, args, kwargs)
+        except Exception as exc:
+            raise SubmitError(
+                f"Job {job_id!r} not submitted: main or its arguments cannot be "
+                f"pickled ({type(exc).__name__}: {exc}). Pass data that cloudpickle "
+                "can serialise, or load it inside main."
+            ) from exc
+        options = dict(cluster_options or {})
+        mode = await self._mode()
+        spec = {
+            "id": job_id,
+            "user": self.user,
+            "name": name or getattr(func, "__name__", "job"),
+            "submitted": to_iso(submitted),
+            "gateway_address": self.gateway.address,
+            "workers": workers,
+            "adapt": list(adapt) if adapt else None,
+            "cluster_options": options,
+            "payload_digest": digest(payload),
+            "payload_bytes": len(payload),
+            "mode": mode,
+            "function": f"{getattr(func, '__module__', '?')}."
+            f"{getattr(func, '__qualname__', repr(func))}",
+        }
+
+        def write_records() -> None:
+            self.store.check_writable(self.user)
+            self.store.put(self.user, job_id, PAYLOAD, payload)
+            self.store.put_json(self.user, job_id, SPEC, spec)
+            self.store.put_json(
+                self.user, job_id, STATE, {"state": "PENDING", "updated": spec["submitted"]}
+            )
+
+        await self._io(write_records)
+
+        if mode == "server":
+            options.update(
+                batch_job_id=job_id,
+                batch_storage=self.store.url,
+                batch_payload_digest=spec["payload_digest"],
+            )
+        try:
+            cluster_name = await self.gateway._submit(**options)
+        except Exception as exc:
+            message = f"the gateway refused the cluster request: {exc}"
+            await self._io(
+                self.store.transition, self.user, job_id, JobState.FAILED,
+                message=message,
+                error={"type": "ClusterRequestError", "message": message, "traceback": ""},
+            )
+            raise SubmitError(
+                f"Job {job_id!r} failed: {message}. Check cluster_options against "
+                "`gateway.cluster_options()`; the job is recorded as FAILED."
+            ) from exc
+        await self._io(
+            self.store.put_json, self.user, job_id, CLUSTER, {"cluster_name": cluster_name}
+        )
+        if mode == "client":
+            await self._install_runner(job_id, cluster_name, spec)
+        return Job(self, job_id)
+
+    async def _install_runner(
+        self, job_id: str, cluster_name: str, spec: dict[str, Any]
+    ) -> None:
+        from distributed import Client
+
+        try:
+            report = await self.gateway._wait_for_start(cluster_name)
+            plugin = JobRunnerPlugin(
+                job_id=job_id,
+                user=self.user,
+                storage_url=self.store.url,
+                storage_options=self.store.storage_options,
+                payload_digest=spec["payload_digest"],
+            )
+            async with Client(
+                report.scheduler_address,
+                security=report.security,
+                asynchronous=True,
+            ) as client:
+                await client.register_plugin(plugin)
+        except BaseException as exc:
+            # Never leave a cluster behind for a job that cannot start.
+            message = f"could not start the job runner on cluster {cluster_name!r}: {exc}"
+            try:
+                await self.gateway._stop_cluster(cluster_name)
+            finally:
+                await self._io(
+                    self.store.transition, self.user, job_id, JobState.FAILED,
+                    message=message,
+                    error={"type": "RunnerError", "message": message, "traceback": ""},
+                )
+            raise DaskBatchError(
+                f"Job {job_id!r} failed: {message}. Client-side mode needs "
+                "dask_batch importable on the cluster's scheduler."
+            ) from exc
+
+    # -- status and listing --------------------------------------------------------
+    def status(self, job_id: str) -> Any:
+        """The job's record, with LOST detected and written back.
+
+        Parameters
+        ----------
+        job_id : str
+
+        Returns
+        -------
+        JobRecord
+
+        Raises
+        ------
+        JobNotFoundError
+            No such job for this user and storage.
+
+        Examples
+        --------
+        >>> batch.status(job.id).state     # doctest: +SKIP
+        <JobState.SUCCEEDED: 'SUCCEEDED'>
+        """
+        return self.sync(self._status, job_id)
+
+    async def _status(self, job_id: str) -> JobRecord:
+        record = await self._io(self.store.read_record, self.user, job_id)
+        if record.state.is_terminal:
+            return record
+        statuses = await self._cluster_statuses(
+            [record.cluster_name] if record.cluster_name else []
+        )
+        return await self._detect_lost(record, statuses)
+
+    async def _cluster_statuses(self, names: list[str]) -> dict[str, ClusterStatus | None]:
+        """Gateway status of each cluster; None when the gateway does not know it."""
+        if not names:
+            return {}
+        if len(names) == 1:
+            try:
+                report = await self.gateway._cluster_report(names[0])
+            except ValueError:  # 404: unknown, purged, or forgotten on restart
+                return {names[0]: None}
+            return {names[0]: report.status}
+        reports = await self.gateway._clusters(status=_ALL_STATUSES)
+        known = {r.name: r.status for r in reports}
+        return {n: known.get(n) for n in names}
+
+    async def _detect_lost(
+        self, record: JobRecord, statuses: dict[str, ClusterStatus | None]
+    ) -> JobRecord:
+        if record.gateway_address and record.gateway_address != self.gateway.address:
+            return record  # another gateway's job: only it can tell
+        if record.cluster_name:
+            status = statuses.get(record.cluster_name)
+            if status in _ALIVE:
+                return record
+            why = (
+                f"its cluster {record.cluster_name!r} is "
+                f"{status.name if status else 'unknown to the gateway'} but the job "
+                "never recorded an outcome (the scheduler died, or the cluster "
+                "was stopped before main reported)"
+            )
+        else:
+            lost_after = parse_timedelta(dask.config.get("batch.lost-after"))
+            if (utcnow() - record.submitted).total_seconds() < lost_after:
+                return record
+            why = (
+                "no cluster was recorded for it: the submitting process stopped "
+                "before the gateway accepted the cluster request"
+            )
+        # The runner writes the final state before it stops the cluster, so a
+        # fresh read now sees any outcome that raced with the gateway query.
+        fresh = await self._io(self.store.read_record, self.user, record.id)
+        if fresh.state.is_terminal:
+            return fresh
+        await self._io(
+            self.store.transition, self.user, record.id, JobState.LOST, message=why
+        )
+        return await self._io(self.store.read_record, self.user, record.id)
+
+    def jobs(
+        self,
+        *,
+        state: str | JobState | Iterable[str | JobState] | None = None,
+        name: str | None = None,
+        since: datetime.datetime | str | None = None,
+        until: datetime.datetime | str | None = None,
+        limit: int | None = None,
+    ) -> Any:
+        """The user's jobs, newest first.
+
+        Parameters
+        ----------
+        state : str or JobState or list of them, optional
+            Keep jobs in these states.
+        name : str, optional
+            Keep jobs with this name.
+        since, until : datetime or str, optional
+            Submission time bounds (a datetime, an ISO 8601 string, or a
+            duration such as ``"2h"`` meaning that long ago).
+        limit : int, optional
+            At most this many jobs.
+
+        Returns
+        -------
+        list of JobRecord
+
+        Examples
+        --------
+        >>> [j.id for j in batch.jobs(state="RUNNING", since="1d")]  # doctest: +SKIP
+        """
+        return self.sync(
+            self._jobs, state=state, name=name, since=since, until=until, limit=limit
+        )
+
+    async def _jobs(
+        self,
+        *,
+        state: Any = None,
+        name: str | None = None,
+        since: Any = None,
+        until: Any = None,
+        limit: int | None = None,
+    ) -> list[JobRecord]:
+        if isinstance(state, (str, JobState)):
+            state = [state]
+        wanted = {JobState(str(s).upper()) for s in state} if state else None
+        since_t, until_t = _as_time(since), _as_time(until)
+        ids = await self._io(self.store.job_ids, self.user)
+        # Ids start with their UTC submission time: filter before reading.
+        if since_t is not None:
+            ids = [i for i in ids if i >= new_job_id(since_t)[:19]]
+        if until_t is not None:
+            ids = [i for i in ids if i[:19] <= new_job_id(until_t)[:19]]
+        records = await self._io(self.store.read_records, self.user, ids)
+        out: list[JobRecord] = []
+        for job_id in ids:
+            record = records[job_id]
+            if isinstance(record, Exception):
+                warnings.warn(f"Skipping job {job_id!r}: {record}", stacklevel=3)
+                continue
+            if name is not None and record.name != name:
+                continue
+            out.append(record)
+        live = [r for r in out if not r.state.is_terminal]
+        if live:
+            statuses = await self._cluster_statuses(
+                [r.cluster_name for r in live if r.cluster_name]
+            )
+            checked = {r.id: await self._detect_lost(r, statuses) for r in live}
+            out = [checked.get(r.id, r) for r in out]
+        if wanted is not None:
+            out = [r for r in out if r.state in wanted]
+        return out[:limit] if limit is not None else out
+
+    # -- results, logs, cancel -----------------------------------------------------
+    def result(self, job_id: str, timeout: float | str | None = None) -> Any:
+        """Wait for the job and return the value main returned.
+
+        Parameters
+        ----------
+        job_id : str
+        timeout : float or str, optional
+            Seconds (or ``"10m"``) to wait; None waits for ever.
+
+        Raises
+        ------
+        JobFailedError
+            Main raised or its process died: carries the remote type,
+            message, traceback and the end of the log.
+        JobCancelledError, JobLostError
+        JobNotFoundError
+        TimeoutError
+            The job did not finish in time (it keeps running).
+
+        Examples
+        --------
+        >>> BatchClient().result("20261126-081530-123-3f9a1c2b")  # doctest: +SKIP
+        """
+        return self.sync(self._result, job_id, timeout=timeout)
+
+    async def _result(self, job_id: str, timeout: float | str | None = None) -> Any:
+        record = await self._wait(job_id, timeout)
+        if record.state is JobState.SUCCEEDED:
+            state = await self._io(self.store.read_state, self.user, job_id)
+            blob = await self._io(self.store.get, self.user, job_id, RESULT)
+            expected = state.get("result_digest")
+            if expected and digest(blob) != expected:
+                raise DaskBatchError(
+                    f"The stored result of job {job_id!r} does not match the digest "
+                    "its runner recorded: it was changed in storage. Not loading it."
+                )
+            return cloudpickle.loads(blob)
+        if record.state is JobState.FAILED:
+            tail = await self._log_tail(job_id)
+            error = record.error or {"type": "JobFailed", "message": record.message}
+            raise JobFailedError.from_error_record(job_id, error, tail)
+        if record.state is JobState.CANCELLED:
+            raise JobCancelledError(
+                job_id, f"Job {job_id!r} was cancelled: {record.message or 'by request'}."
+            )
+        raise JobLostError(
+            job_id,
+            f"Job {job_id!r} is LOST: {record.message}. Its result was never "
+            "stored; submit it again.",
+        )
+
+    async def _wait(self, job_id: str, timeout: float | str | None) -> JobRecord:
+        deadline = None if timeout is None else time.monotonic() + parse_timedelta(timeout)
+        delay = 0.05
+        while True:
+            record = await self._status(job_id)
+            if record.state.is_terminal:
+                return record
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"Job {job_id!r} is still {record.state.value} after {timeout}; "
+                    "it keeps running. Call result() again later."
+                )
+            wait = delay if deadline is None else min(delay, max(0, deadline - time.monotonic()))
+            await asyncio.sleep(wait)
+            delay = min(delay * 1.5, 2.0)
+
+    async def _log_tail(self, job_id: str) -> str:
+        text = await self._logs(job_id)
+        return "\n".join(text.splitlines()[-_LOG_TAIL_LINES:])
+
+    def logs(self, job_id: str) -> Any:
+        """The captured stdout and stderr of main.
+
+        Available while the job runs (copied every ``batch.runner.log-upload-interval``)
+        and after its cluster is gone.
+
+        Parameters
+        ----------
+        job_id : str
+
+        Returns
+        -------
+        str
+
+        Examples
+        --------
+        >>> print(batch.logs(job.id))   # doctest: +SKIP
+        """
+        return self.sync(self._logs, job_id)
+
+    async def _logs(self, job_id: str) -> str:
+        def read() -> str:
+            try:
+                return self.store.get(self.user, job_id, LOGS).decode(errors="replace")
+            except FileNotFoundError:
+                if not self.store.exists(self.user, job_id, SPEC):
+                    raise JobNotFoundError(job_id, self.store.url) from None
+                return ""
+
+        return str(await self._io(read))
+
+    def cancel(self, job_id: str) -> Any:
+        """Cancel a pending or running job and stop its cluster.
+
+        The state becomes CANCELLED (unless the job already ended) before the
+        cluster is stopped; main's process is terminated by the runner.
+
+        Parameters
+        ----------
+        job_id : str
+
+        Returns
+        -------
+        JobRecord
+            The record after cancelling.
+
+        Examples
+        --------
+        >>> batch.cancel(job.id).state   # doctest: +SKIP
+        <JobState.CANCELLED: 'CANCELLED'>
+        """
+        return self.sync(self._cancel, job_id)
+
+    async def _cancel(self, job_id: str) -> JobRecord:
+        record = await self._io(self.store.read_record, self.user, job_id)
+        if not record.state.is_terminal:
+            await self._io(
+                self.store.transition, self.user, job_id, JobState.CANCELLED,
+                message=f"cancelled by {self.user}",
+            )
+        record = await self._io(self.store.read_record, self.user, job_id)
+        if record.cluster_name:
+            try:
+                await self.gateway._stop_cluster(record.cluster_name)
+            except (ValueError, GatewayClusterError):
+                pass  # already gone: nothing to stop
+        return record
+
+
+def _as_time(value: Any) -> datetime.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
+    if isinstance(value, (int, float)):
+        return utcnow() - datetime.timedelta(seconds=value)
+    try:
+        parsed = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        return utcnow() - datetime.timedelta(seconds=parse_timedelta(value))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)

@@ -1,0 +1,127 @@
+"""The exceptions dask-batch raises.
+
+::
+
+    DaskBatchError
+    ├── JobNotFoundError (KeyError)       unknown job id
+    ├── JobError                          a job ended without a result
+    │   ├── JobFailedError                main raised, or its process died
+    │   ├── JobCancelledError             the job was cancelled
+    │   └── JobLostError                  the cluster vanished mid-job
+    ├── SubmitError (ValueError)          bad input to submit: nothing was created
+    ├── StorageError (OSError)            the job store cannot be used
+    └── CorruptRecordError (ValueError)   a stored record cannot be parsed
+
+Every message names the job id and says what to do next.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "CorruptRecordError",
+    "DaskBatchError",
+    "JobCancelledError",
+    "JobError",
+    "JobFailedError",
+    "JobLostError",
+    "JobNotFoundError",
+    "StorageError",
+    "SubmitError",
+]
+
+
+class DaskBatchError(Exception):
+    """Base class of every error raised by dask-batch."""
+
+
+class JobNotFoundError(DaskBatchError, KeyError):
+    """No job with this id exists in the caller's job storage."""
+
+    def __init__(self, job_id: str, where: str = "") -> None:
+        self.job_id = job_id
+        place = f" in {where}" if where else ""
+        super().__init__(
+            f"No job {job_id!r}{place}. Check the id with `BatchClient().jobs()`, "
+            "and that storage and user match the ones used to submit it."
+        )
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class JobError(DaskBatchError):
+    """A job ended without a result."""
+
+    def __init__(self, job_id: str, message: str) -> None:
+        self.job_id = job_id
+        super().__init__(message)
+
+
+class JobFailedError(JobError):
+    """Main raised an exception, or its process died.
+
+    Attributes
+    ----------
+    job_id : str
+    remote_type : str
+        Qualified name of the exception raised in main (for example
+        ``"builtins.ValueError"``), or ``"ProcessExit"`` when main's process died.
+    remote_message : str
+        ``str()`` of the remote exception.
+    remote_traceback : str
+        The remote traceback, formatted.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        remote_type: str,
+        remote_message: str,
+        remote_traceback: str = "",
+        log_tail: str = "",
+    ) -> None:
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+        self.log_tail = log_tail
+        text = f"Job {job_id!r} failed: {remote_type}: {remote_message}"
+        if remote_traceback:
+            text += f"\n\nRemote traceback:\n{remote_traceback.rstrip()}"
+        if log_tail and not remote_traceback:  # a crash: the log says why
+            text += f"\n\nLast lines of the job's log:\n{log_tail.rstrip()}"
+        text += f"\n\nSee the full log with `BatchClient().logs({job_id!r})`."
+        super().__init__(job_id, text)
+
+    @classmethod
+    def from_error_record(
+        cls, job_id: str, error: dict[str, Any], log_tail: str = ""
+    ) -> JobFailedError:
+        return cls(
+            job_id,
+            error.get("type", "UnknownError"),
+            error.get("message", ""),
+            error.get("traceback", ""),
+            log_tail,
+        )
+
+
+class JobCancelledError(JobError):
+    """The job was cancelled before it finished."""
+
+
+class JobLostError(JobError):
+    """The job's cluster is gone but the job never recorded an outcome."""
+
+
+class SubmitError(DaskBatchError, ValueError):
+    """Bad input to ``submit``; nothing was created."""
+
+
+class StorageError(DaskBatchError, OSError):
+    """The job storage cannot be reached, read or written."""
+
+
+class CorruptRecordError(DaskBatchError, ValueError):
+    """A stored job record is not valid."""

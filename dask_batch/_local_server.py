@@ -1,0 +1,163 @@
+"""The embedded local gateway process: ``python -m dask_batch._local_server DIR``.
+
+A real dask-gateway-server on 127.0.0.1 (UnsafeLocalBackend, file-backed SQLite,
+the dask-batch preload and cluster options), started detached by
+:mod:`dask_batch.local` so that it outlives the process that asked for it.
+
+Files in ``DIR``: ``settings.json`` (written by the starter: idle timeout,
+server-side install, extra environment), ``secrets.json`` (password and
+database key, mode 0600), ``server.json`` (addresses and pid, written once the
+gateway answers), ``gateway.log``, ``gateway.sqlite``, ``clusters/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+import time
+import urllib.request
+from typing import Any
+
+from dask_gateway_server.app import DaskGateway
+from dask_gateway_server.backends.local import UnsafeLocalBackend
+from dask_gateway_server.utils import run_main
+from traitlets.config import Config
+
+from .gateway_config import batch_cluster_options
+
+SETTINGS = "settings.json"
+SECRETS = "secrets.json"
+SERVER = "server.json"
+
+
+class LoopbackLocalBackend(UnsafeLocalBackend):
+    """UnsafeLocalBackend with schedulers and workers bound to 127.0.0.1 only."""
+
+    default_host = "127.0.0.1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _write_json(path: str, obj: Any, mode: int = 0o644) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _read_json(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def build_config(directory: str, settings: dict[str, Any], secrets: dict[str, Any],
+                 api_port: int, proxy_port: int) -> Config:
+    c = Config()
+    c.DaskGateway.address = f"127.0.0.1:{api_port}"
+    c.Proxy.address = f"127.0.0.1:{proxy_port}"
+    c.DaskGateway.backend_class = LoopbackLocalBackend
+    c.DaskGateway.authenticator_class = "dask_gateway_server.auth.SimpleAuthenticator"
+    c.SimpleAuthenticator.password = secrets["password"]
+    c.DaskGateway.log_level = settings.get("log_level", "INFO")
+    c.DBBackendBase.db_url = "sqlite:///" + os.path.join(directory, "gateway.sqlite")
+    c.DBBackendBase.db_encrypt_keys = [secrets["db_key"]]
+    c.LocalBackend.clusters_directory = os.path.join(directory, "clusters")
+    c.LocalBackend.inherited_environment = [
+        "PATH", "PYTHONPATH", "VIRTUAL_ENV", "LANG", "LC_ALL", "HOME", "TMPDIR",
+    ]
+    scheduler_cmd = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    if settings.get("server_side", True):
+        scheduler_cmd += ["--preload", "dask_batch.preload"]
+        c.Backend.cluster_options = batch_cluster_options(
+            environment=settings.get("environment") or {}
+        )
+    else:
+        c.ClusterConfig.environment = settings.get("environment") or {}
+    c.ClusterConfig.scheduler_cmd = scheduler_cmd
+    c.ClusterConfig.worker_cmd = [sys.executable, "-m", "distributed.cli.dask_worker"]
+    c.ClusterConfig.idle_timeout = float(settings.get("idle_timeout", 0))
+    c.ClusterConfig.worker_memory = settings.get("worker_memory", "1 G")
+    c.ClusterConfig.scheduler_memory = settings.get("scheduler_memory", "1 G")
+    for key, value in (settings.get("gateway_config") or {}).items():
+        section, _, trait = key.rpartition(".")
+        setattr(getattr(c, section), trait, value)
+    return c
+
+
+def _wait_healthy(url: str, deadline: float) -> None:
+    # The proxy may answer a bare 404 before its routes are in (FACTS.md).
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except Exception as exc:
+            last = exc
+        time.sleep(0.05)
+    raise RuntimeError(f"gateway at {url} never became healthy: {last}")
+
+
+async def _serve(gateway: DaskGateway, directory: str, address: str,
+                 proxy_address: str) -> None:
+    try:
+        await gateway.setup()
+        await gateway.backend.proxy._proxy_contacted
+        await asyncio.to_thread(
+            _wait_healthy, f"{address}/api/health", time.monotonic() + 30
+        )
+        _write_json(
+            os.path.join(directory, SERVER),
+            {
+                "address": address,
+                "proxy_address": proxy_address,
+                "pid": os.getpid(),
+                "started": time.time(),
+            },
+        )
+        gateway.log.info("dask-batch local gateway ready at %s", address)
+        while True:
+            await asyncio.sleep(3600)
+    finally:
+        try:
+            os.remove(os.path.join(directory, SERVER))
+        except FileNotFoundError:
+            pass
+        await gateway.cleanup()
+
+
+def main(directory: str) -> None:
+    directory = os.path.abspath(directory)
+    settings = _read_json(os.path.join(directory, SETTINGS))
+    secrets = _read_json(os.path.join(directory, SECRETS))
+    api_port, proxy_port = _free_port(), _free_port()
+    config = build_config(directory, settings, secrets, api_port, proxy_port)
+    gateway = DaskGateway(config=config)
+    gateway.initialize([])
+    from aiohttp import web
+
+    try:
+        run_main(
+            _serve(
+                gateway,
+                directory,
+                # Clients talk to the proxy: HTTP API and scheduler TLS share
+                # its port (no separate tcp_address, see FACTS.md).
+                f"http://127.0.0.1:{proxy_port}",
+                f"gateway://127.0.0.1:{proxy_port}",
+            )
+        )
+    except (KeyboardInterrupt, web.GracefulExit):
+        pass
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

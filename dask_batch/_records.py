@@ -1,0 +1,160 @@
+"""Job ids, states and the record that describes a job.
+
+Shared by the client and the scheduler-side runner: imports nothing from either.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["TERMINAL_STATES", "JobRecord", "JobState", "new_job_id"]
+
+
+class JobState(str, enum.Enum):
+    """The life cycle of a job.
+
+    ``PENDING -> RUNNING -> SUCCEEDED | FAILED | CANCELLED``, and ``LOST`` when
+    the job's cluster disappeared while the record was not terminal.
+    """
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    LOST = "LOST"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TERMINAL_STATES = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.LOST}
+)
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def new_job_id(now: datetime.datetime | None = None) -> str:
+    """A unique id that sorts by submission time: ``YYYYmmdd-HHMMSS-mmm-xxxxxxxx``."""
+    now = now or utcnow()
+    stamp = now.strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{now.microsecond // 1000:03d}-{os.urandom(4).hex()}"
+
+
+def to_iso(when: datetime.datetime | None) -> str | None:
+    return None if when is None else when.isoformat()
+
+
+def from_iso(text: str | None) -> datetime.datetime | None:
+    return None if not text else datetime.datetime.fromisoformat(text)
+
+
+@dataclass
+class JobRecord:
+    """Everything stored about one job, as returned by ``BatchClient.status``.
+
+    Attributes
+    ----------
+    id, user, name : str
+        The job id, its owner (the gateway user) and its display name.
+    state : JobState
+    submitted, started, finished : datetime or None
+        UTC times of submission, of main starting, and of the terminal state.
+    cluster_name, gateway_address : str or None
+        The job's cluster, and the gateway that runs it.
+    workers : int or None
+        Workers requested (None when ``adapt`` was given).
+    adapt : tuple of int or None
+        ``(minimum, maximum)`` for adaptive scaling.
+    payload_digest : str
+        SHA-256 of the pickled main and its arguments.
+    message : str
+        A short human explanation of the state (why it failed, who cancelled).
+    error : dict or None
+        ``{"type", "message", "traceback"}`` of a failed job.
+    mode : str
+        ``"server"`` or ``"client"``: how the runner reached the scheduler.
+    """
+
+    id: str
+    user: str
+    name: str
+    state: JobState
+    submitted: datetime.datetime
+    started: datetime.datetime | None = None
+    finished: datetime.datetime | None = None
+    cluster_name: str | None = None
+    gateway_address: str | None = None
+    workers: int | None = None
+    adapt: tuple[int, int] | None = None
+    payload_digest: str = ""
+    message: str = ""
+    error: dict[str, Any] | None = None
+    mode: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def duration(self) -> datetime.timedelta | None:
+        """Run time of main so far (or in all, once finished)."""
+        if self.started is None:
+            return None
+        return (self.finished or utcnow()) - self.started
+
+    @classmethod
+    def from_documents(
+        cls,
+        spec: dict[str, Any],
+        state: dict[str, Any] | None,
+        cluster: dict[str, Any] | None,
+    ) -> JobRecord:
+        state = state or {}
+        cluster = cluster or {}
+        adapt = spec.get("adapt")
+        return cls(
+            id=spec["id"],
+            user=spec["user"],
+            name=spec.get("name", ""),
+            state=JobState(state.get("state", JobState.PENDING)),
+            submitted=from_iso(spec["submitted"]),  # type: ignore[arg-type]
+            started=from_iso(state.get("started")),
+            finished=from_iso(state.get("finished")),
+            cluster_name=state.get("cluster_name") or cluster.get("cluster_name"),
+            gateway_address=spec.get("gateway_address"),
+            workers=spec.get("workers"),
+            adapt=tuple(adapt) if adapt else None,  # type: ignore[arg-type]
+            payload_digest=spec.get("payload_digest", ""),
+            message=state.get("message", ""),
+            error=state.get("error"),
+            mode=spec.get("mode", ""),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict (times as ISO 8601 strings)."""
+        return {
+            "id": self.id,
+            "user": self.user,
+            "name": self.name,
+            "state": self.state.value,
+            "submitted": to_iso(self.submitted),
+            "started": to_iso(self.started),
+            "finished": to_iso(self.finished),
+            "cluster_name": self.cluster_name,
+            "gateway_address": self.gateway_address,
+            "workers": self.workers,
+            "adapt": list(self.adapt) if self.adapt else None,
+            "payload_digest": self.payload_digest,
+            "message": self.message,
+            "error": self.error,
+            "mode": self.mode,
+        }

@@ -1,0 +1,337 @@
+"""The scheduler-side job runner.
+
+A :class:`JobRunnerPlugin` on the job's scheduler starts main in a child process
+(``python -m dask_batch._child``), so that neither the scheduler's event loop nor
+its threads run user code and no worker slot is taken. It keeps the gateway's
+idle culler from stopping a cluster whose main is still running, copies main's
+log to storage, writes the final record, and then asks the gateway to stop the
+cluster.
+
+Runs on the scheduler: imports nothing from the client or CLI modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import pickle
+import shutil
+import signal
+import sys
+import tempfile
+from typing import Any
+
+import dask.config
+from dask.utils import parse_timedelta
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from . import config as _config  # noqa: F401  (loads batch.* defaults)
+from ._records import JobState, to_iso, utcnow
+from ._store import LOGS, SPEC, JobStore
+
+logger = logging.getLogger("distributed.scheduler.dask_batch")
+
+# How main's process reports back to the runner (the log is not parsed).
+OUTCOME_FILE = "outcome.json"
+
+
+def _describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"main's process was killed by {name}"
+    return f"main's process exited with code {returncode} before reporting a result"
+
+
+class JobRunnerPlugin(SchedulerPlugin):
+    """Run one batch job's main beside the scheduler and stop the cluster after.
+
+    Parameters
+    ----------
+    job_id, user : str
+        The job, and the user whose storage prefix holds it.
+    storage_url : str
+        Root of the job storage.
+    storage_options : dict, optional
+        fsspec options for the storage. In server-side mode they come from the
+        scheduler's own configuration (``batch.storage-options``).
+    payload_digest : str, optional
+        Expected digest of the payload; main's process refuses any other.
+    """
+
+    name = "dask-batch-runner"
+    idempotent = True
+
+    def __init__(
+        self,
+        job_id: str,
+        user: str,
+        storage_url: str,
+        storage_options: dict[str, Any] | None = None,
+        payload_digest: str = "",
+    ) -> None:
+        self.job_id = job_id
+        self.user = user
+        self.storage_url = storage_url
+        self.storage_options = storage_options or {}
+        self.payload_digest = payload_digest
+        self._task: asyncio.Task[None] | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._stopped_from_outside = False
+        self._workdir: str | None = None
+
+    # pickled to reach the scheduler in client-side mode: drop runtime state
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_task=None, _proc=None, _workdir=None)
+        return state
+
+    async def start(self, scheduler: Any) -> None:
+        # Client.register_plugin waits for start(): return at once.
+        self.scheduler = scheduler
+        self._store = JobStore(self.storage_url, self.storage_options)
+        self._task = asyncio.create_task(self._run())
+
+    async def close(self) -> None:
+        task = self._task
+        if task is None or task.done():
+            return
+        # The cluster is going away under a running job (cancel, an admin,
+        # the gateway): end main, keep its log, record why.
+        self._stopped_from_outside = True
+        await self._terminate_main()
+        grace = parse_timedelta(dask.config.get("batch.runner.terminate-grace"))
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout=grace + 5)
+        except (asyncio.TimeoutError, Exception):
+            logger.exception("dask-batch: job %s did not finish cleanly", self.job_id)
+            task.cancel()
+
+    # -- the job -----------------------------------------------------------------
+    async def _io(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(func, *args, **kwargs)
+
+    def _gateway_service(self) -> Any:
+        return self.scheduler.services.get("gateway")
+
+    async def _run(self) -> None:
+        self._workdir = tempfile.mkdtemp(prefix=f"dask-batch-{self.job_id}-")
+        try:
+            await self._run_job(os.path.join(self._workdir, LOGS))
+        finally:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+
+    async def _run_job(self, log_path: str) -> None:
+        outcome: dict[str, Any]
+        try:
+            self._pause_idle_culler()
+            spec = await self._io(self._store.get_json, self.user, self.job_id, SPEC)
+            doc = await self._io(
+                self._store.transition,
+                self.user,
+                self.job_id,
+                JobState.RUNNING,
+                started=to_iso(utcnow()),
+                cluster_name=os.environ.get("DASK_GATEWAY_CLUSTER_NAME"),
+            )
+            if doc["state"] != JobState.RUNNING.value:
+                # Cancelled before its cluster came up: do not run main.
+                logger.info("dask-batch: job %s is %s", self.job_id, doc["state"])
+                await self._shutdown_cluster()
+                return
+            await self._scale(spec)
+            outcome = await self._run_main(log_path)
+        except Exception as exc:
+            logger.exception("dask-batch: job %s could not start", self.job_id)
+            outcome = {
+                "status": "failed",
+                "error": {
+                    "type": "RunnerError",
+                    "message": f"dask-batch could not start main: {exc}",
+                    "traceback": "",
+                },
+            }
+        await self._finish(outcome, log_path)
+
+    async def _scale(self, spec: dict[str, Any]) -> None:
+        service = self._gateway_service()
+        if service is None:
+            return
+        if spec.get("adapt"):
+            minimum, maximum = spec["adapt"]
+            await service.adapt(minimum=minimum, maximum=maximum, active=True)
+        elif spec.get("workers"):
+            await service.scale(int(spec["workers"]))
+
+    def _pause_idle_culler(self) -> None:
+        # The gateway's culler sees no worker task while main computes on its
+        # own or waits, and would stop the cluster under it. dask-batch stops
+        # the cluster itself when main ends, so the culler is not needed.
+        service = self._gateway_service()
+        task = getattr(service, "check_idle_task", None)
+        if task is not None:
+            task.cancel()
+            service.check_idle_task = None
+            logger.info("dask-batch: idle culler paused while job %s runs", self.job_id)
+
+    def _resume_idle_culler(self) -> None:
+        service = self._gateway_service()
+        if service is not None and getattr(service, "idle_timeout", 0) > 0:
+            service.check_idle_task = asyncio.ensure_future(service.check_idle())
+
+    def _child_config(self) -> dict[str, Any]:
+        security = self.scheduler.security
+        ca, cert, key = (
+            security.tls_ca_file,
+            security.tls_scheduler_cert,
+            security.tls_scheduler_key,
+        )
+        return {
+            "job_id": self.job_id,
+            "user": self.user,
+            "storage_url": self.storage_url,
+            "storage_options": self.storage_options,
+            "payload_digest": self.payload_digest,
+            "scheduler_address": self.scheduler.address,
+            "tls": [
+                os.path.abspath(p) if p and os.path.exists(p) else p
+                for p in (ca, cert, key)
+            ],
+            "outcome_path": os.path.join(self._workdir or ".", OUTCOME_FILE),
+        }
+
+    async def _run_main(self, log_path: str) -> dict[str, Any]:
+        config = self._child_config()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(log_path, "wb") as log:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "dask_batch._child",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+            )
+        assert self._proc.stdin is not None
+        # Credentials go through a pipe, never the command line or environment.
+        self._proc.stdin.write(pickle.dumps(config))
+        await self._proc.stdin.drain()
+        self._proc.stdin.close()
+        logger.info("dask-batch: job %s main started, pid %d", self.job_id, self._proc.pid)
+
+        uploader = asyncio.create_task(self._upload_logs_periodically(log_path))
+        try:
+            returncode = await self._proc.wait()
+        finally:
+            uploader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await uploader
+
+        try:
+            with open(config["outcome_path"]) as f:
+                outcome: dict[str, Any] = json.load(f)
+        except (OSError, ValueError):
+            outcome = {
+                "status": "failed",
+                "error": {
+                    "type": "ProcessExit",
+                    "message": _describe_exit(returncode),
+                    "traceback": "",
+                    "returncode": returncode,
+                },
+            }
+        return outcome
+
+    async def _upload_logs_periodically(self, log_path: str) -> None:
+        interval = parse_timedelta(dask.config.get("batch.runner.log-upload-interval"))
+        uploaded = -1
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                size = os.path.getsize(log_path)
+                if size != uploaded:
+                    await self._io(self._upload_log, log_path)
+                    uploaded = size
+            except Exception:
+                logger.warning("dask-batch: log upload failed", exc_info=True)
+
+    def _upload_log(self, log_path: str) -> None:
+        with open(log_path, "rb") as f:
+            data = f.read()
+        self._store.put(self.user, self.job_id, LOGS, data)
+
+    async def _terminate_main(self) -> None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        grace = parse_timedelta(dask.config.get("batch.runner.terminate-grace"))
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=grace)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+    async def _finish(self, outcome: dict[str, Any], log_path: str) -> None:
+        """Logs, then the final state, then stop the cluster: in that order."""
+        if os.path.exists(log_path):
+            try:
+                await self._io(self._upload_log, log_path)
+            except Exception:
+                logger.exception("dask-batch: final log upload of %s failed", self.job_id)
+
+        if outcome.get("status") == "succeeded":
+            state, fields = JobState.SUCCEEDED, {"result_digest": outcome["result_digest"]}
+        else:
+            state = JobState.FAILED
+            error = outcome["error"]
+            message = f"{error['type']}: {error['message']}"
+            if self._stopped_from_outside:
+                message = (
+                    "the cluster was stopped while main was running (cancelled, "
+                    "stopped by an admin, or by the gateway)"
+                )
+                error = {"type": "ClusterStopped", "message": message, "traceback": ""}
+            fields = {"error": error, "message": message}
+        try:
+            await self._io(
+                self._store.transition, self.user, self.job_id, state, **fields
+            )
+        except Exception:
+            logger.exception("dask-batch: final state of %s not written", self.job_id)
+
+        if not self._stopped_from_outside:
+            await self._shutdown_cluster()
+
+    async def _shutdown_cluster(self) -> None:
+        service = self._gateway_service()
+        if service is None:
+            await self.scheduler.close(reason="dask-batch job finished")
+            return
+        for attempt in range(5):
+            try:
+                # DELETE with the cluster's token: the gateway records STOPPED.
+                await service.gateway.shutdown()
+                return
+            except Exception:
+                logger.warning(
+                    "dask-batch: shutdown request %d for %s failed",
+                    attempt + 1,
+                    self.job_id,
+                    exc_info=True,
+                )
+                await asyncio.sleep(0.5 * 2**attempt)
+        logger.error(
+            "dask-batch: could not stop the cluster of job %s; "
+            "the gateway's idle culler is back on as a safety net",
+            self.job_id,
+        )
+        self._resume_idle_culler()

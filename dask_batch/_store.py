@@ -1,0 +1,254 @@
+"""Job records in object storage, through fsspec.
+
+Layout, one prefix per user and job::
+
+    {root}/{user}/{job_id}/spec.json      what was submitted (written once)
+                           payload.pkl    cloudpickled (main, args, kwargs)
+                           cluster.json   the cluster the gateway accepted
+                           state.json     state, times, message, error
+                           result.pkl     cloudpickled return value
+                           error.json     the exception main raised
+                           logs.txt       stdout and stderr of main
+
+Every object is serialised in memory and written with one ``pipe_file`` so that
+no reader ever sees half a record (an exception inside ``fs.open(..., "wb")``
+still commits a truncated object on s3fs). A terminal state is never
+overwritten. Shared by client and scheduler side: imports neither.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from collections.abc import Iterable
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+from fsspec.utils import get_protocol
+
+from ._exceptions import CorruptRecordError, JobNotFoundError, StorageError
+from ._records import JobRecord, JobState, to_iso, utcnow
+
+SPEC = "spec.json"
+STATE = "state.json"
+CLUSTER = "cluster.json"
+PAYLOAD = "payload.pkl"
+RESULT = "result.pkl"
+ERROR = "error.json"
+LOGS = "logs.txt"
+
+
+def digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def dumps_json(obj: Any) -> bytes:
+    return json.dumps(obj, indent=1, sort_keys=True).encode()
+
+
+class JobStore:
+    """Read and write job records below one storage URL.
+
+    Parameters
+    ----------
+    url : str
+        An fsspec URL (``s3://bucket/jobs``, ``/data/jobs``, ``memory://jobs``).
+    storage_options : dict, optional
+        Passed to the fsspec filesystem.
+    """
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
+        self.url = url
+        self.storage_options = dict(storage_options or {})
+        options = dict(self.storage_options)
+        if get_protocol(url) in ("file", "local"):
+            options.setdefault("auto_mkdir", True)  # object-store semantics
+        try:
+            fs, root = url_to_fs(url, **options)
+        except (ImportError, ValueError) as exc:
+            raise StorageError(
+                f"Cannot use job storage {url!r}: {exc}. Install the fsspec "
+                "implementation for this protocol (for S3: pip install "
+                "'dask-batch[s3]') or fix `batch.storage`."
+            ) from exc
+        self.fs: fsspec.AbstractFileSystem = fs
+        self.root = root.rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"JobStore<{self.url}>"
+
+    # -- paths -----------------------------------------------------------------
+    def user_path(self, user: str) -> str:
+        return posixpath.join(self.root, user)
+
+    def job_path(self, user: str, job_id: str, name: str = "") -> str:
+        base = posixpath.join(self.root, user, job_id)
+        return posixpath.join(base, name) if name else base
+
+    def job_url(self, user: str, job_id: str) -> str:
+        """The job's prefix as a URL that fsspec understands."""
+        return self.fs.unstrip_protocol(self.job_path(user, job_id))
+
+    # -- raw objects -------------------------------------------------------------
+    def put(self, user: str, job_id: str, name: str, data: bytes) -> None:
+        path = self.job_path(user, job_id, name)
+        try:
+            self.fs.pipe_file(path, data)
+        except Exception as exc:
+            raise StorageError(
+                f"Could not write {name} of job {job_id!r} to {self.url!r}: "
+                f"{type(exc).__name__}: {exc}. Check the storage URL, "
+                "credentials and permissions."
+            ) from exc
+
+    def get(self, user: str, job_id: str, name: str) -> bytes:
+        """Read one object; FileNotFoundError if it does not exist."""
+        path = self.job_path(user, job_id, name)
+        try:
+            return self.fs.cat_file(path)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise StorageError(
+                f"Could not read {name} of job {job_id!r} from {self.url!r}: "
+                f"{type(exc).__name__}: {exc}."
+            ) from exc
+
+    def get_many(self, paths: list[str]) -> dict[str, bytes]:
+        """Read many objects at once (concurrently on async filesystems).
+
+        Missing objects are left out of the result.
+        """
+        if not paths:
+            return {}
+        try:
+            out = self.fs.cat(paths, on_error="return")
+        except Exception as exc:
+            raise StorageError(
+                f"Could not read job records from {self.url!r}: {exc}"
+            ) from exc
+        if not isinstance(out, dict):  # one path: fsspec returns the bytes
+            out = {paths[0]: out}
+        found = {}
+        for path, value in out.items():
+            if isinstance(value, FileNotFoundError):
+                continue
+            if isinstance(value, Exception):
+                raise StorageError(
+                    f"Could not read {path!r} from {self.url!r}: {value}"
+                ) from value
+            found[self.fs._strip_protocol(path)] = value
+        return found
+
+    def put_json(self, user: str, job_id: str, name: str, obj: Any) -> None:
+        self.put(user, job_id, name, dumps_json(obj))
+
+    def get_json(self, user: str, job_id: str, name: str) -> Any:
+        return self._parse(job_id, name, self.get(user, job_id, name))
+
+    @staticmethod
+    def _parse(job_id: str, name: str, data: bytes) -> Any:
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise CorruptRecordError(
+                f"The {name} of job {job_id!r} is not valid JSON ({exc}). "
+                "The record was damaged outside dask-batch; delete the job's "
+                "prefix if it is not needed."
+            ) from exc
+
+    def exists(self, user: str, job_id: str, name: str) -> bool:
+        try:
+            return bool(self.fs.exists(self.job_path(user, job_id, name)))
+        except Exception as exc:
+            raise StorageError(
+                f"Could not reach job storage {self.url!r} for job {job_id!r}: {exc}"
+            ) from exc
+
+    # -- records -----------------------------------------------------------------
+    def check_writable(self, user: str) -> None:
+        """Fail early, before a cluster is requested, if storage is unusable."""
+        probe = posixpath.join(self.user_path(user), ".dask-batch-probe")
+        try:
+            self.fs.pipe_file(probe, b"ok")
+            self.fs.rm_file(probe)
+        except Exception as exc:
+            raise StorageError(
+                f"Job storage {self.url!r} is not writable for user {user!r}: "
+                f"{type(exc).__name__}: {exc}. Check `batch.storage`, "
+                "`batch.storage-options` and your credentials."
+            ) from exc
+
+    def job_ids(self, user: str) -> list[str]:
+        """Ids of the user's jobs, newest first."""
+        try:
+            entries = self.fs.ls(self.user_path(user), detail=False, refresh=True)
+        except FileNotFoundError:
+            return []
+        except Exception as exc:
+            raise StorageError(f"Could not list jobs in {self.url!r}: {exc}") from exc
+        ids = [posixpath.basename(e.rstrip("/")) for e in entries]
+        return sorted((i for i in ids if not i.startswith(".")), reverse=True)
+
+    def read_records(
+        self, user: str, job_ids: Iterable[str]
+    ) -> dict[str, JobRecord | Exception]:
+        """Read many records at once; a broken record maps to its exception."""
+        job_ids = list(job_ids)
+        paths = [
+            self.job_path(user, j, n) for j in job_ids for n in (SPEC, STATE, CLUSTER)
+        ]
+        blobs = self.get_many(paths)
+        out: dict[str, JobRecord | Exception] = {}
+        for job_id in job_ids:
+            docs = []
+            try:
+                for name in (SPEC, STATE, CLUSTER):
+                    data = blobs.get(self.job_path(user, job_id, name))
+                    docs.append(None if data is None else self._parse(job_id, name, data))
+                if docs[0] is None:
+                    raise JobNotFoundError(job_id, self.url)
+                out[job_id] = JobRecord.from_documents(*docs)
+            except (KeyError, ValueError, TypeError) as exc:
+                if isinstance(exc, (JobNotFoundError, CorruptRecordError)):
+                    out[job_id] = exc
+                else:
+                    out[job_id] = CorruptRecordError(
+                        f"The record of job {job_id!r} is incomplete or invalid "
+                        f"({type(exc).__name__}: {exc})."
+                    )
+        return out
+
+    def read_record(self, user: str, job_id: str) -> JobRecord:
+        record = self.read_records(user, [job_id])[job_id]
+        if isinstance(record, Exception):
+            raise record
+        return record
+
+    def read_state(self, user: str, job_id: str) -> dict[str, Any]:
+        try:
+            return self.get_json(user, job_id, STATE)
+        except FileNotFoundError:
+            return {}
+
+    def transition(
+        self, user: str, job_id: str, state: JobState, **fields: Any
+    ) -> dict[str, Any]:
+        """Move a job to ``state`` unless it is already terminal.
+
+        Returns the state document now stored: the new one, or the terminal one
+        that won.
+        """
+        current = self.read_state(user, job_id)
+        if current and JobState(current["state"]).is_terminal:
+            return current
+        doc = dict(current)
+        doc.update(fields)
+        doc["state"] = state.value
+        doc["updated"] = to_iso(utcnow())
+        if state.is_terminal and not doc.get("finished"):
+            doc["finished"] = doc["updated"]
+        self.put_json(user, job_id, STATE, doc)
+        return doc

@@ -1,0 +1,318 @@
+"""The embedded local gateway: a real dask-gateway-server on 127.0.0.1.
+
+``BatchClient()`` with no ``gateway.address`` configured starts it on first use
+(in the background, detached, so that it outlives the notebook or script that
+started it) and reuses it afterwards. Jobs are stored in ``<directory>/jobs``.
+
+Examples
+--------
+>>> import dask_batch.local
+>>> info = dask_batch.local.start()          # doctest: +SKIP
+>>> info.address                             # doctest: +SKIP
+'http://127.0.0.1:40123'
+>>> dask_batch.local.status()                # doctest: +SKIP
+LocalGateway(directory='/home/me/.local/share/dask-batch', ...)
+>>> dask_batch.local.stop()                  # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import getpass
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import dask.config
+from dask.utils import parse_timedelta
+
+from . import config as _config  # noqa: F401  (loads batch.* defaults)
+from ._exceptions import DaskBatchError
+
+__all__ = ["LocalGateway", "default_directory", "start", "status", "stop"]
+
+_SETTINGS = "settings.json"
+_SECRETS = "secrets.json"
+_SERVER = "server.json"
+_LOG = "gateway.log"
+
+
+def default_directory() -> str:
+    """Where the local gateway lives: ``batch.local.directory`` or the user data dir."""
+    configured = dask.config.get("batch.local.directory", None)
+    if configured:
+        return os.path.abspath(os.path.expanduser(configured))
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
+    return os.path.join(base, "dask-batch")
+
+
+@dataclass(frozen=True)
+class LocalGateway:
+    """A running local gateway.
+
+    Attributes
+    ----------
+    directory : str
+        Its home: database, logs, cluster directories, and ``jobs/``.
+    address, proxy_address : str
+        Where ``dask_gateway.Gateway`` reaches it.
+    pid : int
+        The gateway process.
+    username, password : str
+        Basic-auth credentials (the password is random, kept in the directory
+        with mode 0600).
+    """
+
+    directory: str
+    address: str
+    proxy_address: str
+    pid: int
+    username: str
+    password: str
+
+    @property
+    def storage(self) -> str:
+        """The default job storage that goes with this gateway."""
+        return os.path.join(self.directory, "jobs")
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.directory, _LOG)
+
+    def gateway(self, **kwargs: Any) -> Any:
+        """A ``dask_gateway.Gateway`` connected to this local gateway."""
+        from dask_gateway import BasicAuth, Gateway
+
+        return Gateway(
+            address=self.address,
+            proxy_address=self.proxy_address,
+            auth=BasicAuth(self.username, self.password),
+            **kwargs,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"LocalGateway(directory={self.directory!r}, address={self.address!r}, "
+            f"pid={self.pid})"
+        )
+
+
+def _read(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write(path: str, obj: Any, mode: int = 0o644) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (our own exited child, not yet reaped) is not alive.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _healthy(address: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{address}/api/health", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except Exception:
+        return False
+
+
+@contextlib.contextmanager
+def _lock(directory: str) -> Any:
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, ".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _info(directory: str) -> LocalGateway | None:
+    try:
+        server = _read(os.path.join(directory, _SERVER))
+        secret = _read(os.path.join(directory, _SECRETS))
+    except (OSError, ValueError):
+        return None
+    if not _pid_alive(server["pid"]) or not _healthy(server["address"]):
+        return None
+    return LocalGateway(
+        directory=directory,
+        address=server["address"],
+        proxy_address=server["proxy_address"],
+        pid=server["pid"],
+        username=secret["username"],
+        password=secret["password"],
+    )
+
+
+def status(directory: str | None = None) -> LocalGateway | None:
+    """The local gateway if it is running and answering, else None.
+
+    Parameters
+    ----------
+    directory : str, optional
+        Default: :func:`default_directory`.
+    """
+    return _info(os.path.abspath(directory or default_directory()))
+
+
+def start(
+    directory: str | None = None,
+    *,
+    timeout: float | str | None = None,
+    idle_timeout: float | None = None,
+    server_side: bool = True,
+    environment: dict[str, str] | None = None,
+    gateway_config: dict[str, Any] | None = None,
+) -> LocalGateway:
+    """Start the local gateway in the background, or return the running one.
+
+    Parameters
+    ----------
+    directory : str, optional
+        Its home. Default: :func:`default_directory`.
+    timeout : float or str, optional
+        How long to wait for it to answer. Default ``batch.local.start-timeout``.
+    idle_timeout : float, optional
+        Idle timeout of its clusters in seconds (0: off). Default
+        ``batch.local.idle-timeout``.
+    server_side : bool
+        Install the dask-batch preload and cluster options (default). False
+        gives a plain gateway, on which dask-batch works in client-side mode.
+    environment : dict, optional
+        Extra environment for schedulers and workers.
+    gateway_config : dict, optional
+        Extra traitlets settings, ``{"Class.trait": value}``.
+
+    Returns
+    -------
+    LocalGateway
+
+    Examples
+    --------
+    >>> info = dask_batch.local.start()   # doctest: +SKIP
+    """
+    directory = os.path.abspath(directory or default_directory())
+    timeout_s = parse_timedelta(
+        timeout if timeout is not None else dask.config.get("batch.local.start-timeout")
+    )
+    with _lock(directory):
+        running = _info(directory)
+        if running is not None:
+            return running
+        secrets_path = os.path.join(directory, _SECRETS)
+        if not os.path.exists(secrets_path):
+            from cryptography.fernet import Fernet
+
+            _write(
+                secrets_path,
+                {
+                    "username": getpass.getuser(),
+                    "password": secrets.token_hex(16),
+                    "db_key": Fernet.generate_key().decode(),
+                },
+                mode=0o600,
+            )
+        if idle_timeout is None:
+            idle_timeout = float(dask.config.get("batch.local.idle-timeout"))
+        _write(
+            os.path.join(directory, _SETTINGS),
+            {
+                "idle_timeout": idle_timeout,
+                "server_side": server_side,
+                "environment": environment or {},
+                "gateway_config": gateway_config or {},
+            },
+        )
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(directory, _SERVER))
+        with open(os.path.join(directory, _LOG), "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "dask_batch._local_server", directory],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=directory,
+                # Its own session: it must outlive this process and its signals.
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise DaskBatchError(
+                    f"The local gateway exited with code {proc.returncode} while "
+                    f"starting; see {os.path.join(directory, _LOG)}."
+                )
+            info = _info(directory)
+            if info is not None and info.pid == proc.pid:
+                return info
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait()
+        raise DaskBatchError(
+            f"The local gateway did not answer within {timeout_s:.0f} s; see "
+            f"{os.path.join(directory, _LOG)}."
+        )
+
+
+def stop(directory: str | None = None, *, timeout: float = 60) -> bool:
+    """Stop the local gateway (and with it every cluster it runs).
+
+    Parameters
+    ----------
+    directory : str, optional
+        Default: :func:`default_directory`.
+    timeout : float
+        Seconds to wait for it to exit before killing it.
+
+    Returns
+    -------
+    bool
+        True if a running gateway was stopped.
+    """
+    directory = os.path.abspath(directory or default_directory())
+    with _lock(directory):
+        try:
+            pid = _read(os.path.join(directory, _SERVER))["pid"]
+        except (OSError, ValueError, KeyError):
+            return False
+        if not _pid_alive(pid):
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _pid_alive(pid):
+                return True
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+        return True

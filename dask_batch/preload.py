@@ -1,0 +1,62 @@
+"""Server-side install: a scheduler preload that starts batch jobs by itself.
+
+Add it to the gateway's scheduler command::
+
+    c.ClusterConfig.scheduler_cmd = [
+        "python", "-m", "distributed.cli.dask_scheduler",
+        "--preload", "dask_batch.preload",
+    ]
+
+and expose the batch cluster options with
+:func:`dask_batch.gateway_config.batch_cluster_options`. The options' handler
+puts the job id, the storage root and the authenticated user name in the
+scheduler's environment (``DASK_BATCH_JOB_ID``, ``DASK_BATCH_STORAGE``,
+``DASK_BATCH_USER``); a cluster without them is an ordinary cluster and this
+preload leaves it alone. Storage credentials come from the scheduler's own
+environment (``batch.storage-options`` in its Dask config, or the cloud SDK's
+defaults such as workload identity), never from cluster options.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import dask.config
+
+from . import config as _config  # noqa: F401  (loads batch.* defaults)
+from ._runner import JobRunnerPlugin
+
+logger = logging.getLogger("distributed.scheduler.dask_batch")
+
+ENV_JOB_ID = "DASK_BATCH_JOB_ID"
+ENV_STORAGE = "DASK_BATCH_STORAGE"
+ENV_USER = "DASK_BATCH_USER"
+ENV_DIGEST = "DASK_BATCH_PAYLOAD_DIGEST"
+
+
+def dask_setup(scheduler: Any) -> None:
+    # A plain function, not a click command: the gateway passes its --dg-*
+    # arguments to every preload.
+    job_id = os.environ.get(ENV_JOB_ID)
+    if not job_id:
+        return
+    missing = [k for k in (ENV_STORAGE, ENV_USER) if not os.environ.get(k)]
+    if missing:
+        logger.error(
+            "dask-batch: job %s has no %s in the scheduler environment; "
+            "check the gateway's batch_cluster_options handler",
+            job_id,
+            ", ".join(missing),
+        )
+        return
+    plugin = JobRunnerPlugin(
+        job_id=job_id,
+        user=os.environ[ENV_USER],
+        storage_url=os.environ[ENV_STORAGE],
+        storage_options=dask.config.get("batch.storage-options") or {},
+        payload_digest=os.environ.get(ENV_DIGEST, ""),
+    )
+    # start() runs after every preload, when the gateway service exists.
+    scheduler.add_plugin(plugin)
