@@ -29,6 +29,7 @@ from ._exceptions import (
     StorageError,
     SubmitError,
 )
+from ._gateway import BatchGateway
 from ._pickling import dumps_payload
 from ._records import JobRecord, JobState, new_job_id, to_iso, utcnow
 from ._runner import JobRunnerPlugin
@@ -171,7 +172,7 @@ class BatchClient:
         local_info = None
         if gateway is None:
             if dask.config.get("gateway.address", None):
-                gateway = Gateway(asynchronous=asynchronous)
+                gateway = BatchGateway(asynchronous=asynchronous)
             else:
                 local_info = _local.start()
                 gateway = local_info.gateway(asynchronous=asynchronous)

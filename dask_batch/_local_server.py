@@ -106,8 +106,10 @@ def _wait_healthy(url: str, deadline: float) -> None:
     raise RuntimeError(f"gateway at {url} never became healthy: {last}")
 
 
-async def _serve(gateway: DaskGateway, directory: str, address: str,
-                 proxy_address: str) -> None:
+async def _serve(gateway: DaskGateway, directory: str, launch_id: str,
+                 address: str, proxy_address: str) -> None:
+    server_file = os.path.join(directory, SERVER)
+    ready = False
     try:
         await gateway.setup()
         await gateway.backend.proxy._proxy_contacted
@@ -115,33 +117,50 @@ async def _serve(gateway: DaskGateway, directory: str, address: str,
             _wait_healthy, f"{address}/api/health", time.monotonic() + 30
         )
         _write_json(
-            os.path.join(directory, SERVER),
+            server_file,
             {
                 "address": address,
                 "proxy_address": proxy_address,
                 "pid": os.getpid(),
+                "launch_id": launch_id,
                 "started": time.time(),
             },
         )
+        ready = True
         gateway.log.info("dask-batch local gateway ready at %s", address)
         while True:
             await asyncio.sleep(3600)
     finally:
-        try:
-            os.remove(os.path.join(directory, SERVER))
-        except FileNotFoundError:
-            pass
+        if ready:
+            os.remove(server_file)
+        else:
+            _write_json(server_file, {"failed": launch_id})
         await gateway.cleanup()
 
 
-def main(directory: str) -> None:
+def _detach() -> None:
+    # Double fork: the starter's child exits now, the gateway is re-parented
+    # to init and leads its own session, away from the starter's signals.
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+
+
+def main(directory: str, detach: bool = False) -> None:
     directory = os.path.abspath(directory)
+    if detach:
+        _detach()
     settings = _read_json(os.path.join(directory, SETTINGS))
-    secrets = _read_json(os.path.join(directory, SECRETS))
-    api_port, proxy_port = _free_port(), _free_port()
-    config = build_config(directory, settings, secrets, api_port, proxy_port)
-    gateway = DaskGateway(config=config)
-    gateway.initialize([])
+    launch_id = settings.get("launch_id", "")
+    try:
+        secrets = _read_json(os.path.join(directory, SECRETS))
+        api_port, proxy_port = _free_port(), _free_port()
+        config = build_config(directory, settings, secrets, api_port, proxy_port)
+        gateway = DaskGateway(config=config)
+        gateway.initialize([])
+    except BaseException:
+        _write_json(os.path.join(directory, SERVER), {"failed": launch_id})
+        raise
     from aiohttp import web
 
     try:
@@ -149,6 +168,7 @@ def main(directory: str) -> None:
             _serve(
                 gateway,
                 directory,
+                launch_id,
                 # Clients talk to the proxy: HTTP API and scheduler TLS share
                 # its port (no separate tcp_address, see FACTS.md).
                 f"http://127.0.0.1:{proxy_port}",
@@ -160,4 +180,6 @@ def main(directory: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    args = sys.argv[1:]
+    detach = "--detach" in args
+    main([a for a in args if a != "--detach"][0], detach=detach)

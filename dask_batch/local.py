@@ -92,9 +92,11 @@ class LocalGateway:
 
     def gateway(self, **kwargs: Any) -> Any:
         """A ``dask_gateway.Gateway`` connected to this local gateway."""
-        from dask_gateway import BasicAuth, Gateway
+        from dask_gateway import BasicAuth
 
-        return Gateway(
+        from ._gateway import BatchGateway
+
+        return BatchGateway(
             address=self.address,
             proxy_address=self.proxy_address,
             auth=BasicAuth(self.username, self.password),
@@ -155,11 +157,20 @@ def _lock(directory: str) -> Any:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _info(directory: str) -> LocalGateway | None:
+def _launch_failed(directory: str, launch_id: str) -> bool:
+    try:
+        return bool(_read(os.path.join(directory, _SERVER)).get("failed") == launch_id)
+    except (OSError, ValueError):
+        return False
+
+
+def _info(directory: str, launch_id: str | None = None) -> LocalGateway | None:
     try:
         server = _read(os.path.join(directory, _SERVER))
         secret = _read(os.path.join(directory, _SECRETS))
     except (OSError, ValueError):
+        return None
+    if "pid" not in server or (launch_id and server.get("launch_id") != launch_id):
         return None
     if not _pid_alive(server["pid"]) or not _healthy(server["address"]):
         return None
@@ -243,9 +254,11 @@ def start(
             )
         if idle_timeout is None:
             idle_timeout = float(dask.config.get("batch.local.idle-timeout"))
+        launch_id = secrets.token_hex(8)
         _write(
             os.path.join(directory, _SETTINGS),
             {
+                "launch_id": launch_id,
                 "idle_timeout": idle_timeout,
                 "server_side": server_side,
                 "environment": environment or {},
@@ -255,28 +268,28 @@ def start(
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(directory, _SERVER))
         with open(os.path.join(directory, _LOG), "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "dask_batch._local_server", directory],
+            # The server forks again and exits at once (--detach), so the
+            # gateway is nobody's child: it outlives this process and is
+            # never left a zombie.
+            subprocess.run(
+                [sys.executable, "-m", "dask_batch._local_server", "--detach", directory],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=directory,
-                # Its own session: it must outlive this process and its signals.
-                start_new_session=True,
+                check=True,
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise DaskBatchError(
-                    f"The local gateway exited with code {proc.returncode} while "
-                    f"starting; see {os.path.join(directory, _LOG)}."
-                )
-            info = _info(directory)
-            if info is not None and info.pid == proc.pid:
+            info = _info(directory, launch_id)
+            if info is not None:
                 return info
+            if _launch_failed(directory, launch_id):
+                raise DaskBatchError(
+                    "The local gateway exited while starting; see "
+                    f"{os.path.join(directory, _LOG)}."
+                )
             time.sleep(0.05)
-        proc.kill()
-        proc.wait()
         raise DaskBatchError(
             f"The local gateway did not answer within {timeout_s:.0f} s; see "
             f"{os.path.join(directory, _LOG)}."

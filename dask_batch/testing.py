@@ -1,0 +1,170 @@
+"""pytest fixtures for testing batch code against real servers.
+
+Registered as a pytest plugin (entry point ``dask_batch``), so a project that
+installs ``dask-batch[test]`` can use them directly:
+
+- ``batch_s3_server``: a moto S3 server on 127.0.0.1 (session);
+- ``batch_s3_storage``: ``(url, storage_options)`` of a fresh bucket per test;
+- ``batch_gateway``: a real local dask-gateway-server with the dask-batch preload
+  and cluster options (server-side mode), schedulers allowed to reach the S3
+  server (session);
+- ``batch_plain_gateway``: a gateway without them (client-side mode) (session);
+- ``batch_client``: a :class:`~dask_batch.BatchClient` on ``batch_gateway`` with
+  a fresh local storage directory.
+
+Every server listens on 127.0.0.1 only, on ports picked at start.
+
+Examples
+--------
+.. code-block:: python
+
+    def test_training_job(batch_client):
+        job = batch_client.submit(train, epochs=1)
+        assert job.result(timeout=60)["loss"] < 1
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+__all__ = ["S3Server", "wait_for"]
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, message: str, interval: float = 0.05
+) -> Any:
+    """Poll ``predicate`` until it returns a true value; fail after ``timeout`` s.
+
+    Returns the predicate's value. The failure names ``message`` and the last
+    value seen, so a test says what it was waiting for.
+    """
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"Timed out after {timeout} s waiting for {message} (last: {value!r})")
+
+
+@dataclass
+class S3Server:
+    """A running moto S3 server."""
+
+    endpoint_url: str
+    key: str = "testing"
+    secret: str = "testing"
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        # No region: bucket creation then fails on moto (FACTS.md).
+        return {
+            "key": self.key,
+            "secret": self.secret,
+            "client_kwargs": {"endpoint_url": self.endpoint_url},
+        }
+
+
+@pytest.fixture(scope="session")
+def batch_s3_server() -> Iterator[S3Server]:
+    """A moto S3 server on 127.0.0.1 for the whole session."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield S3Server(endpoint_url=f"http://{host}:{port}")
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def batch_s3_storage(
+    batch_s3_server: S3Server, request: pytest.FixtureRequest
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(url, storage_options)`` of a new, empty bucket."""
+    import s3fs
+
+    bucket = f"test-{os.urandom(6).hex()}"
+    fs = s3fs.S3FileSystem(**batch_s3_server.storage_options)
+    fs.mkdir(bucket)
+    yield f"s3://{bucket}/jobs", batch_s3_server.storage_options
+    fs.rm(bucket, recursive=True)
+
+
+def _start_gateway(directory: str, **kwargs: Any) -> Any:
+    from . import local
+
+    return local.start(
+        directory,
+        gateway_config={
+            # Notice dead schedulers within seconds, not a minute.
+            "DBBackendBase.cluster_status_period": 1.0,
+            "DBBackendBase.cluster_heartbeat_period": 2,
+            "DBBackendBase.worker_status_period": 2.0,
+            "LocalBackend.sigint_timeout": 5,
+        },
+        **kwargs,
+    )
+
+
+def _gateway_environment(s3: S3Server) -> dict[str, str]:
+    # Server-side mode: the scheduler's own credentials (dask config via env),
+    # as workload identity would provide on a cloud deployment.
+    return {"DASK_BATCH__STORAGE_OPTIONS": repr(s3.storage_options)}
+
+
+@pytest.fixture(scope="session")
+def batch_gateway(
+    tmp_path_factory: pytest.TempPathFactory, batch_s3_server: S3Server
+) -> Iterator[Any]:
+    """A local gateway with the dask-batch preload and cluster options."""
+    from . import local
+
+    directory = str(tmp_path_factory.mktemp("gateway"))
+    info = _start_gateway(directory, environment=_gateway_environment(batch_s3_server))
+    try:
+        yield info
+    finally:
+        local.stop(directory)
+
+
+@pytest.fixture(scope="session")
+def batch_plain_gateway(
+    tmp_path_factory: pytest.TempPathFactory, batch_s3_server: S3Server
+) -> Iterator[Any]:
+    """A local gateway without dask-batch installed server-side."""
+    from . import local
+
+    directory = str(tmp_path_factory.mktemp("plain-gateway"))
+    info = _start_gateway(
+        directory, server_side=False, environment=_gateway_environment(batch_s3_server)
+    )
+    try:
+        yield info
+    finally:
+        local.stop(directory)
+
+
+@pytest.fixture
+def batch_client(batch_gateway: Any, tmp_path: Any) -> Iterator[Any]:
+    """A BatchClient on ``batch_gateway`` with fresh local storage."""
+    from ._client import BatchClient
+
+    with BatchClient(
+        gateway=batch_gateway.gateway(), storage=str(tmp_path / "jobs")
+    ) as client:
+        try:
+            yield client
+        finally:
+            client.gateway.close()  # passed in, so not closed by the client
