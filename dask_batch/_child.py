@@ -22,14 +22,13 @@ import cloudpickle
 from ._store import ERROR, PAYLOAD, RESULT, JobStore, digest
 
 
-def _exit_with_parent() -> None:
+def _exit_with_parent(parent: int) -> None:
     # The gateway signals the scheduler only; if the scheduler dies without
-    # closing its plugins (SIGKILL), main must not live on as an orphan.
-    parent = os.getppid()
-    while True:
+    # closing its plugins (SIGKILL), main must not live on as an orphan. The
+    # runner passes its pid: it may have died before this process got here.
+    while os.getppid() == parent:
         time.sleep(0.5)
-        if os.getppid() != parent:
-            os._exit(70)
+    os._exit(70)
 
 
 def _write_outcome(path: str, outcome: dict[str, Any]) -> None:
@@ -109,7 +108,9 @@ def _connect(cfg: dict[str, Any]) -> Any:
 
 def main() -> None:
     cfg = pickle.load(sys.stdin.buffer)
-    threading.Thread(target=_exit_with_parent, daemon=True).start()
+    threading.Thread(
+        target=_exit_with_parent, args=(cfg["runner_pid"],), daemon=True
+    ).start()
     store = JobStore(cfg["storage_url"], cfg["storage_options"])
     func, args, kwargs = _load_main(store, cfg)
 

@@ -104,6 +104,7 @@ class JobRunnerPlugin(SchedulerPlugin):
         # The cluster is going away under a running job (cancel, an admin,
         # the gateway): end main, keep its log, record why.
         self._stopped_from_outside = True
+        logger.info("dask-batch: cluster closing while job %s runs", self.job_id)
         await self._terminate_main()
         grace = parse_timedelta(dask.config.get("batch.runner.terminate-grace"))
         try:
@@ -198,6 +199,7 @@ class JobRunnerPlugin(SchedulerPlugin):
             "storage_options": self.storage_options,
             "payload_digest": self.payload_digest,
             "scheduler_address": self.scheduler.address,
+            "runner_pid": os.getpid(),
             "tls": [
                 os.path.abspath(p) if p and os.path.exists(p) else p
                 for p in (ca, cert, key)
