@@ -87,7 +87,13 @@ def test_killed_scheduler_makes_the_job_lost(batch_client):
     job = batch_client.submit(sleeper, 120, workers=0)
     wait_for_state(batch_client, job.id, JobState.RUNNING)
     cluster_name = job.status().cluster_name
-    report = batch_client.gateway.get_cluster(cluster_name)
+    # main may start before the gateway has the scheduler's address.
+    report = wait_for(
+        lambda: batch_client.gateway.get_cluster(cluster_name).scheduler_address
+        and batch_client.gateway.get_cluster(cluster_name),
+        30,
+        "the gateway to report the job's cluster running",
+    )
     with distributed.Client(
         report.scheduler_address, security=report.security, set_as_default=False
     ) as client:
