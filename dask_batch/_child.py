@@ -48,8 +48,10 @@ def _error_doc(exc: BaseException, *, type_name: str | None = None) -> dict[str,
 
 
 def _fail(store: JobStore, cfg: dict[str, Any], error: dict[str, str]) -> NoReturn:
-    print(f"dask-batch: job {cfg['job_id']} failed: {error['type']}: "
-          f"{error['message']}", file=sys.stderr)
+    print(
+        f"dask-batch: job {cfg['job_id']} failed: {error['type']}: {error['message']}",
+        file=sys.stderr,
+    )
     try:
         store.put_json(cfg["user"], cfg["job_id"], ERROR, error)
     finally:
@@ -62,33 +64,47 @@ def _load_main(store: JobStore, cfg: dict[str, Any]) -> tuple[Any, tuple, dict]:
     data = store.get(cfg["user"], job_id, PAYLOAD)
     expected = cfg.get("payload_digest")
     if expected and digest(data) != expected:
-        _fail(store, cfg, {
-            "type": "IntegrityError",
-            "message": (
-                f"the payload of job {job_id!r} in storage does not match the "
-                "digest recorded at submission; it was changed after submit. "
-                "Submit the job again."
-            ),
-            "traceback": "",
-        })
+        _fail(
+            store,
+            cfg,
+            {
+                "type": "IntegrityError",
+                "message": (
+                    f"the payload of job {job_id!r} in storage does not match the "
+                    "digest recorded at submission; it was changed after submit. "
+                    "Submit the job again."
+                ),
+                "traceback": "",
+            },
+        )
     try:
         func, args, kwargs = cloudpickle.loads(data)
     except ImportError as exc:
         module = getattr(exc, "name", None) or str(exc)
-        _fail(store, cfg, _error_doc(exc, type_name="ModuleNotFoundError") | {
-            "message": (
-                f"main of job {job_id!r} cannot be loaded on the cluster: module "
-                f"{module!r} is not importable there ({exc}). Install it in the "
-                "cluster's environment, or call "
-                "cloudpickle.register_pickle_by_value(module) before submit."
-            )
-        })
+        _fail(
+            store,
+            cfg,
+            _error_doc(exc, type_name="ModuleNotFoundError")
+            | {
+                "message": (
+                    f"main of job {job_id!r} cannot be loaded on the cluster: module "
+                    f"{module!r} is not importable there ({exc}). Install it in the "
+                    "cluster's environment, or call "
+                    "cloudpickle.register_pickle_by_value(module) before submit."
+                )
+            },
+        )
     except Exception as exc:
-        _fail(store, cfg, _error_doc(exc) | {
-            "message": f"main of job {job_id!r} cannot be unpickled on the "
-            f"cluster: {exc}. Check that client and cluster run the same "
-            "Python and library versions.",
-        })
+        _fail(
+            store,
+            cfg,
+            _error_doc(exc)
+            | {
+                "message": f"main of job {job_id!r} cannot be unpickled on the "
+                f"cluster: {exc}. Check that client and cluster run the same "
+                "Python and library versions.",
+            },
+        )
     return func, args, kwargs
 
 
@@ -99,7 +115,9 @@ def _connect(cfg: dict[str, Any]) -> Any:
     ca, cert, key = cfg["tls"]
     if ca:
         security = Security(
-            tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key,
+            tls_ca_file=ca,
+            tls_client_cert=cert,
+            tls_client_key=key,
             require_encryption=True,
         )
         return Client(cfg["scheduler_address"], security=security, set_as_default=True)
@@ -129,11 +147,16 @@ def main() -> None:
     try:
         blob = cloudpickle.dumps(result)
     except Exception as exc:
-        _fail(store, cfg, _error_doc(exc) | {
-            "message": f"the value returned by main of job {cfg['job_id']!r} "
-            f"cannot be pickled: {exc}. Return plain data, or write it to "
-            "storage yourself and return its path.",
-        })
+        _fail(
+            store,
+            cfg,
+            _error_doc(exc)
+            | {
+                "message": f"the value returned by main of job {cfg['job_id']!r} "
+                f"cannot be pickled: {exc}. Return plain data, or write it to "
+                "storage yourself and return its path.",
+            },
+        )
     store.put(cfg["user"], cfg["job_id"], RESULT, blob)
     _write_outcome(
         cfg["outcome_path"], {"status": "succeeded", "result_digest": digest(blob)}

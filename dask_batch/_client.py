@@ -58,7 +58,9 @@ def _gateway_user(gateway: Gateway) -> str:
 
 def _check_scaling(job_id: str, workers: Any, adapt: Any) -> tuple[Any, Any]:
     if workers is not None and adapt is not None:
-        raise SubmitError(f"Job {job_id!r} not submitted: give workers or adapt, not both.")
+        raise SubmitError(
+            f"Job {job_id!r} not submitted: give workers or adapt, not both."
+        )
     if adapt is not None:
         try:
             minimum, maximum = (int(a) for a in adapt)
@@ -301,8 +303,8 @@ class BatchClient:
 
         Examples
         --------
-        >>> job = batch.submit(train, 10, lr=0.1, name="train", workers=4)  # doctest: +SKIP
-        >>> job.id                                                          # doctest: +SKIP
+        >>> job = batch.submit(train, 10, lr=0.1, name="train", workers=4)
+        >>> job.id
         '20261126-081530-123-3f9a1c2b'
         """
         return self.sync(
@@ -330,7 +332,9 @@ class BatchClient:
         submitted = utcnow()
         job_id = new_job_id(submitted)
         if not callable(func):
-            raise SubmitError(f"Job {job_id!r} not submitted: {func!r} is not callable.")
+            raise SubmitError(
+                f"Job {job_id!r} not submitted: {func!r} is not callable."
+            )
         workers, adapt = _check_scaling(job_id, workers, adapt)
         try:
             payload = dumps_payload(func, args, kwargs)
@@ -363,7 +367,10 @@ class BatchClient:
             self.store.put(self.user, job_id, PAYLOAD, payload)
             self.store.put_json(self.user, job_id, SPEC, spec)
             self.store.put_json(
-                self.user, job_id, STATE, {"state": "PENDING", "updated": spec["submitted"]}
+                self.user,
+                job_id,
+                STATE,
+                {"state": "PENDING", "updated": spec["submitted"]},
             )
 
         await self._io(write_records)
@@ -379,16 +386,27 @@ class BatchClient:
         except Exception as exc:
             message = f"the gateway refused the cluster request: {exc}"
             await self._io(
-                self.store.transition, self.user, job_id, JobState.FAILED,
+                self.store.transition,
+                self.user,
+                job_id,
+                JobState.FAILED,
                 message=message,
-                error={"type": "ClusterRequestError", "message": message, "traceback": ""},
+                error={
+                    "type": "ClusterRequestError",
+                    "message": message,
+                    "traceback": "",
+                },
             )
             raise SubmitError(
                 f"Job {job_id!r} failed: {message}. Check cluster_options against "
                 "`gateway.cluster_options()`; the job is recorded as FAILED."
             ) from exc
         await self._io(
-            self.store.put_json, self.user, job_id, CLUSTER, {"cluster_name": cluster_name}
+            self.store.put_json,
+            self.user,
+            job_id,
+            CLUSTER,
+            {"cluster_name": cluster_name},
         )
         if mode == "client":
             await self._install_runner(job_id, cluster_name, spec)
@@ -416,12 +434,17 @@ class BatchClient:
                 await client.register_plugin(plugin)
         except BaseException as exc:
             # Never leave a cluster behind for a job that cannot start.
-            message = f"could not start the job runner on cluster {cluster_name!r}: {exc}"
+            message = (
+                f"could not start the job runner on cluster {cluster_name!r}: {exc}"
+            )
             try:
                 await self.gateway._stop_cluster(cluster_name)
             finally:
                 await self._io(
-                    self.store.transition, self.user, job_id, JobState.FAILED,
+                    self.store.transition,
+                    self.user,
+                    job_id,
+                    JobState.FAILED,
                     message=message,
                     error={"type": "RunnerError", "message": message, "traceback": ""},
                 )
@@ -463,7 +486,9 @@ class BatchClient:
         )
         return await self._detect_lost(record, statuses)
 
-    async def _cluster_statuses(self, names: list[str]) -> dict[str, ClusterStatus | None]:
+    async def _cluster_statuses(
+        self, names: list[str]
+    ) -> dict[str, ClusterStatus | None]:
         """Gateway status of each cluster; None when the gateway does not know it."""
         if not names:
             return {}
@@ -629,7 +654,8 @@ class BatchClient:
             raise JobFailedError.from_error_record(job_id, error, tail)
         if record.state is JobState.CANCELLED:
             raise JobCancelledError(
-                job_id, f"Job {job_id!r} was cancelled: {record.message or 'by request'}."
+                job_id,
+                f"Job {job_id!r} was cancelled: {record.message or 'by request'}.",
             )
         raise JobLostError(
             job_id,
@@ -638,7 +664,9 @@ class BatchClient:
         )
 
     async def _wait(self, job_id: str, timeout: float | str | None) -> JobRecord:
-        deadline = None if timeout is None else time.monotonic() + parse_timedelta(timeout)
+        deadline = (
+            None if timeout is None else time.monotonic() + parse_timedelta(timeout)
+        )
         delay = 0.05
         while True:
             record = await self._status(job_id)
@@ -649,7 +677,11 @@ class BatchClient:
                     f"Job {job_id!r} is still {record.state.value} after {timeout}; "
                     "it keeps running. Call result() again later."
                 )
-            wait = delay if deadline is None else min(delay, max(0, deadline - time.monotonic()))
+            wait = (
+                delay
+                if deadline is None
+                else min(delay, max(0, deadline - time.monotonic()))
+            )
             await asyncio.sleep(wait)
             delay = min(delay * 1.5, 2.0)
 
@@ -714,15 +746,19 @@ class BatchClient:
         record = await self._io(self.store.read_record, self.user, job_id)
         if not record.state.is_terminal:
             await self._io(
-                self.store.transition, self.user, job_id, JobState.CANCELLED,
+                self.store.transition,
+                self.user,
+                job_id,
+                JobState.CANCELLED,
                 message=f"cancelled by {self.user}",
             )
         record = await self._io(self.store.read_record, self.user, job_id)
         if record.cluster_name:
             try:
                 await self.gateway._stop_cluster(record.cluster_name)
-            except (ValueError, GatewayClusterError):
-                pass  # already gone: nothing to stop
+            except (ValueError, GatewayClusterError) as exc:
+                # Unknown or already stopped: nothing is left to stop.
+                logger.debug("cluster of job %s already gone: %s", job_id, exc)
         return record
 
 

@@ -13,6 +13,7 @@ gateway answers), ``gateway.log``, ``gateway.sqlite``, ``clusters/``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -58,8 +59,13 @@ def _read_json(path: str) -> Any:
         return json.load(f)
 
 
-def build_config(directory: str, settings: dict[str, Any], secrets: dict[str, Any],
-                 api_port: int, proxy_port: int) -> Config:
+def build_config(
+    directory: str,
+    settings: dict[str, Any],
+    secrets: dict[str, Any],
+    api_port: int,
+    proxy_port: int,
+) -> Config:
     c = Config()
     c.DaskGateway.address = f"127.0.0.1:{api_port}"
     c.Proxy.address = f"127.0.0.1:{proxy_port}"
@@ -71,7 +77,13 @@ def build_config(directory: str, settings: dict[str, Any], secrets: dict[str, An
     c.DBBackendBase.db_encrypt_keys = [secrets["db_key"]]
     c.LocalBackend.clusters_directory = os.path.join(directory, "clusters")
     c.LocalBackend.inherited_environment = [
-        "PATH", "PYTHONPATH", "VIRTUAL_ENV", "LANG", "LC_ALL", "HOME", "TMPDIR",
+        "PATH",
+        "PYTHONPATH",
+        "VIRTUAL_ENV",
+        "LANG",
+        "LC_ALL",
+        "HOME",
+        "TMPDIR",
     ]
     scheduler_cmd = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
     if settings.get("server_side", True):
@@ -106,8 +118,13 @@ def _wait_healthy(url: str, deadline: float) -> None:
     raise RuntimeError(f"gateway at {url} never became healthy: {last}")
 
 
-async def _serve(gateway: DaskGateway, directory: str, launch_id: str,
-                 address: str, proxy_address: str) -> None:
+async def _serve(
+    gateway: DaskGateway,
+    directory: str,
+    launch_id: str,
+    address: str,
+    proxy_address: str,
+) -> None:
     server_file = os.path.join(directory, SERVER)
     ready = False
     try:
@@ -163,7 +180,8 @@ def main(directory: str, detach: bool = False) -> None:
         raise
     from aiohttp import web
 
-    try:
+    # SIGTERM/SIGINT end the gateway through GracefulExit: a normal stop.
+    with contextlib.suppress(KeyboardInterrupt, web.GracefulExit):
         run_main(
             _serve(
                 gateway,
@@ -175,11 +193,10 @@ def main(directory: str, detach: bool = False) -> None:
                 f"gateway://127.0.0.1:{proxy_port}",
             )
         )
-    except (KeyboardInterrupt, web.GracefulExit):
-        pass
 
 
 if __name__ == "__main__":
     args = sys.argv[1:]
     detach = "--detach" in args
-    main([a for a in args if a != "--detach"][0], detach=detach)
+    (directory,) = (a for a in args if a != "--detach")
+    main(directory, detach=detach)

@@ -14,7 +14,9 @@ import cloudpickle
 
 
 def _installed_roots() -> list[str]:
-    roots = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    roots = {
+        sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")
+    }
     with contextlib.suppress(AttributeError):
         roots.update(site.getsitepackages())
     with contextlib.suppress(AttributeError):

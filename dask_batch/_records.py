@@ -132,7 +132,7 @@ class JobRecord:
             cluster_name=state.get("cluster_name") or cluster.get("cluster_name"),
             gateway_address=spec.get("gateway_address"),
             workers=spec.get("workers"),
-            adapt=tuple(adapt) if adapt else None,  # type: ignore[arg-type]
+            adapt=(int(adapt[0]), int(adapt[1])) if adapt else None,
             payload_digest=spec.get("payload_digest", ""),
             message=state.get("message", ""),
             error=state.get("error"),

@@ -225,7 +225,9 @@ class JobRunnerPlugin(SchedulerPlugin):
         self._proc.stdin.write(pickle.dumps(config))
         await self._proc.stdin.drain()
         self._proc.stdin.close()
-        logger.info("dask-batch: job %s main started, pid %d", self.job_id, self._proc.pid)
+        logger.info(
+            "dask-batch: job %s main started, pid %d", self.job_id, self._proc.pid
+        )
 
         uploader = asyncio.create_task(self._upload_logs_periodically(log_path))
         try:
@@ -288,10 +290,15 @@ class JobRunnerPlugin(SchedulerPlugin):
             try:
                 await self._io(self._upload_log, log_path)
             except Exception:
-                logger.exception("dask-batch: final log upload of %s failed", self.job_id)
+                logger.exception(
+                    "dask-batch: final log upload of %s failed", self.job_id
+                )
 
         if outcome.get("status") == "succeeded":
-            state, fields = JobState.SUCCEEDED, {"result_digest": outcome["result_digest"]}
+            state, fields = (
+                JobState.SUCCEEDED,
+                {"result_digest": outcome["result_digest"]},
+            )
         else:
             state = JobState.FAILED
             error = outcome["error"]

@@ -203,14 +203,18 @@ class JobStore:
         blobs = self.get_many(paths)
         out: dict[str, JobRecord | Exception] = {}
         for job_id in job_ids:
-            docs = []
+            docs: dict[str, Any] = {}
             try:
                 for name in (SPEC, STATE, CLUSTER):
                     data = blobs.get(self.job_path(user, job_id, name))
-                    docs.append(None if data is None else self._parse(job_id, name, data))
-                if docs[0] is None:
+                    docs[name] = (
+                        None if data is None else self._parse(job_id, name, data)
+                    )
+                if docs[SPEC] is None:
                     raise JobNotFoundError(job_id, self.url)
-                out[job_id] = JobRecord.from_documents(*docs)
+                out[job_id] = JobRecord.from_documents(
+                    docs[SPEC], docs[STATE], docs[CLUSTER]
+                )
             except (KeyError, ValueError, TypeError) as exc:
                 if isinstance(exc, (JobNotFoundError, CorruptRecordError)):
                     out[job_id] = exc

@@ -272,7 +272,13 @@ def start(
             # gateway is nobody's child: it outlives this process and is
             # never left a zombie.
             subprocess.run(
-                [sys.executable, "-m", "dask_batch._local_server", "--detach", directory],
+                [
+                    sys.executable,
+                    "-m",
+                    "dask_batch._local_server",
+                    "--detach",
+                    directory,
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

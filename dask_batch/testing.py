@@ -52,7 +52,9 @@ def wait_for(
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"Timed out after {timeout} s waiting for {message} (last: {value!r})")
+    raise AssertionError(
+        f"Timed out after {timeout} s waiting for {message} (last: {value!r})"
+    )
 
 
 @dataclass

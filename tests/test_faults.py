@@ -8,12 +8,11 @@ import time
 
 import distributed
 import pytest
+from conftest import child_processes
 from dask_gateway.client import ClusterStatus
 
 from dask_batch import BatchClient, JobCancelledError, JobLostError, JobState
 from dask_batch.testing import _start_gateway, wait_for
-
-from conftest import child_processes
 
 
 def sleeper(seconds):
@@ -24,7 +23,9 @@ def sleeper(seconds):
 
 def wait_for_state(batch, job_id, state, timeout=30):
     return wait_for(
-        lambda: batch.status(job_id).state is state, timeout, f"job {job_id} to be {state}"
+        lambda: batch.status(job_id).state is state,
+        timeout,
+        f"job {job_id} to be {state}",
     )
 
 
@@ -45,7 +46,9 @@ def test_cancel_running_job_stops_main_and_cluster(batch_client):
     assert record.message.startswith("cancelled by")
     wait_for(lambda: not child_processes(), 15, "main's process to be terminated")
     wait_for(
-        lambda: cluster_status(batch_client, record.cluster_name) is ClusterStatus.STOPPED,
+        lambda: (
+            cluster_status(batch_client, record.cluster_name) is ClusterStatus.STOPPED
+        ),
         15,
         "the cancelled job's cluster to stop",
     )
@@ -68,8 +71,10 @@ def test_cancel_pending_job_never_runs_main(batch_client, tmp_path):
     record = job.status()
     assert record.state is JobState.CANCELLED
     wait_for(
-        lambda: cluster_status(batch_client, record.cluster_name)
-        in (ClusterStatus.STOPPED, None),
+        lambda: (
+            cluster_status(batch_client, record.cluster_name)
+            in (ClusterStatus.STOPPED, None)
+        ),
         15,
         "the cancelled job's cluster to stop",
     )
@@ -89,8 +94,10 @@ def test_killed_scheduler_makes_the_job_lost(batch_client):
     cluster_name = job.status().cluster_name
     # main may start before the gateway has the scheduler's address.
     report = wait_for(
-        lambda: batch_client.gateway.get_cluster(cluster_name).scheduler_address
-        and batch_client.gateway.get_cluster(cluster_name),
+        lambda: (
+            batch_client.gateway.get_cluster(cluster_name).scheduler_address
+            and batch_client.gateway.get_cluster(cluster_name)
+        ),
         30,
         "the gateway to report the job's cluster running",
     )
@@ -107,7 +114,9 @@ def test_killed_scheduler_makes_the_job_lost(batch_client):
     with pytest.raises(JobLostError, match=job.id):
         job.result(timeout=5)
     # LOST was written back: a fresh reader sees it without asking the gateway.
-    assert batch_client.store.read_record(batch_client.user, job.id).state is JobState.LOST
+    assert (
+        batch_client.store.read_record(batch_client.user, job.id).state is JobState.LOST
+    )
 
 
 def test_pending_job_without_cluster_becomes_lost(batch_client):
@@ -118,10 +127,18 @@ def test_pending_job_without_cluster_becomes_lost(batch_client):
 
     job_id = new_job_id()
     store, user = batch_client.store, batch_client.user
-    store.put_json(user, job_id, SPEC, {
-        "id": job_id, "user": user, "name": "orphan", "submitted": utcnow().isoformat(),
-        "gateway_address": batch_client.gateway.address,
-    })
+    store.put_json(
+        user,
+        job_id,
+        SPEC,
+        {
+            "id": job_id,
+            "user": user,
+            "name": "orphan",
+            "submitted": utcnow().isoformat(),
+            "gateway_address": batch_client.gateway.address,
+        },
+    )
     store.put_json(user, job_id, STATE, {"state": "PENDING"})
     assert batch_client.status(job_id).state is JobState.PENDING
     with dask.config.set({"batch.lost-after": 0}):

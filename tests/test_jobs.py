@@ -86,9 +86,11 @@ def test_cluster_is_stopped_not_failed_when_main_finishes(batch_client):
     job.result(timeout=60)
     cluster_name = job.status().cluster_name
     report = wait_for(
-        lambda: batch_client.gateway.get_cluster(cluster_name).status
-        in (ClusterStatus.STOPPED, ClusterStatus.FAILED)
-        and batch_client.gateway.get_cluster(cluster_name),
+        lambda: (
+            batch_client.gateway.get_cluster(cluster_name).status
+            in (ClusterStatus.STOPPED, ClusterStatus.FAILED)
+            and batch_client.gateway.get_cluster(cluster_name)
+        ),
         15,
         "the job's cluster to stop",
     )
@@ -128,8 +130,10 @@ def test_logs_remain_after_the_cluster_is_gone(batch_client):
     job = batch_client.submit(chatty, workers=0)
     assert job.result(timeout=60) == "done"
     wait_for(
-        lambda: batch_client.gateway.get_cluster(job.status().cluster_name).status
-        is ClusterStatus.STOPPED,
+        lambda: (
+            batch_client.gateway.get_cluster(job.status().cluster_name).status
+            is ClusterStatus.STOPPED
+        ),
         15,
         "the job's cluster to stop",
     )
@@ -183,10 +187,17 @@ def test_submitter_killed_right_after_submit_result_still_arrives(
     assert proc.returncode == -9, proc.stderr
     job_id = proc.stdout.strip()
     # A different process, knowing only the gateway, the storage and the id.
-    fetch = (
-        "import sys\nfrom dask_batch import BatchClient\nfrom dask_batch.local import "
-        "status\nb = BatchClient(gateway=status(sys.argv[1]).gateway(), "
-        "storage=sys.argv[2])\nprint(b.result(sys.argv[3], timeout=60))\nb.gateway.close()"
+    fetch = textwrap.dedent(
+        """
+        import sys
+        from dask_batch import BatchClient
+        from dask_batch.local import status
+
+        gateway = status(sys.argv[1]).gateway()
+        batch = BatchClient(gateway=gateway, storage=sys.argv[2])
+        print(batch.result(sys.argv[3], timeout=60))
+        gateway.close()
+        """
     )
     out = subprocess.run(
         [sys.executable, "-c", fetch, batch_gateway.directory, storage, job_id],

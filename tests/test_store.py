@@ -22,7 +22,9 @@ def make_job(store: JobStore, user: str = "alice", **spec) -> str:
 
 def test_job_ids_sort_by_submission_time():
     t0 = datetime.datetime(2026, 1, 2, 3, 4, 5, 6000, tzinfo=datetime.timezone.utc)
-    ids = [new_job_id(t0 + datetime.timedelta(milliseconds=i)) for i in (0, 1, 999, 1000)]
+    ids = [
+        new_job_id(t0 + datetime.timedelta(milliseconds=i)) for i in (0, 1, 999, 1000)
+    ]
     assert ids == sorted(ids)
     assert ids[0].startswith("20260102-030405-006-")
 

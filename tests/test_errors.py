@@ -1,0 +1,175 @@
+"""Bad input fails clearly and leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from dask_batch import (
+    BatchClient,
+    JobFailedError,
+    JobNotFoundError,
+    JobState,
+    StorageError,
+    SubmitError,
+)
+
+MISSING = "20990101-000000-000-deadbeef"
+
+
+def clusters_ever(batch):
+    return batch.gateway.list_clusters(
+        status=["pending", "running", "stopped", "failed"]
+    )
+
+
+def test_unpicklable_main_fails_in_submit_and_leaves_nothing(batch_client):
+    lock = threading.Lock()
+    before = len(clusters_ever(batch_client))
+
+    def holds_a_lock():
+        return lock
+
+    with pytest.raises(SubmitError, match="cannot be pickled") as info:
+        batch_client.submit(holds_a_lock)
+    assert "Job '" in str(info.value)
+    assert batch_client.jobs() == []
+    assert len(clusters_ever(batch_client)) == before
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"workers": -1}, "workers must be a whole number"),
+        ({"workers": 1.5}, "workers must be a whole number"),
+        ({"adapt": (3, 1)}, "minimum <= maximum"),
+        ({"adapt": 5}, "adapt must be"),
+        ({"workers": 1, "adapt": (1, 2)}, "not both"),
+    ],
+)
+def test_invalid_scaling_fails_before_anything_is_created(batch_client, kwargs, match):
+    with pytest.raises(SubmitError, match=match):
+        batch_client.submit(len, [], **kwargs)
+    assert batch_client.jobs() == []
+
+
+def test_unknown_job_id_raises_job_not_found_everywhere(batch_client):
+    for call in (
+        batch_client.status,
+        batch_client.result,
+        batch_client.logs,
+        batch_client.cancel,
+    ):
+        with pytest.raises(JobNotFoundError, match=MISSING):
+            call(MISSING)
+
+
+def test_missing_bucket_fails_before_a_cluster_is_requested(
+    batch_gateway, batch_s3_server
+):
+    gateway = batch_gateway.gateway()
+    with BatchClient(
+        gateway=gateway,
+        storage="s3://no-such-bucket/jobs",
+        storage_options=batch_s3_server.storage_options,
+    ) as batch:
+        before = len(clusters_ever(batch))
+        with pytest.raises(StorageError, match="no-such-bucket"):
+            batch.submit(len, [])
+        assert len(clusters_ever(batch)) == before
+    gateway.close()
+
+
+def test_unknown_storage_protocol_fails_at_once(batch_gateway):
+    gateway = batch_gateway.gateway()
+    with pytest.raises(StorageError, match="nosuchproto"):
+        BatchClient(gateway=gateway, storage="nosuchproto://bucket/jobs")
+    gateway.close()
+
+
+def test_gateway_refusal_leaves_a_failed_record_with_its_message(batch_client):
+    with pytest.raises(SubmitError, match="refused the cluster request") as info:
+        batch_client.submit(len, [], cluster_options={"no_such_option": 1})
+    (record,) = batch_client.jobs()
+    assert record.state is JobState.FAILED
+    assert "no_such_option" in record.message
+    assert record.id in str(info.value)
+
+
+def test_module_not_importable_on_the_cluster_says_so(
+    batch_client, tmp_path, monkeypatch
+):
+    (tmp_path / "privatelib.py").write_text("def work():\n    return 'private'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import privatelib
+
+    # Pretend privatelib is installed here but not on the cluster.
+    monkeypatch.setattr("dask_batch._pickling.local_modules", lambda *objects: [])
+    job = batch_client.submit(privatelib.work, workers=0)
+    with pytest.raises(JobFailedError, match=r"privatelib.*not importable"):
+        job.result(timeout=60)
+    sys.modules.pop("privatelib")
+
+
+def test_functions_from_local_modules_are_pickled_by_value(
+    batch_client, tmp_path, monkeypatch
+):
+    (tmp_path / "mylocalcode.py").write_text(
+        textwrap.dedent(
+            """
+            SCALE = 3
+
+            def helper(x):
+                return x * SCALE
+
+            def work(x):
+                return helper(x) + 1
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import mylocalcode
+
+    assert batch_client.submit(mylocalcode.work, 2, workers=0).result(timeout=60) == 7
+    sys.modules.pop("mylocalcode")
+
+
+def test_payload_changed_after_submit_is_refused_by_mains_process(tmp_path):
+    import json
+    import pickle
+    import subprocess
+
+    import cloudpickle
+
+    from dask_batch._store import ERROR, PAYLOAD, JobStore, digest
+
+    store = JobStore(str(tmp_path / "jobs"))
+    job_id = "20260101-000000-000-0badc0de"
+    original = cloudpickle.dumps((len, ([1],), {}))
+    store.put("alice", job_id, PAYLOAD, cloudpickle.dumps((os.getpid, (), {})))
+    config = {
+        "job_id": job_id,
+        "user": "alice",
+        "storage_url": store.url,
+        "storage_options": {},
+        "payload_digest": digest(original),
+        "scheduler_address": "tls://127.0.0.1:1",
+        "runner_pid": os.getpid(),
+        "tls": [None, None, None],
+        "outcome_path": str(tmp_path / "outcome.json"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "dask_batch._child"],
+        input=pickle.dumps(config),
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    outcome = json.loads((tmp_path / "outcome.json").read_text())
+    assert outcome["error"]["type"] == "IntegrityError"
+    assert job_id in outcome["error"]["message"]
+    assert store.get_json("alice", job_id, ERROR)["type"] == "IntegrityError"

@@ -1,0 +1,97 @@
+"""Client-side and server-side runner installs, on local and S3 storage."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import s3fs
+
+from dask_batch import BatchClient, JobFailedError, JobState
+
+
+def whoami():
+    import distributed
+
+    client = distributed.get_client()
+    return {"ppid": os.getppid(), "scheduler_pid": client.run_on_scheduler(os.getpid)}
+
+
+def boom():
+    raise RuntimeError("client-side failure")
+
+
+@pytest.fixture
+def plain_client(batch_plain_gateway, batch_s3_storage):
+    url, options = batch_s3_storage
+    gateway = batch_plain_gateway.gateway()
+    with BatchClient(gateway=gateway, storage=url, storage_options=options) as batch:
+        yield batch
+    gateway.close()
+
+
+def test_plain_gateway_runs_jobs_client_side_on_s3(plain_client, batch_s3_storage):
+    job = plain_client.submit(whoami, workers=0)
+    facts = job.result(timeout=60)
+    assert facts["ppid"] == facts["scheduler_pid"]
+    record = job.status()
+    assert record.mode == "client"
+    assert record.state is JobState.SUCCEEDED
+    url, options = batch_s3_storage
+    fs = s3fs.S3FileSystem(**options)
+    stored = {
+        p.rsplit("/", 1)[-1] for p in fs.ls(f"{url}/{plain_client.user}/{job.id}")
+    }
+    assert {
+        "spec.json",
+        "state.json",
+        "payload.pkl",
+        "result.pkl",
+        "logs.txt",
+    } <= stored
+
+
+def test_client_side_failure_is_reported(plain_client):
+    job = plain_client.submit(boom, workers=0)
+    with pytest.raises(JobFailedError, match="client-side failure"):
+        job.result(timeout=60)
+
+
+def test_server_side_submit_does_not_wait_for_the_cluster(
+    batch_gateway, batch_s3_storage
+):
+    url, options = batch_s3_storage
+    with BatchClient(
+        gateway=batch_gateway.gateway(), storage=url, storage_options=options
+    ) as batch:
+        job = batch.submit(whoami, workers=0)
+        # The scheduler has not started yet: nothing has run.
+        assert job.status().state is JobState.PENDING
+        facts = job.result(timeout=60)
+        assert facts["ppid"] == facts["scheduler_pid"]
+        assert job.status().mode == "server"
+        batch.gateway.close()
+
+
+def test_cluster_options_never_carry_storage_credentials(
+    batch_gateway, batch_s3_storage
+):
+    url, options = batch_s3_storage
+    gateway = batch_gateway.gateway()
+    with BatchClient(gateway=gateway, storage=url, storage_options=options) as batch:
+        job = batch.submit(whoami, workers=0)
+        job.result(timeout=60)
+        report = gateway.get_cluster(job.status().cluster_name)
+        assert report.options["batch_job_id"] == job.id
+        assert report.options["batch_storage"] == url
+        assert options["secret"] not in repr(report.options)
+    gateway.close()
+
+
+def test_client_mode_can_be_forced_on_a_server_side_gateway(batch_gateway, tmp_path):
+    gateway = batch_gateway.gateway()
+    with BatchClient(gateway=gateway, storage=str(tmp_path), mode="client") as batch:
+        job = batch.submit(whoami, workers=0)
+        job.result(timeout=60)
+        assert job.status().mode == "client"
+    gateway.close()
