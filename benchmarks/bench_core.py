@@ -1,0 +1,234 @@
+"""Core benchmarks, side by side in one run on one local gateway.
+
+    python benchmarks/bench_core.py              # the figures in docs/benchmarks.md
+    python benchmarks/bench_core.py --smoke      # one quick pass (CI), no targets
+
+Measures, for dask-batch in server-side and client-side mode and for the raw
+workaround (``new_cluster(shutdown_on_close=False)`` + ``client.submit`` +
+``fire_and_forget``):
+
+- submit latency (the call returns) and submit-to-main-running;
+- main-returned-to-cluster-STOPPED (dask-batch only: the raw workaround's
+  cluster idles until the gateway's idle timeout);
+- scheduler round trip (``run_on_scheduler``) while main sleeps vs while main
+  burns CPU.
+
+Everything runs on 127.0.0.1; the gateway is a throw-away local one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import distributed
+from dask_gateway.client import ClusterStatus
+
+import dask_batch.local
+from dask_batch import BatchClient, JobState
+
+
+def started_at():
+    """Main: report when it started running."""
+    import time
+
+    return time.time()
+
+
+def sleep_then_burn(idle_s, burn_s):
+    """Main: an idle phase, then a CPU-bound phase in pure Python."""
+    import time
+
+    time.sleep(idle_s)
+    end = time.monotonic() + burn_s
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+    return n
+
+
+def wait(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise TimeoutError(f"benchmark: timed out waiting for {what}")
+
+
+def stopped_at(gateway, name):
+    def check():
+        report = gateway.get_cluster(name)
+        return report if report.status is ClusterStatus.STOPPED else None
+
+    return wait(check, 60, f"cluster {name} to stop").stop_time.timestamp()
+
+
+def bench_batch(batch, repeat):
+    submit, running, stopping = [], [], []
+    for _ in range(repeat):
+        t0 = time.time()
+        job = batch.submit(started_at, workers=0)
+        submit.append(time.time() - t0)
+        main_started = job.result(timeout=120)
+        running.append(main_started - t0)
+        # main returns at once, so the time it reports is also when it returned.
+        stopping.append(
+            stopped_at(batch.gateway, job.status().cluster_name) - main_started
+        )
+    return submit, running, stopping
+
+
+def bench_raw(gateway, repeat):
+    submit, running = [], []
+    for _ in range(repeat):
+        t0 = time.time()
+        cluster = gateway.new_cluster(shutdown_on_close=False)
+        cluster.scale(1)
+        client = cluster.get_client(set_as_default=False)
+        future = client.submit(started_at, pure=False)
+        distributed.fire_and_forget(future)
+        submit.append(time.time() - t0)
+        running.append(future.result(timeout=120) - t0)
+        client.close()
+        cluster.shutdown()  # the workaround never does this: it idles instead
+        cluster.close()
+    return submit, running
+
+
+def round_trips(client, n):
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        client.run_on_scheduler(os.getpid)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def bench_scheduler_health(batch, n, idle_s, burn_s):
+    job = batch.submit(sleep_then_burn, idle_s, burn_s, workers=0)
+    name = wait(lambda: job.status().cluster_name, 60, "the job's cluster")
+    report = wait(
+        lambda: (
+            batch.gateway.get_cluster(name).scheduler_address
+            and batch.gateway.get_cluster(name)
+        ),
+        60,
+        "the scheduler address",
+    )
+    started = wait(
+        lambda: job.status().state is JobState.RUNNING and job.status().started,
+        60,
+        "main to start",
+    ).timestamp()
+    with distributed.Client(
+        report.scheduler_address, security=report.security, set_as_default=False
+    ) as client:
+        # main's process needs ~1 s to start; then it sleeps until idle_s.
+        time.sleep(max(0.0, started + 1.5 - time.time()))
+        idle = round_trips(client, n)
+        time.sleep(max(0.0, started + idle_s + 1.5 - time.time()))
+        burning = round_trips(client, n)
+        assert time.time() < started + idle_s + burn_s, "burn phase ended too early"
+    job.result(timeout=120)
+    return idle, burning
+
+
+def ms(values):
+    return f"{statistics.median(values) * 1000:.1f} ms"
+
+
+def s(values):
+    return f"{statistics.median(values):.3f} s"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--round-trips", type=int, default=200)
+    parser.add_argument("--smoke", action="store_true", help="one quick pass")
+    args = parser.parse_args(argv)
+    repeat = 1 if args.smoke else args.repeat
+    n_trips = 5 if args.smoke else args.round_trips
+
+    directory = tempfile.mkdtemp(prefix="dask-batch-bench-")
+    info = dask_batch.local.start(directory)
+    try:
+        with info.gateway() as gateway:
+            storage = os.path.join(directory, "jobs")
+            server = BatchClient(gateway=gateway, storage=storage, mode="server")
+            client_mode = BatchClient(gateway=gateway, storage=storage, mode="client")
+            # Warm up: imports, first connections.
+            server.submit(started_at, workers=0).result(timeout=120)
+
+            rows = {}
+            for _ in range(repeat):  # interleave the three so noise hits all
+                for key, run in (
+                    ("server", lambda: bench_batch(server, 1)),
+                    ("client", lambda: bench_batch(client_mode, 1)),
+                    ("raw", lambda: bench_raw(gateway, 1)),
+                ):
+                    for i, values in enumerate(run()):
+                        rows.setdefault(key, [[], [], []])[i].extend(values)
+            idle, burning = bench_scheduler_health(
+                server,
+                n_trips,
+                idle_s=2 if args.smoke else 6,
+                burn_s=3 if args.smoke else 8,
+            )
+    finally:
+        dask_batch.local.stop(directory)
+
+    raw_submit, raw_running = rows["raw"][0], rows["raw"][1]
+    print(f"\n## dask-batch core benchmarks ({repeat} runs each, medians)\n")
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores\n")
+    print("| measure | server-side | client-side | raw workaround |")
+    print("|---|---|---|---|")
+    print(
+        f"| submit returns | {s(rows['server'][0])} | {s(rows['client'][0])} "
+        f"| {s(raw_submit)} |"
+    )
+    print(
+        f"| submit to main running | {s(rows['server'][1])} | {s(rows['client'][1])} "
+        f"| {s(raw_running)} |"
+    )
+    print(
+        f"| main returned to cluster STOPPED | {s(rows['server'][2])} "
+        f"| {s(rows['client'][2])} | never (idle timeout) |"
+    )
+    print("\n| ratio | value | target |\n|---|---|---|")
+    ratios = [
+        (
+            "raw time-to-running / server-side submit",
+            statistics.median(raw_running) / statistics.median(rows["server"][0]),
+            ">= 5",
+        ),
+        (
+            "client-side submit / raw submit",
+            statistics.median(rows["client"][0]) / statistics.median(raw_submit),
+            "<= 1.2",
+        ),
+        (
+            "run_on_scheduler burning / idle",
+            statistics.median(burning) / statistics.median(idle),
+            "<= 2",
+        ),
+    ]
+    for label, value, target in ratios:
+        print(f"| {label} | {value:.2f} | {target} |")
+    print(
+        f"\nrun_on_scheduler round trip ({len(idle)} calls each): "
+        f"idle {ms(idle)} (p90 {sorted(idle)[int(len(idle) * 0.9)] * 1000:.1f} ms), "
+        f"main burning CPU {ms(burning)} "
+        f"(p90 {sorted(burning)[int(len(burning) * 0.9)] * 1000:.1f} ms, "
+        f"max {max(burning) * 1000:.1f} ms)"
+    )
+
+
+if __name__ == "__main__":
+    main()
