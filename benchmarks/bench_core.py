@@ -84,6 +84,12 @@ def bench_batch(batch, repeat):
     return submit, running, stopping
 
 
+# GatewayCluster holds a Gateway on its parent's loop whose __del__ calls
+# close() synchronously: collected on that loop's thread, it deadlocks
+# (dask-gateway 2026.3). Keep the raw workaround's clusters alive until exit.
+_KEEP_ALIVE = []
+
+
 def bench_raw(gateway, repeat):
     submit, running = [], []
     for _ in range(repeat):
@@ -97,7 +103,7 @@ def bench_raw(gateway, repeat):
         running.append(future.result(timeout=120) - t0)
         client.close()
         cluster.shutdown()  # the workaround never does this: it idles instead
-        cluster.close()
+        _KEEP_ALIVE.append(cluster)
     return submit, running
 
 
@@ -159,7 +165,7 @@ def main(argv=None):
     directory = tempfile.mkdtemp(prefix="dask-batch-bench-")
     info = dask_batch.local.start(directory)
     try:
-        with info.gateway() as gateway:
+        with info.gateway() as gateway, info.gateway() as raw_gateway:
             storage = os.path.join(directory, "jobs")
             server = BatchClient(gateway=gateway, storage=storage, mode="server")
             client_mode = BatchClient(gateway=gateway, storage=storage, mode="client")
@@ -171,7 +177,7 @@ def main(argv=None):
                 for key, run in (
                     ("server", lambda: bench_batch(server, 1)),
                     ("client", lambda: bench_batch(client_mode, 1)),
-                    ("raw", lambda: bench_raw(gateway, 1)),
+                    ("raw", lambda: bench_raw(raw_gateway, 1)),
                 ):
                     for i, values in enumerate(run()):
                         rows.setdefault(key, [[], [], []])[i].extend(values)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import getpass
+import importlib.util
 import json
 import os
 import secrets
@@ -231,6 +232,12 @@ def start(
     --------
     >>> info = dask_batch.local.start()   # doctest: +SKIP
     """
+    if importlib.util.find_spec("dask_gateway_server") is None:
+        raise DaskBatchError(
+            "The embedded local gateway needs dask-gateway-server: "
+            "pip install 'dask-batch[local]'. Or point dask-batch at a running "
+            "gateway with `gateway.address` (env DASK_GATEWAY__ADDRESS)."
+        )
     directory = os.path.abspath(directory or default_directory())
     timeout_s = parse_timedelta(
         timeout if timeout is not None else dask.config.get("batch.local.start-timeout")
