@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 from collections.abc import Iterable
 from typing import Any
 
 import fsspec
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 from fsspec.utils import get_protocol
 
 from ._exceptions import CorruptRecordError, JobNotFoundError, StorageError
@@ -95,13 +97,27 @@ class JobStore:
     def put(self, user: str, job_id: str, name: str, data: bytes) -> None:
         path = self.job_path(user, job_id, name)
         try:
-            self.fs.pipe_file(path, data)
+            self._put_whole(path, data)
         except Exception as exc:
             raise StorageError(
                 f"Could not write {name} of job {job_id!r} to {self.url!r}: "
                 f"{type(exc).__name__}: {exc}. Check the storage URL, "
                 "credentials and permissions."
             ) from exc
+
+    def _put_whole(self, path: str, data: bytes) -> None:
+        if isinstance(self.fs, LocalFileSystem):
+            # A local write is visible while in progress: write aside, then
+            # rename, which is atomic (a single PUT is, on object stores).
+            tmp = f"{path}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
+            try:
+                self.fs.pipe_file(tmp, data)
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        else:
+            self.fs.pipe_file(path, data)
 
     def get(self, user: str, job_id: str, name: str) -> bytes:
         """Read one object; FileNotFoundError if it does not exist."""

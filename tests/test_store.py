@@ -86,3 +86,35 @@ def test_local_directory_needs_no_mkdir(tmp_path):
     store.check_writable("alice")
     job_id = make_job(store)
     assert store.read_record("alice", job_id).id == job_id
+
+
+def test_local_writes_are_never_seen_half_done(tmp_path):
+    import threading
+
+    store = JobStore(str(tmp_path / "jobs"))
+    job_id = make_job(store)
+    big = {"state": "RUNNING", "padding": "x" * 1_000_000}
+    stop = threading.Event()
+    seen_bad = []
+
+    def read_loop():
+        while not stop.is_set():
+            try:
+                store.get_json("alice", job_id, STATE)
+            except CorruptRecordError as exc:
+                seen_bad.append(exc)
+
+    reader = threading.Thread(target=read_loop)
+    reader.start()
+    try:
+        for _ in range(30):
+            store.put_json("alice", job_id, STATE, big)
+    finally:
+        stop.set()
+        reader.join()
+    assert seen_bad == []
+    assert not [
+        p
+        for p in (tmp_path / "jobs" / "alice" / job_id).iterdir()
+        if p.name.endswith(".tmp")
+    ]
