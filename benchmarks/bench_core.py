@@ -30,6 +30,7 @@ from dask_gateway.client import ClusterStatus
 
 import dask_batch.local
 from dask_batch import BatchClient, JobState
+from dask_batch.testing import job_cluster_client, wait_for
 
 
 def started_at():
@@ -51,22 +52,12 @@ def sleep_then_burn(idle_s, burn_s):
     return n
 
 
-def wait(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise TimeoutError(f"benchmark: timed out waiting for {what}")
-
-
 def stopped_at(gateway, name):
     def check():
         report = gateway.get_cluster(name)
         return report if report.status is ClusterStatus.STOPPED else None
 
-    return wait(check, 60, f"cluster {name} to stop").stop_time.timestamp()
+    return wait_for(check, 60, f"cluster {name} to stop").stop_time.timestamp()
 
 
 def bench_batch(batch, repeat):
@@ -118,23 +109,12 @@ def round_trips(client, n):
 
 def bench_scheduler_health(batch, n, idle_s, burn_s):
     job = batch.submit(sleep_then_burn, idle_s, burn_s, workers=0)
-    name = wait(lambda: job.status().cluster_name, 60, "the job's cluster")
-    report = wait(
-        lambda: (
-            batch.gateway.get_cluster(name).scheduler_address
-            and batch.gateway.get_cluster(name)
-        ),
-        60,
-        "the scheduler address",
-    )
-    started = wait(
+    started = wait_for(
         lambda: job.status().state is JobState.RUNNING and job.status().started,
         60,
         "main to start",
     ).timestamp()
-    with distributed.Client(
-        report.scheduler_address, security=report.security, set_as_default=False
-    ) as client:
+    with job_cluster_client(batch, job.id) as client:
         # main's process needs ~1 s to start; then it sleeps until idle_s.
         time.sleep(max(0.0, started + 1.5 - time.time()))
         idle = round_trips(client, n)

@@ -373,7 +373,12 @@ class BatchClient:
                 {"state": "PENDING", "updated": spec["submitted"]},
             )
 
-        await self._io(write_records)
+        try:
+            await self._io(write_records)
+        except StorageError as exc:
+            raise StorageError(
+                f"Job {job_id!r} not submitted, no cluster was requested: {exc}"
+            ) from exc
 
         if mode == "server":
             options.update(

@@ -26,7 +26,7 @@ class BatchGateway(Gateway):
             return None
         self._closed = True
         if not self.asynchronous and self._on_own_loop():
-            asyncio.ensure_future(self._cleanup())
+            self._cleanup_task = asyncio.ensure_future(self._cleanup())
             return None
         return super().close()
 

@@ -83,6 +83,7 @@ class JobRunnerPlugin(SchedulerPlugin):
         self._task: asyncio.Task[None] | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._stopped_from_outside = False
+        self._finishing = False
         self._workdir: str | None = None
 
     # pickled to reach the scheduler in client-side mode: drop runtime state
@@ -99,8 +100,8 @@ class JobRunnerPlugin(SchedulerPlugin):
 
     async def close(self) -> None:
         task = self._task
-        if task is None or task.done():
-            return
+        if task is None or task.done() or self._finishing:
+            return  # our own shutdown, or nothing running
         # The cluster is going away under a running job (cancel, an admin,
         # the gateway): end main, keep its log, record why.
         self._stopped_from_outside = True
@@ -321,6 +322,7 @@ class JobRunnerPlugin(SchedulerPlugin):
             await self._shutdown_cluster()
 
     async def _shutdown_cluster(self) -> None:
+        self._finishing = True  # the close() that follows is ours
         service = self._gateway_service()
         if service is None:
             await self.scheduler.close(reason="dask-batch job finished")

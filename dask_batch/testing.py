@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 
-__all__ = ["S3Server", "wait_for"]
+__all__ = ["S3Server", "job_cluster_client", "wait_for"]
 
 
 def wait_for(
@@ -54,6 +54,28 @@ def wait_for(
         time.sleep(interval)
     raise AssertionError(
         f"Timed out after {timeout} s waiting for {message} (last: {value!r})"
+    )
+
+
+def job_cluster_client(batch: Any, job_id: str, timeout: float = 60) -> Any:
+    """A ``distributed.Client`` on a running job's cluster (for tests and benchmarks).
+
+    A job can be RUNNING before the gateway has its scheduler's address (main
+    starts as soon as the scheduler does): this waits for both.
+    """
+    import distributed
+
+    name = wait_for(
+        lambda: batch.status(job_id).cluster_name, timeout, f"job {job_id}'s cluster"
+    )
+
+    def running_report() -> Any:
+        report = batch.gateway.get_cluster(name)
+        return report if report.scheduler_address else None
+
+    report = wait_for(running_report, timeout, f"the gateway to report {name} running")
+    return distributed.Client(
+        report.scheduler_address, security=report.security, set_as_default=False
     )
 
 

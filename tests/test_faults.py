@@ -6,13 +6,12 @@ import os
 import signal
 import time
 
-import distributed
 import pytest
 from conftest import child_processes
 from dask_gateway.client import ClusterStatus
 
 from dask_batch import BatchClient, JobCancelledError, JobLostError, JobState
-from dask_batch.testing import _start_gateway, wait_for
+from dask_batch.testing import _start_gateway, job_cluster_client, wait_for
 
 
 def sleeper(seconds):
@@ -92,18 +91,7 @@ def test_killed_scheduler_makes_the_job_lost(batch_client):
     job = batch_client.submit(sleeper, 120, workers=0)
     wait_for_state(batch_client, job.id, JobState.RUNNING)
     cluster_name = job.status().cluster_name
-    # main may start before the gateway has the scheduler's address.
-    report = wait_for(
-        lambda: (
-            batch_client.gateway.get_cluster(cluster_name).scheduler_address
-            and batch_client.gateway.get_cluster(cluster_name)
-        ),
-        30,
-        "the gateway to report the job's cluster running",
-    )
-    with distributed.Client(
-        report.scheduler_address, security=report.security, set_as_default=False
-    ) as client:
+    with job_cluster_client(batch_client, job.id) as client:
         scheduler_pid = client.run_on_scheduler(os.getpid)
     os.kill(scheduler_pid, signal.SIGKILL)
     wait_for(lambda: not child_processes(), 10, "main to exit with its scheduler")
