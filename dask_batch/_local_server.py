@@ -118,13 +118,24 @@ def _wait_healthy(url: str, deadline: float) -> None:
     raise RuntimeError(f"gateway at {url} never became healthy: {last}")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 async def _serve(
     gateway: DaskGateway,
     directory: str,
-    launch_id: str,
+    settings: dict[str, Any],
     address: str,
     proxy_address: str,
 ) -> None:
+    launch_id = settings.get("launch_id", "")
     server_file = os.path.join(directory, SERVER)
     ready = False
     try:
@@ -145,8 +156,10 @@ async def _serve(
         )
         ready = True
         gateway.log.info("dask-batch local gateway ready at %s", address)
-        while True:
-            await asyncio.sleep(3600)
+        owner = settings.get("owner_pid")
+        while owner is None or _alive(owner):
+            await asyncio.sleep(1.0 if owner else 3600)
+        gateway.log.warning("Owner process %d is gone, shutting down", owner)
     finally:
         if ready:
             os.remove(server_file)
@@ -186,7 +199,7 @@ def main(directory: str, detach: bool = False) -> None:
             _serve(
                 gateway,
                 directory,
-                launch_id,
+                settings,
                 # Clients talk to the proxy: HTTP API and scheduler TLS share
                 # its port (no separate tcp_address, see FACTS.md).
                 f"http://127.0.0.1:{proxy_port}",

@@ -204,6 +204,7 @@ def start(
     server_side: bool = True,
     environment: dict[str, str] | None = None,
     gateway_config: dict[str, Any] | None = None,
+    owner_pid: int | None = None,
 ) -> LocalGateway:
     """Start the local gateway in the background, or return the running one.
 
@@ -223,6 +224,9 @@ def start(
         Extra environment for schedulers and workers.
     gateway_config : dict, optional
         Extra traitlets settings, ``{"Class.trait": value}``.
+    owner_pid : int, optional
+        Stop the gateway (and its clusters) when this process is gone. For
+        test fixtures; by default the gateway outlives everyone.
 
     Returns
     -------
@@ -270,6 +274,7 @@ def start(
                 "server_side": server_side,
                 "environment": environment or {},
                 "gateway_config": gateway_config or {},
+                "owner_pid": owner_pid,
             },
         )
         with contextlib.suppress(FileNotFoundError):

@@ -138,6 +138,8 @@ def _start_gateway(directory: str, **kwargs: Any) -> Any:
             "DBBackendBase.worker_status_period": 2.0,
             "LocalBackend.sigint_timeout": 5,
         },
+        # An interrupted test session must not leave a gateway running.
+        owner_pid=os.getpid(),
         **kwargs,
     )
 

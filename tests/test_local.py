@@ -102,3 +102,23 @@ def test_no_storage_with_a_remote_gateway_is_a_clear_error(batch_gateway):
     with pytest.raises(StorageError, match=r"batch\.storage"):
         BatchClient(gateway=gateway)
     gateway.close()
+
+
+def test_gateway_with_an_owner_stops_when_the_owner_dies(tmp_path):
+    from dask_batch.testing import wait_for
+
+    directory = str(tmp_path / "owned")
+    owner = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        info = dask_batch.local.start(directory, owner_pid=owner.pid)
+        assert dask_batch.local.status(directory) is not None
+    finally:
+        owner.stdin.close()
+        owner.wait()
+    wait_for(
+        lambda: dask_batch.local.status(directory) is None,
+        30,
+        f"the gateway {info.pid} to stop after its owner exited",
+    )
