@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import socket
 import sys
@@ -28,10 +27,7 @@ from dask_gateway_server.utils import run_main
 from traitlets.config import Config
 
 from .gateway_config import batch_cluster_options
-
-SETTINGS = "settings.json"
-SECRETS = "secrets.json"
-SERVER = "server.json"
+from .local import _SECRETS, _SERVER, _SETTINGS, _pid_alive, _read, _write
 
 
 class LoopbackLocalBackend(UnsafeLocalBackend):
@@ -44,19 +40,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _write_json(path: str, obj: Any, mode: int = 0o644) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
-def _read_json(path: str) -> Any:
-    with open(path) as f:
-        return json.load(f)
 
 
 def build_config(
@@ -118,16 +101,6 @@ def _wait_healthy(url: str, deadline: float) -> None:
     raise RuntimeError(f"gateway at {url} never became healthy: {last}")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 async def _serve(
     gateway: DaskGateway,
     directory: str,
@@ -136,7 +109,7 @@ async def _serve(
     proxy_address: str,
 ) -> None:
     launch_id = settings.get("launch_id", "")
-    server_file = os.path.join(directory, SERVER)
+    server_file = os.path.join(directory, _SERVER)
     ready = False
     try:
         await gateway.setup()
@@ -144,7 +117,7 @@ async def _serve(
         await asyncio.to_thread(
             _wait_healthy, f"{address}/api/health", time.monotonic() + 30
         )
-        _write_json(
+        _write(
             server_file,
             {
                 "address": address,
@@ -157,14 +130,14 @@ async def _serve(
         ready = True
         gateway.log.info("dask-batch local gateway ready at %s", address)
         owner = settings.get("owner_pid")
-        while owner is None or _alive(owner):
+        while owner is None or _pid_alive(owner):
             await asyncio.sleep(1.0 if owner else 3600)
         gateway.log.warning("Owner process %d is gone, shutting down", owner)
     finally:
         if ready:
             os.remove(server_file)
         else:
-            _write_json(server_file, {"failed": launch_id})
+            _write(server_file, {"failed": launch_id})
         await gateway.cleanup()
 
 
@@ -180,16 +153,16 @@ def main(directory: str, detach: bool = False) -> None:
     directory = os.path.abspath(directory)
     if detach:
         _detach()
-    settings = _read_json(os.path.join(directory, SETTINGS))
+    settings = _read(os.path.join(directory, _SETTINGS))
     launch_id = settings.get("launch_id", "")
     try:
-        secrets = _read_json(os.path.join(directory, SECRETS))
+        secrets = _read(os.path.join(directory, _SECRETS))
         api_port, proxy_port = _free_port(), _free_port()
         config = build_config(directory, settings, secrets, api_port, proxy_port)
         gateway = DaskGateway(config=config)
         gateway.initialize([])
     except BaseException:
-        _write_json(os.path.join(directory, SERVER), {"failed": launch_id})
+        _write(os.path.join(directory, _SERVER), {"failed": launch_id})
         raise
     from aiohttp import web
 
