@@ -8,18 +8,23 @@ file for the runner. Its stdout and stderr are the job's log.
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import pickle
 import sys
+import tarfile
 import threading
 import time
 import traceback
 from typing import Any, NoReturn
 
 import cloudpickle
+import fsspec
 
-from ._store import ERROR, PAYLOAD, RESULT, JobStore, digest
+from . import _context
+from ._store import ERROR, FILES, PAYLOAD, RESULT, SECRETS, JobStore, digest
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -124,6 +129,50 @@ def _connect(cfg: dict[str, Any]) -> Any:
     return Client(cfg["scheduler_address"], set_as_default=True)
 
 
+def _prepare(store: JobStore, cfg: dict[str, Any]) -> Any:
+    """Storage access, working directory, files, secrets and logging for main."""
+    job_id, user = cfg["job_id"], cfg["user"]
+    # fsspec.open(artifacts_path(...)) in main gets the job's storage options.
+    protocol = store.fs.protocol
+    for name in [protocol] if isinstance(protocol, str) else protocol:
+        fsspec.config.conf.setdefault(name, {}).update(store.storage_options)
+    reporter = _context._activate(
+        store,
+        _context.CurrentJob(
+            id=job_id,
+            user=user,
+            name=cfg.get("name", ""),
+            artifacts_url=_context.artifacts_url(store, user, job_id),
+            storage_url=store.url,
+        ),
+    )
+    workdir = cfg.get("workdir")
+    if workdir:
+        os.makedirs(workdir, exist_ok=True)
+        os.chdir(workdir)
+    if cfg.get("has_files"):
+        archive = store.get(user, job_id, FILES)
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+            # Refuse absolute paths, "..", devices (Python >= 3.10.12).
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(".", filter="data")
+            else:  # pragma: no cover
+                tar.extractall(".")
+    if cfg.get("secret_key"):
+        from cryptography.fernet import Fernet
+
+        token = store.get(user, job_id, SECRETS)
+        os.environ.update(json.loads(Fernet(cfg["secret_key"]).decrypt(token)))
+    os.environ["DASK_BATCH_JOB_ID"] = job_id
+    # main's logging.info(...) goes to the job's log like its prints.
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return reporter
+
+
 def main() -> None:
     cfg = pickle.load(sys.stdin.buffer)
     threading.Thread(
@@ -131,6 +180,7 @@ def main() -> None:
     ).start()
     store = JobStore(cfg["storage_url"], cfg["storage_options"])
     func, args, kwargs = _load_main(store, cfg)
+    reporter = _prepare(store, cfg)
 
     client = _connect(cfg)
     try:
@@ -140,6 +190,7 @@ def main() -> None:
         _fail(store, cfg, _error_doc(exc))
     finally:
         try:
+            reporter.flush()
             client.close()
         except Exception:
             traceback.print_exc()

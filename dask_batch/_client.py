@@ -5,21 +5,33 @@ from __future__ import annotations
 import asyncio
 import datetime
 import getpass
+import io
+import json
 import logging
 import os
+import tarfile
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
 import dask.config
-from dask.utils import parse_timedelta
+from dask.utils import format_bytes, parse_bytes, parse_timedelta
 from dask_gateway import Gateway
 from dask_gateway.client import ClusterStatus, GatewayClusterError
 
 from . import config as _config  # noqa: F401  (loads batch.* defaults)
 from . import local as _local
+from ._context import artifacts_url
 from ._exceptions import (
     DaskBatchError,
     JobCancelledError,
@@ -33,13 +45,24 @@ from ._gateway import BatchGateway
 from ._pickling import dumps_payload
 from ._records import JobRecord, JobState, new_job_id, to_iso, utcnow
 from ._runner import JobRunnerPlugin
-from ._store import CLUSTER, LOGS, PAYLOAD, RESULT, SPEC, STATE, JobStore, digest
+from ._store import (
+    CLUSTER,
+    FILES,
+    PAYLOAD,
+    RESULT,
+    SECRETS,
+    SPEC,
+    STATE,
+    JobStore,
+    digest,
+)
 
 logger = logging.getLogger("dask_batch")
 
 _ALIVE = {ClusterStatus.PENDING, ClusterStatus.RUNNING, ClusterStatus.STOPPING}
 _ALL_STATUSES = ["pending", "running", "stopping", "stopped", "failed"]
 _LOG_TAIL_LINES = 20
+_FOLLOW_POLL = 0.2  # seconds between storage polls while following a log
 
 
 def _gateway_user(gateway: Gateway) -> str:
@@ -83,6 +106,81 @@ def _check_scaling(job_id: str, workers: Any, adapt: Any) -> tuple[Any, Any]:
             f"got {workers!r}."
         )
     return workers, None
+
+
+@dataclass
+class _Submission:
+    job_id: str
+    spec: dict[str, Any]
+    payload: bytes
+    env_values: dict[str, str]
+    archive: bytes
+
+
+def _resolve_env(job_id: str, env: Any) -> dict[str, str]:
+    if env is None:
+        return {}
+    if isinstance(env, str):
+        env = [env]
+    if isinstance(env, Mapping):
+        items = dict(env)
+    else:
+        items = {}
+        for entry in env:
+            key, sep, value = str(entry).partition("=")
+            if sep:
+                items[key] = value
+            elif key in os.environ:
+                items[key] = os.environ[key]
+            else:
+                raise SubmitError(
+                    f"Job {job_id!r} not submitted: env variable {key!r} is not "
+                    "set in this process; set it, or pass KEY=VALUE."
+                )
+    for key, value in items.items():
+        if not isinstance(key, str) or not key or not isinstance(value, str):
+            raise SubmitError(
+                f"Job {job_id!r} not submitted: env needs string names and "
+                f"values, got {key!r}."
+            )
+    return items
+
+
+def _pack_files(job_id: str, files: Any) -> bytes:
+    """A tar.gz of ``files`` (a directory's contents go to the top level)."""
+    if isinstance(files, (str, os.PathLike)):
+        files = [files]
+    limit = parse_bytes(dask.config.get("batch.upload-limit"))
+    buffer = io.BytesIO()
+    total = 0
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for entry in files:
+            path = os.fspath(entry)
+            if not os.path.exists(path):
+                raise SubmitError(
+                    f"Job {job_id!r} not submitted: file {path!r} does not exist."
+                )
+            if os.path.isdir(path):
+                members = [
+                    (
+                        os.path.join(root, f),
+                        os.path.relpath(os.path.join(root, f), path),
+                    )
+                    for root, _, names in os.walk(path)
+                    for f in names
+                ]
+            else:
+                members = [(path, os.path.basename(path))]
+            for source, arcname in members:
+                total += os.path.getsize(source)
+                if total > limit:
+                    raise SubmitError(
+                        f"Job {job_id!r} not submitted: the uploaded files exceed "
+                        f"batch.upload-limit ({format_bytes(limit)}). Put large "
+                        "inputs in object storage and read them from main."
+                    )
+                tar.add(source, arcname=arcname)
+    return buffer.getvalue()
 
 
 class Job:
@@ -262,6 +360,8 @@ class BatchClient:
         workers: int | None = None,
         adapt: tuple[int, int] | None = None,
         cluster_options: dict[str, Any] | None = None,
+        env: dict[str, str] | Sequence[str] | None = None,
+        files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
         **kwargs: Any,
     ) -> Any:
         """Run ``func(*args, **kwargs)`` as a batch job on its own cluster.
@@ -287,6 +387,13 @@ class BatchClient:
             Adaptive scaling between ``minimum`` and ``maximum`` workers.
         cluster_options : dict, optional
             Options for the gateway (``gateway.cluster_options()`` lists them).
+        env : dict or list of str, optional
+            Environment variables for main: ``{"KEY": "value"}``, or names to
+            copy from this process (``["AWS_PROFILE"]``). Values are stored
+            encrypted; records and listings hold only the names.
+        files : path or list of paths, optional
+            Files to upload as main's working directory (a directory's
+            contents, or single files), up to ``batch.upload-limit``.
 
         Returns
         -------
@@ -307,34 +414,196 @@ class BatchClient:
         >>> job.id
         '20261126-081530-123-3f9a1c2b'
         """
-        return self.sync(
-            self._submit,
-            func,
-            args,
-            kwargs,
-            name=name,
-            workers=workers,
-            adapt=adapt,
-            cluster_options=cluster_options,
-        )
-
-    async def _submit(
-        self,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        *,
-        name: str | None,
-        workers: int | None,
-        adapt: tuple[int, int] | None,
-        cluster_options: dict[str, Any] | None,
-    ) -> Job:
-        submitted = utcnow()
-        job_id = new_job_id(submitted)
+        job_id = new_job_id()
         if not callable(func):
             raise SubmitError(
                 f"Job {job_id!r} not submitted: {func!r} is not callable."
             )
+        target = (
+            f"{getattr(func, '__module__', '?')}."
+            f"{getattr(func, '__qualname__', repr(func))}"
+        )
+        return self._submit_job(
+            job_id,
+            "function",
+            target,
+            func,
+            args,
+            kwargs,
+            name=name or str(getattr(func, "__name__", "job")),
+            workers=workers,
+            adapt=adapt,
+            cluster_options=cluster_options,
+            env=env,
+            files=files,
+        )
+
+    def submit_script(
+        self,
+        target: str | os.PathLike[str],
+        args: Sequence[str] = (),
+        *,
+        name: str | None = None,
+        workers: int | None = None,
+        adapt: tuple[int, int] | None = None,
+        cluster_options: dict[str, Any] | None = None,
+        env: dict[str, str] | Sequence[str] | None = None,
+        files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    ) -> Any:
+        """Run a Python script, or a ``package.module:function``, as a batch job.
+
+        Parameters
+        ----------
+        target : str or path
+            ``train.py`` (uploaded, run as ``__main__`` with ``sys.argv =
+            ["train.py", *args]``; ``sys.exit(n)`` with n != 0 fails the job),
+            or ``package.module:function`` (imported on the cluster, called
+            with ``*args``; uploaded ``files`` are importable).
+        args : list of str
+            Command-line arguments of the script, or positional arguments of
+            the function.
+        name, workers, adapt, cluster_options, env, files
+            As for :meth:`submit`.
+
+        Returns
+        -------
+        Job
+
+        Examples
+        --------
+        >>> batch.submit_script("train.py", ["--epochs", "10"], files=["data/"])
+        >>> batch.submit_script("mypkg.jobs:nightly", ["2026-11-26"])
+        """
+        from . import _targets
+
+        job_id = new_job_id()
+        text = os.fspath(target)
+        if text.endswith(".py") or os.path.isfile(text):
+            try:
+                with open(text, "rb") as f:
+                    source = f.read()
+            except OSError as exc:
+                raise SubmitError(
+                    f"Job {job_id!r} not submitted: cannot read script {text!r}: {exc}"
+                ) from exc
+            filename = os.path.basename(text)
+            return self._submit_job(
+                job_id,
+                "script",
+                filename,
+                _targets.run_script,
+                (filename, source, [str(a) for a in args]),
+                {},
+                name=name or filename,
+                workers=workers,
+                adapt=adapt,
+                cluster_options=cluster_options,
+                env=env,
+                files=files,
+            )
+        module, sep, function = text.partition(":")
+        if not sep or not module or not function:
+            raise SubmitError(
+                f"Job {job_id!r} not submitted: {text!r} is neither a script "
+                "(path ending in .py) nor a 'package.module:function' target."
+            )
+        return self._submit_job(
+            job_id,
+            "module",
+            text,
+            _targets.run_function,
+            (text, list(args), {}),
+            {},
+            name=name or function,
+            workers=workers,
+            adapt=adapt,
+            cluster_options=cluster_options,
+            env=env,
+            files=files,
+        )
+
+    def submit_notebook(
+        self,
+        path: str | os.PathLike[str],
+        parameters: dict[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        workers: int | None = None,
+        adapt: tuple[int, int] | None = None,
+        cluster_options: dict[str, Any] | None = None,
+        env: dict[str, str] | Sequence[str] | None = None,
+        files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    ) -> Any:
+        """Execute a notebook with papermill as a batch job.
+
+        The executed notebook is kept as the artifact
+        ``<name>.output.ipynb`` (also when a cell fails, which fails the job
+        with that cell's error). The cluster's image needs ``papermill`` and
+        an ``ipykernel`` named ``python3``.
+
+        Parameters
+        ----------
+        path : str or path
+            The notebook (``analysis.ipynb``).
+        parameters : dict, optional
+            papermill parameters, injected after the cell tagged ``parameters``.
+        name, workers, adapt, cluster_options, env, files
+            As for :meth:`submit`.
+
+        Returns
+        -------
+        Job
+
+        Examples
+        --------
+        >>> job = batch.submit_notebook("analysis.ipynb", {"year": 2025})
+        >>> job.result()            # the executed notebook's artifact URL
+        """
+        from . import _targets
+
+        job_id = new_job_id()
+        text = os.fspath(path)
+        try:
+            with open(text, "rb") as f:
+                source = f.read()
+        except OSError as exc:
+            raise SubmitError(
+                f"Job {job_id!r} not submitted: cannot read notebook {text!r}: {exc}"
+            ) from exc
+        filename = os.path.basename(text)
+        return self._submit_job(
+            job_id,
+            "notebook",
+            filename,
+            _targets.run_notebook,
+            (filename, source, dict(parameters or {})),
+            {},
+            name=name or filename,
+            workers=workers,
+            adapt=adapt,
+            cluster_options=cluster_options,
+            env=env,
+            files=files,
+        )
+
+    def _submit_job(
+        self,
+        job_id: str,
+        kind: str,
+        target: str,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        name: str,
+        workers: int | None,
+        adapt: tuple[int, int] | None,
+        cluster_options: dict[str, Any] | None,
+        env: dict[str, str] | Sequence[str] | None,
+        files: Any,
+    ) -> Any:
+        # Everything that can fail on bad input happens here, before any
+        # record or cluster exists.
         workers, adapt = _check_scaling(job_id, workers, adapt)
         try:
             payload = dumps_payload(func, args, kwargs)
@@ -344,27 +613,54 @@ class BatchClient:
                 f"pickled ({type(exc).__name__}: {exc}). Pass data that cloudpickle "
                 "can serialise, or load it inside main."
             ) from exc
-        options = dict(cluster_options or {})
+        env_values = _resolve_env(job_id, env)
+        archive = _pack_files(job_id, files) if files else b""
+        submission = _Submission(
+            job_id=job_id,
+            spec={
+                "id": job_id,
+                "user": self.user,
+                "name": name,
+                "kind": kind,
+                "function": target,
+                "workers": workers,
+                "adapt": list(adapt) if adapt else None,
+                "cluster_options": dict(cluster_options or {}),
+                "payload_digest": digest(payload),
+                "payload_bytes": len(payload),
+                "env_names": sorted(env_values),
+                "files_bytes": len(archive),
+                "artifacts_url": artifacts_url(self.store, self.user, job_id),
+            },
+            payload=payload,
+            env_values=env_values,
+            archive=archive,
+        )
+        return self.sync(self._submit, submission)
+
+    async def _submit(self, sub: _Submission) -> Job:
+        job_id, spec = sub.job_id, sub.spec
+        options = dict(spec["cluster_options"])
         mode = await self._mode()
-        spec = {
-            "id": job_id,
-            "user": self.user,
-            "name": name or getattr(func, "__name__", "job"),
-            "submitted": to_iso(submitted),
-            "gateway_address": self.gateway.address,
-            "workers": workers,
-            "adapt": list(adapt) if adapt else None,
-            "cluster_options": options,
-            "payload_digest": digest(payload),
-            "payload_bytes": len(payload),
-            "mode": mode,
-            "function": f"{getattr(func, '__module__', '?')}."
-            f"{getattr(func, '__qualname__', repr(func))}",
-        }
+        spec.update(
+            submitted=to_iso(utcnow()), gateway_address=self.gateway.address, mode=mode
+        )
+        secret_key = ""
+        if sub.env_values:
+            from cryptography.fernet import Fernet
+
+            secret_key = Fernet.generate_key().decode()
+            secrets_blob = Fernet(secret_key).encrypt(
+                json.dumps(sub.env_values).encode()
+            )
 
         def write_records() -> None:
             self.store.check_writable(self.user)
-            self.store.put(self.user, job_id, PAYLOAD, payload)
+            self.store.put(self.user, job_id, PAYLOAD, sub.payload)
+            if sub.archive:
+                self.store.put(self.user, job_id, FILES, sub.archive)
+            if secret_key:
+                self.store.put(self.user, job_id, SECRETS, secrets_blob)
             self.store.put_json(self.user, job_id, SPEC, spec)
             self.store.put_json(
                 self.user,
@@ -386,6 +682,8 @@ class BatchClient:
                 batch_storage=self.store.url,
                 batch_payload_digest=spec["payload_digest"],
             )
+            if secret_key:
+                options["batch_secret_key"] = secret_key
         try:
             cluster_name = await self.gateway._submit(**options)
         except Exception as exc:
@@ -414,11 +712,11 @@ class BatchClient:
             {"cluster_name": cluster_name},
         )
         if mode == "client":
-            await self._install_runner(job_id, cluster_name, spec)
+            await self._install_runner(job_id, cluster_name, spec, secret_key)
         return Job(self, job_id)
 
     async def _install_runner(
-        self, job_id: str, cluster_name: str, spec: dict[str, Any]
+        self, job_id: str, cluster_name: str, spec: dict[str, Any], secret_key: str
     ) -> None:
         from distributed import Client
 
@@ -430,6 +728,7 @@ class BatchClient:
                 storage_url=self.store.url,
                 storage_options=self.store.storage_options,
                 payload_digest=spec["payload_digest"],
+                secret_key=secret_key,
             )
             async with Client(
                 report.scheduler_address,
@@ -691,39 +990,78 @@ class BatchClient:
             delay = min(delay * 1.5, 2.0)
 
     async def _log_tail(self, job_id: str) -> str:
-        text = await self._logs(job_id)
-        return "\n".join(text.splitlines()[-_LOG_TAIL_LINES:])
+        return str(
+            await self._io(self.store.log_tail, self.user, job_id, _LOG_TAIL_LINES)
+        )
 
-    def logs(self, job_id: str) -> Any:
-        """The captured stdout and stderr of main.
+    def logs(self, job_id: str, *, follow: bool = False) -> Any:
+        """The captured stdout, stderr and logging output of main.
 
-        Available while the job runs (copied every ``batch.runner.log-upload-interval``)
-        and after its cluster is gone.
+        Available while the job runs (appended to storage every
+        ``batch.runner.log-upload-interval``) and after its cluster is gone.
 
         Parameters
         ----------
         job_id : str
+        follow : bool
+            Instead of the log so far, return an iterator over new log text
+            as it arrives, ending when the job has ended (an async iterator
+            with ``asynchronous=True``).
 
         Returns
         -------
-        str
+        str, or iterator of str with ``follow=True``
 
         Examples
         --------
-        >>> print(batch.logs(job.id))   # doctest: +SKIP
+        >>> print(batch.logs(job.id))              # doctest: +SKIP
+        >>> for text in batch.logs(job.id, follow=True):   # doctest: +SKIP
+        ...     print(text, end="")
         """
+        if follow:
+            return (
+                self._follow(job_id) if self.asynchronous else self._follow_sync(job_id)
+            )
         return self.sync(self._logs, job_id)
 
     async def _logs(self, job_id: str) -> str:
-        def read() -> str:
-            try:
-                return self.store.get(self.user, job_id, LOGS).decode(errors="replace")
-            except FileNotFoundError:
-                if not self.store.exists(self.user, job_id, SPEC):
-                    raise JobNotFoundError(job_id, self.store.url) from None
-                return ""
+        text, _ = await self._logs_from(job_id, 0)
+        return text
 
-        return str(await self._io(read))
+    async def _logs_from(self, job_id: str, index: int) -> tuple[str, int]:
+        def read() -> tuple[str, int]:
+            data, next_index = self.store.read_logs(self.user, job_id, index)
+            if next_index == 0 and not self.store.exists(self.user, job_id, SPEC):
+                raise JobNotFoundError(job_id, self.store.url)
+            return data.decode(errors="replace"), next_index
+
+        return await self._io(read)
+
+    async def _follow_step(self, job_id: str, index: int) -> tuple[str, int, bool]:
+        """New log text, the next chunk index, and whether the job has ended."""
+        ended = (await self._status(job_id)).state.is_terminal
+        # Read after the state: the runner stores the last log before the
+        # final state, so nothing printed is missed once ended is seen.
+        text, index = await self._logs_from(job_id, index)
+        return text, index, ended
+
+    def _follow_sync(self, job_id: str) -> Iterator[str]:
+        index, ended = 0, False
+        while not ended:
+            text, index, ended = self.sync(self._follow_step, job_id, index)
+            if text:
+                yield text
+            elif not ended:
+                time.sleep(_FOLLOW_POLL)
+
+    async def _follow(self, job_id: str) -> AsyncIterator[str]:
+        index, ended = 0, False
+        while not ended:
+            text, index, ended = await self._follow_step(job_id, index)
+            if text:
+                yield text
+            elif not ended:
+                await asyncio.sleep(_FOLLOW_POLL)
 
     def cancel(self, job_id: str) -> Any:
         """Cancel a pending or running job and stop its cluster.

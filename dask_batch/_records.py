@@ -85,6 +85,18 @@ class JobRecord:
         ``{"type", "message", "traceback"}`` of a failed job.
     mode : str
         ``"server"`` or ``"client"``: how the runner reached the scheduler.
+    progress : float or None
+        The latest fraction (0 to 1) main reported with ``dask_batch.report``.
+    progress_message : str
+        The message of that report.
+    kind : str
+        ``"function"``, ``"script"``, ``"module"`` or ``"notebook"``.
+    target : str
+        What runs: ``module.function``, the script or the notebook's name.
+    env_names : list of str
+        Names of the environment variables given to main (never their values).
+    artifacts_url : str
+        Where files written to ``dask_batch.artifacts_path()`` are kept.
     """
 
     id: str
@@ -102,7 +114,12 @@ class JobRecord:
     message: str = ""
     error: dict[str, Any] | None = None
     mode: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    progress: float | None = None
+    progress_message: str = ""
+    kind: str = "function"
+    target: str = ""
+    env_names: list[str] = field(default_factory=list)
+    artifacts_url: str = ""
 
     @property
     def duration(self) -> datetime.timedelta | None:
@@ -117,9 +134,11 @@ class JobRecord:
         spec: dict[str, Any],
         state: dict[str, Any] | None,
         cluster: dict[str, Any] | None,
+        progress: dict[str, Any] | None = None,
     ) -> JobRecord:
         state = state or {}
         cluster = cluster or {}
+        progress = progress or {}
         adapt = spec.get("adapt")
         return cls(
             id=spec["id"],
@@ -137,6 +156,12 @@ class JobRecord:
             message=state.get("message", ""),
             error=state.get("error"),
             mode=spec.get("mode", ""),
+            progress=progress.get("progress"),
+            progress_message=progress.get("message", ""),
+            kind=spec.get("kind", "function"),
+            target=spec.get("function", ""),
+            env_names=list(spec.get("env_names") or []),
+            artifacts_url=spec.get("artifacts_url", ""),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,4 +182,10 @@ class JobRecord:
             "message": self.message,
             "error": self.error,
             "mode": self.mode,
+            "progress": self.progress,
+            "progress_message": self.progress_message,
+            "kind": self.kind,
+            "target": self.target,
+            "env_names": self.env_names,
+            "artifacts_url": self.artifacts_url,
         }

@@ -22,15 +22,16 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 from typing import Any
 
 import dask.config
-from dask.utils import parse_timedelta
+from dask.utils import parse_bytes, parse_timedelta
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from . import config as _config  # noqa: F401  (loads batch.* defaults)
 from ._records import JobState, to_iso, utcnow
-from ._store import LOGS, SPEC, JobStore
+from ._store import SPEC, JobStore
 
 logger = logging.getLogger("distributed.scheduler.dask_batch")
 
@@ -62,6 +63,8 @@ class JobRunnerPlugin(SchedulerPlugin):
         scheduler's own configuration (``batch.storage-options``).
     payload_digest : str, optional
         Expected digest of the payload; main's process refuses any other.
+    secret_key : str, optional
+        Key of the job's encrypted environment values (``secrets.bin``).
     """
 
     name = "dask-batch-runner"
@@ -74,8 +77,10 @@ class JobRunnerPlugin(SchedulerPlugin):
         storage_url: str,
         storage_options: dict[str, Any] | None = None,
         payload_digest: str = "",
+        secret_key: str = "",
     ) -> None:
         self.job_id = job_id
+        self.secret_key = secret_key
         self.user = user
         self.storage_url = storage_url
         self.storage_options = storage_options or {}
@@ -84,13 +89,23 @@ class JobRunnerPlugin(SchedulerPlugin):
         self._proc: asyncio.subprocess.Process | None = None
         self._stopped_from_outside = False
         self._finishing = False
+        self._log_offset = 0
+        self._log_index = 0
+        self._log_lock = threading.Lock()
+        self._log_chunk_bytes = parse_bytes(
+            dask.config.get("batch.runner.log-chunk-size")
+        )
         self._workdir: str | None = None
 
     # pickled to reach the scheduler in client-side mode: drop runtime state
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_task=None, _proc=None, _workdir=None)
+        state.update(_task=None, _proc=None, _workdir=None, _log_lock=None)
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._log_lock = threading.Lock()
 
     async def start(self, scheduler: Any) -> None:
         # Client.register_plugin waits for start(): return at once.
@@ -124,7 +139,7 @@ class JobRunnerPlugin(SchedulerPlugin):
     async def _run(self) -> None:
         self._workdir = tempfile.mkdtemp(prefix=f"dask-batch-{self.job_id}-")
         try:
-            await self._run_job(os.path.join(self._workdir, LOGS))
+            await self._run_job(os.path.join(self._workdir, "main.log"))
         finally:
             shutil.rmtree(self._workdir, ignore_errors=True)
 
@@ -147,7 +162,7 @@ class JobRunnerPlugin(SchedulerPlugin):
                 await self._shutdown_cluster()
                 return
             await self._scale(spec)
-            outcome = await self._run_main(log_path)
+            outcome = await self._run_main(log_path, spec)
         except Exception as exc:
             logger.exception("dask-batch: job %s could not start", self.job_id)
             outcome = {
@@ -186,7 +201,7 @@ class JobRunnerPlugin(SchedulerPlugin):
         if service is not None and getattr(service, "idle_timeout", 0) > 0:
             service.check_idle_task = asyncio.ensure_future(service.check_idle())
 
-    def _child_config(self) -> dict[str, Any]:
+    def _child_config(self, spec: dict[str, Any]) -> dict[str, Any]:
         security = self.scheduler.security
         ca, cert, key = (
             security.tls_ca_file,
@@ -206,11 +221,18 @@ class JobRunnerPlugin(SchedulerPlugin):
                 for p in (ca, cert, key)
             ],
             "outcome_path": os.path.join(self._workdir or ".", OUTCOME_FILE),
+            "workdir": os.path.join(self._workdir or ".", "work"),
+            "name": spec.get("name", ""),
+            "has_files": bool(spec.get("files_bytes")),
+            "secret_key": self.secret_key if spec.get("env_names") else "",
         }
 
-    async def _run_main(self, log_path: str) -> dict[str, Any]:
-        config = self._child_config()
+    async def _run_main(self, log_path: str, spec: dict[str, Any]) -> dict[str, Any]:
+        config = self._child_config(spec)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # main gets the decrypted values, not the key nor the gateway's token.
+        for name in ("DASK_BATCH_SECRET_KEY", "DASK_GATEWAY_API_TOKEN"):
+            env.pop(name, None)
         with open(log_path, "wb") as log:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -255,21 +277,25 @@ class JobRunnerPlugin(SchedulerPlugin):
 
     async def _upload_logs_periodically(self, log_path: str) -> None:
         interval = parse_timedelta(dask.config.get("batch.runner.log-upload-interval"))
-        uploaded = -1
         while True:
             await asyncio.sleep(interval)
             try:
-                size = os.path.getsize(log_path)
-                if size != uploaded:
-                    await self._io(self._upload_log, log_path)
-                    uploaded = size
+                await self._io(self._upload_log, log_path)
             except Exception:
                 logger.warning("dask-batch: log upload failed", exc_info=True)
 
     def _upload_log(self, log_path: str) -> None:
-        with open(log_path, "rb") as f:
-            data = f.read()
-        self._store.put(self.user, self.job_id, LOGS, data)
+        """Append what main printed since the last call, as new chunk objects.
+
+        Never rewrites what is stored and never holds more than one chunk in
+        memory, however much main prints.
+        """
+        with self._log_lock, open(log_path, "rb") as f:
+            f.seek(self._log_offset)
+            while data := f.read(self._log_chunk_bytes):
+                self._store.put_log_chunk(self.user, self.job_id, self._log_index, data)
+                self._log_index += 1
+                self._log_offset += len(data)
 
     async def _terminate_main(self) -> None:
         proc = self._proc

@@ -8,7 +8,12 @@ Layout, one prefix per user and job::
                            state.json     state, times, message, error
                            result.pkl     cloudpickled return value
                            error.json     the exception main raised
-                           logs.txt       stdout and stderr of main
+                           logs/00000000  stdout and stderr of main, in chunks
+                                          appended while it runs (never rewritten)
+                           progress.json  the latest dask_batch.report() of main
+                           secrets.bin    env values for main, encrypted
+                           files.tar.gz   files uploaded as main's working directory
+                           artifacts/...  files main wrote to artifacts_path()
 
 Every object is serialised in memory and written with one ``pipe_file`` so that
 no reader ever sees half a record (an exception inside ``fs.open(..., "wb")``
@@ -39,7 +44,11 @@ CLUSTER = "cluster.json"
 PAYLOAD = "payload.pkl"
 RESULT = "result.pkl"
 ERROR = "error.json"
-LOGS = "logs.txt"
+LOGS = "logs"
+PROGRESS = "progress.json"
+SECRETS = "secrets.bin"
+FILES = "files.tar.gz"
+ARTIFACTS = "artifacts"
 
 
 def digest(data: bytes) -> str:
@@ -183,6 +192,59 @@ class JobStore:
                 f"Could not reach job storage {self.url!r} for job {job_id!r}: {exc}"
             ) from exc
 
+    # -- logs, in chunks -------------------------------------------------------------
+    def put_log_chunk(self, user: str, job_id: str, index: int, data: bytes) -> None:
+        self.put(user, job_id, f"{LOGS}/{index:08d}", data)
+
+    def log_chunks(self, user: str, job_id: str) -> list[str]:
+        """Paths of the stored log chunks, in order."""
+        try:
+            found = self.fs.ls(
+                self.job_path(user, job_id, LOGS), detail=False, refresh=True
+            )
+        except FileNotFoundError:
+            return []
+        except Exception as exc:
+            raise StorageError(
+                f"Could not list the log of job {job_id!r} in {self.url!r}: {exc}"
+            ) from exc
+        chunks = [p for p in found if posixpath.basename(p).isdigit()]
+        return sorted(self.fs._strip_protocol(p) for p in chunks)
+
+    def read_logs(self, user: str, job_id: str, start: int = 0) -> tuple[bytes, int]:
+        """Log bytes from chunk ``start`` on, and the index of the next chunk."""
+        chunks = self.log_chunks(user, job_id)[start:]
+        blobs = self.get_many(chunks)
+        return b"".join(blobs.get(p, b"") for p in chunks), start + len(chunks)
+
+    def log_tail(self, user: str, job_id: str, lines: int) -> str:
+        """The last ``lines`` lines of the log, reading only its last chunks."""
+        chunks = self.log_chunks(user, job_id)
+        text = b""
+        while chunks and text.count(b"\n") <= lines:
+            text = self.get_many([chunks[-1]]).get(chunks[-1], b"") + text
+            chunks.pop()
+        return "\n".join(text.decode(errors="replace").splitlines()[-lines:])
+
+    # -- artifacts ---------------------------------------------------------------------
+    def artifacts(self, user: str, job_id: str) -> dict[str, int]:
+        """Artifact paths (relative to the job's artifacts prefix) and sizes."""
+        root = self.job_path(user, job_id, ARTIFACTS)
+        try:
+            found = self.fs.find(root, detail=True)
+        except FileNotFoundError:
+            return {}
+        except Exception as exc:
+            raise StorageError(
+                f"Could not list the artifacts of job {job_id!r}: {exc}"
+            ) from exc
+        out = {}
+        for path, info in found.items():
+            path = self.fs._strip_protocol(path)
+            if info.get("type") == "file":
+                out[posixpath.relpath(path, root)] = int(info.get("size") or 0)
+        return dict(sorted(out.items()))
+
     # -- records -----------------------------------------------------------------
     def check_writable(self, user: str) -> None:
         """Fail early, before a cluster is requested, if storage is unusable."""
@@ -214,14 +276,16 @@ class JobStore:
         """Read many records at once; a broken record maps to its exception."""
         job_ids = list(job_ids)
         paths = [
-            self.job_path(user, j, n) for j in job_ids for n in (SPEC, STATE, CLUSTER)
+            self.job_path(user, j, n)
+            for j in job_ids
+            for n in (SPEC, STATE, CLUSTER, PROGRESS)
         ]
         blobs = self.get_many(paths)
         out: dict[str, JobRecord | Exception] = {}
         for job_id in job_ids:
             docs: dict[str, Any] = {}
             try:
-                for name in (SPEC, STATE, CLUSTER):
+                for name in (SPEC, STATE, CLUSTER, PROGRESS):
                     data = blobs.get(self.job_path(user, job_id, name))
                     docs[name] = (
                         None if data is None else self._parse(job_id, name, data)
@@ -229,7 +293,7 @@ class JobStore:
                 if docs[SPEC] is None:
                     raise JobNotFoundError(job_id, self.url)
                 out[job_id] = JobRecord.from_documents(
-                    docs[SPEC], docs[STATE], docs[CLUSTER]
+                    docs[SPEC], docs[STATE], docs[CLUSTER], docs[PROGRESS]
                 )
             except (KeyError, ValueError, TypeError) as exc:
                 if isinstance(exc, (JobNotFoundError, CorruptRecordError)):

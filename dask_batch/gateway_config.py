@@ -22,14 +22,19 @@ from typing import Any
 
 from dask_gateway_server.options import Field, Options, String
 
-from .preload import ENV_DIGEST, ENV_JOB_ID, ENV_STORAGE, ENV_USER
+from .preload import ENV_DIGEST, ENV_JOB_ID, ENV_SECRET_KEY, ENV_STORAGE, ENV_USER
 
 __all__ = ["BATCH_OPTION_FIELDS", "batch_cluster_options"]
 
 #: The cluster options dask-batch sets when it submits a job in server-side mode.
-BATCH_OPTION_FIELDS = ("batch_job_id", "batch_storage", "batch_payload_digest")
+BATCH_OPTION_FIELDS = (
+    "batch_job_id",
+    "batch_storage",
+    "batch_payload_digest",
+    "batch_secret_key",
+)
 
-_JOB_ENV = frozenset({ENV_JOB_ID, ENV_STORAGE, ENV_USER, ENV_DIGEST})
+_JOB_ENV = frozenset({ENV_JOB_ID, ENV_STORAGE, ENV_USER, ENV_DIGEST, ENV_SECRET_KEY})
 _JOB_ID = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9]{3}-[0-9a-f]{8}$")
 
 
@@ -95,6 +100,7 @@ def batch_cluster_options(
                     ENV_STORAGE: storage,
                     ENV_USER: user.name,
                     ENV_DIGEST: options.batch_payload_digest,
+                    ENV_SECRET_KEY: options.batch_secret_key,
                 }
             )
         out["environment"] = environment
@@ -105,5 +111,6 @@ def batch_cluster_options(
         String("batch_job_id", "", label="dask-batch job id"),
         String("batch_storage", "", label="dask-batch storage root"),
         String("batch_payload_digest", "", label="dask-batch payload digest"),
+        String("batch_secret_key", "", label="dask-batch key of the job's env values"),
         handler=batch_handler,
     )

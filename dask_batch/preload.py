@@ -34,6 +34,7 @@ ENV_JOB_ID = "DASK_BATCH_JOB_ID"
 ENV_STORAGE = "DASK_BATCH_STORAGE"
 ENV_USER = "DASK_BATCH_USER"
 ENV_DIGEST = "DASK_BATCH_PAYLOAD_DIGEST"
+ENV_SECRET_KEY = "DASK_BATCH_SECRET_KEY"
 
 
 def dask_setup(scheduler: Any) -> None:
@@ -57,6 +58,7 @@ def dask_setup(scheduler: Any) -> None:
         storage_url=os.environ[ENV_STORAGE],
         storage_options=dask.config.get("batch.storage-options") or {},
         payload_digest=os.environ.get(ENV_DIGEST, ""),
+        secret_key=os.environ.get(ENV_SECRET_KEY, ""),
     )
     # start() runs after every preload, when the gateway service exists.
     scheduler.add_plugin(plugin)

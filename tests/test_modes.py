@@ -14,6 +14,7 @@ def whoami():
     import distributed
 
     client = distributed.get_client()
+    print("who am i")
     return {"ppid": os.getppid(), "scheduler_pid": client.run_on_scheduler(os.getpid)}
 
 
@@ -47,8 +48,9 @@ def test_plain_gateway_runs_jobs_client_side_on_s3(plain_client, batch_s3_storag
         "state.json",
         "payload.pkl",
         "result.pkl",
-        "logs.txt",
+        "logs",
     } <= stored
+    assert "who am i" in job.logs()
 
 
 def test_client_side_failure_is_reported(plain_client):

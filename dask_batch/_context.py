@@ -1,0 +1,147 @@
+"""What main can ask about its own job: ``current_job``, ``report``, ``artifacts_path``.
+
+Set up by main's process (``dask_batch._child``) before main runs; outside a
+batch job ``current_job()`` is None, ``report`` does nothing and
+``artifacts_path`` raises.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ._exceptions import DaskBatchError
+from ._records import to_iso, utcnow
+from ._store import ARTIFACTS, PROGRESS, JobStore
+
+__all__ = ["CurrentJob", "artifacts_path", "current_job", "report"]
+
+# At most one progress write per interval; the last report is always written.
+REPORT_INTERVAL = 1.0
+
+
+@dataclass(frozen=True)
+class CurrentJob:
+    """The batch job this process runs.
+
+    Attributes
+    ----------
+    id, user, name : str
+    artifacts_url : str
+        fsspec URL of the job's artifacts prefix; ``fsspec.open`` on paths below
+        it works inside main (the storage options are set up for you).
+    storage_url : str
+        Root of the job storage.
+    """
+
+    id: str
+    user: str
+    name: str
+    artifacts_url: str
+    storage_url: str
+
+
+class _Reporter:
+    def __init__(self, store: JobStore, job: CurrentJob) -> None:
+        self.store = store
+        self.job = job
+        self.lock = threading.Lock()
+        self.last_write = 0.0
+        self.pending: dict[str, Any] | None = None
+
+    def report(self, progress: float | None, message: str) -> None:
+        doc = {"progress": progress, "message": message, "updated": to_iso(utcnow())}
+        with self.lock:
+            self.pending = doc
+            if time.monotonic() - self.last_write >= REPORT_INTERVAL:
+                self._write()
+
+    def flush(self) -> None:
+        with self.lock:
+            if self.pending is not None:
+                self._write()
+
+    def _write(self) -> None:
+        assert self.pending is not None
+        self.store.put_json(self.job.user, self.job.id, PROGRESS, self.pending)
+        self.pending = None
+        self.last_write = time.monotonic()
+
+
+_active: _Reporter | None = None
+
+
+def _activate(store: JobStore, job: CurrentJob) -> _Reporter:
+    global _active
+    _active = _Reporter(store, job)
+    return _active
+
+
+def current_job() -> CurrentJob | None:
+    """The batch job this code runs in, or None outside a batch job.
+
+    Examples
+    --------
+    >>> import dask_batch
+    >>> job = dask_batch.current_job()      # doctest: +SKIP
+    >>> job.id, job.artifacts_url           # doctest: +SKIP
+    """
+    return _active.job if _active is not None else None
+
+
+def report(progress: float | None = None, message: str = "") -> None:
+    """Record main's progress in the job record (shown by status, list and HTML).
+
+    Writes are rate-limited to one per second; the latest report is always
+    kept. Outside a batch job this does nothing, so the same code runs locally.
+
+    Parameters
+    ----------
+    progress : float, optional
+        Fraction done, from 0 to 1.
+    message : str
+        A short note, such as ``"epoch 4/10"``.
+
+    Examples
+    --------
+    >>> for epoch in range(10):                               # doctest: +SKIP
+    ...     train_one(epoch)
+    ...     dask_batch.report((epoch + 1) / 10, f"epoch {epoch + 1}/10")
+    """
+    if progress is not None and not 0 <= progress <= 1:
+        raise ValueError(f"progress must be between 0 and 1, got {progress!r}")
+    if _active is not None:
+        _active.report(progress, str(message))
+
+
+def artifacts_path(*parts: str) -> str:
+    """fsspec URL under the job's artifacts prefix.
+
+    Files written there are listed by ``job.artifacts()`` and downloadable
+    with ``job.download_artifacts()`` or ``dask batch artifacts --download``.
+
+    Parameters
+    ----------
+    *parts : str
+        Path components below the prefix.
+
+    Examples
+    --------
+    >>> import fsspec                                          # doctest: +SKIP
+    >>> with fsspec.open(dask_batch.artifacts_path("model.pkl"), "wb") as f:
+    ...     pickle.dump(model, f)
+    """
+    job = current_job()
+    if job is None:
+        raise DaskBatchError(
+            "artifacts_path() works only inside a batch job's main; use "
+            "Job.artifacts() from outside."
+        )
+    return posixpath.join(job.artifacts_url, *parts) if parts else job.artifacts_url
+
+
+def artifacts_url(store: JobStore, user: str, job_id: str) -> str:
+    return store.fs.unstrip_protocol(store.job_path(user, job_id, ARTIFACTS))

@@ -1,0 +1,93 @@
+"""Mains for scripts, ``module:function`` targets and notebooks.
+
+These run in main's process on the cluster (pickled by reference: dask_batch
+is installed there), inside the job's working directory.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import runpy
+import sys
+from typing import Any
+
+from ._exceptions import DaskBatchError
+
+
+class ScriptExit(DaskBatchError):
+    """A script job called ``sys.exit`` with a non-zero status."""
+
+    def __init__(self, code: Any) -> None:
+        self.code = code
+        super().__init__(f"the script exited with status {code!r}")
+
+
+class NotebookCellError(DaskBatchError):
+    """A cell of a notebook job raised."""
+
+
+def run_script(filename: str, source: bytes, argv: list[str]) -> None:
+    """Run a script as ``__main__`` with ``sys.argv = [filename, *argv]``."""
+    path = os.path.abspath(os.path.basename(filename))
+    with open(path, "wb") as f:
+        f.write(source)
+    sys.argv = [os.path.basename(filename), *argv]
+    sys.path.insert(0, os.path.dirname(path))  # as `python train.py` does
+    try:
+        runpy.run_path(path, run_name="__main__")
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            raise ScriptExit(exc.code) from None
+
+
+def run_function(target: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """Import ``package.module:function`` on the cluster and call it."""
+    module_name, _, function_name = target.partition(":")
+    sys.path.insert(0, os.getcwd())  # uploaded files are importable
+    module = importlib.import_module(module_name)
+    func = module
+    for part in function_name.split("."):
+        func = getattr(func, part)
+    return func(*args, **kwargs)  # type: ignore[operator]
+
+
+def run_notebook(filename: str, source: bytes, parameters: dict[str, Any]) -> str:
+    """Execute a notebook with papermill; keep the executed copy as an artifact.
+
+    Returns the artifact path of the executed notebook. A failing cell fails
+    the job with that cell's error; the executed notebook, with the failing
+    cell's output, is kept either way.
+    """
+    import fsspec
+    import papermill
+
+    from ._context import artifacts_path
+
+    name = os.path.basename(filename)
+    with open(name, "wb") as f:
+        f.write(source)
+    stem = name[: -len(".ipynb")] if name.endswith(".ipynb") else name
+    output = f"{stem}.output.ipynb"
+    try:
+        papermill.execute_notebook(
+            name,
+            output,
+            parameters=parameters,
+            kernel_name="python3",
+            progress_bar=False,
+            log_output=True,
+            cwd=os.getcwd(),
+        )
+    except papermill.PapermillExecutionError as exc:
+        raise NotebookCellError(
+            f"cell {exc.exec_count} of {name} raised {exc.ename}: {exc.evalue}"
+        ) from None
+    finally:
+        if os.path.exists(output):
+            with (
+                open(output, "rb") as src,
+                fsspec.open(artifacts_path(output), "wb") as dst,
+            ):
+                dst.write(src.read())
+    return artifacts_path(output)
