@@ -13,6 +13,7 @@ anywhere::
 
 from . import config as _config  # noqa: F401  (loads batch.* defaults)
 from ._client import BatchClient, Job
+from ._context import CurrentJob, artifacts_path, current_job, report
 from ._exceptions import (
     CorruptRecordError,
     DaskBatchError,
@@ -30,6 +31,7 @@ from ._version import __version__
 __all__ = [
     "BatchClient",
     "CorruptRecordError",
+    "CurrentJob",
     "DaskBatchError",
     "Job",
     "JobCancelledError",
@@ -42,4 +44,7 @@ __all__ = [
     "StorageError",
     "SubmitError",
     "__version__",
+    "artifacts_path",
+    "current_job",
+    "report",
 ]

@@ -43,16 +43,20 @@ def _write_outcome(path: str, outcome: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _error_doc(exc: BaseException, *, type_name: str | None = None) -> dict[str, str]:
+def _error_doc(exc: BaseException, *, type_name: str | None = None) -> dict[str, Any]:
     cls = type(exc)
-    return {
+    doc: dict[str, Any] = {
         "type": type_name or f"{cls.__module__}.{cls.__qualname__}",
         "message": str(exc),
         "traceback": "".join(traceback.format_exception(exc)),
     }
+    code = getattr(exc, "code", None)  # SystemExit, and ScriptExit of scripts
+    if isinstance(code, int):
+        doc["returncode"] = code
+    return doc
 
 
-def _fail(store: JobStore, cfg: dict[str, Any], error: dict[str, str]) -> NoReturn:
+def _fail(store: JobStore, cfg: dict[str, Any], error: dict[str, Any]) -> NoReturn:
     print(
         f"dask-batch: job {cfg['job_id']} failed: {error['type']}: {error['message']}",
         file=sys.stderr,

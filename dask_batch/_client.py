@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import getpass
+import html
 import io
 import json
 import logging
@@ -27,11 +28,12 @@ import cloudpickle
 import dask.config
 from dask.utils import format_bytes, parse_bytes, parse_timedelta
 from dask_gateway import Gateway
-from dask_gateway.client import ClusterStatus, GatewayClusterError
+from dask_gateway.client import ClusterReport, ClusterStatus, GatewayClusterError
 
 from . import config as _config  # noqa: F401  (loads batch.* defaults)
 from . import local as _local
 from ._context import artifacts_url
+from ._display import JobList, ProgressDisplay, html_table
 from ._exceptions import (
     DaskBatchError,
     JobCancelledError,
@@ -46,6 +48,7 @@ from ._pickling import dumps_payload
 from ._records import JobRecord, JobState, new_job_id, to_iso, utcnow
 from ._runner import JobRunnerPlugin
 from ._store import (
+    ARTIFACTS,
     CLUSTER,
     FILES,
     PAYLOAD,
@@ -204,6 +207,11 @@ class Job:
     def __repr__(self) -> str:
         return f"<Job {self.id}>"
 
+    def _repr_html_(self) -> str:
+        if self.client.asynchronous:
+            return f"<code>Job {html.escape(self.id)}</code>"
+        return html_table([self.client.status(self.id)])
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Job) and other.id == self.id
 
@@ -214,13 +222,25 @@ class Job:
         """The job's record; see :meth:`BatchClient.status`."""
         return self.client.status(self.id)
 
-    def result(self, timeout: float | str | None = None) -> Any:
+    def result(self, timeout: float | str | None = None, progress: bool = False) -> Any:
         """The value main returned; see :meth:`BatchClient.result`."""
-        return self.client.result(self.id, timeout=timeout)
+        return self.client.result(self.id, timeout=timeout, progress=progress)
 
-    def logs(self) -> Any:
-        """Captured stdout and stderr of main; see :meth:`BatchClient.logs`."""
-        return self.client.logs(self.id)
+    def wait(self, timeout: float | str | None = None, progress: bool = False) -> Any:
+        """Wait for the job to end; see :meth:`BatchClient.wait`."""
+        return self.client.wait(self.id, timeout=timeout, progress=progress)
+
+    def logs(self, *, follow: bool = False) -> Any:
+        """Captured output of main; see :meth:`BatchClient.logs`."""
+        return self.client.logs(self.id, follow=follow)
+
+    def artifacts(self) -> Any:
+        """Files main stored as artifacts; see :meth:`BatchClient.artifacts`."""
+        return self.client.artifacts(self.id)
+
+    def download_artifacts(self, destination: str | os.PathLike[str]) -> Any:
+        """Download the artifacts; see :meth:`BatchClient.download_artifacts`."""
+        return self.client.download_artifacts(self.id, destination)
 
     def cancel(self) -> Any:
         """Stop the job and its cluster; see :meth:`BatchClient.cancel`."""
@@ -785,15 +805,15 @@ class BatchClient:
         record = await self._io(self.store.read_record, self.user, job_id)
         if record.state.is_terminal:
             return record
-        statuses = await self._cluster_statuses(
+        reports = await self._cluster_reports(
             [record.cluster_name] if record.cluster_name else []
         )
-        return await self._detect_lost(record, statuses)
+        return await self._detect_lost(record, reports)
 
-    async def _cluster_statuses(
+    async def _cluster_reports(
         self, names: list[str]
-    ) -> dict[str, ClusterStatus | None]:
-        """Gateway status of each cluster; None when the gateway does not know it."""
+    ) -> dict[str, ClusterReport | None]:
+        """The gateway's report of each cluster; None when it does not know it."""
         if not names:
             return {}
         if len(names) == 1:
@@ -801,19 +821,21 @@ class BatchClient:
                 report = await self.gateway._cluster_report(names[0])
             except ValueError:  # 404: unknown, purged, or forgotten on restart
                 return {names[0]: None}
-            return {names[0]: report.status}
+            return {names[0]: report}
         reports = await self.gateway._clusters(status=_ALL_STATUSES)
-        known = {r.name: r.status for r in reports}
+        known = {r.name: r for r in reports}
         return {n: known.get(n) for n in names}
 
     async def _detect_lost(
-        self, record: JobRecord, statuses: dict[str, ClusterStatus | None]
+        self, record: JobRecord, reports: dict[str, ClusterReport | None]
     ) -> JobRecord:
         if record.gateway_address and record.gateway_address != self.gateway.address:
             return record  # another gateway's job: only it can tell
         if record.cluster_name:
-            status = statuses.get(record.cluster_name)
-            if status in _ALIVE:
+            report = reports.get(record.cluster_name)
+            status = report.status if report is not None else None
+            if report is not None and status in _ALIVE:
+                record.dashboard_link = report.dashboard_link
                 return record
             why = (
                 f"its cluster {record.cluster_name!r} is "
@@ -882,7 +904,7 @@ class BatchClient:
         since: Any = None,
         until: Any = None,
         limit: int | None = None,
-    ) -> list[JobRecord]:
+    ) -> JobList:
         if isinstance(state, (str, JobState)):
             state = [state]
         wanted = {JobState(str(s).upper()) for s in state} if state else None
@@ -905,17 +927,48 @@ class BatchClient:
             out.append(record)
         live = [r for r in out if not r.state.is_terminal]
         if live:
-            statuses = await self._cluster_statuses(
+            reports = await self._cluster_reports(
                 [r.cluster_name for r in live if r.cluster_name]
             )
-            checked = {r.id: await self._detect_lost(r, statuses) for r in live}
+            checked = {r.id: await self._detect_lost(r, reports) for r in live}
             out = [checked.get(r.id, r) for r in out]
         if wanted is not None:
             out = [r for r in out if r.state in wanted]
-        return out[:limit] if limit is not None else out
+        return JobList(out[:limit] if limit is not None else out)
 
     # -- results, logs, cancel -----------------------------------------------------
-    def result(self, job_id: str, timeout: float | str | None = None) -> Any:
+    def wait(
+        self, job_id: str, timeout: float | str | None = None, progress: bool = False
+    ) -> Any:
+        """Wait until the job has ended and return its final record.
+
+        Parameters
+        ----------
+        job_id : str
+        timeout : float or str, optional
+            Seconds (or ``"10m"``) to wait; None waits for ever.
+        progress : bool
+            Show a progress bar (in place, in notebooks and terminals) with
+            the state, run time and main's latest ``dask_batch.report``.
+
+        Returns
+        -------
+        JobRecord
+
+        Raises
+        ------
+        TimeoutError
+            The job did not end in time (it keeps running).
+
+        Examples
+        --------
+        >>> batch.wait(job.id, progress=True).state      # doctest: +SKIP
+        """
+        return self.sync(self._wait, job_id, timeout, progress)
+
+    def result(
+        self, job_id: str, timeout: float | str | None = None, progress: bool = False
+    ) -> Any:
         """Wait for the job and return the value main returned.
 
         Parameters
@@ -923,6 +976,8 @@ class BatchClient:
         job_id : str
         timeout : float or str, optional
             Seconds (or ``"10m"``) to wait; None waits for ever.
+        progress : bool
+            Show a progress bar while waiting (see :meth:`wait`).
 
         Raises
         ------
@@ -938,10 +993,12 @@ class BatchClient:
         --------
         >>> BatchClient().result("20261126-081530-123-3f9a1c2b")  # doctest: +SKIP
         """
-        return self.sync(self._result, job_id, timeout=timeout)
+        return self.sync(self._result, job_id, timeout=timeout, progress=progress)
 
-    async def _result(self, job_id: str, timeout: float | str | None = None) -> Any:
-        record = await self._wait(job_id, timeout)
+    async def _result(
+        self, job_id: str, timeout: float | str | None = None, progress: bool = False
+    ) -> Any:
+        record = await self._wait(job_id, timeout, progress)
         if record.state is JobState.SUCCEEDED:
             state = await self._io(self.store.read_state, self.user, job_id)
             blob = await self._io(self.store.get, self.user, job_id, RESULT)
@@ -967,13 +1024,18 @@ class BatchClient:
             "stored; submit it again.",
         )
 
-    async def _wait(self, job_id: str, timeout: float | str | None) -> JobRecord:
+    async def _wait(
+        self, job_id: str, timeout: float | str | None, progress: bool = False
+    ) -> JobRecord:
         deadline = (
             None if timeout is None else time.monotonic() + parse_timedelta(timeout)
         )
+        display = ProgressDisplay(job_id) if progress else None
         delay = 0.05
         while True:
             record = await self._status(job_id)
+            if display is not None:
+                display.update(record)
             if record.state.is_terminal:
                 return record
             if deadline is not None and time.monotonic() >= deadline:
@@ -1062,6 +1124,66 @@ class BatchClient:
                 yield text
             elif not ended:
                 await asyncio.sleep(_FOLLOW_POLL)
+
+    def artifacts(self, job_id: str) -> Any:
+        """Files main wrote under ``dask_batch.artifacts_path()``.
+
+        Parameters
+        ----------
+        job_id : str
+
+        Returns
+        -------
+        dict
+            Path relative to the job's artifacts prefix -> size in bytes.
+
+        Examples
+        --------
+        >>> batch.artifacts(job.id)          # doctest: +SKIP
+        {'model.pkl': 1048576, 'analysis.output.ipynb': 20480}
+        """
+        return self.sync(self._artifacts, job_id)
+
+    async def _artifacts(self, job_id: str) -> dict[str, int]:
+        await self._io(self.store.read_record, self.user, job_id)  # JobNotFoundError
+        return dict(await self._io(self.store.artifacts, self.user, job_id))
+
+    def download_artifacts(
+        self, job_id: str, destination: str | os.PathLike[str]
+    ) -> Any:
+        """Copy the job's artifacts into a local directory.
+
+        Parameters
+        ----------
+        job_id : str
+        destination : str or path
+            Created if missing; artifacts keep their relative paths.
+
+        Returns
+        -------
+        list of str
+            The local paths written.
+
+        Examples
+        --------
+        >>> batch.download_artifacts(job.id, "results/")   # doctest: +SKIP
+        """
+        return self.sync(self._download_artifacts, job_id, os.fspath(destination))
+
+    async def _download_artifacts(self, job_id: str, destination: str) -> list[str]:
+        names = await self._artifacts(job_id)
+
+        def download() -> list[str]:
+            written = []
+            for name in names:
+                local = os.path.join(destination, *name.split("/"))
+                os.makedirs(os.path.dirname(local), exist_ok=True)
+                remote = self.store.job_path(self.user, job_id, f"{ARTIFACTS}/{name}")
+                self.store.fs.get_file(remote, local)
+                written.append(local)
+            return written
+
+        return list(await self._io(download))
 
     def cancel(self, job_id: str) -> Any:
         """Cancel a pending or running job and stop its cluster.

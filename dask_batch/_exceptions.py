@@ -89,7 +89,7 @@ class JobFailedError(JobError):
         text = f"Job {job_id!r} failed: {remote_type}: {remote_message}"
         if remote_traceback:
             text += f"\n\nRemote traceback:\n{remote_traceback.rstrip()}"
-        if log_tail and not remote_traceback:  # a crash: the log says why
+        if log_tail:
             text += f"\n\nLast lines of the job's log:\n{log_tail.rstrip()}"
         text += f"\n\nSee the full log with `BatchClient().logs({job_id!r})`."
         super().__init__(job_id, text)

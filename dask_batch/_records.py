@@ -97,6 +97,8 @@ class JobRecord:
         Names of the environment variables given to main (never their values).
     artifacts_url : str
         Where files written to ``dask_batch.artifacts_path()`` are kept.
+    dashboard_link : str or None
+        The Dask dashboard of the job's cluster while it runs (not stored).
     """
 
     id: str
@@ -120,6 +122,7 @@ class JobRecord:
     target: str = ""
     env_names: list[str] = field(default_factory=list)
     artifacts_url: str = ""
+    dashboard_link: str | None = field(default=None, compare=False)
 
     @property
     def duration(self) -> datetime.timedelta | None:

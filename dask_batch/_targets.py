@@ -75,6 +75,7 @@ def run_notebook(filename: str, source: bytes, parameters: dict[str, Any]) -> st
             output,
             parameters=parameters,
             kernel_name="python3",
+            language="python",
             progress_bar=False,
             log_output=True,
             cwd=os.getcwd(),

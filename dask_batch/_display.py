@@ -1,0 +1,153 @@
+"""Text, HTML and progress display of job records (client side)."""
+
+from __future__ import annotations
+
+import datetime
+import html
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from ._records import JobRecord, JobState
+
+STATE_COLOURS = {
+    JobState.PENDING: "#6c757d",
+    JobState.RUNNING: "#0d6efd",
+    JobState.SUCCEEDED: "#198754",
+    JobState.FAILED: "#dc3545",
+    JobState.CANCELLED: "#fd7e14",
+    JobState.LOST: "#6f42c1",
+}
+COLUMNS = ("id", "name", "state", "submitted", "duration", "progress")
+
+
+def format_duration(delta: datetime.timedelta | None) -> str:
+    if delta is None:
+        return ""
+    seconds = int(delta.total_seconds())
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return (
+        f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+    )
+
+
+def format_time(when: datetime.datetime | None) -> str:
+    return "" if when is None else when.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_progress(record: JobRecord) -> str:
+    parts = []
+    if record.progress is not None:
+        parts.append(f"{record.progress:.0%}")
+    if record.progress_message:
+        parts.append(record.progress_message)
+    return " ".join(parts)
+
+
+def error_summary(record: JobRecord) -> str:
+    if record.state is JobState.FAILED and record.error:
+        return f"{record.error.get('type', '')}: {record.error.get('message', '')}"
+    return record.message if record.state.is_terminal else ""
+
+
+def row(record: JobRecord) -> dict[str, str]:
+    return {
+        "id": record.id,
+        "name": record.name,
+        "state": record.state.value,
+        "submitted": format_time(record.submitted),
+        "duration": format_duration(record.duration),
+        "progress": format_progress(record),
+    }
+
+
+def text_table(records: Iterable[JobRecord]) -> str:
+    rows = [row(r) for r in records]
+    widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in COLUMNS}
+    lines = ["  ".join(c.upper().ljust(widths[c]) for c in COLUMNS).rstrip()]
+    lines += ["  ".join(r[c].ljust(widths[c]) for c in COLUMNS).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _state_badge(state: JobState) -> str:
+    return (
+        f'<span style="color: white; background: {STATE_COLOURS[state]}; '
+        f'padding: 1px 6px; border-radius: 3px;">{state.value}</span>'
+    )
+
+
+def html_table(records: Iterable[JobRecord]) -> str:
+    head = "".join(f"<th>{c}</th>" for c in (*COLUMNS, "dashboard", "error"))
+    body = []
+    for record in records:
+        cells = row(record)
+        cells["state"] = _state_badge(record.state)
+        link = ""
+        if record.dashboard_link and record.state is JobState.RUNNING:
+            href = html.escape(record.dashboard_link)
+            link = f'<a href="{href}" target="_blank">dashboard</a>'
+
+        tds = "".join(
+            f"<td>{cells[c] if c == 'state' else html.escape(cells[c])}</td>"
+            for c in COLUMNS
+        )
+        body.append(
+            f"<tr>{tds}<td>{link}</td>"
+            f"<td>{html.escape(error_summary(record))}</td></tr>"
+        )
+    return (
+        '<table class="dask-batch-jobs"><thead><tr>'
+        f"{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+class JobList(list[JobRecord]):
+    """A list of :class:`JobRecord` that renders as a table in notebooks."""
+
+    def _repr_html_(self) -> str:
+        return html_table(self)
+
+    def to_text(self) -> str:
+        return text_table(self)
+
+
+class ProgressDisplay:
+    """A one-line progress bar: updated in place in notebooks and terminals."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.handle: Any = None
+        try:
+            from IPython import get_ipython
+
+            shell = get_ipython()
+            self.notebook = shell is not None and shell.has_trait("kernel")
+        except ImportError:
+            self.notebook = False
+
+    def line(self, record: JobRecord) -> str:
+        fraction = record.progress
+        if fraction is None and record.state is JobState.SUCCEEDED:
+            fraction = 1.0
+        filled = round((fraction or 0) * 20)
+        bar = "#" * filled + "-" * (20 - filled)
+        return (
+            f"{self.job_id} [{bar}] {record.state.value} "
+            f"{format_duration(record.duration)} {format_progress(record)}"
+        ).rstrip()
+
+    def update(self, record: JobRecord) -> None:
+        text = self.line(record)
+        if self.notebook:
+            from IPython.display import HTML, display
+
+            content = HTML(f"<pre>{html.escape(text)}</pre>")
+            if self.handle is None:
+                self.handle = display(content, display_id=True)
+            else:
+                self.handle.update(content)
+        else:
+            end = "\n" if record.state.is_terminal else ""
+            sys.stderr.write(f"\r{text}{end}")
+            sys.stderr.flush()

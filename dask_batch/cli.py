@@ -1,0 +1,371 @@
+"""The ``dask batch`` command line (also installed as ``dask-batch``).
+
+Parses arguments, calls :class:`~dask_batch.BatchClient`, renders: no logic of
+its own. Every error is one line on stderr and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, NoReturn
+
+import click
+import yaml
+
+from ._exceptions import DaskBatchError, JobFailedError
+from ._records import JobRecord, JobState
+
+__all__ = ["main"]
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    first = message.strip().splitlines()[0] if message.strip() else "error"
+    click.echo(f"Error: {first}", err=True)
+    sys.exit(code)
+
+
+class _Group(click.Group):
+    """Turns every known error into one line on stderr."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except DaskBatchError as exc:
+            _fail(str(exc))
+        except TimeoutError as exc:
+            _fail(str(exc), code=124)
+        except (OSError, ValueError) as exc:
+            # Unreachable gateway, refused connection, bad value from the server.
+            _fail(f"{type(exc).__name__}: {exc}")
+        except Exception as exc:
+            if type(exc).__module__.startswith("aiohttp"):
+                _fail(f"cannot reach the gateway: {exc}")
+            raise
+
+
+class _Context:
+    def __init__(self, storage: str | None) -> None:
+        self.storage = storage
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from ._client import BatchClient
+
+            self._client = BatchClient(storage=self.storage)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+def _key_value(values: tuple[str, ...], what: str) -> dict[str, Any]:
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=what)
+        out[key] = yaml.safe_load(value) if value else ""
+    return out
+
+
+def _record_dict(record: JobRecord) -> dict[str, Any]:
+    out = record.to_dict()
+    duration = record.duration
+    out["duration_seconds"] = None if duration is None else duration.total_seconds()
+    return out
+
+
+def _exit_status(record: JobRecord) -> int:
+    """The job's exit status as a shell sees it: 0 only for SUCCEEDED."""
+    if record.state is JobState.SUCCEEDED:
+        return 0
+    code = (record.error or {}).get("returncode")
+    return code if isinstance(code, int) and 0 < code < 256 else 1
+
+
+@click.group(
+    cls=_Group, name="batch", context_settings={"help_option_names": ["-h", "--help"]}
+)
+@click.option(
+    "--storage",
+    envvar="DASK_BATCH__STORAGE",
+    help="Job storage URL (default: batch.storage, or the local gateway's).",
+)
+@click.version_option(package_name="dask-batch")
+@click.pass_context
+def main(ctx: click.Context, storage: str | None) -> None:
+    """Batch jobs on Dask Gateway: submit, follow, fetch results."""
+    context = _Context(storage)
+    ctx.obj = context
+    ctx.call_on_close(context.close)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("target")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--name", help="Display name (default: the target's name).")
+@click.option("--workers", type=int, help="Workers to start (default batch.workers).")
+@click.option("--adapt", nargs=2, type=int, metavar="MIN MAX", help="Adaptive scaling.")
+@click.option(
+    "--env",
+    "env",
+    multiple=True,
+    metavar="KEY[=VALUE]",
+    help="Environment variable for main; KEY alone copies it from here. Repeatable.",
+)
+@click.option(
+    "--file",
+    "files",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="File or directory uploaded as main's working directory. Repeatable.",
+)
+@click.option(
+    "--cluster-option",
+    "cluster_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Gateway cluster option (value parsed as YAML). Repeatable.",
+)
+@click.option(
+    "-p",
+    "--parameter",
+    "parameters",
+    nargs=2,
+    multiple=True,
+    metavar="NAME VALUE",
+    help="Notebook parameter (value parsed as YAML). Repeatable.",
+)
+@click.option("--wait", is_flag=True, help="Wait for the job; exit with its status.")
+@click.option("--follow", is_flag=True, help="Stream the log until the job ends.")
+@click.pass_obj
+def submit(
+    obj: _Context,
+    target: str,
+    args: tuple[str, ...],
+    name: str | None,
+    workers: int | None,
+    adapt: tuple[int, int] | None,
+    env: tuple[str, ...],
+    files: tuple[str, ...],
+    cluster_options: tuple[str, ...],
+    parameters: tuple[tuple[str, str], ...],
+    wait: bool,
+    follow: bool,
+) -> None:
+    """Submit TARGET as a batch job and print its id.
+
+    TARGET is a script (train.py, run as __main__ with ARGS as sys.argv), a
+    package.module:function (called with ARGS), or a notebook (analysis.ipynb,
+    executed with papermill; parameters with -p NAME VALUE).
+    """
+    options: dict[str, Any] = {
+        "name": name,
+        "workers": workers,
+        "adapt": tuple(adapt) if adapt else None,
+        "cluster_options": _key_value(cluster_options, "--cluster-option"),
+        "env": list(env) or None,
+        "files": list(files) or None,
+    }
+    batch = obj.client
+    if target.endswith(".ipynb"):
+        if args:
+            raise click.UsageError("notebooks take -p NAME VALUE, not arguments")
+        params = {k: yaml.safe_load(v) for k, v in parameters}
+        job = batch.submit_notebook(target, params, **options)
+    else:
+        if parameters:
+            raise click.UsageError("-p/--parameter is for notebooks")
+        job = batch.submit_script(target, list(args), **options)
+    click.echo(job.id)
+    if follow:
+        for text in job.logs(follow=True):
+            click.echo(text, nl=False)
+    if wait or follow:
+        record = job.wait()
+        click.echo(f"{job.id} {record.state.value}", err=True)
+        if record.state is not JobState.SUCCEEDED:
+            click.echo(f"Error: {record.message or record.state.value}", err=True)
+        sys.exit(_exit_status(record))
+
+
+@main.command(name="list")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice([s.value for s in JobState], case_sensitive=False),
+    help="Only jobs in this state. Repeatable.",
+)
+@click.option("--name", help="Only jobs with this name.")
+@click.option("--since", help="Submitted since: a duration (2h, 3d) or ISO time.")
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON lines, for scripts.")
+@click.pass_obj
+def list_jobs(
+    obj: _Context,
+    states: tuple[str, ...],
+    name: str | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List your jobs, newest first."""
+    records = obj.client.jobs(
+        state=[s.upper() for s in states] or None, name=name, since=since, limit=limit
+    )
+    if as_json:
+        click.echo(json.dumps([_record_dict(r) for r in records], indent=1))
+    else:
+        click.echo(records.to_text())
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def status(obj: _Context, job_id: str, as_json: bool) -> None:
+    """Show a job's record."""
+    record = obj.client.status(job_id)
+    if as_json:
+        click.echo(json.dumps(_record_dict(record), indent=1))
+        return
+    from ._display import error_summary, format_duration, format_progress
+
+    lines = [
+        ("id", record.id),
+        ("name", record.name),
+        ("state", record.state.value),
+        ("kind", f"{record.kind} {record.target}"),
+        ("submitted", record.submitted.isoformat()),
+        ("started", record.started.isoformat() if record.started else ""),
+        ("finished", record.finished.isoformat() if record.finished else ""),
+        ("duration", format_duration(record.duration)),
+        ("progress", format_progress(record)),
+        ("cluster", record.cluster_name or ""),
+        ("dashboard", record.dashboard_link or ""),
+        ("env", ", ".join(record.env_names)),
+        ("message", error_summary(record) or record.message),
+    ]
+    for key, value in lines:
+        if value:
+            click.echo(f"{key + ':':<11}{value}")
+
+
+@main.command()
+@click.argument("job_id")
+@click.option(
+    "-f", "--follow", is_flag=True, help="Stream new output until the job ends."
+)
+@click.pass_obj
+def logs(obj: _Context, job_id: str, follow: bool) -> None:
+    """Print main's output (stdout, stderr, logging)."""
+    if follow:
+        for text in obj.client.logs(job_id, follow=True):
+            click.echo(text, nl=False)
+    else:
+        click.echo(obj.client.logs(job_id), nl=False)
+
+
+@main.command()
+@click.argument("job_id")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write the value to FILE: str and bytes as they are, anything else pickled.",
+)
+@click.option("--timeout", help="Wait at most this long (e.g. 10m).")
+@click.pass_obj
+def result(obj: _Context, job_id: str, output: str | None, timeout: str | None) -> None:
+    """Wait for a job and print (or save) the value main returned."""
+    try:
+        value = obj.client.result(job_id, timeout=timeout)
+    except JobFailedError as exc:
+        _fail(f"Job {job_id!r} failed: {exc.remote_type}: {exc.remote_message}")
+    if output is None:
+        click.echo(value if isinstance(value, str) else repr(value))
+        return
+    if isinstance(value, str):
+        data = value.encode()
+    elif isinstance(value, bytes):
+        data = value
+    else:
+        import cloudpickle
+
+        data = cloudpickle.dumps(value)
+    with open(output, "wb") as f:
+        f.write(data)
+
+
+@main.command()
+@click.argument("job_ids", nargs=-1, required=True)
+@click.pass_obj
+def cancel(obj: _Context, job_ids: tuple[str, ...]) -> None:
+    """Cancel jobs and stop their clusters."""
+    for job_id in job_ids:
+        record = obj.client.cancel(job_id)
+        click.echo(f"{job_id} {record.state.value}")
+
+
+@main.command()
+@click.argument("job_id")
+@click.option(
+    "--download",
+    type=click.Path(file_okay=False),
+    help="Copy the artifacts into this directory.",
+)
+@click.pass_obj
+def artifacts(obj: _Context, job_id: str, download: str | None) -> None:
+    """List (or download) the files a job stored as artifacts."""
+    if download:
+        for path in obj.client.download_artifacts(job_id, download):
+            click.echo(path)
+        return
+    from dask.utils import format_bytes
+
+    for path, size in obj.client.artifacts(job_id).items():
+        click.echo(f"{format_bytes(size):>10}  {path}")
+
+
+@main.group()
+def local() -> None:
+    """The embedded local gateway."""
+
+
+def _local_info(info: Any) -> str:
+    return f"running  {info.address}  pid {info.pid}  {info.directory}"
+
+
+@local.command(name="start")
+def local_start() -> None:
+    """Start the local gateway (or show the running one)."""
+    from . import local as local_gateway
+
+    click.echo(_local_info(local_gateway.start()))
+
+
+@local.command(name="stop")
+def local_stop() -> None:
+    """Stop the local gateway and every cluster it runs."""
+    from . import local as local_gateway
+
+    click.echo("stopped" if local_gateway.stop() else "not running")
+
+
+@local.command(name="status")
+def local_status() -> None:
+    """Show whether the local gateway runs (exit status 1 if not)."""
+    from . import local as local_gateway
+
+    info = local_gateway.status()
+    if info is None:
+        click.echo("not running")
+        sys.exit(1)
+    click.echo(_local_info(info))
