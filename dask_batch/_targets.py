@@ -29,13 +29,14 @@ class NotebookCellError(DaskBatchError):
 
 def run_script(filename: str, source: bytes, argv: list[str]) -> None:
     """Run a script as ``__main__`` with ``sys.argv = [filename, *argv]``."""
-    path = os.path.abspath(os.path.basename(filename))
-    with open(path, "wb") as f:
+    name = os.path.basename(filename)
+    with open(name, "wb") as f:
         f.write(source)
-    sys.argv = [os.path.basename(filename), *argv]
-    sys.path.insert(0, os.path.dirname(path))  # as `python train.py` does
+    sys.argv = [name, *argv]
+    sys.path.insert(0, os.getcwd())  # as `python train.py` does
     try:
-        runpy.run_path(path, run_name="__main__")
+        # A relative path, so that sys.argv[0] is "train.py" as typed.
+        runpy.run_path(name, run_name="__main__")
     except SystemExit as exc:
         if exc.code not in (None, 0):
             raise ScriptExit(exc.code) from None

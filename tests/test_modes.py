@@ -97,3 +97,22 @@ def test_client_mode_can_be_forced_on_a_server_side_gateway(batch_gateway, tmp_p
         job.result(timeout=60)
         assert job.status().mode == "client"
     gateway.close()
+
+
+def env_digest(name):
+    import hashlib
+    import os
+
+    return hashlib.sha256(os.environ[name].encode()).hexdigest()
+
+
+def test_client_side_env_values_travel_over_tls_only(plain_client, batch_s3_storage):
+    import hashlib
+
+    secret = "tls-only-" + os.urandom(8).hex()
+    job = plain_client.submit(env_digest, "TOKEN", env={"TOKEN": secret}, workers=0)
+    assert job.result(timeout=60) == hashlib.sha256(secret.encode()).hexdigest()
+    url, options = batch_s3_storage
+    fs = s3fs.S3FileSystem(**options)
+    for path in fs.find(url):
+        assert secret.encode() not in fs.cat_file(path), path
