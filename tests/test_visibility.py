@@ -239,9 +239,11 @@ def test_module_function_job(batch_client, project):
 def test_upload_limit_is_enforced_before_anything_is_created(batch_client, project):
     import dask
 
-    with dask.config.set({"batch.upload-limit": "10 B"}):
-        with pytest.raises(dask_batch.SubmitError, match="upload-limit"):
-            batch_client.submit_script(project / "train.py", files=[project / "upload"])
+    with (
+        dask.config.set({"batch.upload-limit": "10 B"}),
+        pytest.raises(dask_batch.SubmitError, match="upload-limit"),
+    ):
+        batch_client.submit_script(project / "train.py", files=[project / "upload"])
     assert batch_client.jobs() == []
 
 
