@@ -140,6 +140,18 @@ def _prepare(store: JobStore, cfg: dict[str, Any]) -> Any:
     protocol = store.fs.protocol
     for name in [protocol] if isinstance(protocol, str) else protocol:
         fsspec.config.conf.setdefault(name, {}).update(store.storage_options)
+        try:
+            # main's subprocesses (a notebook's kernel) read fsspec's config
+            # from the environment: same process tree, same credentials.
+            os.environ[f"FSSPEC_{name.upper()}"] = json.dumps(
+                fsspec.config.conf[name]
+            )
+        except TypeError:
+            print(
+                f"dask-batch: storage options of job {job_id} are not JSON; "
+                "subprocesses of main get no storage credentials",
+                file=sys.stderr,
+            )
     reporter = _context._activate(
         store,
         _context.CurrentJob(

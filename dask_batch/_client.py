@@ -1061,6 +1061,7 @@ class BatchClient:
 
         Available while the job runs (appended to storage every
         ``batch.runner.log-upload-interval``) and after its cluster is gone.
+        Includes Python ``logging`` output at INFO and above.
 
         Parameters
         ----------

@@ -7,6 +7,9 @@ batch job ``current_job()`` is None, ``report`` does nothing and
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import posixpath
 import threading
 import time
@@ -73,10 +76,25 @@ class _Reporter:
 
 _active: _Reporter | None = None
 
+# Describes the job to main's own subprocesses (a notebook job's kernel, a
+# script's workers pool): they get current_job(), report() and artifacts too.
+ENV_CURRENT_JOB = "DASK_BATCH_CURRENT_JOB"
+
 
 def _activate(store: JobStore, job: CurrentJob) -> _Reporter:
     global _active
     _active = _Reporter(store, job)
+    os.environ[ENV_CURRENT_JOB] = json.dumps(dataclasses.asdict(job))
+    return _active
+
+
+def _from_environment() -> _Reporter | None:
+    global _active
+    described = os.environ.get(ENV_CURRENT_JOB)
+    if _active is None and described:
+        job = CurrentJob(**json.loads(described))
+        # Storage options arrive through fsspec's FSSPEC_<PROTOCOL> variables.
+        _active = _Reporter(JobStore(job.storage_url), job)
     return _active
 
 
@@ -89,7 +107,8 @@ def current_job() -> CurrentJob | None:
     >>> job = dask_batch.current_job()      # doctest: +SKIP
     >>> job.id, job.artifacts_url           # doctest: +SKIP
     """
-    return _active.job if _active is not None else None
+    active = _from_environment()
+    return active.job if active is not None else None
 
 
 def report(progress: float | None = None, message: str = "") -> None:
@@ -113,8 +132,9 @@ def report(progress: float | None = None, message: str = "") -> None:
     """
     if progress is not None and not 0 <= progress <= 1:
         raise ValueError(f"progress must be between 0 and 1, got {progress!r}")
-    if _active is not None:
-        _active.report(progress, str(message))
+    active = _from_environment()
+    if active is not None:
+        active.report(progress, str(message))
 
 
 def artifacts_path(*parts: str) -> str:

@@ -12,10 +12,8 @@ installs ``dask-batch[test]`` can use them directly:
 - ``batch_client``: a :class:`~dask_batch.BatchClient` on ``batch_gateway`` with
   a fresh local storage directory.
 
-Every server listens on 127.0.0.1 only, on ports picked at start.
+Every server listens on 127.0.0.1 only, on ports picked at start. For example:
 
-Examples
---------
 .. code-block:: python
 
     def test_training_job(batch_client):

@@ -36,7 +36,12 @@ def active_clusters(info) -> list:
 def _nothing_left_behind(request):
     """Every test ends with no running cluster and no main process."""
     yield
-    for fixture in ("batch_gateway", "batch_plain_gateway", "idle_gateway"):
+    for fixture in (
+        "batch_gateway",
+        "batch_plain_gateway",
+        "idle_gateway",
+        "notebook_gateway",
+    ):
         if fixture in request.fixturenames:
             info = request.getfixturevalue(fixture)
             wait_for(
