@@ -143,9 +143,7 @@ def _prepare(store: JobStore, cfg: dict[str, Any]) -> Any:
         try:
             # main's subprocesses (a notebook's kernel) read fsspec's config
             # from the environment: same process tree, same credentials.
-            os.environ[f"FSSPEC_{name.upper()}"] = json.dumps(
-                fsspec.config.conf[name]
-            )
+            os.environ[f"FSSPEC_{name.upper()}"] = json.dumps(fsspec.config.conf[name])
         except TypeError:
             print(
                 f"dask-batch: storage options of job {job_id} are not JSON; "

@@ -66,6 +66,7 @@ _ALIVE = {ClusterStatus.PENDING, ClusterStatus.RUNNING, ClusterStatus.STOPPING}
 _ALL_STATUSES = ["pending", "running", "stopping", "stopped", "failed"]
 _LOG_TAIL_LINES = 20
 _FOLLOW_POLL = 0.2  # seconds between storage polls while following a log
+_LIST_PAGE = 200  # records read per storage round when listing
 
 
 def _gateway_user(gateway: Gateway) -> str:
@@ -915,12 +916,26 @@ class BatchClient:
             ids = [i for i in ids if i >= new_job_id(since_t)[:19]]
         if until_t is not None:
             ids = [i for i in ids if i[:19] <= new_job_id(until_t)[:19]]
+        # Read newest first, a page at a time, until the limit is met: a
+        # listing of the last 50 jobs reads 50 records, not thousands.
+        page = max(limit or 0, _LIST_PAGE)
+        out: list[JobRecord] = []
+        for first in range(0, len(ids), page):
+            batch = await self._records_page(ids[first : first + page], name, wanted)
+            out.extend(batch)
+            if limit is not None and len(out) >= limit:
+                break
+        return JobList(out[:limit] if limit is not None else out)
+
+    async def _records_page(
+        self, ids: list[str], name: str | None, wanted: set[JobState] | None
+    ) -> list[JobRecord]:
         records = await self._io(self.store.read_records, self.user, ids)
         out: list[JobRecord] = []
         for job_id in ids:
             record = records[job_id]
             if isinstance(record, Exception):
-                warnings.warn(f"Skipping job {job_id!r}: {record}", stacklevel=3)
+                warnings.warn(f"Skipping job {job_id!r}: {record}", stacklevel=4)
                 continue
             if name is not None and record.name != name:
                 continue
@@ -934,7 +949,7 @@ class BatchClient:
             out = [checked.get(r.id, r) for r in out]
         if wanted is not None:
             out = [r for r in out if r.state in wanted]
-        return JobList(out[:limit] if limit is not None else out)
+        return out
 
     # -- results, logs, cancel -----------------------------------------------------
     def wait(
