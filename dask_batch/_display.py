@@ -108,6 +108,9 @@ class JobList(list[JobRecord]):
     def _repr_html_(self) -> str:
         return html_table(self)
 
+    def __repr__(self) -> str:
+        return text_table(self) if self else "JobList([])"
+
     def to_text(self) -> str:
         return text_table(self)
 

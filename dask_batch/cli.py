@@ -369,3 +369,7 @@ def local_status() -> None:
         click.echo("not running")
         sys.exit(1)
     click.echo(_local_info(info))
+
+
+if __name__ == "__main__":
+    main()

@@ -305,7 +305,7 @@ def test_html_and_text_display(batch_client, tmp_path):
     assert "noisy failure" in table  # the error summary of the failed job
     assert 'href="http' in table  # the running job's dashboard
     assert "runner" in running._repr_html_()
-    text = batch_client.jobs().to_text()
+    text = repr(batch_client.jobs())
     assert text.splitlines()[0].split() == [
         "ID",
         "NAME",
