@@ -150,6 +150,16 @@ def _resolve_env(job_id: str, env: Any) -> dict[str, str]:
     return items
 
 
+def _read_source(job_id: str, path: str, what: str) -> tuple[str, bytes]:
+    try:
+        with open(path, "rb") as f:
+            return os.path.basename(path), f.read()
+    except OSError as exc:
+        raise SubmitError(
+            f"Job {job_id!r} not submitted: cannot read {what} {path!r}: {exc}"
+        ) from exc
+
+
 def _pack_files(job_id: str, files: Any) -> bytes:
     """A tar.gz of ``files`` (a directory's contents go to the top level)."""
     if isinstance(files, (str, os.PathLike)):
@@ -450,7 +460,7 @@ class BatchClient:
             target,
             func,
             args,
-            kwargs,
+            main_kwargs=kwargs,
             name=name or str(getattr(func, "__name__", "job")),
             workers=workers,
             adapt=adapt,
@@ -499,28 +509,24 @@ class BatchClient:
 
         job_id = new_job_id()
         text = os.fspath(target)
+        options: dict[str, Any] = dict(
+            workers=workers,
+            adapt=adapt,
+            cluster_options=cluster_options,
+            env=env,
+            files=files,
+        )
         if text.endswith(".py") or os.path.isfile(text):
-            try:
-                with open(text, "rb") as f:
-                    source = f.read()
-            except OSError as exc:
-                raise SubmitError(
-                    f"Job {job_id!r} not submitted: cannot read script {text!r}: {exc}"
-                ) from exc
-            filename = os.path.basename(text)
+            filename, source = _read_source(job_id, text, "script")
+            run_args = (filename, source, [str(a) for a in args])
             return self._submit_job(
                 job_id,
                 "script",
                 filename,
                 _targets.run_script,
-                (filename, source, [str(a) for a in args]),
-                {},
+                run_args,
                 name=name or filename,
-                workers=workers,
-                adapt=adapt,
-                cluster_options=cluster_options,
-                env=env,
-                files=files,
+                **options,
             )
         module, sep, function = text.partition(":")
         if not sep or not module or not function:
@@ -534,13 +540,8 @@ class BatchClient:
             text,
             _targets.run_function,
             (text, list(args), {}),
-            {},
             name=name or function,
-            workers=workers,
-            adapt=adapt,
-            cluster_options=cluster_options,
-            env=env,
-            files=files,
+            **options,
         )
 
     def submit_notebook(
@@ -583,22 +584,13 @@ class BatchClient:
         from . import _targets
 
         job_id = new_job_id()
-        text = os.fspath(path)
-        try:
-            with open(text, "rb") as f:
-                source = f.read()
-        except OSError as exc:
-            raise SubmitError(
-                f"Job {job_id!r} not submitted: cannot read notebook {text!r}: {exc}"
-            ) from exc
-        filename = os.path.basename(text)
+        filename, source = _read_source(job_id, os.fspath(path), "notebook")
         return self._submit_job(
             job_id,
             "notebook",
             filename,
             _targets.run_notebook,
             (filename, source, dict(parameters or {})),
-            {},
             name=name or filename,
             workers=workers,
             adapt=adapt,
@@ -614,8 +606,8 @@ class BatchClient:
         target: str,
         func: Callable[..., Any],
         args: tuple[Any, ...],
-        kwargs: dict[str, Any],
         *,
+        main_kwargs: dict[str, Any] | None = None,
         name: str,
         workers: int | None,
         adapt: tuple[int, int] | None,
@@ -627,7 +619,7 @@ class BatchClient:
         # record or cluster exists.
         workers, adapt = _check_scaling(job_id, workers, adapt)
         try:
-            payload = dumps_payload(func, args, kwargs)
+            payload = dumps_payload(func, args, main_kwargs or {})
         except Exception as exc:
             raise SubmitError(
                 f"Job {job_id!r} not submitted: main or its arguments cannot be "
