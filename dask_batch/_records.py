@@ -99,6 +99,10 @@ class JobRecord:
         Where files written to ``dask_batch.artifacts_path()`` are kept.
     dashboard_link : str or None
         The Dask dashboard of the job's cluster while it runs (not stored).
+    last_seen : datetime or None
+        The runner's latest heartbeat (every ``batch.runner.heartbeat-interval``).
+    timeout : float or None
+        The run-time limit of main in seconds, if one was given.
     """
 
     id: str
@@ -123,6 +127,8 @@ class JobRecord:
     env_names: list[str] = field(default_factory=list)
     artifacts_url: str = ""
     dashboard_link: str | None = field(default=None, compare=False)
+    last_seen: datetime.datetime | None = None
+    timeout: float | None = None
 
     @property
     def duration(self) -> datetime.timedelta | None:
@@ -138,6 +144,7 @@ class JobRecord:
         state: dict[str, Any] | None,
         cluster: dict[str, Any] | None,
         progress: dict[str, Any] | None = None,
+        heartbeat: dict[str, Any] | None = None,
     ) -> JobRecord:
         state = state or {}
         cluster = cluster or {}
@@ -165,6 +172,8 @@ class JobRecord:
             target=spec.get("function", ""),
             env_names=list(spec.get("env_names") or []),
             artifacts_url=spec.get("artifacts_url", ""),
+            last_seen=from_iso((heartbeat or {}).get("time")),
+            timeout=spec.get("timeout"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -191,4 +200,6 @@ class JobRecord:
             "target": self.target,
             "env_names": self.env_names,
             "artifacts_url": self.artifacts_url,
+            "last_seen": to_iso(self.last_seen),
+            "timeout": self.timeout,
         }

@@ -6,6 +6,9 @@ Layout, one prefix per user and job::
                            payload.pkl    cloudpickled (main, args, kwargs)
                            cluster.json   the cluster the gateway accepted
                            state.json     state, times, message, error
+                           final.json     the terminal state: created once, never
+                                          replaced (a conditional PUT)
+                           heartbeat.json when the runner was last alive
                            result.pkl     cloudpickled return value
                            error.json     the exception main raised
                            logs/00000000  stdout and stderr of main, in chunks
@@ -40,6 +43,8 @@ from ._records import JobRecord, JobState, to_iso, utcnow
 
 SPEC = "spec.json"
 STATE = "state.json"
+FINAL = "final.json"
+HEARTBEAT = "heartbeat.json"
 CLUSTER = "cluster.json"
 PAYLOAD = "payload.pkl"
 RESULT = "result.pkl"
@@ -49,6 +54,11 @@ PROGRESS = "progress.json"
 SECRETS = "secrets.bin"
 FILES = "files.tar.gz"
 ARTIFACTS = "artifacts"
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
 
 
 def digest(data: bytes) -> str:
@@ -278,14 +288,14 @@ class JobStore:
         paths = [
             self.job_path(user, j, n)
             for j in job_ids
-            for n in (SPEC, STATE, CLUSTER, PROGRESS)
+            for n in (SPEC, STATE, FINAL, CLUSTER, PROGRESS, HEARTBEAT)
         ]
         blobs = self.get_many(paths)
         out: dict[str, JobRecord | Exception] = {}
         for job_id in job_ids:
             docs: dict[str, Any] = {}
             try:
-                for name in (SPEC, STATE, CLUSTER, PROGRESS):
+                for name in (SPEC, STATE, FINAL, CLUSTER, PROGRESS, HEARTBEAT):
                     data = blobs.get(self.job_path(user, job_id, name))
                     docs[name] = (
                         None if data is None else self._parse(job_id, name, data)
@@ -293,7 +303,11 @@ class JobStore:
                 if docs[SPEC] is None:
                     raise JobNotFoundError(job_id, self.url)
                 out[job_id] = JobRecord.from_documents(
-                    docs[SPEC], docs[STATE], docs[CLUSTER], docs[PROGRESS]
+                    docs[SPEC],
+                    docs[FINAL] or docs[STATE],
+                    docs[CLUSTER],
+                    docs[PROGRESS],
+                    docs[HEARTBEAT],
                 )
             except (KeyError, ValueError, TypeError) as exc:
                 if isinstance(exc, (JobNotFoundError, CorruptRecordError)):
@@ -311,19 +325,56 @@ class JobStore:
             raise record
         return record
 
-    def read_state(self, user: str, job_id: str) -> dict[str, Any]:
+    def put_create(self, user: str, job_id: str, name: str, data: bytes) -> bool:
+        """Write an object only if it does not exist; False if it already did.
+
+        The compare-and-set under terminal states and idempotency keys: on S3
+        a conditional PUT (``If-None-Match: *``), locally an atomic hard link.
+        """
+        path = self.job_path(user, job_id, name)
         try:
-            return self.get_json(user, job_id, STATE)
-        except FileNotFoundError:
-            return {}
+            if isinstance(self.fs, LocalFileSystem):
+                tmp = f"{path}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
+                self.fs.pipe_file(tmp, data)
+                try:
+                    os.link(tmp, path)
+                finally:
+                    os.remove(tmp)
+            elif "memory" in _protocols(self.fs):
+                if self.fs.exists(path):
+                    return False
+                self.fs.pipe_file(path, data)
+            else:
+                self.fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        except Exception as exc:
+            raise StorageError(
+                f"Could not write {name} of job {job_id!r} to {self.url!r}: "
+                f"{type(exc).__name__}: {exc}. Check the storage URL, "
+                "credentials and permissions."
+            ) from exc
+        return True
+
+    def read_state(self, user: str, job_id: str) -> dict[str, Any]:
+        """The current state document: the terminal one if there is one."""
+        names = (FINAL, STATE)
+        blobs = self.get_many([self.job_path(user, job_id, n) for n in names])
+        for name in names:
+            data = blobs.get(self.job_path(user, job_id, name))
+            if data is not None:
+                return dict(self._parse(job_id, name, data))
+        return {}
 
     def transition(
         self, user: str, job_id: str, state: JobState, **fields: Any
     ) -> dict[str, Any]:
         """Move a job to ``state`` unless it is already terminal.
 
-        Returns the state document now stored: the new one, or the terminal one
-        that won.
+        Exactly one terminal state wins, even when writers race (a cancel and
+        the runner's own result): it is created with a create-only write of
+        ``final.json``, and losers get the winner back. Returns the state
+        document now in force.
         """
         current = self.read_state(user, job_id)
         if current and JobState(current["state"]).is_terminal:
@@ -332,7 +383,10 @@ class JobStore:
         doc.update(fields)
         doc["state"] = state.value
         doc["updated"] = to_iso(utcnow())
-        if state.is_terminal and not doc.get("finished"):
-            doc["finished"] = doc["updated"]
+        if state.is_terminal:
+            doc.setdefault("finished", doc["updated"])
+            if not self.put_create(user, job_id, FINAL, dumps_json(doc)):
+                return self.read_state(user, job_id)
+        # state.json is the fast path for readers; final.json overrides it.
         self.put_json(user, job_id, STATE, doc)
         return doc

@@ -118,3 +118,46 @@ def test_local_writes_are_never_seen_half_done(tmp_path):
         for p in (tmp_path / "jobs" / "alice" / job_id).iterdir()
         if p.name.endswith(".tmp")
     ]
+
+
+def race_to_terminal(store, job_id, writers=8):
+    import threading
+
+    barrier = threading.Barrier(writers)
+    results = [None] * writers
+    states = [JobState.SUCCEEDED, JobState.CANCELLED, JobState.FAILED, JobState.LOST]
+
+    def write(i):
+        barrier.wait()
+        results[i] = store.transition(
+            "alice", job_id, states[i % len(states)], message=f"writer {i}"
+        )
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+@pytest.mark.parametrize("kind", ["local", "memory", "s3"])
+def test_racing_terminal_transitions_agree_on_one_winner(kind, tmp_path, request):
+    if kind == "local":
+        store = JobStore(str(tmp_path / "jobs"))
+    elif kind == "memory":
+        store = JobStore("memory://race")
+    else:
+        url, options = request.getfixturevalue("batch_s3_storage")
+        store = JobStore(url, options)
+    for _ in range(5):
+        job_id = make_job(store)
+        store.transition("alice", job_id, JobState.RUNNING)
+        results = race_to_terminal(store, job_id)
+        winners = {(r["state"], r["message"]) for r in results}
+        assert len(winners) == 1, winners
+        record = store.read_record("alice", job_id)
+        assert (record.state.value, record.message) == winners.pop()
+        # A late non-terminal write does not resurrect the job.
+        store.transition("alice", job_id, JobState.RUNNING)
+        assert store.read_record("alice", job_id).state is record.state
