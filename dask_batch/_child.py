@@ -192,7 +192,11 @@ def main() -> None:
     threading.Thread(
         target=_exit_with_parent, args=(cfg["runner_pid"],), daemon=True
     ).start()
-    store = JobStore(cfg["storage_url"], cfg["storage_options"])
+    store = JobStore(
+        cfg["storage_url"],
+        cfg["storage_options"],
+        retry_for=cfg.get("storage_retry_for", 0),
+    )
     func, args, kwargs = _load_main(store, cfg)
     reporter = _prepare(store, cfg)
 

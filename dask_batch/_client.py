@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import getpass
+import hashlib
 import html
 import io
 import json
@@ -29,6 +30,7 @@ import dask.config
 from dask.utils import format_bytes, parse_bytes, parse_timedelta
 from dask_gateway import Gateway
 from dask_gateway.client import ClusterReport, ClusterStatus, GatewayClusterError
+from dask_gateway.options import Options
 
 from . import config as _config  # noqa: F401  (loads batch.* defaults)
 from . import local as _local
@@ -58,6 +60,7 @@ from ._store import (
     STATE,
     JobStore,
     digest,
+    dumps_json,
 )
 
 logger = logging.getLogger("dask_batch")
@@ -67,6 +70,7 @@ _ALL_STATUSES = ["pending", "running", "stopping", "stopped", "failed"]
 _LOG_TAIL_LINES = 20
 _FOLLOW_POLL = 0.2  # seconds between storage polls while following a log
 _LIST_PAGE = 200  # records read per storage round when listing
+_KEYS = ".idempotency"  # per-user prefix of idempotency keys (not a job id)
 
 
 def _gateway_user(gateway: Gateway) -> str:
@@ -148,6 +152,21 @@ def _resolve_env(job_id: str, env: Any) -> dict[str, str]:
                 f"values, got {key!r}."
             )
     return items
+
+
+def _check_timeout(job_id: str, timeout: float | str | None) -> float | None:
+    if timeout is None:
+        return None
+    try:
+        seconds = float(parse_timedelta(timeout))
+    except (TypeError, ValueError, KeyError):
+        seconds = float("nan")
+    if not seconds > 0:  # also rejects NaN
+        raise SubmitError(
+            f"Job {job_id!r} not submitted: timeout must be a positive duration "
+            f"such as 3600 or '2h', got {timeout!r}."
+        )
+    return seconds
 
 
 def _read_source(job_id: str, path: str, what: str) -> tuple[str, bytes]:
@@ -333,6 +352,7 @@ class BatchClient:
             )
         self.user = user or _gateway_user(gateway)
         self._resolved_mode: str | None = None if self.mode == "auto" else self.mode
+        self._options: Options | None = None
 
     # -- plumbing ----------------------------------------------------------------
     @property
@@ -375,11 +395,42 @@ class BatchClient:
     async def _io(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(func, *args, **kwargs)
 
+    async def _server_options(self) -> Options:
+        """The gateway's cluster options (fetched once)."""
+        if self._options is None:
+            self._options = await self.gateway._cluster_options(
+                use_local_defaults=False
+            )
+        return self._options
+
     async def _mode(self) -> str:
         if self._resolved_mode is None:
-            options = await self.gateway._cluster_options(use_local_defaults=False)
+            options = await self._server_options()
             self._resolved_mode = "server" if "batch_job_id" in options else "client"
         return self._resolved_mode
+
+    async def _check_cluster_options(
+        self, job_id: str, requested: dict[str, Any]
+    ) -> None:
+        """Refuse unknown options and bad values before anything is created."""
+        options = await self._server_options()
+        for key, value in requested.items():
+            if key.startswith("batch_"):
+                raise SubmitError(
+                    f"Job {job_id!r} not submitted: cluster option {key!r} is set by "
+                    "dask-batch itself."
+                )
+            try:
+                # validate() checks without changing the cached options.
+                options._fields[key].validate(value)
+            except (KeyError, TypeError, ValueError) as exc:
+                if isinstance(exc, KeyError):
+                    exc = KeyError(f"no option {key!r} available")
+                message = exc.args[0] if exc.args else exc
+                raise SubmitError(
+                    f"Job {job_id!r} not submitted: bad cluster option: {message}. "
+                    f"This gateway offers {sorted(options)}."
+                ) from None
 
     # -- submit ------------------------------------------------------------------
     def submit(
@@ -393,6 +444,8 @@ class BatchClient:
         cluster_options: dict[str, Any] | None = None,
         env: dict[str, str] | Sequence[str] | None = None,
         files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+        timeout: float | str | None = None,
+        idempotency_key: str | None = None,
         **kwargs: Any,
     ) -> Any:
         """Run ``func(*args, **kwargs)`` as a batch job on its own cluster.
@@ -425,6 +478,14 @@ class BatchClient:
         files : path or list of paths, optional
             Files to upload as main's working directory (a directory's
             contents, or single files), up to ``batch.upload-limit``.
+        timeout : float or str, optional
+            Run-time limit of main (seconds, or ``"2h"``). At the limit main
+            is stopped, the job FAILS with a ``JobTimeout`` error ("timed
+            out") and its cluster is stopped.
+        idempotency_key : str, optional
+            Submitting again with the same key (say, after a network error)
+            returns the job that key already started instead of a second
+            one. Keys are per user and kept with the job records.
 
         Returns
         -------
@@ -467,6 +528,8 @@ class BatchClient:
             cluster_options=cluster_options,
             env=env,
             files=files,
+            timeout=timeout,
+            idempotency_key=idempotency_key,
         )
 
     def submit_script(
@@ -480,6 +543,8 @@ class BatchClient:
         cluster_options: dict[str, Any] | None = None,
         env: dict[str, str] | Sequence[str] | None = None,
         files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+        timeout: float | str | None = None,
+        idempotency_key: str | None = None,
     ) -> Any:
         """Run a Python script, or a ``package.module:function``, as a batch job.
 
@@ -493,7 +558,7 @@ class BatchClient:
         args : list of str
             Command-line arguments of the script, or positional arguments of
             the function.
-        name, workers, adapt, cluster_options, env, files
+        name, workers, adapt, cluster_options, env, files, timeout, idempotency_key
             As for :meth:`submit`.
 
         Returns
@@ -515,6 +580,8 @@ class BatchClient:
             cluster_options=cluster_options,
             env=env,
             files=files,
+            timeout=timeout,
+            idempotency_key=idempotency_key,
         )
         if text.endswith(".py") or os.path.isfile(text):
             filename, source = _read_source(job_id, text, "script")
@@ -555,6 +622,8 @@ class BatchClient:
         cluster_options: dict[str, Any] | None = None,
         env: dict[str, str] | Sequence[str] | None = None,
         files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+        timeout: float | str | None = None,
+        idempotency_key: str | None = None,
     ) -> Any:
         """Execute a notebook with papermill as a batch job.
 
@@ -569,7 +638,7 @@ class BatchClient:
             The notebook (``analysis.ipynb``).
         parameters : dict, optional
             papermill parameters, injected after the cell tagged ``parameters``.
-        name, workers, adapt, cluster_options, env, files
+        name, workers, adapt, cluster_options, env, files, timeout, idempotency_key
             As for :meth:`submit`.
 
         Returns
@@ -597,6 +666,8 @@ class BatchClient:
             cluster_options=cluster_options,
             env=env,
             files=files,
+            timeout=timeout,
+            idempotency_key=idempotency_key,
         )
 
     def _submit_job(
@@ -614,10 +685,13 @@ class BatchClient:
         cluster_options: dict[str, Any] | None,
         env: dict[str, str] | Sequence[str] | None,
         files: Any,
+        timeout: float | str | None = None,
+        idempotency_key: str | None = None,
     ) -> Any:
         # Everything that can fail on bad input happens here, before any
         # record or cluster exists.
         workers, adapt = _check_scaling(job_id, workers, adapt)
+        timeout_s = _check_timeout(job_id, timeout)
         try:
             payload = dumps_payload(func, args, main_kwargs or {})
         except Exception as exc:
@@ -626,6 +700,14 @@ class BatchClient:
                 f"pickled ({type(exc).__name__}: {exc}). Pass data that cloudpickle "
                 "can serialise, or load it inside main."
             ) from exc
+        limit = parse_bytes(dask.config.get("batch.payload-limit"))
+        if len(payload) > limit:
+            raise SubmitError(
+                f"Job {job_id!r} not submitted: main with its arguments pickles to "
+                f"{format_bytes(len(payload))}, over batch.payload-limit "
+                f"({format_bytes(limit)}). Put large data in storage and pass its "
+                "path."
+            )
         env_values = _resolve_env(job_id, env)
         archive = _pack_files(job_id, files) if files else b""
         submission = _Submission(
@@ -644,6 +726,8 @@ class BatchClient:
                 "env_names": sorted(env_values),
                 "files_bytes": len(archive),
                 "artifacts_url": artifacts_url(self.store, self.user, job_id),
+                "timeout": timeout_s,
+                "idempotency_key": idempotency_key,
             },
             payload=payload,
             env_values=env_values,
@@ -655,6 +739,7 @@ class BatchClient:
         job_id, spec = sub.job_id, sub.spec
         options = dict(spec["cluster_options"])
         mode = await self._mode()
+        await self._check_cluster_options(job_id, options)
         spec.update(
             submitted=to_iso(utcnow()), gateway_address=self.gateway.address, mode=mode
         )
@@ -688,6 +773,11 @@ class BatchClient:
             raise StorageError(
                 f"Job {job_id!r} not submitted, no cluster was requested: {exc}"
             ) from exc
+        key = spec.get("idempotency_key")
+        if key:
+            winner = await self._io(self._claim_idempotency_key, job_id, key)
+            if winner != job_id:
+                return Job(self, winner)
 
         if mode == "server":
             options.update(
@@ -727,6 +817,21 @@ class BatchClient:
         if mode == "client":
             await self._install_runner(job_id, cluster_name, spec, secret_key)
         return Job(self, job_id)
+
+    def _claim_idempotency_key(self, job_id: str, key: str) -> str:
+        """The job that owns ``key``: this one, or the one that claimed it first.
+
+        Records are written first and the key claimed after, with a
+        create-only write, so two racing submissions never both get a
+        cluster: the loser removes its records (no cluster was requested yet).
+        """
+        name = hashlib.sha256(key.encode()).hexdigest() + ".json"
+        claim = dumps_json({"key": key, "job_id": job_id})
+        if self.store.put_create(self.user, _KEYS, name, claim):
+            return job_id
+        owner = str(self.store.get_json(self.user, _KEYS, name)["job_id"])
+        self.store.fs.rm(self.store.job_path(self.user, job_id), recursive=True)
+        return owner
 
     async def _install_runner(
         self, job_id: str, cluster_name: str, spec: dict[str, Any], secret_key: str
@@ -823,8 +928,18 @@ class BatchClient:
         self, record: JobRecord, reports: dict[str, ClusterReport | None]
     ) -> JobRecord:
         if record.gateway_address and record.gateway_address != self.gateway.address:
-            return record  # another gateway's job: only it can tell
-        if record.cluster_name:
+            # Another gateway's job: this gateway cannot vouch for its cluster,
+            # so only a heartbeat silent for too long makes it LOST.
+            silence = parse_timedelta(dask.config.get("batch.heartbeat-timeout"))
+            if record.last_seen is None or (
+                (utcnow() - record.last_seen).total_seconds() < silence
+            ):
+                return record
+            why = (
+                f"its runner has not been heard from for over {silence:g} s and "
+                f"its gateway {record.gateway_address} is not this one"
+            )
+        elif record.cluster_name:
             report = reports.get(record.cluster_name)
             status = report.status if report is not None else None
             if report is not None and status in _ALIVE:
@@ -844,6 +959,8 @@ class BatchClient:
                 "no cluster was recorded for it: the submitting process stopped "
                 "before the gateway accepted the cluster request"
             )
+        if record.last_seen is not None:
+            why += f"; last seen {record.last_seen.isoformat(timespec='seconds')}"
         # The runner writes the final state before it stops the cluster, so a
         # fresh read now sees any outcome that raced with the gateway query.
         fresh = await self._io(self.store.read_record, self.user, record.id)

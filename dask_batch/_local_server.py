@@ -72,7 +72,8 @@ def build_config(
     if settings.get("server_side", True):
         scheduler_cmd += ["--preload", "dask_batch.preload"]
         c.Backend.cluster_options = batch_cluster_options(
-            environment=settings.get("environment") or {}
+            environment=settings.get("environment") or {},
+            allowed_storage=settings.get("allowed_storage"),
         )
     else:
         c.ClusterConfig.environment = settings.get("environment") or {}

@@ -31,7 +31,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 
 from . import config as _config  # noqa: F401  (loads batch.* defaults)
 from ._records import JobState, to_iso, utcnow
-from ._store import SPEC, JobStore
+from ._store import HEARTBEAT, SPEC, JobStore
 
 logger = logging.getLogger("distributed.scheduler.dask_batch")
 
@@ -110,7 +110,14 @@ class JobRunnerPlugin(SchedulerPlugin):
     async def start(self, scheduler: Any) -> None:
         # Client.register_plugin waits for start(): return at once.
         self.scheduler = scheduler
-        self._store = JobStore(self.storage_url, self.storage_options)
+        self._cluster_name = os.environ.get("DASK_GATEWAY_CLUSTER_NAME")
+        self._store = JobStore(
+            self.storage_url,
+            self.storage_options,
+            retry_for=parse_timedelta(
+                dask.config.get("batch.runner.storage-retry-for")
+            ),
+        )
         self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
@@ -154,7 +161,7 @@ class JobRunnerPlugin(SchedulerPlugin):
                 self.job_id,
                 JobState.RUNNING,
                 started=to_iso(utcnow()),
-                cluster_name=os.environ.get("DASK_GATEWAY_CLUSTER_NAME"),
+                cluster_name=self._cluster_name,
             )
             if doc["state"] != JobState.RUNNING.value:
                 # Cancelled before its cluster came up: do not run main.
@@ -216,6 +223,7 @@ class JobRunnerPlugin(SchedulerPlugin):
             "payload_digest": self.payload_digest,
             "scheduler_address": self.scheduler.address,
             "runner_pid": os.getpid(),
+            "storage_retry_for": self._store.retry_for,
             "tls": [
                 os.path.abspath(p) if p and os.path.exists(p) else p
                 for p in (ca, cert, key)
@@ -252,13 +260,32 @@ class JobRunnerPlugin(SchedulerPlugin):
             "dask-batch: job %s main started, pid %d", self.job_id, self._proc.pid
         )
 
-        uploader = asyncio.create_task(self._upload_logs_periodically(log_path))
+        helpers = [
+            asyncio.create_task(self._upload_logs_periodically(log_path)),
+            asyncio.create_task(self._heartbeat_periodically()),
+        ]
+        timeout = spec.get("timeout")
         try:
-            returncode = await self._proc.wait()
+            returncode = await asyncio.wait_for(self._proc.wait(), timeout=timeout)
+        except asyncio.TimeoutError:
+            logger.warning("dask-batch: job %s ran past its timeout", self.job_id)
+            await self._terminate_main()
+            for helper in helpers:
+                helper.cancel()
+            return {
+                "status": "failed",
+                "error": {
+                    "type": "JobTimeout",
+                    "message": f"timed out: main ran longer than its timeout of "
+                    f"{timeout:g} s and was stopped",
+                    "traceback": "",
+                },
+            }
         finally:
-            uploader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await uploader
+            for helper in helpers:
+                helper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await helper
 
         try:
             with open(config["outcome_path"]) as f:
@@ -274,6 +301,21 @@ class JobRunnerPlugin(SchedulerPlugin):
                 },
             }
         return outcome
+
+    async def _heartbeat_periodically(self) -> None:
+        interval = parse_timedelta(dask.config.get("batch.runner.heartbeat-interval"))
+        while True:
+            try:
+                await self._io(
+                    self._store.put_json,
+                    self.user,
+                    self.job_id,
+                    HEARTBEAT,
+                    {"time": to_iso(utcnow()), "cluster_name": self._cluster_name},
+                )
+            except Exception:
+                logger.warning("dask-batch: heartbeat not stored", exc_info=True)
+            await asyncio.sleep(interval)
 
     async def _upload_logs_periodically(self, log_path: str) -> None:
         interval = parse_timedelta(dask.config.get("batch.runner.log-upload-interval"))

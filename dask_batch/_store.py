@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import posixpath
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -40,6 +42,8 @@ from fsspec.utils import get_protocol
 
 from ._exceptions import CorruptRecordError, JobNotFoundError, StorageError
 from ._records import JobRecord, JobState, to_iso, utcnow
+
+logger = logging.getLogger("dask_batch.store")
 
 SPEC = "spec.json"
 STATE = "state.json"
@@ -78,10 +82,21 @@ class JobStore:
         An fsspec URL (``s3://bucket/jobs``, ``/data/jobs``, ``memory://jobs``).
     storage_options : dict, optional
         Passed to the fsspec filesystem.
+    retry_for : float
+        Seconds for which writes and reads that fail for any reason other than
+        a missing or existing object are retried, with back-off (the job
+        runner rides out storage outages; clients fail fast).
     """
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        url: str,
+        storage_options: dict[str, Any] | None = None,
+        *,
+        retry_for: float = 0,
+    ):
         self.url = url
+        self.retry_for = retry_for
         self.storage_options = dict(storage_options or {})
         options = dict(self.storage_options)
         if get_protocol(url) in ("file", "local"):
@@ -113,10 +128,27 @@ class JobStore:
         return self.fs.unstrip_protocol(self.job_path(user, job_id))
 
     # -- raw objects -------------------------------------------------------------
+    def _retrying(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.25
+        while True:
+            try:
+                return func(*args, **kwargs)
+            except (FileNotFoundError, FileExistsError):
+                raise
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                logger.warning(
+                    "storage call failed, retrying in %.1f s: %s", delay, exc
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 8.0)
+
     def put(self, user: str, job_id: str, name: str, data: bytes) -> None:
         path = self.job_path(user, job_id, name)
         try:
-            self._put_whole(path, data)
+            self._retrying(self._put_whole, path, data)
         except Exception as exc:
             raise StorageError(
                 f"Could not write {name} of job {job_id!r} to {self.url!r}: "
@@ -142,7 +174,7 @@ class JobStore:
         """Read one object; FileNotFoundError if it does not exist."""
         path = self.job_path(user, job_id, name)
         try:
-            return self.fs.cat_file(path)
+            return bytes(self._retrying(self.fs.cat_file, path))
         except FileNotFoundError:
             raise
         except Exception as exc:
@@ -159,7 +191,7 @@ class JobStore:
         if not paths:
             return {}
         try:
-            out = self.fs.cat(paths, on_error="return")
+            out = self._retrying(self.fs.cat, paths, on_error="return")
         except Exception as exc:
             raise StorageError(
                 f"Could not read job records from {self.url!r}: {exc}"
@@ -333,19 +365,7 @@ class JobStore:
         """
         path = self.job_path(user, job_id, name)
         try:
-            if isinstance(self.fs, LocalFileSystem):
-                tmp = f"{path}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
-                self.fs.pipe_file(tmp, data)
-                try:
-                    os.link(tmp, path)
-                finally:
-                    os.remove(tmp)
-            elif "memory" in _protocols(self.fs):
-                if self.fs.exists(path):
-                    return False
-                self.fs.pipe_file(path, data)
-            else:
-                self.fs.pipe_file(path, data, mode="create")
+            self._retrying(self._put_create, path, data)
         except FileExistsError:
             return False
         except Exception as exc:
@@ -355,6 +375,21 @@ class JobStore:
                 "credentials and permissions."
             ) from exc
         return True
+
+    def _put_create(self, path: str, data: bytes) -> None:
+        if isinstance(self.fs, LocalFileSystem):
+            tmp = f"{path}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
+            self.fs.pipe_file(tmp, data)
+            try:
+                os.link(tmp, path)
+            finally:
+                os.remove(tmp)
+        elif "memory" in _protocols(self.fs):
+            if self.fs.exists(path):
+                raise FileExistsError(path)
+            self.fs.pipe_file(path, data)
+        else:
+            self.fs.pipe_file(path, data, mode="create")
 
     def read_state(self, user: str, job_id: str) -> dict[str, Any]:
         """The current state document: the terminal one if there is one."""

@@ -205,6 +205,7 @@ def start(
     environment: dict[str, str] | None = None,
     gateway_config: dict[str, Any] | None = None,
     owner_pid: int | None = None,
+    allowed_storage: list[str] | None = None,
 ) -> LocalGateway:
     """Start the local gateway in the background, or return the running one.
 
@@ -227,6 +228,8 @@ def start(
     owner_pid : int, optional
         Stop the gateway (and its clusters) when this process is gone. For
         test fixtures; by default the gateway outlives everyone.
+    allowed_storage : list of str, optional
+        Storage roots the gateway accepts jobs for (default: any).
 
     Returns
     -------
@@ -275,6 +278,7 @@ def start(
                 "environment": environment or {},
                 "gateway_config": gateway_config or {},
                 "owner_pid": owner_pid,
+                "allowed_storage": allowed_storage,
             },
         )
         with contextlib.suppress(FileNotFoundError):

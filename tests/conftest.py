@@ -41,6 +41,7 @@ def _nothing_left_behind(request):
         "batch_plain_gateway",
         "idle_gateway",
         "notebook_gateway",
+        "strict_gateway",
     ):
         if fixture in request.fixturenames:
             info = request.getfixturevalue(fixture)

@@ -91,13 +91,47 @@ def test_unknown_storage_protocol_fails_at_once(batch_gateway):
     gateway.close()
 
 
-def test_gateway_refusal_leaves_a_failed_record_with_its_message(batch_client):
-    with pytest.raises(SubmitError, match="refused the cluster request") as info:
-        batch_client.submit(len, [], cluster_options={"no_such_option": 1})
-    (record,) = batch_client.jobs()
-    assert record.state is JobState.FAILED
-    assert "no_such_option" in record.message
-    assert record.id in str(info.value)
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"no_such_option": 1}, "no option 'no_such_option'"),
+        ({"batch_job_id": "x"}, "set by dask-batch itself"),
+    ],
+)
+def test_bad_cluster_options_fail_before_anything_is_created(
+    batch_client, options, match
+):
+    before = len(clusters_ever(batch_client))
+    with pytest.raises(SubmitError, match=match):
+        batch_client.submit(len, [], cluster_options=options)
+    assert batch_client.jobs() == []
+    assert len(clusters_ever(batch_client)) == before
+
+
+@pytest.fixture(scope="module")
+def strict_gateway(tmp_path_factory):
+    from dask_batch import local
+    from dask_batch.testing import _start_gateway
+
+    directory = str(tmp_path_factory.mktemp("strict-gateway"))
+    info = _start_gateway(directory, allowed_storage=["memory://allowed-only"])
+    yield info
+    local.stop(directory)
+
+
+def test_gateway_refusal_leaves_a_failed_record_with_its_message(
+    strict_gateway, tmp_path
+):
+    gateway = strict_gateway.gateway()
+    with BatchClient(gateway=gateway, storage=str(tmp_path / "jobs")) as batch:
+        with pytest.raises(SubmitError, match="refused the cluster request") as info:
+            batch.submit(len, [])
+        (record,) = batch.jobs()
+        assert record.state is JobState.FAILED
+        assert "is not allowed on this gateway" in record.message
+        assert record.id in str(info.value)
+        assert gateway.list_clusters() == []
+    gateway.close()
 
 
 def test_module_not_importable_on_the_cluster_says_so(
