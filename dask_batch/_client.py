@@ -753,7 +753,8 @@ class BatchClient:
             )
 
         def write_records() -> None:
-            self.store.check_writable(self.user)
+            # The payload goes first: if storage is unusable, this fails with
+            # nothing written and no cluster requested.
             self.store.put(self.user, job_id, PAYLOAD, sub.payload)
             if sub.archive:
                 self.store.put(self.user, job_id, FILES, sub.archive)

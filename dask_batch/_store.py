@@ -99,6 +99,9 @@ class JobStore:
         self.retry_for = retry_for
         self.storage_options = dict(storage_options or {})
         options = dict(self.storage_options)
+        # Records change under our feet (runner, other clients): a cached
+        # listing would hide new objects, e.g. a result written after it.
+        options.setdefault("use_listings_cache", False)
         if get_protocol(url) in ("file", "local"):
             options.setdefault("auto_mkdir", True)  # object-store semantics
         try:
@@ -288,19 +291,6 @@ class JobStore:
         return dict(sorted(out.items()))
 
     # -- records -----------------------------------------------------------------
-    def check_writable(self, user: str) -> None:
-        """Fail early, before a cluster is requested, if storage is unusable."""
-        probe = posixpath.join(self.user_path(user), ".dask-batch-probe")
-        try:
-            self.fs.pipe_file(probe, b"ok")
-            self.fs.rm_file(probe)
-        except Exception as exc:
-            raise StorageError(
-                f"Job storage {self.url!r} is not writable for user {user!r}: "
-                f"{type(exc).__name__}: {exc}. Check `batch.storage`, "
-                "`batch.storage-options` and your credentials."
-            ) from exc
-
     def job_ids(self, user: str) -> list[str]:
         """Ids of the user's jobs, newest first."""
         try:

@@ -142,6 +142,13 @@ def main(ctx: click.Context, storage: str | None) -> None:
     metavar="NAME VALUE",
     help="Notebook parameter (value parsed as YAML). Repeatable.",
 )
+@click.option(
+    "--timeout", help="Run-time limit of main (e.g. 2h); the job FAILS past it."
+)
+@click.option(
+    "--idempotency-key",
+    help="Submitting again with the same key returns the first job.",
+)
 @click.option("--wait", is_flag=True, help="Wait for the job; exit with its status.")
 @click.option("--follow", is_flag=True, help="Stream the log until the job ends.")
 @click.pass_obj
@@ -156,6 +163,8 @@ def submit(
     files: tuple[str, ...],
     cluster_options: tuple[str, ...],
     parameters: tuple[tuple[str, str], ...],
+    timeout: str | None,
+    idempotency_key: str | None,
     wait: bool,
     follow: bool,
 ) -> None:
@@ -172,6 +181,8 @@ def submit(
         "cluster_options": _key_value(cluster_options, "--cluster-option"),
         "env": list(env) or None,
         "files": list(files) or None,
+        "timeout": timeout,
+        "idempotency_key": idempotency_key,
     }
     batch = obj.client
     if target.endswith(".ipynb"):

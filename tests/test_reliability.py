@@ -1,0 +1,330 @@
+"""Nothing lost, nothing orphaned, nobody else's jobs (issue 4)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import dask
+import pytest
+from conftest import child_processes
+from dask_gateway import BasicAuth
+from dask_gateway.client import ClusterStatus
+from tcp_proxy import CuttableProxy
+
+from dask_batch import (
+    BatchClient,
+    CorruptRecordError,
+    JobFailedError,
+    JobNotFoundError,
+    JobState,
+    SubmitError,
+    local,
+)
+from dask_batch._gateway import BatchGateway
+from dask_batch.testing import _start_gateway, wait_for
+
+
+def sleeper(seconds):
+    import time
+
+    print("sleeping", flush=True)
+    time.sleep(seconds)
+    return seconds
+
+
+def cluster_status(batch, name):
+    try:
+        return batch.gateway.get_cluster(name).status
+    except ValueError:
+        return None
+
+
+def test_timeout_stops_main_and_its_cluster(batch_client):
+    job = batch_client.submit(sleeper, 120, timeout="3s", workers=0)
+    with pytest.raises(JobFailedError, match="timed out") as info:
+        job.result(timeout=60)
+    assert info.value.remote_type == "JobTimeout"
+    record = job.status()
+    assert record.state is JobState.FAILED and record.timeout == 3
+    wait_for(
+        lambda: (
+            cluster_status(batch_client, record.cluster_name) is ClusterStatus.STOPPED
+        ),
+        15,
+        "the timed-out job's cluster to stop",
+    )
+
+
+@pytest.mark.parametrize("timeout", ["-1", 0, "soon", "nan"])
+def test_bad_timeout_fails_at_submit(batch_client, timeout):
+    with pytest.raises(SubmitError, match="timeout must be a positive duration"):
+        batch_client.submit(len, [], timeout=timeout)
+    assert batch_client.jobs() == []
+
+
+def test_oversize_payload_fails_at_submit_naming_the_limit(batch_client):
+    with (
+        dask.config.set({"batch.payload-limit": "1 KiB"}),
+        pytest.raises(SubmitError, match=r"batch\.payload-limit \(1.00 kiB\)"),
+    ):
+        batch_client.submit(len, b"x" * 10_000)
+    assert batch_client.jobs() == []
+
+
+def test_retried_submission_with_an_idempotency_key_gives_one_job(batch_client):
+    import datetime
+
+    # Other tests' clusters may still be stopping: count only the new ones.
+    started = datetime.datetime.now()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        jobs = list(
+            pool.map(
+                lambda _: batch_client.submit(
+                    sleeper, 0, idempotency_key="nightly-2026-11-26", workers=0
+                ),
+                range(4),
+            )
+        )
+    assert len({j.id for j in jobs}) == 1
+    assert jobs[0].result(timeout=60) == 0
+    again = batch_client.submit(sleeper, 0, idempotency_key="nightly-2026-11-26")
+    assert again.id == jobs[0].id
+    assert [r.id for r in batch_client.jobs()] == [jobs[0].id]
+    every = ["pending", "running", "stopping", "stopped", "failed"]
+    new = [
+        c
+        for c in batch_client.gateway.list_clusters(status=every)
+        if c.start_time >= started
+    ]
+    assert [c.options["batch_job_id"] for c in new] == [jobs[0].id]
+
+
+def test_running_job_heartbeats(batch_client):
+    job = batch_client.submit(sleeper, 120, workers=0)
+    record = wait_for(
+        lambda: job.status().last_seen and job.status(), 30, "a heartbeat"
+    )
+    assert record.state is JobState.RUNNING
+    age = time.time() - record.last_seen.timestamp()
+    assert 0 <= age < 30
+    job.cancel()
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [("SIGKILL", "killed by SIGKILL"), ("SIGSEGV", "killed by SIGSEGV")],
+)
+def test_main_killed_by_a_signal_fails_with_it(batch_client, how, message):
+    def die(signame):
+        import os
+        import signal
+
+        print("about to die", flush=True)
+        os.kill(os.getpid(), getattr(signal, signame))
+
+    job = batch_client.submit(die, how, workers=0)
+    with pytest.raises(JobFailedError, match=message) as info:
+        job.result(timeout=60)
+    assert "about to die" in info.value.log_tail
+
+
+def test_worker_death_is_recovered_as_dask_does(batch_client):
+    def survive_a_worker_death():
+        import os
+        import signal
+
+        import distributed
+
+        client = distributed.get_client()
+        client.wait_for_workers(2)
+        victim = sorted(client.scheduler_info()["workers"])[0]
+        futures = client.map(lambda x: x + 1, range(20), pure=False)
+        client.gather(futures)
+        # Local backend: the worker is a process on this machine.
+        pid = client.run(os.getpid, workers=[victim])[victim]
+        os.kill(pid, signal.SIGKILL)
+        return sum(client.gather(client.map(lambda x: x * 2, range(20), pure=False)))
+
+    job = batch_client.submit(survive_a_worker_death, workers=2)
+    assert job.result(timeout=120) == 380
+
+
+def test_gateway_restart_mid_job_never_leaves_it_running(tmp_path):
+    directory = str(tmp_path / "restarting")
+    info = _start_gateway(directory)
+    try:
+        gateway = info.gateway()
+        with BatchClient(gateway=gateway, storage=str(tmp_path / "jobs")) as batch:
+            job = batch.submit(sleeper, 120, workers=0)
+            wait_for(
+                lambda: batch.status(job.id).state is JobState.RUNNING, 30, "RUNNING"
+            )
+            wait_for(child_processes, 10, "main's process")
+        gateway.close()
+        local.stop(directory)  # stops its clusters: main is terminated
+        wait_for(lambda: not child_processes(), 15, "main to be terminated")
+        info = _start_gateway(directory)
+        gateway = info.gateway()
+        with BatchClient(gateway=gateway, storage=str(tmp_path / "jobs")) as batch:
+            record = batch.status(job.id)
+            assert record.state in (JobState.FAILED, JobState.LOST)
+            assert "stopped" in record.message
+        gateway.close()
+    finally:
+        local.stop(directory)
+
+
+def test_storage_outage_is_ridden_out_without_losing_a_log_line(
+    batch_plain_gateway, batch_s3_server, batch_s3_storage
+):
+    url, _ = batch_s3_storage
+    host, port = batch_s3_server.endpoint_url.rsplit("/", 1)[-1].split(":")
+    proxy = CuttableProxy(host, int(port))
+    options = dict(batch_s3_server.storage_options)
+    options["client_kwargs"] = {"endpoint_url": proxy.url}
+    gateway = batch_plain_gateway.gateway()
+    try:
+        with BatchClient(
+            gateway=gateway, storage=url, storage_options=options
+        ) as batch:
+
+            def count(n):
+                import time
+
+                for i in range(n):
+                    print(f"line {i}", flush=True)
+                    time.sleep(0.1)
+                return n
+
+            job = batch.submit(count, 100, workers=0)
+            wait_for(lambda: "line 5" in batch.logs(job.id), 30, "the first lines")
+            proxy.cut()
+            time.sleep(10)  # the outage itself, not a synchronisation
+            proxy.restore()
+            assert job.result(timeout=120) == 100
+            lines = batch.logs(job.id).split("\n")
+            assert [x for x in lines if x.startswith("line ")] == [
+                f"line {i}" for i in range(100)
+            ]
+    finally:
+        gateway.close()
+        proxy.close()
+
+
+def test_twenty_concurrent_submissions_from_threads_and_processes(
+    batch_gateway, tmp_path
+):
+    storage = str(tmp_path / "jobs")
+    script = textwrap.dedent(
+        """
+        import sys
+        from dask_batch import BatchClient
+        from dask_batch.local import status
+
+        gateway = status(sys.argv[1]).gateway()
+        batch = BatchClient(gateway=gateway, storage=sys.argv[2])
+        print(batch.submit(abs, -int(sys.argv[3]), workers=0).id)
+        gateway.close()
+        """
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, batch_gateway.directory, storage, str(i)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(10)
+    ]
+    gateway = batch_gateway.gateway()
+    with BatchClient(gateway=gateway, storage=storage) as batch:
+        with concurrent.futures.ThreadPoolExecutor(10) as pool:
+            jobs = list(
+                pool.map(lambda i: batch.submit(abs, -i, workers=0), range(10, 20))
+            )
+        ids = [j.id for j in jobs]
+        for proc in procs:
+            out, _ = proc.communicate(timeout=120)
+            assert proc.returncode == 0
+            ids.append(out.strip())
+        assert len(set(ids)) == 20
+        results = sorted(batch.result(i, timeout=180) for i in ids)
+        assert results == list(range(20))
+        assert sorted(r.id for r in batch.jobs()) == sorted(ids)
+    gateway.close()
+
+
+def test_users_see_read_and_cancel_only_their_own_jobs(batch_gateway, tmp_path):
+    storage = str(tmp_path / "shared-bucket")
+
+    def client_for(user):
+        gateway = BatchGateway(
+            address=batch_gateway.address,
+            proxy_address=batch_gateway.proxy_address,
+            auth=BasicAuth(user, batch_gateway.password),
+        )
+        return BatchClient(gateway=gateway, storage=storage)
+
+    alice, bob = client_for("alice"), client_for("bob")
+    try:
+        assert (alice.user, bob.user) == ("alice", "bob")
+        job = alice.submit(sleeper, 120, workers=0)
+        wait_for(lambda: alice.status(job.id).state is JobState.RUNNING, 30, "RUNNING")
+        assert bob.jobs() == []
+        for call in (bob.status, bob.logs, bob.cancel, bob.artifacts):
+            with pytest.raises(JobNotFoundError):
+                call(job.id)
+        assert alice.status(job.id).state is JobState.RUNNING
+        # The gateway agrees: bob cannot stop alice's cluster either.
+        with pytest.raises(Exception, match=r"403|Forbidden|lacks permissions"):
+            bob.gateway.stop_cluster(alice.status(job.id).cluster_name)
+        assert alice.cancel(job.id).state is JobState.CANCELLED
+    finally:
+        alice.gateway.close()
+        bob.gateway.close()
+
+
+def test_corrupt_record_errors_clearly_and_listing_skips_it(batch_client):
+    good = batch_client.submit(sleeper, 0, workers=0)
+    bad = batch_client.submit(sleeper, 0, workers=0)
+    good.result(timeout=60)
+    bad.result(timeout=60)
+    batch_client.store.put(batch_client.user, bad.id, "final.json", b"{garbage")
+    with pytest.raises(CorruptRecordError, match=bad.id):
+        batch_client.status(bad.id)
+    with pytest.warns(UserWarning, match=f"Skipping job '{bad.id}'"):
+        listed = batch_client.jobs()
+    assert [r.id for r in listed] == [good.id]
+
+
+def test_result_changed_in_storage_is_refused(batch_client):
+    # The payload side (main's process checks its digest) is in test_errors.py.
+    from dask_batch import DaskBatchError
+    from dask_batch._store import RESULT
+
+    job = batch_client.submit(sleeper, 0, workers=0)
+    job.result(timeout=60)
+    import cloudpickle
+
+    batch_client.store.put(batch_client.user, job.id, RESULT, cloudpickle.dumps("evil"))
+    with pytest.raises(DaskBatchError, match="does not match the digest"):
+        job.result(timeout=10)
+
+
+def test_scheduler_killed_is_lost_with_last_seen(batch_client):
+    from dask_batch.testing import job_cluster_client
+
+    job = batch_client.submit(sleeper, 120, workers=0)
+    wait_for(lambda: job.status().last_seen, 30, "a heartbeat")
+    with job_cluster_client(batch_client, job.id) as client:
+        pid = client.run_on_scheduler(os.getpid)
+    os.kill(pid, signal.SIGKILL)
+    record = wait_for(
+        lambda: job.status().state is JobState.LOST and job.status(), 60, "LOST"
+    )
+    assert "last seen" in record.message
