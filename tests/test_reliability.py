@@ -15,7 +15,6 @@ import pytest
 from conftest import child_processes
 from dask_gateway import BasicAuth
 from dask_gateway.client import ClusterStatus
-from tcp_proxy import CuttableProxy
 
 from dask_batch import (
     BatchClient,
@@ -27,7 +26,7 @@ from dask_batch import (
     local,
 )
 from dask_batch._gateway import BatchGateway
-from dask_batch.testing import _start_gateway, wait_for
+from dask_batch.testing import CuttableProxy, _start_gateway, wait_for
 
 
 def sleeper(seconds):
