@@ -29,6 +29,7 @@ from dask_batch.testing import (
     _gateway_environment,
     _start_gateway,
     job_cluster_client,
+    main_processes,
     wait_for,
 )
 
@@ -59,23 +60,6 @@ def chatty(lines):
         print(f"line {i}", flush=True)
         time.sleep(0.1)
     return lines
-
-
-def child_processes() -> list[int]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
-            with open(f"/proc/{pid}/stat") as f:
-                zombie = f.read().split(")")[-1].split()[0] == "Z"
-        except OSError:
-            continue
-        if b"dask_batch._child" in cmdline and not zombie:
-            found.append(int(pid))
-    return found
 
 
 def running(batch, job):
@@ -180,7 +164,7 @@ def trial(batch, ctx, scenario):
     except AssertionError:
         wrong["orphan clusters"] += 1
     try:
-        wait_for(lambda: not child_processes(), 30, "main processes to exit")
+        wait_for(lambda: not main_processes(), 30, "main processes to exit")
     except AssertionError:
         wrong["orphan processes"] += 1
     return wrong

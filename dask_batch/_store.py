@@ -153,11 +153,14 @@ class JobStore:
         try:
             self._retrying(self._put_whole, path, data)
         except Exception as exc:
-            raise StorageError(
-                f"Could not write {name} of job {job_id!r} to {self.url!r}: "
-                f"{type(exc).__name__}: {exc}. Check the storage URL, "
-                "credentials and permissions."
-            ) from exc
+            raise self._write_error(name, job_id, exc) from exc
+
+    def _write_error(self, name: str, job_id: str, exc: Exception) -> StorageError:
+        return StorageError(
+            f"Could not write {name} of job {job_id!r} to {self.url!r}: "
+            f"{type(exc).__name__}: {exc}. Check the storage URL, "
+            "credentials and permissions."
+        )
 
     def _put_whole(self, path: str, data: bytes) -> None:
         if isinstance(self.fs, LocalFileSystem):
@@ -359,11 +362,7 @@ class JobStore:
         except FileExistsError:
             return False
         except Exception as exc:
-            raise StorageError(
-                f"Could not write {name} of job {job_id!r} to {self.url!r}: "
-                f"{type(exc).__name__}: {exc}. Check the storage URL, "
-                "credentials and permissions."
-            ) from exc
+            raise self._write_error(name, job_id, exc) from exc
         return True
 
     def _put_create(self, path: str, data: bytes) -> None:

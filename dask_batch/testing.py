@@ -35,7 +35,31 @@ from typing import Any
 
 import pytest
 
-__all__ = ["CuttableProxy", "S3Server", "job_cluster_client", "wait_for"]
+__all__ = [
+    "CuttableProxy",
+    "S3Server",
+    "job_cluster_client",
+    "main_processes",
+    "wait_for",
+]
+
+
+def main_processes() -> list[int]:
+    """PIDs of every live main process (``python -m dask_batch._child``) here."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{pid}/stat") as f:
+                zombie = f.read().split(")")[-1].split()[0] == "Z"
+        except OSError:
+            continue  # exited while we looked
+        if b"dask_batch._child" in cmdline and not zombie:
+            found.append(int(pid))
+    return found
 
 
 def wait_for(

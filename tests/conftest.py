@@ -6,25 +6,17 @@ import dask
 import fsspec
 import pytest
 
-from dask_batch.testing import wait_for
+from dask_batch.testing import main_processes, wait_for
+
+child_processes = main_processes
 
 
-def child_processes() -> list[int]:
-    """PIDs of every live main process (``python -m dask_batch._child``)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
-            with open(f"/proc/{pid}/stat") as f:
-                zombie = f.read().split(")")[-1].split()[0] == "Z"
-        except OSError:
-            continue
-        if b"dask_batch._child" in cmdline and not zombie:
-            found.append(int(pid))
-    return found
+def cluster_status(batch, name):
+    """The gateway's status of a cluster, None once it forgot it."""
+    try:
+        return batch.gateway.get_cluster(name).status
+    except ValueError:
+        return None
 
 
 def active_clusters(info) -> list:

@@ -7,7 +7,7 @@ import signal
 import time
 
 import pytest
-from conftest import child_processes
+from conftest import child_processes, cluster_status
 from dask_gateway.client import ClusterStatus
 
 from dask_batch import BatchClient, JobCancelledError, JobLostError, JobState
@@ -26,13 +26,6 @@ def wait_for_state(batch, job_id, state, timeout=30):
         timeout,
         f"job {job_id} to be {state}",
     )
-
-
-def cluster_status(batch, name):
-    try:
-        return batch.gateway.get_cluster(name).status
-    except ValueError:
-        return None
 
 
 def test_cancel_running_job_stops_main_and_cluster(batch_client):

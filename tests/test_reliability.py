@@ -12,7 +12,7 @@ import time
 
 import dask
 import pytest
-from conftest import child_processes
+from conftest import child_processes, cluster_status
 from dask_gateway import BasicAuth
 from dask_gateway.client import ClusterStatus
 
@@ -35,13 +35,6 @@ def sleeper(seconds):
     print("sleeping", flush=True)
     time.sleep(seconds)
     return seconds
-
-
-def cluster_status(batch, name):
-    try:
-        return batch.gateway.get_cluster(name).status
-    except ValueError:
-        return None
 
 
 def test_timeout_stops_main_and_its_cluster(batch_client):
