@@ -154,6 +154,28 @@ def _resolve_env(job_id: str, env: Any) -> dict[str, str]:
     return items
 
 
+def _check_retries(job_id: str, retries: Any, retry_on: Any) -> list[str]:
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise SubmitError(
+            f"Job {job_id!r} not submitted: retries must be a whole number >= 0, "
+            f"got {retries!r}."
+        )
+    if isinstance(retry_on, (str, type)):
+        retry_on = [retry_on]
+    names = []
+    for entry in retry_on:
+        if isinstance(entry, type) and issubclass(entry, BaseException):
+            names.append(f"{entry.__module__}.{entry.__qualname__}")
+        elif isinstance(entry, str) and entry:
+            names.append(entry)
+        else:
+            raise SubmitError(
+                f"Job {job_id!r} not submitted: retry_on takes exception classes "
+                f"or names, got {entry!r}."
+            )
+    return names
+
+
 def _check_timeout(job_id: str, timeout: float | str | None) -> float | None:
     if timeout is None:
         return None
@@ -446,6 +468,8 @@ class BatchClient:
         files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
         timeout: float | str | None = None,
         idempotency_key: str | None = None,
+        retries: int = 0,
+        retry_on: Sequence[type[BaseException] | str] = (),
         **kwargs: Any,
     ) -> Any:
         """Run ``func(*args, **kwargs)`` as a batch job on its own cluster.
@@ -486,6 +510,14 @@ class BatchClient:
             Submitting again with the same key (say, after a network error)
             returns the job that key already started instead of a second
             one. Keys are per user and kept with the job records.
+        retries : int
+            How many more times main may run: after a failure of its cluster
+            (the scheduler died, the cluster vanished: the job would be LOST)
+            on a new cluster, and after an exception listed in ``retry_on`` in
+            the same cluster. Attempts are recorded (``status().attempt``).
+        retry_on : list of exception classes or names
+            Exceptions of main that are retried (default: none; a user error
+            is not retried unless named here).
 
         Returns
         -------
@@ -530,6 +562,8 @@ class BatchClient:
             files=files,
             timeout=timeout,
             idempotency_key=idempotency_key,
+            retries=retries,
+            retry_on=retry_on,
         )
 
     def submit_script(
@@ -545,6 +579,8 @@ class BatchClient:
         files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
         timeout: float | str | None = None,
         idempotency_key: str | None = None,
+        retries: int = 0,
+        retry_on: Sequence[type[BaseException] | str] = (),
     ) -> Any:
         """Run a Python script, or a ``package.module:function``, as a batch job.
 
@@ -558,7 +594,9 @@ class BatchClient:
         args : list of str
             Command-line arguments of the script, or positional arguments of
             the function.
-        name, workers, adapt, cluster_options, env, files, timeout, idempotency_key
+        name, workers, adapt, cluster_options, env, files, timeout
+            As for :meth:`submit`.
+        idempotency_key, retries, retry_on
             As for :meth:`submit`.
 
         Returns
@@ -582,6 +620,8 @@ class BatchClient:
             files=files,
             timeout=timeout,
             idempotency_key=idempotency_key,
+            retries=retries,
+            retry_on=retry_on,
         )
         if text.endswith(".py") or os.path.isfile(text):
             filename, source = _read_source(job_id, text, "script")
@@ -624,6 +664,8 @@ class BatchClient:
         files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
         timeout: float | str | None = None,
         idempotency_key: str | None = None,
+        retries: int = 0,
+        retry_on: Sequence[type[BaseException] | str] = (),
     ) -> Any:
         """Execute a notebook with papermill as a batch job.
 
@@ -638,7 +680,9 @@ class BatchClient:
             The notebook (``analysis.ipynb``).
         parameters : dict, optional
             papermill parameters, injected after the cell tagged ``parameters``.
-        name, workers, adapt, cluster_options, env, files, timeout, idempotency_key
+        name, workers, adapt, cluster_options, env, files, timeout
+            As for :meth:`submit`.
+        idempotency_key, retries, retry_on
             As for :meth:`submit`.
 
         Returns
@@ -668,6 +712,8 @@ class BatchClient:
             files=files,
             timeout=timeout,
             idempotency_key=idempotency_key,
+            retries=retries,
+            retry_on=retry_on,
         )
 
     def _submit_job(
@@ -687,11 +733,14 @@ class BatchClient:
         files: Any,
         timeout: float | str | None = None,
         idempotency_key: str | None = None,
+        retries: int = 0,
+        retry_on: Sequence[type[BaseException] | str] = (),
     ) -> Any:
         # Everything that can fail on bad input happens here, before any
         # record or cluster exists.
         workers, adapt = _check_scaling(job_id, workers, adapt)
         timeout_s = _check_timeout(job_id, timeout)
+        retry_names = _check_retries(job_id, retries, retry_on)
         try:
             payload = dumps_payload(func, args, main_kwargs or {})
         except Exception as exc:
@@ -728,6 +777,8 @@ class BatchClient:
                 "artifacts_url": artifacts_url(self.store, self.user, job_id),
                 "timeout": timeout_s,
                 "idempotency_key": idempotency_key,
+                "retries": retries,
+                "retry_on": retry_names,
             },
             payload=payload,
             env_values=env_values,
@@ -954,7 +1005,9 @@ class BatchClient:
             )
         else:
             lost_after = parse_timedelta(dask.config.get("batch.lost-after"))
-            if (utcnow() - record.submitted).total_seconds() < lost_after:
+            # A retry on a new cluster is being requested since record.updated.
+            since = record.updated if record.attempt > 1 else record.submitted
+            if (utcnow() - (since or record.submitted)).total_seconds() < lost_after:
                 return record
             why = (
                 "no cluster was recorded for it: the submitting process stopped "
@@ -962,6 +1015,11 @@ class BatchClient:
             )
         if record.last_seen is not None:
             why += f"; last seen {record.last_seen.isoformat(timespec='seconds')}"
+        if record.cluster_name and record.attempt <= record.retries:
+            retried = await self._retry_on_new_cluster(record, reports, why)
+            if retried is not None:
+                return retried
+            why += " (no retry possible: the env values' key went with the cluster)"
         # The runner writes the final state before it stops the cluster, so a
         # fresh read now sees any outcome that raced with the gateway query.
         fresh = await self._io(self.store.read_record, self.user, record.id)
@@ -970,6 +1028,72 @@ class BatchClient:
         await self._io(
             self.store.transition, self.user, record.id, JobState.LOST, message=why
         )
+        return await self._io(self.store.read_record, self.user, record.id)
+
+    async def _retry_on_new_cluster(
+        self,
+        record: JobRecord,
+        reports: dict[str, ClusterReport | None],
+        why: str,
+    ) -> JobRecord | None:
+        """Run a job whose cluster failed again, on a new cluster.
+
+        Whoever notices the failure first (any client's status, result or
+        jobs) claims the next attempt with a create-only write, so exactly one
+        new cluster is requested. None if the job cannot be retried.
+        """
+        attempt = record.attempt + 1
+        assert record.cluster_name is not None
+        old = reports.get(record.cluster_name)
+        spec = await self._io(self.store.get_json, self.user, record.id, SPEC)
+        secret_key = ""
+        if spec.get("env_names"):
+            secret_key = str((old.options if old else {}).get("batch_secret_key", ""))
+            if not secret_key:
+                return None
+        claim = dumps_json({"attempt": attempt, "after": why, "time": to_iso(utcnow())})
+        name = f"attempts/{attempt:04d}.json"
+        if await self._io(self.store.put_create, self.user, record.id, name, claim):
+            history = [*record.attempts, {"attempt": record.attempt, "error": why}]
+            # Forget the dead cluster first, so that nobody judges the job by
+            # it again; then the state, before the new cluster exists, so that
+            # its runner reads this attempt number.
+            await self._io(
+                self.store.put_json,
+                self.user,
+                record.id,
+                CLUSTER,
+                {"cluster_name": None, "attempt": attempt},
+            )
+            await self._io(
+                self.store.transition,
+                self.user,
+                record.id,
+                JobState.PENDING,
+                attempt=attempt,
+                attempts=history,
+                cluster_name=None,
+                message=f"attempt {attempt}: {why}",
+            )
+            options = dict(spec.get("cluster_options") or {})
+            if spec.get("mode") == "server":
+                options.update(
+                    batch_job_id=record.id,
+                    batch_storage=self.store.url,
+                    batch_payload_digest=spec["payload_digest"],
+                )
+                if secret_key:
+                    options["batch_secret_key"] = secret_key
+            cluster_name = await self.gateway._submit(**options)
+            await self._io(
+                self.store.put_json,
+                self.user,
+                record.id,
+                CLUSTER,
+                {"cluster_name": cluster_name, "attempt": attempt},
+            )
+            if spec.get("mode") == "client":
+                await self._install_runner(record.id, cluster_name, spec, secret_key)
         return await self._io(self.store.read_record, self.user, record.id)
 
     def jobs(

@@ -103,6 +103,14 @@ class JobRecord:
         The runner's latest heartbeat (every ``batch.runner.heartbeat-interval``).
     timeout : float or None
         The run-time limit of main in seconds, if one was given.
+    retries : int
+        How many more attempts were allowed at submission.
+    attempt : int
+        The current (or last) attempt, from 1.
+    attempts : list of dict
+        The earlier attempts and why each ended (``{"attempt", "error"}``).
+    updated : datetime or None
+        When the state last changed.
     """
 
     id: str
@@ -129,6 +137,10 @@ class JobRecord:
     dashboard_link: str | None = field(default=None, compare=False)
     last_seen: datetime.datetime | None = None
     timeout: float | None = None
+    retries: int = 0
+    attempt: int = 1
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    updated: datetime.datetime | None = None
 
     @property
     def duration(self) -> datetime.timedelta | None:
@@ -174,6 +186,10 @@ class JobRecord:
             artifacts_url=spec.get("artifacts_url", ""),
             last_seen=from_iso((heartbeat or {}).get("time")),
             timeout=spec.get("timeout"),
+            retries=int(spec.get("retries") or 0),
+            attempt=int(state.get("attempt") or 1),
+            attempts=list(state.get("attempts") or []),
+            updated=from_iso(state.get("updated")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -202,4 +218,8 @@ class JobRecord:
             "artifacts_url": self.artifacts_url,
             "last_seen": to_iso(self.last_seen),
             "timeout": self.timeout,
+            "retries": self.retries,
+            "attempt": self.attempt,
+            "attempts": self.attempts,
+            "updated": to_iso(self.updated),
         }

@@ -91,6 +91,7 @@ class JobRunnerPlugin(SchedulerPlugin):
         self._finishing = False
         self._log_offset = 0
         self._log_index = 0
+        self._log_attempt = 1  # chunk names start with it: attempts never clash
         self._log_lock = threading.Lock()
         self._log_chunk_bytes = parse_bytes(
             dask.config.get("batch.runner.log-chunk-size")
@@ -169,7 +170,29 @@ class JobRunnerPlugin(SchedulerPlugin):
                 await self._shutdown_cluster()
                 return
             await self._scale(spec)
-            outcome = await self._run_main(log_path, spec)
+            attempt = self._log_attempt = int(doc.get("attempt", 1))
+            history = list(doc.get("attempts") or [])
+            while True:
+                outcome = await self._run_main(log_path, spec)
+                if not self._should_retry(spec, outcome, attempt):
+                    break
+                error = outcome["error"]
+                history.append({"attempt": attempt, "error": error["type"]})
+                attempt += 1
+                with open(log_path, "ab") as log:
+                    log.write(
+                        f"dask-batch: attempt {attempt} of job {self.job_id} after "
+                        f"{error['type']}: {error['message']}\n".encode()
+                    )
+                await self._io(
+                    self._store.transition,
+                    self.user,
+                    self.job_id,
+                    JobState.RUNNING,
+                    attempt=attempt,
+                    attempts=history,
+                    message=f"attempt {attempt} after {error['type']}",
+                )
         except Exception as exc:
             logger.exception("dask-batch: job %s could not start", self.job_id)
             outcome = {
@@ -181,6 +204,18 @@ class JobRunnerPlugin(SchedulerPlugin):
                 },
             }
         await self._finish(outcome, log_path)
+
+    def _should_retry(
+        self, spec: dict[str, Any], outcome: dict[str, Any], attempt: int
+    ) -> bool:
+        """Retry main in this cluster only for the errors the user named."""
+        if outcome.get("status") != "failed" or self._stopped_from_outside:
+            return False
+        if attempt > int(spec.get("retries") or 0):
+            return False
+        kind = str(outcome["error"].get("type", ""))
+        wanted = spec.get("retry_on") or []
+        return any(kind == name or kind.rsplit(".", 1)[-1] == name for name in wanted)
 
     async def _scale(self, spec: dict[str, Any]) -> None:
         service = self._gateway_service()
@@ -237,11 +272,13 @@ class JobRunnerPlugin(SchedulerPlugin):
 
     async def _run_main(self, log_path: str, spec: dict[str, Any]) -> dict[str, Any]:
         config = self._child_config(spec)
+        with contextlib.suppress(FileNotFoundError):  # a previous attempt's
+            os.remove(config["outcome_path"])
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         # main gets the decrypted values, not the key nor the gateway's token.
         for name in ("DASK_BATCH_SECRET_KEY", "DASK_GATEWAY_API_TOKEN"):
             env.pop(name, None)
-        with open(log_path, "wb") as log:
+        with open(log_path, "ab") as log:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -335,7 +372,9 @@ class JobRunnerPlugin(SchedulerPlugin):
         with self._log_lock, open(log_path, "rb") as f:
             f.seek(self._log_offset)
             while data := f.read(self._log_chunk_bytes):
-                self._store.put_log_chunk(self.user, self.job_id, self._log_index, data)
+                self._store.put_log_chunk(
+                    self.user, self.job_id, self._log_attempt, self._log_index, data
+                )
                 self._log_index += 1
                 self._log_offset += len(data)
 

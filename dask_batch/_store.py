@@ -11,7 +11,8 @@ Layout, one prefix per user and job::
                            heartbeat.json when the runner was last alive
                            result.pkl     cloudpickled return value
                            error.json     the exception main raised
-                           logs/00000000  stdout and stderr of main, in chunks
+                           logs/AAAANNNNNNNN  stdout and stderr of main, in chunks
+                                          (attempt, chunk)
                                           appended while it runs (never rewritten)
                            progress.json  the latest dask_batch.report() of main
                            secrets.bin    env values for main, encrypted
@@ -241,8 +242,11 @@ class JobStore:
             ) from exc
 
     # -- logs, in chunks -------------------------------------------------------------
-    def put_log_chunk(self, user: str, job_id: str, index: int, data: bytes) -> None:
-        self.put(user, job_id, f"{LOGS}/{index:08d}", data)
+    def put_log_chunk(
+        self, user: str, job_id: str, attempt: int, index: int, data: bytes
+    ) -> None:
+        # Names sort as numbers do: by cluster attempt, then by chunk.
+        self.put(user, job_id, f"{LOGS}/{attempt:04d}{index:08d}", data)
 
     def log_chunks(self, user: str, job_id: str) -> list[str]:
         """Paths of the stored log chunks, in order."""

@@ -149,6 +149,14 @@ def main(ctx: click.Context, storage: str | None) -> None:
     "--idempotency-key",
     help="Submitting again with the same key returns the first job.",
 )
+@click.option("--retries", type=int, default=0, help="Extra attempts allowed.")
+@click.option(
+    "--retry-on",
+    "retry_on",
+    multiple=True,
+    metavar="EXCEPTION",
+    help="Exception name of main to retry (e.g. ConnectionError). Repeatable.",
+)
 @click.option("--wait", is_flag=True, help="Wait for the job; exit with its status.")
 @click.option("--follow", is_flag=True, help="Stream the log until the job ends.")
 @click.pass_obj
@@ -165,6 +173,8 @@ def submit(
     parameters: tuple[tuple[str, str], ...],
     timeout: str | None,
     idempotency_key: str | None,
+    retries: int,
+    retry_on: tuple[str, ...],
     wait: bool,
     follow: bool,
 ) -> None:
@@ -183,6 +193,8 @@ def submit(
         "files": list(files) or None,
         "timeout": timeout,
         "idempotency_key": idempotency_key,
+        "retries": retries,
+        "retry_on": list(retry_on),
     }
     batch = obj.client
     if target.endswith(".ipynb"):

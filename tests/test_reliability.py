@@ -320,3 +320,70 @@ def test_scheduler_killed_is_lost_with_last_seen(batch_client):
         lambda: job.status().state is JobState.LOST and job.status(), 60, "LOST"
     )
     assert "last seen" in record.message
+
+
+def first_attempt_hangs(marker):
+    import pathlib
+    import time
+
+    path = pathlib.Path(marker)
+    if not path.exists():
+        path.write_text("first attempt")
+        time.sleep(120)
+    return "second attempt"
+
+
+def test_retries_run_main_again_on_a_new_cluster_after_a_cluster_failure(
+    batch_client, tmp_path
+):
+    from dask_batch.testing import job_cluster_client
+
+    marker = tmp_path / "attempted"
+    job = batch_client.submit(first_attempt_hangs, str(marker), retries=1, workers=0)
+    wait_for(marker.exists, 30, "the first attempt to start")
+    first_cluster = job.status().cluster_name
+    with job_cluster_client(batch_client, job.id) as client:
+        pid = client.run_on_scheduler(os.getpid)
+    os.kill(pid, signal.SIGKILL)
+    # Any client looking at the job notices the failure and retries it.
+    assert job.result(timeout=120) == "second attempt"
+    record = job.status()
+    assert record.state is JobState.SUCCEEDED
+    assert record.attempt == 2
+    assert [a["attempt"] for a in record.attempts] == [1]
+    assert first_cluster in record.attempts[0]["error"]
+    assert record.cluster_name != first_cluster
+
+
+def flaky(marker):
+    import pathlib
+
+    path = pathlib.Path(marker)
+    if not path.exists():
+        path.write_text("failed once")
+        raise ConnectionError("flaky network")
+    return "ok"
+
+
+def test_user_exceptions_are_retried_only_when_named(batch_client, tmp_path):
+    job = batch_client.submit(
+        flaky, str(tmp_path / "a"), retries=2, retry_on=[ConnectionError], workers=0
+    )
+    assert job.result(timeout=60) == "ok"
+    record = job.status()
+    assert (record.attempt, record.attempts[0]["error"]) == (
+        2,
+        "builtins.ConnectionError",
+    )
+    assert "attempt 2" in job.logs()
+
+    not_named = batch_client.submit(flaky, str(tmp_path / "b"), retries=2, workers=0)
+    with pytest.raises(JobFailedError, match="flaky network"):
+        not_named.result(timeout=60)
+    assert not_named.status().attempt == 1
+
+
+@pytest.mark.parametrize(("retries", "retry_on"), [(-1, ()), (1, [42])])
+def test_bad_retry_settings_fail_at_submit(batch_client, retries, retry_on):
+    with pytest.raises(SubmitError, match="retr"):
+        batch_client.submit(len, [], retries=retries, retry_on=retry_on)
