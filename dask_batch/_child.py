@@ -24,7 +24,16 @@ import cloudpickle
 import fsspec
 
 from . import _context
-from ._store import ERROR, FILES, PAYLOAD, RESULT, SECRETS, JobStore, digest
+from ._store import (
+    ERROR,
+    FILES,
+    PAYLOAD,
+    RESULT,
+    SECRETS,
+    JobStore,
+    digest,
+    result_hmac,
+)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -176,7 +185,9 @@ def _prepare(store: JobStore, cfg: dict[str, Any]) -> Any:
         from cryptography.fernet import Fernet
 
         token = store.get(user, job_id, SECRETS)
-        os.environ.update(json.loads(Fernet(cfg["secret_key"]).decrypt(token)))
+        secrets = json.loads(Fernet(cfg["secret_key"]).decrypt(token))
+        os.environ.update(secrets["env"])
+        cfg["result_key"] = secrets.get("result_key")
     os.environ["DASK_BATCH_JOB_ID"] = job_id
     # main's logging.info(...) goes to the job's log like its prints.
     logging.basicConfig(
@@ -201,6 +212,12 @@ def main() -> None:
     reporter = _prepare(store, cfg)
 
     client = _connect(cfg)
+    if cfg.get("memory_limit"):
+        import resource
+
+        # After start-up, so that only main's own allocations meet it.
+        limit = int(cfg["memory_limit"])
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     try:
         result = func(*args, **kwargs)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt included
@@ -227,9 +244,10 @@ def main() -> None:
             },
         )
     store.put(cfg["user"], cfg["job_id"], RESULT, blob)
-    _write_outcome(
-        cfg["outcome_path"], {"status": "succeeded", "result_digest": digest(blob)}
-    )
+    outcome = {"status": "succeeded", "result_digest": digest(blob)}
+    if cfg.get("result_key"):
+        outcome["result_hmac"] = result_hmac(cfg["result_key"], blob)
+    _write_outcome(cfg["outcome_path"], outcome)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import getpass
 import hashlib
+import hmac
 import html
 import io
 import json
@@ -61,6 +62,7 @@ from ._store import (
     JobStore,
     digest,
     dumps_json,
+    result_hmac,
 )
 
 logger = logging.getLogger("dask_batch")
@@ -470,6 +472,7 @@ class BatchClient:
         idempotency_key: str | None = None,
         retries: int = 0,
         retry_on: Sequence[type[BaseException] | str] = (),
+        memory_limit: int | str | None = None,
         **kwargs: Any,
     ) -> Any:
         """Run ``func(*args, **kwargs)`` as a batch job on its own cluster.
@@ -518,6 +521,10 @@ class BatchClient:
         retry_on : list of exception classes or names
             Exceptions of main that are retried (default: none; a user error
             is not retried unless named here).
+        memory_limit : int or str, optional
+            Address-space limit of main's process (``"4 GiB"``): past it,
+            allocations fail (``MemoryError``) and the job FAILS, instead of
+            the scheduler's host running out of memory.
 
         Returns
         -------
@@ -564,6 +571,7 @@ class BatchClient:
             idempotency_key=idempotency_key,
             retries=retries,
             retry_on=retry_on,
+            memory_limit=memory_limit,
         )
 
     def submit_script(
@@ -581,6 +589,7 @@ class BatchClient:
         idempotency_key: str | None = None,
         retries: int = 0,
         retry_on: Sequence[type[BaseException] | str] = (),
+        memory_limit: int | str | None = None,
     ) -> Any:
         """Run a Python script, or a ``package.module:function``, as a batch job.
 
@@ -596,7 +605,7 @@ class BatchClient:
             the function.
         name, workers, adapt, cluster_options, env, files, timeout
             As for :meth:`submit`.
-        idempotency_key, retries, retry_on
+        idempotency_key, retries, retry_on, memory_limit
             As for :meth:`submit`.
 
         Returns
@@ -622,6 +631,7 @@ class BatchClient:
             idempotency_key=idempotency_key,
             retries=retries,
             retry_on=retry_on,
+            memory_limit=memory_limit,
         )
         if text.endswith(".py") or os.path.isfile(text):
             filename, source = _read_source(job_id, text, "script")
@@ -666,6 +676,7 @@ class BatchClient:
         idempotency_key: str | None = None,
         retries: int = 0,
         retry_on: Sequence[type[BaseException] | str] = (),
+        memory_limit: int | str | None = None,
     ) -> Any:
         """Execute a notebook with papermill as a batch job.
 
@@ -682,7 +693,7 @@ class BatchClient:
             papermill parameters, injected after the cell tagged ``parameters``.
         name, workers, adapt, cluster_options, env, files, timeout
             As for :meth:`submit`.
-        idempotency_key, retries, retry_on
+        idempotency_key, retries, retry_on, memory_limit
             As for :meth:`submit`.
 
         Returns
@@ -714,6 +725,7 @@ class BatchClient:
             idempotency_key=idempotency_key,
             retries=retries,
             retry_on=retry_on,
+            memory_limit=memory_limit,
         )
 
     def _submit_job(
@@ -735,12 +747,22 @@ class BatchClient:
         idempotency_key: str | None = None,
         retries: int = 0,
         retry_on: Sequence[type[BaseException] | str] = (),
+        memory_limit: int | str | None = None,
     ) -> Any:
         # Everything that can fail on bad input happens here, before any
         # record or cluster exists.
         workers, adapt = _check_scaling(job_id, workers, adapt)
         timeout_s = _check_timeout(job_id, timeout)
         retry_names = _check_retries(job_id, retries, retry_on)
+        try:
+            memory_bytes = None if memory_limit is None else parse_bytes(memory_limit)
+        except (TypeError, ValueError):
+            memory_bytes = -1
+        if memory_bytes is not None and memory_bytes < 256 * 2**20:
+            raise SubmitError(
+                f"Job {job_id!r} not submitted: memory_limit must be a size of at "
+                f"least 256 MiB such as '4 GiB', got {memory_limit!r}."
+            )
         try:
             payload = dumps_payload(func, args, main_kwargs or {})
         except Exception as exc:
@@ -779,6 +801,7 @@ class BatchClient:
                 "idempotency_key": idempotency_key,
                 "retries": retries,
                 "retry_on": retry_names,
+                "memory_limit": memory_bytes,
             },
             payload=payload,
             env_values=env_values,
@@ -795,13 +818,15 @@ class BatchClient:
             submitted=to_iso(utcnow()), gateway_address=self.gateway.address, mode=mode
         )
         secret_key = ""
-        if sub.env_values:
+        result_key = dask.config.get("batch.result-key", None)
+        if sub.env_values or result_key:
             from cryptography.fernet import Fernet
 
             secret_key = Fernet.generate_key().decode()
             secrets_blob = Fernet(secret_key).encrypt(
-                json.dumps(sub.env_values).encode()
+                json.dumps({"env": sub.env_values, "result_key": result_key}).encode()
             )
+            spec["has_secrets"] = True
 
         def write_records() -> None:
             # The payload goes first: if storage is unusable, this fails with
@@ -1047,7 +1072,7 @@ class BatchClient:
         old = reports.get(record.cluster_name)
         spec = await self._io(self.store.get_json, self.user, record.id, SPEC)
         secret_key = ""
-        if spec.get("env_names"):
+        if spec.get("has_secrets"):
             secret_key = str((old.options if old else {}).get("batch_secret_key", ""))
             if not secret_key:
                 return None
@@ -1256,6 +1281,15 @@ class BatchClient:
                 raise DaskBatchError(
                     f"The stored result of job {job_id!r} does not match the digest "
                     "its runner recorded: it was changed in storage. Not loading it."
+                )
+            result_key = dask.config.get("batch.result-key", None)
+            if result_key and not hmac.compare_digest(
+                str(state.get("result_hmac", "")), result_hmac(result_key, blob)
+            ):
+                raise DaskBatchError(
+                    f"The stored result of job {job_id!r} is not signed with "
+                    "batch.result-key: it was changed in storage, or the job ran "
+                    "without the key. Not loading it."
                 )
             return cloudpickle.loads(blob)
         if record.state is JobState.FAILED:

@@ -267,7 +267,8 @@ class JobRunnerPlugin(SchedulerPlugin):
             "workdir": os.path.join(self._workdir or ".", "work"),
             "name": spec.get("name", ""),
             "has_files": bool(spec.get("files_bytes")),
-            "secret_key": self.secret_key if spec.get("env_names") else "",
+            "memory_limit": spec.get("memory_limit"),
+            "secret_key": self.secret_key if spec.get("has_secrets") else "",
         }
 
     async def _run_main(self, log_path: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -405,7 +406,10 @@ class JobRunnerPlugin(SchedulerPlugin):
         if outcome.get("status") == "succeeded":
             state, fields = (
                 JobState.SUCCEEDED,
-                {"result_digest": outcome["result_digest"]},
+                {
+                    "result_digest": outcome["result_digest"],
+                    "result_hmac": outcome.get("result_hmac", ""),
+                },
             )
         else:
             state = JobState.FAILED

@@ -28,6 +28,7 @@ overwritten. Shared by client and scheduler side: imports neither.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -68,6 +69,11 @@ def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
 
 def digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def result_hmac(key: str, data: bytes) -> str:
+    """HMAC-SHA256 of a result with the user's ``batch.result-key``."""
+    return hmac.new(key.encode(), data, hashlib.sha256).hexdigest()
 
 
 def dumps_json(obj: Any) -> bytes:

@@ -157,6 +157,7 @@ def main(ctx: click.Context, storage: str | None) -> None:
     metavar="EXCEPTION",
     help="Exception name of main to retry (e.g. ConnectionError). Repeatable.",
 )
+@click.option("--memory-limit", help="Address-space limit of main, e.g. 4GiB.")
 @click.option("--wait", is_flag=True, help="Wait for the job; exit with its status.")
 @click.option("--follow", is_flag=True, help="Stream the log until the job ends.")
 @click.pass_obj
@@ -175,6 +176,7 @@ def submit(
     idempotency_key: str | None,
     retries: int,
     retry_on: tuple[str, ...],
+    memory_limit: str | None,
     wait: bool,
     follow: bool,
 ) -> None:
@@ -195,6 +197,7 @@ def submit(
         "idempotency_key": idempotency_key,
         "retries": retries,
         "retry_on": list(retry_on),
+        "memory_limit": memory_limit,
     }
     batch = obj.client
     if target.endswith(".ipynb"):

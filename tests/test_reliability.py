@@ -387,3 +387,46 @@ def test_user_exceptions_are_retried_only_when_named(batch_client, tmp_path):
 def test_bad_retry_settings_fail_at_submit(batch_client, retries, retry_on):
     with pytest.raises(SubmitError, match="retr"):
         batch_client.submit(len, [], retries=retries, retry_on=retry_on)
+
+
+def hog_memory(gib):
+    blocks = []
+    for _ in range(gib * 8):
+        blocks.append(bytearray(2**27))  # 128 MiB at a time
+    return len(blocks)
+
+
+def test_main_past_its_memory_limit_fails_and_the_host_is_spared(batch_client):
+    # 8 GiB: a host of 24 GiB survives it even if the limit were not applied.
+    job = batch_client.submit(hog_memory, 8, memory_limit="3 GiB", workers=0)
+    with pytest.raises(JobFailedError, match="MemoryError"):
+        job.result(timeout=120)
+
+
+@pytest.mark.parametrize("limit", ["lots", "1 MiB", -5])
+def test_bad_memory_limit_fails_at_submit(batch_client, limit):
+    with pytest.raises(SubmitError, match="memory_limit"):
+        batch_client.submit(len, [], memory_limit=limit)
+
+
+def test_signed_results_refuse_a_result_rewritten_with_its_digest(batch_client):
+    import cloudpickle
+
+    from dask_batch import DaskBatchError
+    from dask_batch._store import FINAL, RESULT, digest
+
+    with dask.config.set({"batch.result-key": "k-" + os.urandom(8).hex()}):
+        job = batch_client.submit(sleeper, 0, workers=0)
+        assert job.result(timeout=60) == 0
+        # An attacker with write access rewrites the result and its digest.
+        forged = cloudpickle.dumps("forged")
+        store, user = batch_client.store, batch_client.user
+        final = store.get_json(user, job.id, FINAL)
+        final["result_digest"] = digest(forged)
+        store.put(user, job.id, RESULT, forged)
+        store.put_json(user, job.id, FINAL, final)
+        with pytest.raises(DaskBatchError, match=r"not signed with batch\.result-key"):
+            job.result(timeout=10)
+    # Without the key, only the digest guards, and the forgery passes: the
+    # documented reason to set a key.
+    assert job.result(timeout=10) == "forged"
