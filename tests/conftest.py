@@ -34,6 +34,7 @@ def _nothing_left_behind(request):
         "idle_gateway",
         "notebook_gateway",
         "strict_gateway",
+        "impatient_gateway",
     ):
         if fixture in request.fixturenames:
             info = request.getfixturevalue(fixture)

@@ -430,3 +430,65 @@ def test_signed_results_refuse_a_result_rewritten_with_its_digest(batch_client):
     # Without the key, only the digest guards, and the forgery passes: the
     # documented reason to set a key.
     assert job.result(timeout=10) == "forged"
+
+
+@pytest.fixture(scope="module")
+def impatient_gateway(tmp_path_factory, batch_s3_server):
+    """Client-side gateway whose runners give up on storage after 3 s."""
+    directory = str(tmp_path_factory.mktemp("impatient-gateway"))
+    info = _start_gateway(
+        directory,
+        server_side=False,
+        environment={
+            "DASK_BATCH__RUNNER__STORAGE_RETRY_FOR": "3s",
+            "DASK_BATCH__RUNNER__TERMINATE_GRACE": "1s",
+        },
+    )
+    yield info
+    local.stop(directory)
+
+
+def test_storage_down_past_the_bound_still_stops_the_cluster(
+    impatient_gateway, batch_s3_server, batch_s3_storage
+):
+    url, _ = batch_s3_storage
+    host, port = batch_s3_server.endpoint_url.rsplit("/", 1)[-1].split(":")
+    proxy = CuttableProxy(host, int(port))
+    options = dict(batch_s3_server.storage_options)
+    options["client_kwargs"] = {"endpoint_url": proxy.url}
+    # Fail each storage call fast, so that the runner's 3 s bound is what counts.
+    options["config_kwargs"] = {
+        "retries": {"max_attempts": 1},
+        "connect_timeout": 1,
+        "read_timeout": 2,
+    }
+    gateway = impatient_gateway.gateway()
+    try:
+        with BatchClient(
+            gateway=gateway, storage=url, storage_options=options
+        ) as batch:
+            job = batch.submit(sleeper, 2, workers=0)
+            wait_for(
+                lambda: batch.status(job.id).state is JobState.RUNNING, 30, "RUNNING"
+            )
+            proxy.cut()  # for good: main's result and the final state cannot be stored
+            name = wait_for(
+                lambda: [c.name for c in gateway.list_clusters()] == [],
+                60,
+                "the cluster to stop although storage is down",
+            )
+            assert name
+            wait_for(lambda: not child_processes(), 15, "main to exit")
+            proxy.restore()
+            # LOST once the gateway has the cluster STOPPED (not STOPPING).
+            record = wait_for(
+                lambda: (
+                    batch.status(job.id).state is JobState.LOST and batch.status(job.id)
+                ),
+                30,
+                "the job to be reported LOST",
+            )
+            assert "never recorded an outcome" in record.message
+    finally:
+        gateway.close()
+        proxy.close()
