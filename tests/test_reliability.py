@@ -172,14 +172,23 @@ def test_gateway_restart_mid_job_never_leaves_it_running(tmp_path):
         local.stop(directory)
 
 
-def test_storage_outage_is_ridden_out_without_losing_a_log_line(
-    batch_plain_gateway, batch_s3_server, batch_s3_storage
-):
+@pytest.fixture
+def proxied_s3(batch_s3_server, batch_s3_storage):
+    """``(url, storage_options, proxy)``: a fresh bucket reached through a
+    loopback proxy that the test can cut."""
     url, _ = batch_s3_storage
     host, port = batch_s3_server.endpoint_url.rsplit("/", 1)[-1].split(":")
     proxy = CuttableProxy(host, int(port))
     options = dict(batch_s3_server.storage_options)
     options["client_kwargs"] = {"endpoint_url": proxy.url}
+    yield url, options, proxy
+    proxy.close()
+
+
+def test_storage_outage_is_ridden_out_without_losing_a_log_line(
+    batch_plain_gateway, proxied_s3
+):
+    url, options, proxy = proxied_s3
     gateway = batch_plain_gateway.gateway()
     try:
         with BatchClient(
@@ -206,7 +215,6 @@ def test_storage_outage_is_ridden_out_without_losing_a_log_line(
             ]
     finally:
         gateway.close()
-        proxy.close()
 
 
 def test_twenty_concurrent_submissions_from_threads_and_processes(
@@ -449,13 +457,9 @@ def impatient_gateway(tmp_path_factory, batch_s3_server):
 
 
 def test_storage_down_past_the_bound_still_stops_the_cluster(
-    impatient_gateway, batch_s3_server, batch_s3_storage
+    impatient_gateway, proxied_s3
 ):
-    url, _ = batch_s3_storage
-    host, port = batch_s3_server.endpoint_url.rsplit("/", 1)[-1].split(":")
-    proxy = CuttableProxy(host, int(port))
-    options = dict(batch_s3_server.storage_options)
-    options["client_kwargs"] = {"endpoint_url": proxy.url}
+    url, options, proxy = proxied_s3
     # Fail each storage call fast, so that the runner's 3 s bound is what counts.
     options["config_kwargs"] = {
         "retries": {"max_attempts": 1},
@@ -491,4 +495,3 @@ def test_storage_down_past_the_bound_still_stops_the_cluster(
             assert "never recorded an outcome" in record.message
     finally:
         gateway.close()
-        proxy.close()
