@@ -1274,9 +1274,9 @@ class BatchClient:
     ) -> Any:
         record = await self._wait(job_id, timeout, progress)
         if record.state is JobState.SUCCEEDED:
-            state = await self._io(self.store.read_state, self.user, job_id)
+            # The record just read holds the digest: no second state read.
             blob = await self._io(self.store.get, self.user, job_id, RESULT)
-            expected = state.get("result_digest")
+            expected = record.result_digest
             if expected and digest(blob) != expected:
                 raise DaskBatchError(
                     f"The stored result of job {job_id!r} does not match the digest "
@@ -1284,7 +1284,7 @@ class BatchClient:
                 )
             result_key = dask.config.get("batch.result-key", None)
             if result_key and not hmac.compare_digest(
-                str(state.get("result_hmac", "")), result_hmac(result_key, blob)
+                record.result_hmac, result_hmac(result_key, blob)
             ):
                 raise DaskBatchError(
                     f"The stored result of job {job_id!r} is not signed with "

@@ -111,6 +111,9 @@ class JobRecord:
         The earlier attempts and why each ended (``{"attempt", "error"}``).
     updated : datetime or None
         When the state last changed.
+    result_digest, result_hmac : str
+        What the runner recorded of a SUCCEEDED job's stored result: its
+        digest, and its signature when ``batch.result-key`` was set.
     """
 
     id: str
@@ -141,6 +144,8 @@ class JobRecord:
     attempt: int = 1
     attempts: list[dict[str, Any]] = field(default_factory=list)
     updated: datetime.datetime | None = None
+    result_digest: str = ""
+    result_hmac: str = ""
 
     @property
     def duration(self) -> datetime.timedelta | None:
@@ -190,6 +195,8 @@ class JobRecord:
             attempt=int(state.get("attempt") or 1),
             attempts=list(state.get("attempts") or []),
             updated=from_iso(state.get("updated")),
+            result_digest=state.get("result_digest", ""),
+            result_hmac=state.get("result_hmac", ""),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -222,4 +229,6 @@ class JobRecord:
             "attempt": self.attempt,
             "attempts": self.attempts,
             "updated": to_iso(self.updated),
+            "result_digest": self.result_digest,
+            "result_hmac": self.result_hmac,
         }
