@@ -219,17 +219,21 @@ def batch_s3_storage(
     fs.rm(bucket, recursive=True)
 
 
-def _start_gateway(directory: str, **kwargs: Any) -> Any:
+def _start_gateway(
+    directory: str, gateway_config: dict[str, Any] | None = None, **kwargs: Any
+) -> Any:
     from . import local
 
     return local.start(
         directory,
         gateway_config={
-            # Notice dead schedulers within seconds, not a minute.
+            # Notice dead schedulers within seconds, not a minute: a running
+            # cluster is judged by its heartbeats alone (2 x period).
             "DBBackendBase.cluster_status_period": 1.0,
             "DBBackendBase.cluster_heartbeat_period": 2,
             "DBBackendBase.worker_status_period": 2.0,
             "LocalBackend.sigint_timeout": 5,
+            **(gateway_config or {}),
         },
         # An interrupted test session must not leave a gateway running.
         owner_pid=os.getpid(),

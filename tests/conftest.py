@@ -24,18 +24,43 @@ def active_clusters(info) -> list:
         return gateway.list_clusters()
 
 
+GATEWAY_FIXTURES = (
+    "batch_gateway",
+    "batch_plain_gateway",
+    "idle_gateway",
+    "notebook_gateway",
+    "strict_gateway",
+    "impatient_gateway",
+    "crowded_gateway",
+)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On failure, show the gateway's verdicts: CI keeps no gateway log."""
+    report = yield
+    if report.failed and call.when == "call":
+        for fixture in GATEWAY_FIXTURES:
+            info = item.funcargs.get(fixture)
+            log = os.path.join(getattr(info, "directory", ""), "gateway.log")
+            if info is not None and os.path.exists(log):
+                with open(log, errors="replace") as f:
+                    verdicts = [
+                        line.rstrip()
+                        for line in f
+                        if any(w in line for w in ("timed out", "failed", "[W ", "[E "))
+                    ]
+                report.sections.append(
+                    (f"{fixture} log: warnings and failures", "\n".join(verdicts[-40:]))
+                )
+    return report
+
+
 @pytest.fixture(autouse=True)
 def _nothing_left_behind(request):
     """Every test ends with no running cluster and no main process."""
     yield
-    for fixture in (
-        "batch_gateway",
-        "batch_plain_gateway",
-        "idle_gateway",
-        "notebook_gateway",
-        "strict_gateway",
-        "impatient_gateway",
-    ):
+    for fixture in GATEWAY_FIXTURES:
         if fixture in request.fixturenames:
             info = request.getfixturevalue(fixture)
             wait_for(
