@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import statistics
 import subprocess
@@ -21,8 +20,8 @@ import time
 
 import dask_batch.local
 from dask_batch import BatchClient
-from dask_batch._records import new_job_id, to_iso, utcnow
-from dask_batch._store import SPEC, STATE, JobStore
+from dask_batch._store import JobStore
+from dask_batch.testing import write_job_records
 
 
 def print_timestamps(lines, interval):
@@ -45,36 +44,6 @@ def log_latency(batch, lines, interval):
                 latencies.append(now - float(line.split()[1]))
     job.result(timeout=120)
     return latencies
-
-
-def fill_storage(storage, user, count):
-    store = JobStore(storage)
-    start = utcnow() - datetime.timedelta(days=30)
-    for i in range(count):
-        submitted = start + datetime.timedelta(minutes=i)
-        job_id = new_job_id(submitted)
-        store.put_json(
-            user,
-            job_id,
-            SPEC,
-            {
-                "id": job_id,
-                "user": user,
-                "name": f"job-{i % 7}",
-                "submitted": to_iso(submitted),
-                "kind": "function",
-            },
-        )
-        store.put_json(
-            user,
-            job_id,
-            STATE,
-            {
-                "state": "SUCCEEDED" if i % 10 else "FAILED",
-                "started": to_iso(submitted + datetime.timedelta(seconds=5)),
-                "finished": to_iso(submitted + datetime.timedelta(seconds=65)),
-            },
-        )
 
 
 def timed(func, repeat):
@@ -106,7 +75,7 @@ def main(argv=None):
             latencies = log_latency(batch, lines, interval)
 
             storage = os.path.join(directory, "many")
-            fill_storage(storage, batch.user, count)
+            write_job_records(JobStore(storage), batch.user, count)
             many = BatchClient(gateway=gateway, storage=storage)
             in_process_50 = timed(lambda: many.jobs(limit=50), repeat)
             in_process_all = timed(lambda: many.jobs(), repeat)

@@ -72,6 +72,7 @@ _ALL_STATUSES = ["pending", "running", "stopping", "stopped", "failed"]
 _LOG_TAIL_LINES = 20
 _FOLLOW_POLL = 0.2  # seconds between storage polls while following a log
 _LIST_PAGE = 200  # records read per storage round when listing
+_MAX_INDEX_PACKS = 8  # listing index packs before they are merged into one
 _KEYS = ".idempotency"  # per-user prefix of idempotency keys (not a job id)
 
 
@@ -1169,7 +1170,9 @@ class BatchClient:
             state = [state]
         wanted = {JobState(str(s).upper()) for s in state} if state else None
         since_t, until_t = _as_time(since), _as_time(until)
-        ids = await self._io(self.store.job_ids, self.user)
+        every_id = await self._io(self.store.job_ids, self.user)
+        index, packs = await self._io(self.store.read_index, self.user)
+        ids = every_id
         # Ids start with their UTC submission time: filter before reading.
         if since_t is not None:
             ids = [i for i in ids if i >= new_job_id(since_t)[:19]]
@@ -1179,24 +1182,35 @@ class BatchClient:
         # listing of the last 50 jobs reads 50 records, not thousands.
         page = max(limit or 0, _LIST_PAGE)
         out: list[JobRecord] = []
+        newly_final: list[JobRecord] = []
         for first in range(0, len(ids), page):
-            batch = await self._records_page(ids[first : first + page], name, wanted)
-            out.extend(batch)
+            records = await self._records_page(ids[first : first + page], index)
+            newly_final += [
+                r for r in records if r.state.is_terminal and r.id not in index
+            ]
+            out += [
+                r
+                for r in records
+                if (name is None or r.name == name)
+                and (wanted is None or r.state in wanted)
+            ]
             if limit is not None and len(out) >= limit:
                 break
+        if newly_final:
+            await self._update_index(every_id, index, packs, newly_final)
         return JobList(out[:limit] if limit is not None else out)
 
     async def _records_page(
-        self, ids: list[str], name: str | None, wanted: set[JobState] | None
+        self, ids: list[str], index: dict[str, JobRecord]
     ) -> list[JobRecord]:
-        records = await self._io(self.store.read_records, self.user, ids)
+        """Records of ``ids``: terminal ones from the index, the rest read."""
+        unknown = [i for i in ids if i not in index]
+        records = await self._io(self.store.read_records, self.user, unknown)
         out: list[JobRecord] = []
         for job_id in ids:
-            record = records[job_id]
+            record = index.get(job_id) or records[job_id]
             if isinstance(record, Exception):
                 warnings.warn(f"Skipping job {job_id!r}: {record}", stacklevel=4)
-                continue
-            if name is not None and record.name != name:
                 continue
             out.append(record)
         live = [r for r in out if not r.state.is_terminal]
@@ -1206,9 +1220,31 @@ class BatchClient:
             )
             checked = {r.id: await self._detect_lost(r, reports) for r in live}
             out = [checked.get(r.id, r) for r in out]
-        if wanted is not None:
-            out = [r for r in out if r.state in wanted]
         return out
+
+    async def _update_index(
+        self,
+        every_id: list[str],
+        index: dict[str, JobRecord],
+        packs: list[str],
+        newly_final: list[JobRecord],
+    ) -> None:
+        """Fold records that became terminal into the listing index.
+
+        A small pack per listing that found some; past ``_MAX_INDEX_PACKS``
+        all packs are merged into one, dropping jobs whose prefix is gone.
+        """
+        if len(packs) + 1 > _MAX_INDEX_PACKS:
+            existing = set(every_id)
+            pack = [r for r in index.values() if r.id in existing] + newly_final
+            replaces = packs
+        else:
+            pack, replaces = newly_final, []
+        try:
+            await self._io(self.store.write_index, self.user, pack, replaces)
+        except StorageError as exc:
+            # The index only saves reads; a read-only user still gets a listing.
+            logger.warning("Not updating the job index: %s", exc)
 
     # -- results, logs, cancel -----------------------------------------------------
     def wait(

@@ -199,6 +199,17 @@ class JobRecord:
             result_hmac=state.get("result_hmac", ""),
         )
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobRecord:
+        """The inverse of :meth:`to_dict`."""
+        fields = dict(data)
+        for name in ("submitted", "started", "finished", "last_seen", "updated"):
+            fields[name] = from_iso(fields.get(name))
+        fields["state"] = JobState(fields["state"])
+        adapt = fields.get("adapt")
+        fields["adapt"] = (int(adapt[0]), int(adapt[1])) if adapt else None
+        return cls(**fields)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict (times as ISO 8601 strings)."""
         return {

@@ -18,6 +18,16 @@ Layout, one prefix per user and job::
                            secrets.bin    env values for main, encrypted
                            files.tar.gz   files uploaded as main's working directory
                            artifacts/...  files main wrote to artifacts_path()
+    {root}/{user}/.index/{newest}-{count}-{random}.json.gz
+                                          packs of terminal records, for listing
+
+A terminal record never changes, so listing folds the terminal records it had
+to read one by one into a new index pack and reads packs from then on: one GET
+per pack instead of six per job. Packs are only a cache of what the job
+prefixes hold. A pack that is missing (merged away by another client),
+damaged, or names a job whose prefix is gone is skipped, and those jobs are
+read one by one again. Concurrent writers add packs that overlap, which is
+harmless: a terminal record is the same in all of them.
 
 Every object is serialised in memory and written with one ``pipe_file`` so that
 no reader ever sees half a record (an exception inside ``fs.open(..., "wb")``
@@ -27,6 +37,8 @@ overwritten. Shared by client and scheduler side: imports neither.
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import hashlib
 import hmac
 import json
@@ -57,6 +69,8 @@ RESULT = "result.pkl"
 ERROR = "error.json"
 LOGS = "logs"
 PROGRESS = "progress.json"
+INDEX = ".index"
+INDEX_SUFFIX = ".json.gz"
 SECRETS = "secrets.bin"
 FILES = "files.tar.gz"
 ARTIFACTS = "artifacts"
@@ -353,6 +367,61 @@ class JobStore:
                         f"({type(exc).__name__}: {exc})."
                     )
         return out
+
+    # -- listing index -------------------------------------------------------------
+    def index_path(self, user: str) -> str:
+        return posixpath.join(self.root, user, INDEX)
+
+    def read_index(self, user: str) -> tuple[dict[str, JobRecord], list[str]]:
+        """Terminal records from the user's index packs, and the packs read."""
+        try:
+            names = self.fs.ls(self.index_path(user), detail=False, refresh=True)
+        except FileNotFoundError:
+            return {}, []
+        except Exception as exc:
+            raise StorageError(f"Could not list jobs in {self.url!r}: {exc}") from exc
+        packs = sorted(
+            self.fs._strip_protocol(n) for n in names if n.endswith(INDEX_SUFFIX)
+        )
+        blobs = self.get_many(packs)
+        records: dict[str, JobRecord] = {}
+        read = []
+        for path in packs:
+            data = blobs.get(path)
+            if data is None:  # merged into a newer pack meanwhile
+                continue
+            try:
+                entries = json.loads(gzip.decompress(data))["jobs"]
+                pack = {e["id"]: JobRecord.from_dict(e) for e in entries}
+            except Exception as exc:  # damaged: its jobs are read one by one
+                logger.warning("Ignoring damaged job index pack %s: %s", path, exc)
+                continue
+            records.update(pack)
+            read.append(path)
+        return records, read
+
+    def write_index(
+        self, user: str, records: Iterable[JobRecord], replaces: Iterable[str] = ()
+    ) -> str:
+        """Write a pack of terminal records, then delete the packs it replaces."""
+        entries = sorted(
+            (r.to_dict() for r in records if r.state.is_terminal),
+            key=lambda e: e["id"],
+        )
+        name = f"{entries[-1]['id']}-{len(entries)}-{os.urandom(4).hex()}{INDEX_SUFFIX}"
+        path = posixpath.join(self.index_path(user), name)
+        data = gzip.compress(dumps_json({"version": 1, "jobs": entries}), 6)
+        try:
+            self._put_whole(path, data)
+        except Exception as exc:
+            raise StorageError(
+                f"Could not write the job index pack {path!r} to {self.url!r}: {exc}"
+            ) from exc
+        for old in replaces:
+            # Gone already: another client merged it first, the same outcome.
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(old)
+        return path
 
     def read_record(self, user: str, job_id: str) -> JobRecord:
         record = self.read_records(user, [job_id])[job_id]

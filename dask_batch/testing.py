@@ -41,7 +41,49 @@ __all__ = [
     "job_cluster_client",
     "main_processes",
     "wait_for",
+    "write_job_records",
 ]
+
+
+def write_job_records(
+    store: Any, user: str, count: int, *, days: float = 30
+) -> list[str]:
+    """Fill ``store`` with ``count`` finished jobs of ``user``, as runners leave them.
+
+    Jobs are spread over the last ``days`` days; every tenth FAILED, the rest
+    SUCCEEDED, named ``job-0`` to ``job-6``. Written in one concurrent batch.
+    Returns the ids, oldest first.
+    """
+    import datetime
+
+    from ._records import new_job_id, to_iso, utcnow
+    from ._store import SPEC, STATE, dumps_json
+
+    start = utcnow() - datetime.timedelta(days=days)
+    step = datetime.timedelta(days=days) / max(count, 1)
+    objects, ids = {}, []
+    for i in range(count):
+        submitted = start + i * step
+        job_id = new_job_id(submitted)
+        ids.append(job_id)
+        spec = {
+            "id": job_id,
+            "user": user,
+            "name": f"job-{i % 7}",
+            "submitted": to_iso(submitted),
+            "kind": "function",
+            "function": "train.main",
+            "workers": 2,
+        }
+        state = {
+            "state": "FAILED" if i % 10 == 0 else "SUCCEEDED",
+            "started": to_iso(submitted + datetime.timedelta(seconds=5)),
+            "finished": to_iso(submitted + datetime.timedelta(seconds=65)),
+        }
+        objects[store.job_path(user, job_id, SPEC)] = dumps_json(spec)
+        objects[store.job_path(user, job_id, STATE)] = dumps_json(state)
+    store.fs.pipe(objects)
+    return ids
 
 
 def main_processes() -> list[int]:

@@ -1,0 +1,184 @@
+"""Listing at scale: jobs() and `dask batch list` with 10,000 job records.
+
+    python benchmarks/bench_scale.py              # the figures in docs/benchmarks.md
+    python benchmarks/bench_scale.py --smoke      # one quick pass (CI), no targets
+
+Fills local storage and a moto S3 server (its own process, as a real endpoint
+would be) with finished jobs, as runners leave them, then times, side by side:
+
+- the first listing, which reads every record one by one (6 small objects per
+  job) and packs them into the listing index;
+- later listings, which read the index packs (one object per pack);
+- `dask batch list` in a new process (newest 50, and all jobs), with that
+  process's peak resident memory.
+
+On S3 the cold listing is timed on ``--cold-jobs`` jobs in their own storage
+prefix: per-job reads cost ~6 ms a piece on moto, minutes for 10,000 jobs.
+Everything runs on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import dask_batch.local
+from dask_batch import BatchClient
+from dask_batch.testing import wait_for, write_job_records
+
+# Runs the CLI and reports its peak resident memory (kB) on stderr at exit.
+CLI_WITH_PEAK_RSS = (
+    "import atexit, resource, sys; atexit.register(lambda: sys.stderr.write("
+    "f'peak_rss_kb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n')); "
+    "from dask_batch.cli import main; main()"
+)
+
+
+def start_moto():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def answers():
+        try:
+            with urllib.request.urlopen(f"{url}/moto-api/", timeout=1):
+                return True
+        except OSError:
+            return False
+
+    wait_for(answers, 60, f"moto to answer on {url}")
+    return proc, {
+        "key": "bench",
+        "secret": "bench",
+        "client_kwargs": {"endpoint_url": url},
+    }
+
+
+def timed(func, repeat):
+    out = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        func()
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out)
+
+
+def cli_list(env, *args):
+    """Seconds and peak RSS (MB) of one `dask batch list` in a new process."""
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", CLI_WITH_PEAK_RSS, "list", *args],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.perf_counter() - t0
+    peak_kb = int(done.stderr.rsplit("peak_rss_kb=", 1)[1].split()[0])
+    return elapsed, peak_kb / 1024
+
+
+def measure(name, gateway, info, storage, options, count, cold_count, repeat):
+    batch = BatchClient(gateway=gateway, storage=storage, storage_options=options)
+    rows = {}
+    cold_storage = f"{storage}-cold"
+    cold = BatchClient(gateway=gateway, storage=cold_storage, storage_options=options)
+    write_job_records(cold.store, cold.user, cold_count)
+    t0 = time.perf_counter()
+    assert len(cold.jobs()) == cold_count
+    rows[f"first listing, {cold_count} jobs (per-job reads)"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    write_job_records(batch.store, batch.user, count)
+    fill = time.perf_counter() - t0
+    if cold_count == count:
+        batch = cold
+    else:
+        batch.jobs()  # builds the index, as the first listing does
+    assert len(batch.jobs()) == count
+    rows[f"later `jobs()`, all {count} (index)"] = timed(batch.jobs, repeat)
+    rows[f"later `jobs(limit=50)`, of {count}"] = timed(
+        lambda: batch.jobs(limit=50), repeat
+    )
+    env = dict(
+        os.environ,
+        DASK_GATEWAY__ADDRESS=info.address,
+        DASK_GATEWAY__PROXY_ADDRESS=info.proxy_address,
+        DASK_GATEWAY__AUTH__TYPE="basic",
+        DASK_GATEWAY__AUTH__KWARGS__USERNAME=info.username,
+        DASK_GATEWAY__AUTH__KWARGS__PASSWORD=info.password,
+        DASK_BATCH__STORAGE=batch.store.url,
+        DASK_BATCH__STORAGE_OPTIONS=json.dumps(options),
+    )
+    runs = [cli_list(env) for _ in range(repeat)]
+    rows["`dask batch list` (newest 50)"] = statistics.median(r[0] for r in runs)
+    runs = [cli_list(env, "--limit", str(count)) for _ in range(repeat)]
+    rows[f"`dask batch list --limit {count}`"] = statistics.median(r[0] for r in runs)
+    peak = max(r[1] for r in runs)
+    floor = timed(
+        lambda: subprocess.run(
+            [sys.executable, "-c", "import dask_batch.cli"], env=env, check=True
+        ),
+        repeat,
+    )
+    rows["`python -c 'import dask_batch.cli'` (start-up floor)"] = floor
+    print(f"\n### {name}: {count} jobs (filled in {fill:.1f} s)\n")
+    print("| measure | time |\n|---|---|")
+    for label, seconds in rows.items():
+        print(f"| {label} | {seconds:.3f} s |")
+    print(f"| peak RSS of `dask batch list --limit {count}` | {peak:.0f} MB |")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--cold-jobs", type=int, default=1_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args(argv)
+    count = 30 if args.smoke else args.jobs
+    cold_count = 10 if args.smoke else args.cold_jobs
+    repeat = 1 if args.smoke else args.repeat
+
+    directory = tempfile.mkdtemp(prefix="dask-batch-bench-")
+    info = dask_batch.local.start(directory)
+    moto, s3_options = start_moto()
+    try:
+        import s3fs
+
+        s3fs.S3FileSystem(**s3_options).mkdir("bench-jobs")
+        with info.gateway() as gateway:
+            local_root = os.path.join(directory, "jobs")
+            measure("local", gateway, info, local_root, {}, count, count, repeat)
+            measure(
+                "S3 (moto)",
+                gateway,
+                info,
+                "s3://bench-jobs/jobs",
+                s3_options,
+                count,
+                cold_count,
+                repeat,
+            )
+    finally:
+        moto.terminate()
+        moto.wait(30)
+        dask_batch.local.stop(directory)
+
+
+if __name__ == "__main__":
+    main()
