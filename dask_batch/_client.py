@@ -62,6 +62,7 @@ from ._store import (
     JobStore,
     digest,
     dumps_json,
+    index_entry,
     result_hmac,
 )
 
@@ -1182,11 +1183,13 @@ class BatchClient:
         # listing of the last 50 jobs reads 50 records, not thousands.
         page = max(limit or 0, _LIST_PAGE)
         out: list[JobRecord] = []
-        newly_final: list[JobRecord] = []
+        newly_final: list[dict[str, Any]] = []
         for first in range(0, len(ids), page):
             records = await self._records_page(ids[first : first + page], index)
             newly_final += [
-                r for r in records if r.state.is_terminal and r.id not in index
+                index_entry(r)
+                for r in records
+                if r.state.is_terminal and r.id not in index
             ]
             out += [
                 r
@@ -1201,14 +1204,15 @@ class BatchClient:
         return JobList(out[:limit] if limit is not None else out)
 
     async def _records_page(
-        self, ids: list[str], index: dict[str, JobRecord]
+        self, ids: list[str], index: dict[str, dict[str, Any]]
     ) -> list[JobRecord]:
         """Records of ``ids``: terminal ones from the index, the rest read."""
         unknown = [i for i in ids if i not in index]
         records = await self._io(self.store.read_records, self.user, unknown)
         out: list[JobRecord] = []
         for job_id in ids:
-            record = index.get(job_id) or records[job_id]
+            entry = index.get(job_id)
+            record = JobRecord.from_dict(entry) if entry else records[job_id]
             if isinstance(record, Exception):
                 warnings.warn(f"Skipping job {job_id!r}: {record}", stacklevel=4)
                 continue
@@ -1225,9 +1229,9 @@ class BatchClient:
     async def _update_index(
         self,
         every_id: list[str],
-        index: dict[str, JobRecord],
+        index: dict[str, dict[str, Any]],
         packs: list[str],
-        newly_final: list[JobRecord],
+        newly_final: list[dict[str, Any]],
     ) -> None:
         """Fold records that became terminal into the listing index.
 
@@ -1236,7 +1240,7 @@ class BatchClient:
         """
         if len(packs) + 1 > _MAX_INDEX_PACKS:
             existing = set(every_id)
-            pack = [r for r in index.values() if r.id in existing] + newly_final
+            pack = [e for i, e in index.items() if i in existing] + newly_final
             replaces = packs
         else:
             pack, replaces = newly_final, []

@@ -60,7 +60,7 @@ def from_iso(text: str | None) -> datetime.datetime | None:
     return None if not text else datetime.datetime.fromisoformat(text)
 
 
-@dataclass
+@dataclass(slots=True)
 class JobRecord:
     """Everything stored about one job, as returned by ``BatchClient.status``.
 

@@ -71,6 +71,7 @@ LOGS = "logs"
 PROGRESS = "progress.json"
 INDEX = ".index"
 INDEX_SUFFIX = ".json.gz"
+SMALL_PACK = 256  # packs that ending jobs extend; listings merge the rest
 SECRETS = "secrets.bin"
 FILES = "files.tar.gz"
 ARTIFACTS = "artifacts"
@@ -88,6 +89,24 @@ def digest(data: bytes) -> str:
 def result_hmac(key: str, data: bytes) -> str:
     """HMAC-SHA256 of a result with the user's ``batch.result-key``."""
     return hmac.new(key.encode(), data, hashlib.sha256).hexdigest()
+
+
+def index_entry(record: JobRecord) -> dict[str, Any]:
+    """A record as a listing index entry: its dict, without empty fields."""
+    required = ("id", "user", "name", "state", "submitted")
+    return {
+        k: v
+        for k, v in record.to_dict().items()
+        if k in required or v not in (None, "", [])
+    }
+
+
+def _pack_size(path: str) -> int:
+    """Entries in an index pack, from its name ``{newest}-{count}-{random}``."""
+    try:
+        return int(posixpath.basename(path).rsplit("-", 2)[1])
+    except (IndexError, ValueError):
+        return SMALL_PACK  # not ours to extend
 
 
 def dumps_json(obj: Any) -> bytes:
@@ -372,45 +391,59 @@ class JobStore:
     def index_path(self, user: str) -> str:
         return posixpath.join(self.root, user, INDEX)
 
-    def read_index(self, user: str) -> tuple[dict[str, JobRecord], list[str]]:
-        """Terminal records from the user's index packs, and the packs read."""
+    def index_packs(self, user: str) -> list[str]:
+        """Paths of the user's index packs, oldest first."""
         try:
             names = self.fs.ls(self.index_path(user), detail=False, refresh=True)
         except FileNotFoundError:
-            return {}, []
+            return []
         except Exception as exc:
             raise StorageError(f"Could not list jobs in {self.url!r}: {exc}") from exc
-        packs = sorted(
+        return sorted(
             self.fs._strip_protocol(n) for n in names if n.endswith(INDEX_SUFFIX)
         )
+
+    def read_index(
+        self, user: str, packs: list[str] | None = None
+    ) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """Index entries of terminal jobs by id, and the packs they came from.
+
+        Entries stay dicts (see :func:`index_entry`): a listing of the newest
+        50 builds 50 records, not one per job ever run.
+        """
+        if packs is None:
+            packs = self.index_packs(user)
         blobs = self.get_many(packs)
-        records: dict[str, JobRecord] = {}
+        entries: dict[str, dict[str, Any]] = {}
         read = []
         for path in packs:
-            data = blobs.get(path)
+            data = blobs.pop(path, None)
             if data is None:  # merged into a newer pack meanwhile
                 continue
             try:
-                entries = json.loads(gzip.decompress(data))["jobs"]
-                pack = {e["id"]: JobRecord.from_dict(e) for e in entries}
+                pack = json.loads(gzip.decompress(data))["jobs"]
+                entries.update((e["id"], e) for e in pack)
             except Exception as exc:  # damaged: its jobs are read one by one
                 logger.warning("Ignoring damaged job index pack %s: %s", path, exc)
                 continue
-            records.update(pack)
             read.append(path)
-        return records, read
+        return entries, read
 
     def write_index(
-        self, user: str, records: Iterable[JobRecord], replaces: Iterable[str] = ()
+        self,
+        user: str,
+        entries: Iterable[dict[str, Any]],
+        replaces: Iterable[str] = (),
     ) -> str:
-        """Write a pack of terminal records, then delete the packs it replaces."""
-        entries = sorted(
-            (r.to_dict() for r in records if r.state.is_terminal),
-            key=lambda e: e["id"],
-        )
-        name = f"{entries[-1]['id']}-{len(entries)}-{os.urandom(4).hex()}{INDEX_SUFFIX}"
+        """Write a pack of index entries, then delete the packs it replaces.
+
+        A pack is deleted only once a pack holding all its entries exists, so
+        concurrent writers can duplicate entries but never lose one.
+        """
+        ordered = sorted(entries, key=lambda e: e["id"])
+        name = f"{ordered[-1]['id']}-{len(ordered)}-{os.urandom(4).hex()}{INDEX_SUFFIX}"
         path = posixpath.join(self.index_path(user), name)
-        data = gzip.compress(dumps_json({"version": 1, "jobs": entries}), 6)
+        data = gzip.compress(json.dumps({"version": 1, "jobs": ordered}).encode(), 6)
         try:
             self._put_whole(path, data)
         except Exception as exc:
@@ -422,6 +455,18 @@ class JobStore:
             with contextlib.suppress(FileNotFoundError):
                 self.fs.rm_file(old)
         return path
+
+    def add_to_index(self, user: str, record: JobRecord) -> None:
+        """Fold one job that just ended into the newest small pack.
+
+        Whoever writes a terminal state calls this, so a listing finds every
+        finished job in a few packs without reading its record.
+        """
+        small = [p for p in self.index_packs(user) if _pack_size(p) < SMALL_PACK]
+        base = small[-1:]
+        entries, read = self.read_index(user, base)
+        entries[record.id] = index_entry(record)
+        self.write_index(user, entries.values(), replaces=read)
 
     def read_record(self, user: str, job_id: str) -> JobRecord:
         record = self.read_records(user, [job_id])[job_id]
@@ -492,4 +537,10 @@ class JobStore:
                 return self.read_state(user, job_id)
         # state.json is the fast path for readers; final.json overrides it.
         self.put_json(user, job_id, STATE, doc)
+        if state.is_terminal:
+            try:
+                self.add_to_index(user, self.read_record(user, job_id))
+            except Exception as exc:
+                # Only a saving: the next listing reads this record and packs it.
+                logger.warning("Job %s not added to the listing index: %s", job_id, exc)
         return doc

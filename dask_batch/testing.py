@@ -46,22 +46,25 @@ __all__ = [
 
 
 def write_job_records(
-    store: Any, user: str, count: int, *, days: float = 30
+    store: Any, user: str, count: int, *, days: float = 30, indexed: bool = False
 ) -> list[str]:
-    """Fill ``store`` with ``count`` finished jobs of ``user``, as runners leave them.
+    """Fill ``store`` with ``count`` finished jobs of ``user``.
 
     Jobs are spread over the last ``days`` days; every tenth FAILED, the rest
-    SUCCEEDED, named ``job-0`` to ``job-6``. Written in one concurrent batch.
-    Returns the ids, oldest first.
+    SUCCEEDED, named ``job-0`` to ``job-6``. Written in one concurrent batch,
+    with the listing index as runners leave it if ``indexed`` (packs of
+    ``SMALL_PACK`` entries), else without. Returns the ids, oldest first.
     """
     import datetime
 
-    from ._records import new_job_id, to_iso, utcnow
-    from ._store import SPEC, STATE, dumps_json
+    from ._records import JobRecord, new_job_id, to_iso, utcnow
+    from ._store import SMALL_PACK, SPEC, STATE, dumps_json, index_entry
 
     start = utcnow() - datetime.timedelta(days=days)
     step = datetime.timedelta(days=days) / max(count, 1)
-    objects, ids = {}, []
+    objects: dict[str, bytes] = {}
+    ids: list[str] = []
+    entries: list[dict[str, Any]] = []
     for i in range(count):
         submitted = start + i * step
         job_id = new_job_id(submitted)
@@ -82,7 +85,11 @@ def write_job_records(
         }
         objects[store.job_path(user, job_id, SPEC)] = dumps_json(spec)
         objects[store.job_path(user, job_id, STATE)] = dumps_json(state)
+        if indexed:
+            entries.append(index_entry(JobRecord.from_documents(spec, state, None)))
     store.fs.pipe(objects)
+    for first in range(0, len(entries), SMALL_PACK):
+        store.write_index(user, entries[first : first + SMALL_PACK])
     return ids
 
 

@@ -58,21 +58,29 @@ def sleep_until_exists(path):
     return "done"
 
 
-def test_a_running_job_is_packed_only_once_it_has_ended(batch_client, tmp_path):
+def test_the_runner_packs_its_job_when_it_ends_and_cancel_packs_too(
+    batch_client, tmp_path
+):
     go = tmp_path / "go"
     job = batch_client.submit(sleep_until_exists, str(go), workers=0)
+    cancelled = batch_client.submit(sleep_until_exists, str(go), workers=0)
     wait_for(
         lambda: batch_client.status(job.id).state is JobState.RUNNING, 60, "RUNNING"
     )
-    assert [r.state for r in batch_client.jobs()] == [JobState.RUNNING]
-    assert packs(batch_client) == []
+    assert JobState.RUNNING in [r.state for r in batch_client.jobs()]
+    assert packs(batch_client) == []  # a live job is never packed
+    batch_client.cancel(cancelled.id)
     go.touch()
     assert job.result(timeout=60) == "done"
-    [listed] = batch_client.jobs()
-    assert listed.state is JobState.SUCCEEDED
-    assert len(packs(batch_client)) == 1
-    [packed] = batch_client.jobs()
-    assert packed.to_dict() == batch_client.status(job.id).to_dict()
+    store = batch_client.store
+    entries, _ = store.read_index(batch_client.user)
+    assert set(entries) == {job.id, cancelled.id}
+    # Packed as the record reads, so listings need not read the record.
+    for j in (job, cancelled):
+        store.fs.rm_file(store.job_path(batch_client.user, j.id, STATE))
+    listed = {r.id: r.to_dict() for r in batch_client.jobs()}
+    assert listed == {j.id: j.status().to_dict() for j in (job, cancelled)}
+    assert listed[cancelled.id]["state"] == "CANCELLED"
 
 
 def test_a_damaged_pack_is_ignored_with_a_warning(batch_client, caplog):
