@@ -45,7 +45,8 @@ def test_local_gateway_outlives_the_process_that_started_it(local_dir):
         job = batch.submit(sum, [1, 2, 3])
         assert job.result(timeout=60) == 6
         assert batch.status(job.id).state is JobState.SUCCEEDED
-    assert os.listdir(os.path.join(local_dir, "jobs", batch.user)) == [job.id]
+    stored = os.listdir(os.path.join(local_dir, "jobs", batch.user))
+    assert sorted(stored) == [".index", job.id]
 
     assert dask_batch.local.stop() is True
     assert dask_batch.local.status() is None
