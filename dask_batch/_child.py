@@ -24,6 +24,7 @@ import cloudpickle
 import fsspec
 
 from . import _context
+from ._pickling import dumps_result
 from ._store import (
     ERROR,
     FILES,
@@ -32,7 +33,6 @@ from ._store import (
     SECRETS,
     JobStore,
     digest,
-    result_hmac,
 )
 
 
@@ -231,7 +231,7 @@ def main() -> None:
             traceback.print_exc()
 
     try:
-        blob = cloudpickle.dumps(result)
+        pieces = dumps_result(result)
     except Exception as exc:
         _fail(
             store,
@@ -243,10 +243,13 @@ def main() -> None:
                 "storage yourself and return its path.",
             },
         )
-    store.put(cfg["user"], cfg["job_id"], RESULT, blob)
-    outcome = {"status": "succeeded", "result_digest": digest(blob)}
-    if cfg.get("result_key"):
-        outcome["result_hmac"] = result_hmac(cfg["result_key"], blob)
+    del result  # the pieces hold what is needed of it
+    result_digest, signature = store.put_pieces(
+        cfg["user"], cfg["job_id"], RESULT, pieces, cfg.get("result_key")
+    )
+    outcome = {"status": "succeeded", "result_digest": result_digest}
+    if signature:
+        outcome["result_hmac"] = signature
     _write_outcome(cfg["outcome_path"], outcome)
 
 

@@ -26,7 +26,6 @@ from collections.abc import (
 from dataclasses import dataclass
 from typing import Any
 
-import cloudpickle
 import dask.config
 from dask.utils import format_bytes, parse_bytes, parse_timedelta
 from dask_gateway import Gateway
@@ -47,7 +46,7 @@ from ._exceptions import (
     SubmitError,
 )
 from ._gateway import BatchGateway
-from ._pickling import dumps_payload
+from ._pickling import dumps_payload, loads_result
 from ._records import JobRecord, JobState, new_job_id, to_iso, utcnow
 from ._runner import JobRunnerPlugin
 from ._store import (
@@ -55,7 +54,6 @@ from ._store import (
     CLUSTER,
     FILES,
     PAYLOAD,
-    RESULT,
     SECRETS,
     SPEC,
     STATE,
@@ -63,7 +61,6 @@ from ._store import (
     digest,
     dumps_json,
     index_entry,
-    result_hmac,
 )
 
 logger = logging.getLogger("dask_batch")
@@ -1315,23 +1312,23 @@ class BatchClient:
         record = await self._wait(job_id, timeout, progress)
         if record.state is JobState.SUCCEEDED:
             # The record just read holds the digest: no second state read.
-            blob = await self._io(self.store.get, self.user, job_id, RESULT)
+            result_key = dask.config.get("batch.result-key", None)
+            stream, buffers, found, signature = await self._io(
+                self.store.get_result, self.user, job_id, result_key
+            )
             expected = record.result_digest
-            if expected and digest(blob) != expected:
+            if expected and found != expected:
                 raise DaskBatchError(
                     f"The stored result of job {job_id!r} does not match the digest "
                     "its runner recorded: it was changed in storage. Not loading it."
                 )
-            result_key = dask.config.get("batch.result-key", None)
-            if result_key and not hmac.compare_digest(
-                record.result_hmac, result_hmac(result_key, blob)
-            ):
+            if result_key and not hmac.compare_digest(record.result_hmac, signature):
                 raise DaskBatchError(
                     f"The stored result of job {job_id!r} is not signed with "
                     "batch.result-key: it was changed in storage, or the job ran "
                     "without the key. Not loading it."
                 )
-            return cloudpickle.loads(blob)
+            return loads_result(stream, buffers)
         if record.state is JobState.FAILED:
             tail = await self._log_tail(job_id)
             error = record.error or {"type": "JobFailed", "message": record.message}

@@ -1,9 +1,11 @@
-"""Pickle main and its arguments so that the cluster can load them."""
+"""Pickle main and its arguments for the cluster, and main's result back."""
 
 from __future__ import annotations
 
 import contextlib
+import pickle
 import site
+import struct
 import sys
 import sysconfig
 from collections.abc import Iterator
@@ -64,3 +66,43 @@ def dumps_payload(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> b
     """Pickle ``(func, args, kwargs)``; local modules go by value."""
     with pickled_by_value(local_modules(func, *args, *kwargs.values())):
         return cloudpickle.dumps((func, args, kwargs))
+
+
+# Stored results: a frame, the pickle, then its out-of-band buffers (pickle
+# protocol 5), so that a large NumPy array or bytes-like value is written from
+# and read into its own memory, never copied into one big blob.
+RESULT_MAGIC = b"DBRESULT1\n"
+_FRAME = struct.Struct(">QI")  # pickle length, number of buffers
+
+
+def dumps_result(value: Any) -> list[memoryview]:
+    """``value`` as the pieces of a stored result, in order."""
+    buffers: list[memoryview] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            buffers.append(buffer.raw())
+        except BufferError:  # not contiguous: goes inside the pickle
+            return True
+        return False
+
+    stream = cloudpickle.dumps(value, protocol=5, buffer_callback=out_of_band)
+    sizes = struct.pack(f">{len(buffers)}Q", *(b.nbytes for b in buffers))
+    frame = RESULT_MAGIC + _FRAME.pack(len(stream), len(buffers)) + sizes
+    return [memoryview(frame), memoryview(stream), *buffers]
+
+
+def read_result_frame(read: Any) -> tuple[int, list[int]]:
+    """Parse a stored result's frame, after its magic, with ``read(n)``.
+
+    Returns the pickle's length and the buffer sizes. (Results stored before
+    the frame existed are one plain cloudpickle, which starts with ``0x80``.)
+    """
+    length, count = _FRAME.unpack(read(_FRAME.size))
+    sizes = list(struct.unpack(f">{count}Q", read(8 * count)))
+    return length, sizes
+
+
+def loads_result(stream: bytes, buffers: list[bytearray] | None) -> Any:
+    """Load what :func:`dumps_result` stored (buffers None: a plain pickle)."""
+    return pickle.loads(stream, buffers=buffers)

@@ -8,7 +8,7 @@ import pytest
 
 from dask_batch import CorruptRecordError, JobNotFoundError, JobState, StorageError
 from dask_batch._records import new_job_id, utcnow
-from dask_batch._store import SPEC, STATE, JobStore
+from dask_batch._store import RESULT, SPEC, STATE, JobStore
 
 
 def make_job(store: JobStore, user: str = "alice", **spec) -> str:
@@ -160,3 +160,105 @@ def test_racing_terminal_transitions_agree_on_one_winner(kind, tmp_path, request
         # A late non-terminal write does not resurrect the job.
         store.transition("alice", job_id, JobState.RUNNING)
         assert store.read_record("alice", job_id).state is record.state
+
+
+# -- results: streamed in pieces, hashed on the way ------------------------------
+
+
+@pytest.fixture(params=["local", "memory", "s3"])
+def any_store(request, tmp_path, monkeypatch):
+    return make_store(request.param, request, tmp_path, monkeypatch)
+
+
+@pytest.fixture(params=["local", "s3"])
+def streaming_store(request, tmp_path, monkeypatch):
+    """Stores that write results in a stream (memory:// writes them whole)."""
+    return make_store(request.param, request, tmp_path, monkeypatch)
+
+
+def make_store(kind, request, tmp_path, monkeypatch):
+    import dask_batch._store
+
+    # Small chunks, so that a few MB cross many chunk boundaries.
+    monkeypatch.setattr(dask_batch._store, "_CHUNK", 2**20)
+    if kind == "local":
+        return JobStore(str(tmp_path / "jobs"))
+    if kind == "memory":
+        return JobStore("memory://jobs")
+    url, options = request.getfixturevalue("batch_s3_storage")
+    return JobStore(url, options)
+
+
+def test_results_round_trip_in_pieces_with_their_digest(any_store):
+    import numpy as np
+
+    from dask_batch._pickling import dumps_result, loads_result
+    from dask_batch._store import digest, result_hmac
+
+    grid = np.arange(3 * 2**20 // 8 + 5, dtype="f8").reshape(-1, 1)
+    value = {"grid": grid, "strided": grid[::3], "raw": b"x" * 10, "n": 7}
+    pieces = dumps_result(value)
+    assert any(p.obj is grid for p in pieces)  # sent from its own memory
+    found, signature = any_store.put_pieces("alice", "j1", RESULT, pieces, "key")
+    whole = b"".join(pieces)
+    assert (found, signature) == (digest(whole), result_hmac("key", whole))
+
+    stream, buffers, read_digest, read_signature = any_store.get_result(
+        "alice", "j1", "key"
+    )
+    assert (read_digest, read_signature) == (found, signature)
+    back = loads_result(stream, buffers)
+    np.testing.assert_array_equal(back["grid"], grid)
+    np.testing.assert_array_equal(back["strided"], grid[::3])
+    assert (back["raw"], back["n"]) == (b"x" * 10, 7)
+    assert back["grid"].base is not None  # built on the read buffer, not copied
+
+
+def test_a_plain_pickle_result_still_loads(any_store):
+    import cloudpickle
+
+    from dask_batch._pickling import loads_result
+    from dask_batch._store import digest
+
+    for value in ({"old": "format"}, None):  # None pickles shorter than a frame
+        blob = cloudpickle.dumps(value)
+        any_store.put("alice", "j1", RESULT, blob)
+        stream, buffers, found, signature = any_store.get_result("alice", "j1")
+        assert (loads_result(stream, buffers), found, signature) == (
+            value,
+            digest(blob),
+            "",
+        )
+
+
+def test_a_failed_result_write_leaves_no_object(streaming_store, monkeypatch):
+    any_store = streaming_store
+    import dask_batch._store
+
+    real_chunks = dask_batch._store._chunks
+
+    def failing_after_two(view):
+        for i, chunk in enumerate(real_chunks(view)):
+            if i == 2:
+                raise OSError("connection reset")
+            yield chunk
+
+    monkeypatch.setattr(dask_batch._store, "_chunks", failing_after_two)
+    data = memoryview(bytearray(5 * 2**20))
+    with pytest.raises(StorageError, match="connection reset"):
+        any_store.put_pieces("alice", "j1", RESULT, [data])
+    assert not any_store.exists("alice", "j1", RESULT)
+    job_dir = any_store.job_path("alice", "j1")
+    assert not any_store.fs.exists(job_dir) or any_store.fs.ls(job_dir) == []
+
+
+def test_a_truncated_result_is_a_clear_error(any_store):
+    import numpy as np
+
+    from dask_batch._pickling import dumps_result
+
+    whole = b"".join(dumps_result(np.zeros(2**19)))
+    for cut in (15, 100, len(whole) // 2):  # in the frame, the pickle, a buffer
+        any_store.put("alice", "j1", RESULT, whole[:cut])
+        with pytest.raises(StorageError, match="truncated"):
+            any_store.get_result("alice", "j1")
