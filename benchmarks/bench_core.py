@@ -11,7 +11,11 @@ workaround (``new_cluster(shutdown_on_close=False)`` + ``client.submit`` +
 - main-returned-to-cluster-STOPPED (dask-batch only: the raw workaround's
   cluster idles until the gateway's idle timeout);
 - scheduler round trip (``run_on_scheduler``) while main sleeps vs while main
-  burns CPU.
+  burns CPU;
+- the bare floor: ``new_cluster()`` until running, then a Python process that
+  imports distributed (what main's process must do at least);
+- the scheduler's resident memory with a job's runner against a bare cluster;
+- ``--many`` jobs submitted back to back against the raw workaround.
 
 Everything runs on 127.0.0.1; the gateway is a throw-away local one.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -98,6 +103,78 @@ def bench_raw(gateway, repeat):
     return submit, running
 
 
+def bench_bare(gateway, repeat):
+    """Bare floor: ``new_cluster()`` until running, then a Python process start."""
+    running = []
+    for _ in range(repeat):
+        t0 = time.time()
+        cluster = gateway.new_cluster(shutdown_on_close=False)
+        started = subprocess.run(
+            [sys.executable, "-c", "import distributed, time; print(time.time())"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        running.append(float(started.stdout) - t0)
+        cluster.shutdown()
+        _KEEP_ALIVE.append(cluster)
+    return running
+
+
+def scheduler_rss_mb(client):
+    def rss():
+        import psutil
+
+        return psutil.Process().memory_info().rss
+
+    return client.run_on_scheduler(rss) / 2**20
+
+
+def bench_runner_memory(batch, gateway):
+    """Scheduler RSS with a job's runner (main sleeping) and without."""
+    cluster = gateway.new_cluster(shutdown_on_close=False)
+    try:
+        with cluster.get_client(set_as_default=False) as client:
+            bare = scheduler_rss_mb(client)
+    finally:
+        cluster.shutdown()
+        _KEEP_ALIVE.append(cluster)
+    job = batch.submit(time.sleep, 30, workers=0)
+    wait_for(lambda: job.status().state is JobState.RUNNING, 60, "main to start")
+    with job_cluster_client(batch, job.id) as client:
+        with_runner = scheduler_rss_mb(client)
+    job.cancel()
+    return bare, with_runner
+
+
+def bench_many(batch, gateway, count):
+    """``count`` jobs back to back: dask-batch against the raw workaround."""
+    t0 = time.time()
+    jobs = [batch.submit(started_at, workers=0) for _ in range(count)]
+    for job in jobs:
+        job.result(timeout=600)
+    names = [job.status().cluster_name for job in jobs]
+    last_stop = max(stopped_at(gateway, name) for name in names)
+    batch_results, batch_stopped = time.time() - t0, last_stop - t0
+    t0 = time.time()
+    raw = []
+    for _ in range(count):
+        cluster = gateway.new_cluster(shutdown_on_close=False)
+        cluster.scale(1)
+        client = cluster.get_client(set_as_default=False)
+        future = client.submit(started_at, pure=False)
+        distributed.fire_and_forget(future)
+        raw.append((cluster, client, future))
+    for _, _, future in raw:
+        future.result(timeout=600)
+    raw_results = time.time() - t0
+    for cluster, client, _ in raw:  # the workaround would leave them idling
+        client.close()
+        cluster.shutdown()
+        _KEEP_ALIVE.append(cluster)
+    return batch_results, batch_stopped, raw_results
+
+
 def round_trips(client, n):
     out = []
     for _ in range(n):
@@ -137,6 +214,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--round-trips", type=int, default=200)
+    parser.add_argument("--many", type=int, default=50, help="jobs back to back")
     parser.add_argument("--smoke", action="store_true", help="one quick pass")
     args = parser.parse_args(argv)
     repeat = 1 if args.smoke else args.repeat
@@ -158,6 +236,7 @@ def main(argv=None):
                     ("server", lambda: bench_batch(server, 1)),
                     ("client", lambda: bench_batch(client_mode, 1)),
                     ("raw", lambda: bench_raw(raw_gateway, 1)),
+                    ("bare", lambda: [bench_bare(raw_gateway, 1)]),
                 ):
                     for i, values in enumerate(run()):
                         rows.setdefault(key, [[], [], []])[i].extend(values)
@@ -167,10 +246,14 @@ def main(argv=None):
                 idle_s=2 if args.smoke else 6,
                 burn_s=3 if args.smoke else 8,
             )
+            bare_rss, runner_rss = bench_runner_memory(server, raw_gateway)
+            many = 3 if args.smoke else args.many
+            batch_all, batch_stopped, raw_all = bench_many(server, raw_gateway, many)
     finally:
         dask_batch.local.stop(directory)
 
     raw_submit, raw_running = rows["raw"][0], rows["raw"][1]
+    bare_running = rows["bare"][0]
     print(f"\n## dask-batch core benchmarks ({repeat} runs each, medians)\n")
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores\n")
     print("| measure | server-side | client-side | raw workaround |")
@@ -200,13 +283,39 @@ def main(argv=None):
             "<= 1.2",
         ),
         (
+            "server-side submit-to-running / bare new_cluster + process start",
+            statistics.median(rows["server"][1]) / statistics.median(bare_running),
+            "<= 1.2",
+        ),
+        (
             "run_on_scheduler burning / idle",
             statistics.median(burning) / statistics.median(idle),
-            "<= 2",
+            "<= 1.5",
+        ),
+        (
+            f"{many} jobs, all results: dask-batch / raw workaround",
+            batch_all / raw_all,
+            "",
         ),
     ]
     for label, value, target in ratios:
         print(f"| {label} | {value:.2f} | {target} |")
+    print(
+        f"\nbare floor, new_cluster() running + `python -c 'import distributed'`: "
+        f"{s(bare_running)}"
+    )
+    print(
+        f"\nscheduler RSS: bare cluster {bare_rss:.0f} MB, with a job's runner "
+        f"{runner_rss:.0f} MB: runner overhead {runner_rss - bare_rss:.0f} MB "
+        "(target < 50 MB)"
+    )
+    print(
+        f"\n{many} jobs back to back: dask-batch all results in {batch_all:.1f} s "
+        f"({many / batch_all * 60:.0f} jobs/min), every cluster STOPPED at "
+        f"{batch_stopped:.1f} s; raw workaround all results in {raw_all:.1f} s "
+        f"({many / raw_all * 60:.0f} jobs/min), clusters left running; "
+        f"difference per job {(batch_all - raw_all) / many:+.2f} s"
+    )
     print(
         f"\nrun_on_scheduler round trip ({len(idle)} calls each): "
         f"idle {ms(idle)} (p90 {sorted(idle)[int(len(idle) * 0.9)] * 1000:.1f} ms), "

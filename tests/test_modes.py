@@ -116,3 +116,18 @@ def test_client_side_env_values_travel_over_tls_only(plain_client, batch_s3_stor
     fs = s3fs.S3FileSystem(**options)
     for path in fs.find(url):
         assert secret.encode() not in fs.cat_file(path), path
+
+
+def large_array(megabytes):
+    import numpy as np
+
+    return np.arange(megabytes * 2**20 // 8, dtype="f8")
+
+
+def test_a_large_array_result_streams_through_s3_with_its_digest(plain_client):
+    import numpy as np
+
+    job = plain_client.submit(large_array, 110, workers=0)  # three S3 parts
+    back = job.result(timeout=120)
+    np.testing.assert_array_equal(back, large_array(110))
+    assert job.status().result_digest.startswith("sha256:")

@@ -1,0 +1,53 @@
+"""Every benchmark, one after the other, with the machine and the date.
+
+    python benchmarks/run_all.py           # the figures in docs/benchmarks.md
+    python benchmarks/run_all.py --smoke   # one quick pass of each (CI)
+
+The machine is shared and noisy: each script compares dask-batch with its
+baseline side by side within its own run, so read the ratios.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import sys
+from importlib.metadata import version
+
+SCRIPTS = [
+    "bench_core.py",  # submit, submit-to-running, STOPPED, scheduler health, many jobs
+    "bench_visibility.py",  # log latency, listing 1,000 jobs
+    "bench_scale.py",  # listing 10,000 jobs, local and S3
+    "bench_throughput.py",  # 1 GB result against raw pipe/cat
+    "soak.py",  # faults, repeated
+]
+
+
+def machine() -> str:
+    with open("/proc/meminfo") as f:
+        mem_kb = int(f.readline().split()[1])
+    packages = ", ".join(
+        f"{p} {version(p)}"
+        for p in ("dask", "distributed", "dask-gateway", "fsspec", "s3fs", "moto")
+    )
+    return (
+        f"{datetime.date.today()}, {os.cpu_count()} cores, "
+        f"{mem_kb / 2**20:.0f} GiB, {platform.platform()}, "
+        f"Python {platform.python_version()}, {packages}"
+    )
+
+
+def main() -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    print(f"# dask-batch benchmarks\n\n{machine()}\n", flush=True)
+    for script in SCRIPTS:
+        print(f"\n## {script}\n", flush=True)
+        subprocess.run(
+            [sys.executable, os.path.join(here, script), *sys.argv[1:]], check=True
+        )
+
+
+if __name__ == "__main__":
+    main()
