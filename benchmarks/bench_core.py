@@ -306,7 +306,7 @@ def main(argv=None):
     )
     print(
         f"\nscheduler RSS: bare cluster {bare_rss:.0f} MB, with a job's runner "
-        f"{runner_rss:.0f} MB: runner overhead {runner_rss - bare_rss:.0f} MB "
+        f"{runner_rss:.0f} MB: runner overhead {runner_rss - bare_rss:+.1f} MB "
         "(target < 50 MB)"
     )
     print(
