@@ -54,6 +54,9 @@ def run_operation(op: str, storage: str, options: dict, size: int) -> dict:
     if op == "store-raw":
         data = value.tobytes()
         del value
+    # Start each operation with no dirty pages: else a write pays for the
+    # previous operation's writeback.
+    os.sync()
     base = rss_mb()
     t0 = time.perf_counter()
     if op == "store-raw":
@@ -99,8 +102,12 @@ def measure(op, storage, options, size):
 
 def compare(name, storage, options, size, repeat):
     results: dict[str, list[dict]] = {}
-    for _ in range(repeat):
-        for op in ("store-raw", "store-batch", "fetch-raw", "fetch-batch"):
+    for i in range(repeat):
+        # Alternate which goes first, so that neither always follows the other.
+        first, second = ("raw", "batch") if i % 2 == 0 else ("batch", "raw")
+        for op in (f"store-{first}", f"store-{second}"):
+            results.setdefault(op, []).append(measure(op, storage, options, size))
+        for op in (f"fetch-{first}", f"fetch-{second}"):
             results.setdefault(op, []).append(measure(op, storage, options, size))
     med = {
         op: statistics.median(r["seconds"] for r in runs)
@@ -111,7 +118,7 @@ def compare(name, storage, options, size, repeat):
     print(f"\n### {name}, {mb:.0f} MB result ({repeat} runs each, medians)\n")
     print("| operation | time | throughput | extra memory (x result) |")
     print("|---|---|---|---|")
-    for op, seconds in med.items():
+    for op, seconds in sorted(med.items()):
         print(
             f"| {op} | {seconds:.2f} s | {mb / seconds:.0f} MB/s | {mem[op] / mb:.2f} |"
         )
@@ -127,6 +134,7 @@ def main(argv=None):
     parser.add_argument("--size-mb", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--local-only", action="store_true", help="skip S3")
     parser.add_argument("--op", help=argparse.SUPPRESS)
     parser.add_argument("--storage", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
@@ -143,6 +151,8 @@ def main(argv=None):
 
     directory = tempfile.mkdtemp(prefix="dask-batch-bench-")
     compare("local directory", os.path.join(directory, "jobs"), {}, size, repeat)
+    if args.local_only:
+        return
     moto, s3_options = start_moto()
     try:
         import s3fs
