@@ -33,6 +33,8 @@ import tempfile
 import time
 import urllib.request
 
+from bench_visibility import timed  # this directory is on sys.path when run
+
 import dask_batch.local
 from dask_batch import BatchClient
 from dask_batch.testing import wait_for, write_job_records
@@ -69,15 +71,6 @@ def start_moto():
         "secret": "bench",
         "client_kwargs": {"endpoint_url": url},
     }
-
-
-def timed(func, repeat):
-    out = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        func()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
 
 
 def cli_list(env, *args):

@@ -506,14 +506,18 @@ class JobStore:
         return dict(sorted(out.items()))
 
     # -- records -----------------------------------------------------------------
-    def job_ids(self, user: str) -> list[str]:
-        """Ids of the user's jobs, newest first."""
+    def _names(self, path: str) -> list[str]:
+        """What is directly below ``path`` (nothing if it does not exist)."""
         try:
-            entries = self.fs.ls(self.user_path(user), detail=False, refresh=True)
+            return list(self.fs.ls(path, detail=False, refresh=True))
         except FileNotFoundError:
             return []
         except Exception as exc:
             raise StorageError(f"Could not list jobs in {self.url!r}: {exc}") from exc
+
+    def job_ids(self, user: str) -> list[str]:
+        """Ids of the user's jobs, newest first."""
+        entries = self._names(self.user_path(user))
         ids = [posixpath.basename(e.rstrip("/")) for e in entries]
         return sorted((i for i in ids if not i.startswith(".")), reverse=True)
 
@@ -562,12 +566,7 @@ class JobStore:
 
     def index_packs(self, user: str) -> list[str]:
         """Paths of the user's index packs, oldest first."""
-        try:
-            names = self.fs.ls(self.index_path(user), detail=False, refresh=True)
-        except FileNotFoundError:
-            return []
-        except Exception as exc:
-            raise StorageError(f"Could not list jobs in {self.url!r}: {exc}") from exc
+        names = self._names(self.index_path(user))
         return sorted(
             self.fs._strip_protocol(n) for n in names if n.endswith(INDEX_SUFFIX)
         )
