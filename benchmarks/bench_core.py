@@ -86,20 +86,32 @@ def bench_batch(batch, repeat):
 _KEEP_ALIVE = []
 
 
+def submit_raw(gateway):
+    """The raw workaround: a cluster of its own, one worker, main submitted."""
+    cluster = gateway.new_cluster(shutdown_on_close=False)
+    cluster.scale(1)
+    client = cluster.get_client(set_as_default=False)
+    future = client.submit(started_at, pure=False)
+    distributed.fire_and_forget(future)
+    return cluster, client, future
+
+
+def retire(cluster, client=None):
+    """Stop a benchmark's cluster (the workaround never does: it idles)."""
+    if client is not None:
+        client.close()
+    cluster.shutdown()
+    _KEEP_ALIVE.append(cluster)
+
+
 def bench_raw(gateway, repeat):
     submit, running = [], []
     for _ in range(repeat):
         t0 = time.time()
-        cluster = gateway.new_cluster(shutdown_on_close=False)
-        cluster.scale(1)
-        client = cluster.get_client(set_as_default=False)
-        future = client.submit(started_at, pure=False)
-        distributed.fire_and_forget(future)
+        cluster, client, future = submit_raw(gateway)
         submit.append(time.time() - t0)
         running.append(future.result(timeout=120) - t0)
-        client.close()
-        cluster.shutdown()  # the workaround never does this: it idles instead
-        _KEEP_ALIVE.append(cluster)
+        retire(cluster, client)
     return submit, running
 
 
@@ -116,8 +128,7 @@ def bench_bare(gateway, repeat):
             text=True,
         )
         running.append(float(started.stdout) - t0)
-        cluster.shutdown()
-        _KEEP_ALIVE.append(cluster)
+        retire(cluster)
     return running
 
 
@@ -137,8 +148,7 @@ def bench_runner_memory(batch, gateway):
         with cluster.get_client(set_as_default=False) as client:
             bare = scheduler_rss_mb(client)
     finally:
-        cluster.shutdown()
-        _KEEP_ALIVE.append(cluster)
+        retire(cluster)
     job = batch.submit(time.sleep, 30, workers=0)
     wait_for(lambda: job.status().state is JobState.RUNNING, 60, "main to start")
     with job_cluster_client(batch, job.id) as client:
@@ -157,21 +167,12 @@ def bench_many(batch, gateway, count):
     last_stop = max(stopped_at(gateway, name) for name in names)
     batch_results, batch_stopped = time.time() - t0, last_stop - t0
     t0 = time.time()
-    raw = []
-    for _ in range(count):
-        cluster = gateway.new_cluster(shutdown_on_close=False)
-        cluster.scale(1)
-        client = cluster.get_client(set_as_default=False)
-        future = client.submit(started_at, pure=False)
-        distributed.fire_and_forget(future)
-        raw.append((cluster, client, future))
+    raw = [submit_raw(gateway) for _ in range(count)]
     for _, _, future in raw:
         future.result(timeout=600)
     raw_results = time.time() - t0
-    for cluster, client, _ in raw:  # the workaround would leave them idling
-        client.close()
-        cluster.shutdown()
-        _KEEP_ALIVE.append(cluster)
+    for cluster, client, _ in raw:
+        retire(cluster, client)
     return batch_results, batch_stopped, raw_results
 
 

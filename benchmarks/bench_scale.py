@@ -118,11 +118,7 @@ def measure(name, gateway, info, storage, options, count, cold_count, repeat):
     )
     env = dict(
         os.environ,
-        DASK_GATEWAY__ADDRESS=info.address,
-        DASK_GATEWAY__PROXY_ADDRESS=info.proxy_address,
-        DASK_GATEWAY__AUTH__TYPE="basic",
-        DASK_GATEWAY__AUTH__KWARGS__USERNAME=info.username,
-        DASK_GATEWAY__AUTH__KWARGS__PASSWORD=info.password,
+        **info.environment(),
         DASK_BATCH__STORAGE=batch.store.url,
         DASK_BATCH__STORAGE_OPTIONS=json.dumps(options),
     )

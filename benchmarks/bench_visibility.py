@@ -81,11 +81,7 @@ def main(argv=None):
             in_process_all = timed(lambda: many.jobs(), repeat)
             env = dict(
                 os.environ,
-                DASK_GATEWAY__ADDRESS=info.address,
-                DASK_GATEWAY__PROXY_ADDRESS=info.proxy_address,
-                DASK_GATEWAY__AUTH__TYPE="basic",
-                DASK_GATEWAY__AUTH__KWARGS__USERNAME=info.username,
-                DASK_GATEWAY__AUTH__KWARGS__PASSWORD=info.password,
+                **info.environment(),
                 DASK_BATCH__STORAGE=storage,
             )
             cli = [sys.executable, "-m", "dask_batch.cli"]

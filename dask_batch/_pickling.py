@@ -92,15 +92,18 @@ def dumps_result(value: Any) -> list[memoryview]:
     return [memoryview(frame), memoryview(stream), *buffers]
 
 
-def read_result_frame(read: Any) -> tuple[int, list[int]]:
+def read_result_frame(read: Any) -> tuple[bytes, int, list[int]]:
     """Parse a stored result's frame, after its magic, with ``read(n)``.
 
-    Returns the pickle's length and the buffer sizes. (Results stored before
+    Returns the frame's bytes (magic included, as :func:`dumps_result` wrote
+    them), the pickle's length and the buffer sizes. (Results stored before
     the frame existed are one plain cloudpickle, which starts with ``0x80``.)
     """
-    length, count = _FRAME.unpack(read(_FRAME.size))
-    sizes = list(struct.unpack(f">{count}Q", read(8 * count)))
-    return length, sizes
+    counts = read(_FRAME.size)
+    length, count = _FRAME.unpack(counts)
+    sizes = read(8 * count)
+    frame = RESULT_MAGIC + counts + sizes
+    return frame, length, list(struct.unpack(f">{count}Q", sizes))
 
 
 def loads_result(stream: bytes, buffers: list[bytearray] | None) -> Any:

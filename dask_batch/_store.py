@@ -401,17 +401,11 @@ class JobStore:
                     raise EOFError("the stored result is truncated")
                 return data
 
-            frame = [head]
-
-            def read_frame(size: int) -> bytes:
-                frame.append(read(size))
-                return frame[-1]
-
-            length, sizes = read_result_frame(read_frame)
+            frame, length, sizes = read_result_frame(read)
             # The same pieces as the writer's, so the same chunk digests.
             hasher = _StreamHasher(hmac_key)
             try:
-                hasher.update(b"".join(frame))
+                hasher.update(frame)
                 stream = read(length)
                 hasher.update(stream)
                 buffers = [bytearray(size) for size in sizes]

@@ -104,6 +104,20 @@ class LocalGateway:
             **kwargs,
         )
 
+    def environment(self) -> dict[str, str]:
+        """Environment variables that point another process at this gateway.
+
+        The ``gateway.*`` dask config keys (address, proxy, basic auth), for
+        a ``dask batch`` command or a script started in a subprocess.
+        """
+        return {
+            "DASK_GATEWAY__ADDRESS": self.address,
+            "DASK_GATEWAY__PROXY_ADDRESS": self.proxy_address,
+            "DASK_GATEWAY__AUTH__TYPE": "basic",
+            "DASK_GATEWAY__AUTH__KWARGS__USERNAME": self.username,
+            "DASK_GATEWAY__AUTH__KWARGS__PASSWORD": self.password,
+        }
+
     def __repr__(self) -> str:
         return (
             f"LocalGateway(directory={self.directory!r}, address={self.address!r}, "

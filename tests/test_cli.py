@@ -28,11 +28,7 @@ SCRIPT = textwrap.dedent(
 def cli_env(batch_gateway, tmp_path):
     """Configuration for a CLI process: gateway, credentials and storage."""
     return {
-        "DASK_GATEWAY__ADDRESS": batch_gateway.address,
-        "DASK_GATEWAY__PROXY_ADDRESS": batch_gateway.proxy_address,
-        "DASK_GATEWAY__AUTH__TYPE": "basic",
-        "DASK_GATEWAY__AUTH__KWARGS__USERNAME": batch_gateway.username,
-        "DASK_GATEWAY__AUTH__KWARGS__PASSWORD": batch_gateway.password,
+        **batch_gateway.environment(),
         "DASK_BATCH__STORAGE": str(tmp_path / "jobs"),
     }
 
