@@ -153,9 +153,16 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+# A live gateway on a loaded 2-core host can take seconds to answer; a short
+# timeout made status() report a running gateway as stopped (seen in CI).
+_HEALTH_TIMEOUT = 10.0
+
+
 def _healthy(address: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{address}/api/health", timeout=2) as resp:
+        with urllib.request.urlopen(
+            f"{address}/api/health", timeout=_HEALTH_TIMEOUT
+        ) as resp:
             return bool(resp.status == 200)
     except Exception:
         return False

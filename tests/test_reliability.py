@@ -238,23 +238,25 @@ def test_twenty_concurrent_submissions_from_threads_and_processes(
     crowded_gateway, tmp_path
 ):
     storage = str(tmp_path / "jobs")
+    # The processes reach the gateway as a second machine would: through the
+    # gateway.* config in their environment.
     script = textwrap.dedent(
         """
         import sys
         from dask_batch import BatchClient
-        from dask_batch.local import status
 
-        gateway = status(sys.argv[1]).gateway()
-        batch = BatchClient(gateway=gateway, storage=sys.argv[2])
-        print(batch.submit(abs, -int(sys.argv[3]), workers=0).id)
-        gateway.close()
+        with BatchClient(storage=sys.argv[1]) as batch:
+            print(batch.submit(abs, -int(sys.argv[2]), workers=0).id)
         """
     )
+    env = {**os.environ, **crowded_gateway.environment()}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", script, crowded_gateway.directory, storage, str(i)],
+            [sys.executable, "-c", script, storage, str(i)],
             stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
+            env=env,
         )
         for i in range(10)
     ]
@@ -265,9 +267,10 @@ def test_twenty_concurrent_submissions_from_threads_and_processes(
                 pool.map(lambda i: batch.submit(abs, -i, workers=0), range(10, 20))
             )
         ids = [j.id for j in jobs]
-        for proc in procs:
-            out, _ = proc.communicate(timeout=120)
-            assert proc.returncode == 0
+        # Every pipe is drained and closed before anything is asserted.
+        outputs = [(proc, *proc.communicate(timeout=120)) for proc in procs]
+        for proc, out, err in outputs:
+            assert proc.returncode == 0, err
             ids.append(out.strip())
         assert len(set(ids)) == 20
         results = sorted(batch.result(i, timeout=180) for i in ids)
