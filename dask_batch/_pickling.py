@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import mmap
 import pickle
 import site
 import struct
 import sys
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -71,6 +72,8 @@ def dumps_payload(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> b
 # Stored results: a frame, the pickle, then its out-of-band buffers (pickle
 # protocol 5), so that a large NumPy array or bytes-like value is written from
 # and read into its own memory, never copied into one big blob.
+# Writable memory that a result's out-of-band buffers are read into.
+ResultBuffer = bytearray | mmap.mmap
 RESULT_MAGIC = b"DBRESULT1\n"
 _FRAME = struct.Struct(">QI")  # pickle length, number of buffers
 
@@ -106,6 +109,6 @@ def read_result_frame(read: Any) -> tuple[bytes, int, list[int]]:
     return frame, length, list(struct.unpack(f">{count}Q", sizes))
 
 
-def loads_result(stream: bytes, buffers: list[bytearray] | None) -> Any:
+def loads_result(stream: bytes, buffers: Sequence[ResultBuffer] | None) -> Any:
     """Load what :func:`dumps_result` stored (buffers None: a plain pickle)."""
     return pickle.loads(stream, buffers=buffers)

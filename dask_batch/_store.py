@@ -44,6 +44,7 @@ import hashlib
 import hmac
 import json
 import logging
+import mmap
 import os
 import posixpath
 import time
@@ -51,13 +52,14 @@ from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import blake3
 import fsspec
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.utils import get_protocol
 
 from ._exceptions import CorruptRecordError, JobNotFoundError, StorageError
-from ._pickling import RESULT_MAGIC, read_result_frame
+from ._pickling import RESULT_MAGIC, ResultBuffer, read_result_frame
 from ._records import JobRecord, JobState, to_iso, utcnow
 
 logger = logging.getLogger("dask_batch.store")
@@ -113,7 +115,7 @@ def _pack_size(path: str) -> int:
 
 
 _CHUNK = 16 * 2**20
-RESULT_DIGEST_PREFIX = "sha256-chunks:"
+RESULT_DIGEST_PREFIX = "blake3:"
 
 
 def _chunks(view: memoryview) -> Iterable[memoryview]:
@@ -122,40 +124,55 @@ def _chunks(view: memoryview) -> Iterable[memoryview]:
         yield view[start : start + _CHUNK]
 
 
-class _StreamHasher:
-    """Digest (and HMAC) of a stored result, its chunks hashed in parallel.
+_POPULATE_FROM = 2**20
 
-    One SHA-256 stream (~1.7 GB/s with SHA-NI) is slower than a local disk's
-    page cache, so each chunk of at most ``_CHUNK`` bytes of each piece is
-    hashed on its own, in a pool of threads (hashlib releases the GIL), while
-    the next chunks are written or read. The digest is the SHA-256 of the chunk
-    digests in order, and the HMAC is taken over the same list.
+
+def _fresh_buffer(size: int) -> ResultBuffer:
+    """Writable memory for one out-of-band buffer of a result being read.
+
+    Big ones are anonymous maps populated in one call (Linux MAP_POPULATE):
+    bytearray's zero fill takes one page fault per 4 KiB, which on a VM costs
+    more than reading the bytes from the page cache (measured: a GiB read
+    into a bytearray 0.78-1.08 s, into a populated map 0.46-0.61 s).
+    """
+    populate = getattr(mmap, "MAP_POPULATE", 0)
+    if size < _POPULATE_FROM or not populate:
+        return bytearray(size)
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+
+
+class _StreamHasher:
+    """Digest (and HMAC) of a stored result, hashed beside its I/O.
+
+    The digest is BLAKE3 of the result's bytes: ~4 GB/s on one core where
+    SHA-256 does 1.7 (with SHA-NI), so one hashing thread, fed the chunks in
+    order while the next ones are written or read, keeps up with a local
+    disk's page cache (the hasher releases the GIL). The HMAC, with the
+    user's key, is HMAC-SHA256 of that digest.
     """
 
     def __init__(self, hmac_key: str | None = None):
         self.key = hmac_key
-        self.pool = ThreadPoolExecutor(
-            os.cpu_count() or 1, thread_name_prefix="dask-batch-hash"
-        )
-        self.leaves: list[Future[bytes]] = []
-
-    @staticmethod
-    def _leaf(chunk: Any) -> bytes:
-        return hashlib.sha256(chunk).digest()
+        self.hasher = blake3.blake3()
+        # One thread: updates must be applied in order.
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="dask-batch-hash")
+        self.pending: list[Future[Any]] = []
 
     def update(self, piece: Any) -> None:
         """Hash one piece; its memory must not change until :meth:`result`."""
         for chunk in _chunks(memoryview(piece)):
-            self.leaves.append(self.pool.submit(self._leaf, chunk))
+            self.pending.append(self.pool.submit(self.hasher.update, chunk))
 
     def result(self) -> tuple[str, str]:
         try:
-            leaves = b"".join(f.result() for f in self.leaves)
+            for update in self.pending:
+                update.result()
         finally:
             self.pool.shutdown(cancel_futures=True)
-        mac = hmac.new(self.key.encode(), leaves, hashlib.sha256) if self.key else None
+        value = self.hasher.digest()
+        mac = hmac.new(self.key.encode(), value, hashlib.sha256) if self.key else None
         return (
-            RESULT_DIGEST_PREFIX + hashlib.sha256(leaves).hexdigest(),
+            RESULT_DIGEST_PREFIX + value.hex(),
             mac.hexdigest() if mac is not None else "",
         )
 
@@ -368,7 +385,7 @@ class JobStore:
 
     def get_result(
         self, user: str, job_id: str, hmac_key: str | None = None
-    ) -> tuple[bytes, list[bytearray] | None, str, str]:
+    ) -> tuple[bytes, list[ResultBuffer] | None, str, str]:
         """Read a stored result into fresh buffers, hashing it on the way.
 
         Returns the pickle, its out-of-band buffers (None for a result stored
@@ -387,7 +404,7 @@ class JobStore:
 
     def _get_result(
         self, path: str, hmac_key: str | None
-    ) -> tuple[bytes, list[bytearray] | None, str, str]:
+    ) -> tuple[bytes, list[ResultBuffer] | None, str, str]:
         with self.fs.open(path, "rb") as f:
             head = f.read(len(RESULT_MAGIC))
             if head != RESULT_MAGIC:  # stored before frames: one plain pickle
@@ -402,13 +419,12 @@ class JobStore:
                 return data
 
             frame, length, sizes = read_result_frame(read)
-            # The same pieces as the writer's, so the same chunk digests.
             hasher = _StreamHasher(hmac_key)
             try:
                 hasher.update(frame)
                 stream = read(length)
                 hasher.update(stream)
-                buffers = [bytearray(size) for size in sizes]
+                buffers = [_fresh_buffer(size) for size in sizes]
                 for buffer in buffers:
                     for chunk in _chunks(memoryview(buffer)):
                         if f.readinto(chunk) != chunk.nbytes:

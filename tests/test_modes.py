@@ -130,4 +130,4 @@ def test_a_large_array_result_streams_through_s3_with_its_digest(plain_client):
     job = plain_client.submit(large_array, 110, workers=0)  # three S3 parts
     back = job.result(timeout=120)
     np.testing.assert_array_equal(back, large_array(110))
-    assert job.status().result_digest.startswith("sha256-chunks:")
+    assert job.status().result_digest.startswith("blake3:")
