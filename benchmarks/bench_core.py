@@ -14,8 +14,12 @@ workaround (``new_cluster(shutdown_on_close=False)`` + ``client.submit`` +
   burns CPU;
 - the bare floor: ``new_cluster()`` until running, then a Python process that
   imports distributed (what main's process must do at least);
-- the scheduler's resident memory with a job's runner against a bare cluster;
-- ``--many`` jobs submitted back to back against the raw workaround.
+- the scheduler's resident memory with a job's runner against a bare
+  scheduler (from a second gateway without dask-batch), and main's process;
+- ``--many`` jobs submitted back to back against as many bare clusters
+  (submitted, running, stopped: the gateway's floor) and the raw workaround
+  (each cluster with the one worker main needs: on one small machine, many
+  of them overload it).
 
 Everything runs on 127.0.0.1; the gateway is a throw-away local one.
 """
@@ -141,9 +145,21 @@ def scheduler_rss_mb(client):
     return client.run_on_scheduler(rss) / 2**20
 
 
-def bench_runner_memory(batch, gateway):
-    """Scheduler RSS with a job's runner (main sleeping) and without."""
-    cluster = gateway.new_cluster(shutdown_on_close=False)
+def main_rss_mb(client):
+    """Resident memory of the scheduler's children: main's process."""
+
+    def rss():
+        import psutil
+
+        return sum(c.memory_info().rss for c in psutil.Process().children())
+
+    return client.run_on_scheduler(rss) / 2**20
+
+
+def bench_runner_memory(batch, plain_gateway):
+    """Scheduler RSS with a job's runner (main sleeping) against a bare
+    scheduler from a gateway without dask-batch installed; and main's process."""
+    cluster = plain_gateway.new_cluster(shutdown_on_close=False)
     try:
         with cluster.get_client(set_as_default=False) as client:
             bare = scheduler_rss_mb(client)
@@ -153,12 +169,28 @@ def bench_runner_memory(batch, gateway):
     wait_for(lambda: job.status().state is JobState.RUNNING, 60, "main to start")
     with job_cluster_client(batch, job.id) as client:
         with_runner = scheduler_rss_mb(client)
+        main = main_rss_mb(client)
     job.cancel()
-    return bare, with_runner
+    return bare, with_runner, main
+
+
+def wait_all(gateway, names, status):
+    def check():
+        return all(gateway.get_cluster(n).status is status for n in names)
+
+    wait_for(check, 600, f"{len(names)} clusters to be {status.name}")
 
 
 def bench_many(batch, gateway, count):
-    """``count`` jobs back to back: dask-batch against the raw workaround."""
+    """``count`` jobs back to back: dask-batch against the gateway's floor for
+    as many clusters (submitted, running, stopped) and the raw workaround."""
+    t0 = time.time()
+    names = [gateway.submit() for _ in range(count)]
+    wait_all(gateway, names, ClusterStatus.RUNNING)
+    for name in names:
+        gateway.stop_cluster(name)
+    wait_all(gateway, names, ClusterStatus.STOPPED)
+    floor = time.time() - t0
     t0 = time.time()
     jobs = [batch.submit(started_at, workers=0) for _ in range(count)]
     for job in jobs:
@@ -169,11 +201,11 @@ def bench_many(batch, gateway, count):
     t0 = time.time()
     raw = [submit_raw(gateway) for _ in range(count)]
     for _, _, future in raw:
-        future.result(timeout=600)
+        future.result(timeout=1800)
     raw_results = time.time() - t0
     for cluster, client, _ in raw:
         retire(cluster, client)
-    return batch_results, batch_stopped, raw_results
+    return floor, batch_results, batch_stopped, raw_results
 
 
 def round_trips(client, n):
@@ -222,9 +254,15 @@ def main(argv=None):
     n_trips = 5 if args.smoke else args.round_trips
 
     directory = tempfile.mkdtemp(prefix="dask-batch-bench-")
+    plain_directory = tempfile.mkdtemp(prefix="dask-batch-bench-plain-")
     info = dask_batch.local.start(directory)
+    plain = dask_batch.local.start(plain_directory, server_side=False)
     try:
-        with info.gateway() as gateway, info.gateway() as raw_gateway:
+        with (
+            info.gateway() as gateway,
+            info.gateway() as raw_gateway,
+            plain.gateway() as plain_gateway,
+        ):
             storage = os.path.join(directory, "jobs")
             server = BatchClient(gateway=gateway, storage=storage, mode="server")
             client_mode = BatchClient(gateway=gateway, storage=storage, mode="client")
@@ -247,11 +285,14 @@ def main(argv=None):
                 idle_s=2 if args.smoke else 6,
                 burn_s=3 if args.smoke else 8,
             )
-            bare_rss, runner_rss = bench_runner_memory(server, raw_gateway)
+            bare_rss, runner_rss, main_rss = bench_runner_memory(server, plain_gateway)
             many = 3 if args.smoke else args.many
-            batch_all, batch_stopped, raw_all = bench_many(server, raw_gateway, many)
+            floor_all, batch_all, batch_stopped, raw_all = bench_many(
+                server, raw_gateway, many
+            )
     finally:
         dask_batch.local.stop(directory)
+        dask_batch.local.stop(plain_directory)
 
     raw_submit, raw_running = rows["raw"][0], rows["raw"][1]
     bare_running = rows["bare"][0]
@@ -281,7 +322,7 @@ def main(argv=None):
         (
             "client-side submit / raw submit",
             statistics.median(rows["client"][0]) / statistics.median(raw_submit),
-            "<= 1.2",
+            "<= 1.1",
         ),
         (
             "server-side submit-to-running / bare new_cluster + process start",
@@ -292,6 +333,11 @@ def main(argv=None):
             "run_on_scheduler burning / idle",
             statistics.median(burning) / statistics.median(idle),
             "<= 1.5",
+        ),
+        (
+            f"{many} jobs, all clusters STOPPED: dask-batch / bare clusters",
+            batch_stopped / floor_all,
+            "",
         ),
         (
             f"{many} jobs, all results: dask-batch / raw workaround",
@@ -306,16 +352,19 @@ def main(argv=None):
         f"{s(bare_running)}"
     )
     print(
-        f"\nscheduler RSS: bare cluster {bare_rss:.0f} MB, with a job's runner "
-        f"{runner_rss:.0f} MB: runner overhead {runner_rss - bare_rss:+.1f} MB "
-        "(target < 50 MB)"
+        f"\nscheduler RSS: bare cluster (gateway without dask-batch) "
+        f"{bare_rss:.0f} MB, with a job's runner {runner_rss:.0f} MB: runner "
+        f"overhead {runner_rss - bare_rss:+.1f} MB (target < 50 MB); main's own "
+        f"process (a child of the scheduler, main sleeping) {main_rss:.0f} MB"
     )
     print(
         f"\n{many} jobs back to back: dask-batch all results in {batch_all:.1f} s "
         f"({many / batch_all * 60:.0f} jobs/min), every cluster STOPPED at "
-        f"{batch_stopped:.1f} s; raw workaround all results in {raw_all:.1f} s "
-        f"({many / raw_all * 60:.0f} jobs/min), clusters left running; "
-        f"difference per job {(batch_all - raw_all) / many:+.2f} s"
+        f"{batch_stopped:.1f} s; the gateway's floor, {many} bare clusters "
+        f"submitted, running and stopped, {floor_all:.1f} s: overhead per job "
+        f"beyond cluster start and stop {(batch_stopped - floor_all) / many:+.2f} s; "
+        f"raw workaround all results in {raw_all:.1f} s "
+        f"({many / raw_all * 60:.0f} jobs/min), clusters left running"
     )
     print(
         f"\nrun_on_scheduler round trip ({len(idle)} calls each): "

@@ -7,7 +7,7 @@ import os
 import pytest
 import s3fs
 
-from dask_batch import BatchClient, JobFailedError, JobState
+from dask_batch import BatchClient, DaskBatchError, JobFailedError, JobState
 
 
 def whoami():
@@ -131,3 +131,26 @@ def test_a_large_array_result_streams_through_s3_with_its_digest(plain_client):
     back = job.result(timeout=120)
     np.testing.assert_array_equal(back, large_array(110))
     assert job.status().result_digest.startswith("blake3:")
+
+
+def test_a_runner_that_cannot_start_fails_the_job_and_stops_its_cluster(
+    plain_client, monkeypatch
+):
+    from dask_batch._runner import JobRunnerPlugin
+
+    # The scheduler gets a runner whose storage it cannot open: its start()
+    # raises there, on the scheduler, and the error comes back to submit.
+    real_getstate = JobRunnerPlugin.__getstate__
+
+    def unusable_storage(self):
+        return {**real_getstate(self), "storage_url": "no-such-protocol://jobs"}
+
+    monkeypatch.setattr(JobRunnerPlugin, "__getstate__", unusable_storage)
+    before = {c.name for c in plain_client.gateway.list_clusters()}
+    with pytest.raises(DaskBatchError, match="could not start the job runner") as err:
+        plain_client.submit(abs, -1, workers=0)
+    job_id = str(err.value).split("'")[1]
+    record = plain_client.status(job_id)
+    assert record.state is JobState.FAILED
+    assert "no-such-protocol" in record.message
+    assert {c.name for c in plain_client.gateway.list_clusters()} == before
