@@ -39,10 +39,14 @@ import dask_batch.local
 from dask_batch import BatchClient
 from dask_batch.testing import wait_for, write_job_records
 
-# Runs the CLI and reports its peak resident memory (kB) on stderr at exit.
+# Runs the CLI and reports its peak resident memory (kB) on stderr at exit:
+# the high-water mark of its own memory (VmHWM). ru_maxrss would not do: a
+# child started with vfork + exec inherits the parent's RSS as its maximum,
+# which made an earlier run report this benchmark's own 220 MB.
 CLI_WITH_PEAK_RSS = (
-    "import atexit, resource, sys; atexit.register(lambda: sys.stderr.write("
-    "f'peak_rss_kb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n')); "
+    "import atexit, sys; atexit.register(lambda: sys.stderr.write("
+    "'peak_rss_kb=' + [l.split()[1] for l in open('/proc/self/status') "
+    "if l.startswith('VmHWM')][0] + '\\n')); "
     "from dask_batch.cli import main; main()"
 )
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -47,8 +46,18 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def reset_peak() -> None:
+    """Start the high-water mark of resident memory afresh (Linux)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
 def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory since :func:`reset_peak`: VmHWM, not ru_maxrss,
+    which also counts the parent's memory for a child started by vfork."""
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+    return kb / 1024
 
 
 def run_operation(op: str, job: str, storage: str, options: dict, size: int) -> dict:
@@ -63,6 +72,7 @@ def run_operation(op: str, job: str, storage: str, options: dict, size: int) -> 
     # previous operation's writeback.
     os.sync()
     base = rss_mb()
+    reset_peak()
     t0 = time.perf_counter()
     if op == "store-raw":
         store.fs.pipe_file(path, data)
@@ -71,12 +81,14 @@ def run_operation(op: str, job: str, storage: str, options: dict, size: int) -> 
     elif op == "fetch-raw":
         del value
         base = rss_mb()
+        reset_peak()
         t0 = time.perf_counter()
         data = store.fs.cat_file(path)
         assert len(data) == size
     elif op == "fetch-batch":
         del value
         base = rss_mb()
+        reset_peak()
         t0 = time.perf_counter()
         stream, buffers, _, _ = store.get_result("bench", job)
         back = loads_result(stream, buffers)

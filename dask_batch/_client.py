@@ -1200,7 +1200,9 @@ class BatchClient:
             ]
             if limit is not None and len(out) >= limit:
                 break
-        if newly_final:
+        # Runners add a pack per 256 jobs that end: merge them once they pile
+        # up, even when this listing found nothing new.
+        if newly_final or len(packs) > _MAX_INDEX_PACKS:
             await self._update_index(every_id, index, packs, newly_final)
         return JobList(out[:limit] if limit is not None else out)
 

@@ -112,3 +112,15 @@ def test_packs_are_merged_and_forget_deleted_jobs(batch_client):
         store.fs.rm_file(store.job_path(user, job_id, STATE))
     assert [r.to_dict() for r in batch_client.jobs()] == [r.to_dict() for r in listed]
     assert os.path.basename(merged).startswith(f"{max(ids)}-{len(ids) - 1}-")
+
+
+def test_packs_left_by_runners_are_merged_by_a_listing_with_nothing_new(batch_client):
+    from dask_batch._store import SMALL_PACK
+
+    store, user = batch_client.store, batch_client.user
+    count = SMALL_PACK * _MAX_INDEX_PACKS + 1  # one more pack than allowed
+    ids = write_job_records(store, user, count, indexed=True)
+    assert len(packs(batch_client)) == _MAX_INDEX_PACKS + 1
+    assert len(batch_client.jobs()) == count
+    [merged] = packs(batch_client)
+    assert os.path.basename(merged).startswith(f"{ids[-1]}-{count}-")
