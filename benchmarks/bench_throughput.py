@@ -165,7 +165,7 @@ def compare(name, storage, options, size, repeat):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=1024)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--local-only", action="store_true", help="skip S3")
     parser.add_argument("--op", help=argparse.SUPPRESS)

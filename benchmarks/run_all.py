@@ -30,7 +30,15 @@ def machine() -> str:
         mem_kb = int(f.readline().split()[1])
     packages = ", ".join(
         f"{p} {version(p)}"
-        for p in ("dask", "distributed", "dask-gateway", "fsspec", "s3fs", "moto")
+        for p in (
+            "dask",
+            "distributed",
+            "dask-gateway",
+            "fsspec",
+            "s3fs",
+            "moto",
+            "blake3",
+        )
     )
     return (
         f"{datetime.date.today()}, {os.cpu_count()} cores, "
