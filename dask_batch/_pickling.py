@@ -72,10 +72,10 @@ def dumps_payload(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> b
 # Stored results: a frame, the pickle, then its out-of-band buffers (pickle
 # protocol 5), so that a large NumPy array or bytes-like value is written from
 # and read into its own memory, never copied into one big blob.
-# Writable memory that a result's out-of-band buffers are read into.
-ResultBuffer = bytearray | mmap.mmap
 RESULT_MAGIC = b"DBRESULT1\n"
 _FRAME = struct.Struct(">QI")  # pickle length, number of buffers
+# Writable memory that a result's out-of-band buffers are read into.
+ResultBuffer = bytearray | mmap.mmap
 
 
 def dumps_result(value: Any) -> list[memoryview]:
