@@ -1200,10 +1200,7 @@ class BatchClient:
             ]
             if limit is not None and len(out) >= limit:
                 break
-        # Runners add a pack per 256 jobs that end: merge them once they pile
-        # up, even when this listing found nothing new.
-        if newly_final or len(packs) > _MAX_INDEX_PACKS:
-            await self._update_index(every_id, index, packs, newly_final)
+        await self._update_index(every_id, index, packs, newly_final)
         return JobList(out[:limit] if limit is not None else out)
 
     async def _records_page(
@@ -1240,13 +1237,17 @@ class BatchClient:
 
         A small pack per listing that found some; past ``_MAX_INDEX_PACKS``
         all packs are merged into one, dropping jobs whose prefix is gone.
+        Runners add a pack per 256 jobs that end, so packs are merged once
+        they pile up even when this listing found nothing new.
         """
-        if len(packs) + 1 > _MAX_INDEX_PACKS:
+        if len(packs) + bool(newly_final) > _MAX_INDEX_PACKS:
             existing = set(every_id)
             pack = [e for i, e in index.items() if i in existing] + newly_final
             replaces = packs
-        else:
+        elif newly_final:
             pack, replaces = newly_final, []
+        else:
+            return
         try:
             await self._io(self.store.write_index, self.user, pack, replaces)
         except StorageError as exc:

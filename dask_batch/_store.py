@@ -612,27 +612,31 @@ class JobStore:
         user: str,
         entries: Iterable[dict[str, Any]],
         replaces: Iterable[str] = (),
-    ) -> str:
+    ) -> None:
         """Write a pack of index entries, then delete the packs it replaces.
 
         A pack is deleted only once a pack holding all its entries exists, so
-        concurrent writers can duplicate entries but never lose one.
+        concurrent writers can duplicate entries but never lose one. With no
+        entries (a merge whose jobs were all deleted) nothing is written.
         """
         ordered = sorted(entries, key=lambda e: e["id"])
-        name = f"{ordered[-1]['id']}-{len(ordered)}-{os.urandom(4).hex()}{INDEX_SUFFIX}"
-        path = posixpath.join(self.index_path(user), name)
-        data = gzip.compress(json.dumps({"version": 1, "jobs": ordered}).encode(), 6)
-        try:
-            self._put_whole(path, data)
-        except Exception as exc:
-            raise StorageError(
-                f"Could not write the job index pack {path!r} to {self.url!r}: {exc}"
-            ) from exc
+        if ordered:
+            newest = ordered[-1]["id"]
+            name = f"{newest}-{len(ordered)}-{os.urandom(4).hex()}{INDEX_SUFFIX}"
+            path = posixpath.join(self.index_path(user), name)
+            document = json.dumps({"version": 1, "jobs": ordered}).encode()
+            data = gzip.compress(document, 6)
+            try:
+                self._put_whole(path, data)
+            except Exception as exc:
+                raise StorageError(
+                    f"Could not write the job index pack {path!r} to {self.url!r}: "
+                    f"{exc}"
+                ) from exc
         for old in replaces:
             # Gone already: another client merged it first, the same outcome.
             with contextlib.suppress(FileNotFoundError):
                 self.fs.rm_file(old)
-        return path
 
     def add_to_index(self, user: str, record: JobRecord) -> None:
         """Fold one job that just ended into the newest small pack.

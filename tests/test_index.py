@@ -124,3 +124,16 @@ def test_packs_left_by_runners_are_merged_by_a_listing_with_nothing_new(batch_cl
     assert len(batch_client.jobs()) == count
     [merged] = packs(batch_client)
     assert os.path.basename(merged).startswith(f"{ids[-1]}-{count}-")
+
+
+def test_a_merge_that_keeps_no_job_removes_the_packs(batch_client):
+    from dask_batch._store import SMALL_PACK
+
+    store, user = batch_client.store, batch_client.user
+    ids = write_job_records(
+        store, user, SMALL_PACK * _MAX_INDEX_PACKS + 1, indexed=True
+    )
+    for job_id in ids:  # the jobs are deleted by hand; their packs stay
+        store.fs.rm(store.job_path(user, job_id), recursive=True)
+    assert batch_client.jobs() == []
+    assert packs(batch_client) == []
