@@ -11,9 +11,12 @@ anywhere::
     BatchClient().result(job.id)
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from . import config as _config  # noqa: F401  (loads batch.* defaults)
-from ._client import BatchClient, Job
-from ._context import CurrentJob, artifacts_path, current_job, report
 from ._exceptions import (
     CorruptRecordError,
     DaskBatchError,
@@ -27,6 +30,36 @@ from ._exceptions import (
 )
 from ._records import JobRecord, JobState
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._client import BatchClient, Job
+    from ._context import CurrentJob, artifacts_path, current_job, report
+
+# Imported on first use: ``dask`` loads this package's CLI entry point for every
+# ``dask`` command (``dask worker``, ``dask scheduler``), and the scheduler-side
+# runner imports this package too; neither should pay for dask_gateway and
+# aiohttp (~0.2-0.5 s) or fsspec.
+_LAZY = {
+    "BatchClient": "._client",
+    "Job": "._client",
+    "CurrentJob": "._context",
+    "artifacts_path": "._context",
+    "current_job": "._context",
+    "report": "._context",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "BatchClient",

@@ -33,7 +33,8 @@ def format_duration(delta: datetime.timedelta | None) -> str:
 
 
 def format_time(when: datetime.datetime | None) -> str:
-    return "" if when is None else when.strftime("%Y-%m-%d %H:%M:%S")
+    # isoformat, not strftime: twice as fast, which shows in a 10,000-row list.
+    return "" if when is None else when.isoformat(" ", "seconds")[:19]
 
 
 def format_progress(record: JobRecord) -> str:
