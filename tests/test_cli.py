@@ -193,3 +193,22 @@ def test_real_dask_batch_subprocess(cli_env, script):
         timeout=60,
     )
     assert [r["id"] for r in json.loads(listing.stdout)] == [job_id]
+
+
+def test_dask_commands_and_the_runner_do_not_import_the_client():
+    # dask loads our entry point for every `dask` command (`dask worker` too),
+    # and the scheduler imports the runner: dask_gateway and aiohttp are the
+    # client's, and cost both of them ~0.2-0.5 s of start-up.
+    code = textwrap.dedent(
+        """
+        import sys
+        import dask_batch.cli, dask_batch._runner, dask_batch.preload
+        heavy = sorted(
+            {"dask_batch._client", "dask_gateway", "aiohttp"} & set(sys.modules)
+        )
+        assert not heavy, heavy
+        from dask_batch import BatchClient
+        assert "dask_gateway" in sys.modules
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
