@@ -165,6 +165,7 @@ def main(argv=None):
     parser.add_argument("--cold-jobs", type=int, default=1_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--local-only", action="store_true", help="skip S3")
     args = parser.parse_args(argv)
     count = 30 if args.smoke else args.jobs
     cold_count = 10 if args.smoke else args.cold_jobs
@@ -172,14 +173,17 @@ def main(argv=None):
 
     directory = tempfile.mkdtemp(prefix="dask-batch-bench-")
     info = dask_batch.local.start(directory)
-    moto, s3_options = start_moto()
+    moto = None
     try:
-        import s3fs
-
-        s3fs.S3FileSystem(**s3_options).mkdir("bench-jobs")
         with info.gateway() as gateway:
             local_root = os.path.join(directory, "jobs")
             measure("local", gateway, info, local_root, {}, count, count, repeat)
+            if args.local_only:
+                return
+            import s3fs
+
+            moto, s3_options = start_moto()
+            s3fs.S3FileSystem(**s3_options).mkdir("bench-jobs")
             measure(
                 "S3 (moto)",
                 gateway,
@@ -191,8 +195,9 @@ def main(argv=None):
                 repeat,
             )
     finally:
-        moto.terminate()
-        moto.wait(30)
+        if moto is not None:
+            moto.terminate()
+            moto.wait(30)
         dask_batch.local.stop(directory)
 
 

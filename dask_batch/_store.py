@@ -519,6 +519,9 @@ class JobStore:
     def _names(self, path: str) -> list[str]:
         """What is directly below ``path`` (nothing if it does not exist)."""
         try:
+            if isinstance(self.fs, LocalFileSystem):
+                # fsspec's ls stats every entry: ~35 ms for 10,000 jobs.
+                return [posixpath.join(path, n) for n in os.listdir(path)]
             return list(self.fs.ls(path, detail=False, refresh=True))
         except FileNotFoundError:
             return []
