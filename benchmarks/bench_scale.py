@@ -144,7 +144,7 @@ def measure(name, gateway, info, storage, options, count, cold_count, repeat):
         rows[label] = statistics.median(r[0] for r in runs[label])
     rows["`dask-batch list` (newest 50; the stand-alone command)"] = timed(
         lambda: subprocess.run(
-            [sys.executable, "-c", "from dask_batch.cli import main; main()", "list"],
+            [sys.executable, "-m", "dask_batch.cli", "list"],
             env=env,
             check=True,
             capture_output=True,
