@@ -25,15 +25,18 @@ from ._exceptions import (
     JobFailedError,
     JobLostError,
     JobNotFoundError,
+    ResultIntegrityError,
     StorageError,
     SubmitError,
 )
-from ._records import JobRecord, JobState
+from ._options import SubmitOptions
+from ._records import ErrorInfo, JobRecord, JobState
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from ._client import BatchClient, Job
+    from ._client import BatchClient
     from ._context import CurrentJob, artifacts_path, current_job, report
+    from ._job import Job
 
 # Imported on first use: ``dask`` loads this package's CLI entry point for every
 # ``dask`` command (``dask worker``, ``dask scheduler``), and the scheduler-side
@@ -41,7 +44,7 @@ if TYPE_CHECKING:
 # aiohttp (~0.2-0.5 s) or fsspec.
 _LAZY = {
     "BatchClient": "._client",
-    "Job": "._client",
+    "Job": "._job",
     "CurrentJob": "._context",
     "artifacts_path": "._context",
     "current_job": "._context",
@@ -66,6 +69,7 @@ __all__ = [
     "CorruptRecordError",
     "CurrentJob",
     "DaskBatchError",
+    "ErrorInfo",
     "Job",
     "JobCancelledError",
     "JobError",
@@ -74,8 +78,10 @@ __all__ = [
     "JobNotFoundError",
     "JobRecord",
     "JobState",
+    "ResultIntegrityError",
     "StorageError",
     "SubmitError",
+    "SubmitOptions",
     "__version__",
     "artifacts_path",
     "current_job",

@@ -18,7 +18,7 @@ from typing import Any
 
 from ._exceptions import DaskBatchError
 from ._records import to_iso, utcnow
-from ._store import ARTIFACTS, PROGRESS, JobStore
+from ._store import PROGRESS, JobStore
 
 __all__ = ["CurrentJob", "artifacts_path", "current_job", "report"]
 
@@ -161,7 +161,3 @@ def artifacts_path(*parts: str) -> str:
             "Job.artifacts() from outside."
         )
     return posixpath.join(job.artifacts_url, *parts) if parts else job.artifacts_url
-
-
-def artifacts_url(store: JobStore, user: str, job_id: str) -> str:
-    return store.fs.unstrip_protocol(store.job_path(user, job_id, ARTIFACTS))

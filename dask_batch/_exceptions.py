@@ -10,9 +10,12 @@
     │   └── JobLostError                  the cluster vanished mid-job
     ├── SubmitError (ValueError)          bad input to submit: nothing was created
     ├── StorageError (OSError)            the job store cannot be used
-    └── CorruptRecordError (ValueError)   a stored record cannot be parsed
+    ├── CorruptRecordError (ValueError)   a stored record cannot be parsed
+    └── ResultIntegrityError              a stored result was changed: not loaded
 
-Every message names the job id and says what to do next.
+Every error about a job carries its id as ``.job_id`` (None only where no job
+is involved, such as a storage URL that cannot be used at all), and every
+message names the job id and says what to do next.
 """
 
 from __future__ import annotations
@@ -27,24 +30,35 @@ __all__ = [
     "JobFailedError",
     "JobLostError",
     "JobNotFoundError",
+    "ResultIntegrityError",
     "StorageError",
     "SubmitError",
 ]
 
 
 class DaskBatchError(Exception):
-    """Base class of every error raised by dask-batch."""
+    """Base class of every error raised by dask-batch.
+
+    Attributes
+    ----------
+    job_id : str or None
+        The job the error is about, if any.
+    """
+
+    def __init__(self, *args: Any, job_id: str | None = None) -> None:
+        self.job_id = job_id
+        super().__init__(*args)
 
 
 class JobNotFoundError(DaskBatchError, KeyError):
     """No job with this id exists in the caller's job storage."""
 
     def __init__(self, job_id: str, where: str = "") -> None:
-        self.job_id = job_id
         place = f" in {where}" if where else ""
         super().__init__(
             f"No job {job_id!r}{place}. Check the id with `BatchClient().jobs()`, "
-            "and that storage and user match the ones used to submit it."
+            "and that storage and user match the ones used to submit it.",
+            job_id=job_id,
         )
 
     def __str__(self) -> str:  # KeyError would repr() the message
@@ -55,8 +69,7 @@ class JobError(DaskBatchError):
     """A job ended without a result."""
 
     def __init__(self, job_id: str, message: str) -> None:
-        self.job_id = job_id
-        super().__init__(message)
+        super().__init__(message, job_id=job_id)
 
 
 class JobFailedError(JobError):
@@ -116,7 +129,19 @@ class JobLostError(JobError):
 
 
 class SubmitError(DaskBatchError, ValueError):
-    """Bad input to ``submit``; nothing was created."""
+    """Bad input to ``submit``, or a cluster the gateway refused.
+
+    Raised through :meth:`not_submitted` when nothing was created (no
+    record, no cluster).
+    """
+
+    def __init__(self, job_id: str, message: str) -> None:
+        super().__init__(message, job_id=job_id)
+
+    @classmethod
+    def not_submitted(cls, job_id: str, reason: str) -> SubmitError:
+        """The error for input refused before anything was created."""
+        return cls(job_id, f"Job {job_id!r} not submitted: {reason}")
 
 
 class StorageError(DaskBatchError, OSError):
@@ -125,3 +150,7 @@ class StorageError(DaskBatchError, OSError):
 
 class CorruptRecordError(DaskBatchError, ValueError):
     """A stored job record is not valid."""
+
+
+class ResultIntegrityError(DaskBatchError):
+    """A stored result does not match what its runner recorded; not loaded."""

@@ -99,8 +99,7 @@ def read_result_frame(read: Any) -> tuple[bytes, int, list[int]]:
     """Parse a stored result's frame, after its magic, with ``read(n)``.
 
     Returns the frame's bytes (magic included, as :func:`dumps_result` wrote
-    them), the pickle's length and the buffer sizes. (Results stored before
-    the frame existed are one plain cloudpickle, which starts with ``0x80``.)
+    them), the pickle's length and the buffer sizes.
     """
     counts = read(_FRAME.size)
     length, count = _FRAME.unpack(counts)
@@ -109,6 +108,6 @@ def read_result_frame(read: Any) -> tuple[bytes, int, list[int]]:
     return frame, length, list(struct.unpack(f">{count}Q", sizes))
 
 
-def loads_result(stream: bytes, buffers: Sequence[ResultBuffer] | None) -> Any:
-    """Load what :func:`dumps_result` stored (buffers None: a plain pickle)."""
+def loads_result(stream: bytes, buffers: Sequence[ResultBuffer]) -> Any:
+    """Load what :func:`dumps_result` stored, onto the buffers read back."""
     return pickle.loads(stream, buffers=buffers)

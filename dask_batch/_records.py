@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TERMINAL_STATES", "JobRecord", "JobState", "new_job_id"]
+__all__ = ["TERMINAL_STATES", "ErrorInfo", "JobRecord", "JobState", "new_job_id"]
 
 
 class JobState(str, enum.Enum):
@@ -52,12 +52,81 @@ def new_job_id(now: datetime.datetime | None = None) -> str:
     return f"{stamp}-{now.microsecond // 1000:03d}-{os.urandom(4).hex()}"
 
 
+def parse_job_time(value: Any) -> datetime.datetime | None:
+    """A time bound for listings: a datetime, ISO 8601 text, or a duration ago.
+
+    ``"2h"`` and ``7200`` both mean two hours before now; naive times are UTC.
+
+    Examples
+    --------
+    >>> parse_job_time("2026-11-26T08:00:00")
+    datetime.datetime(2026, 11, 26, 8, 0, tzinfo=datetime.timezone.utc)
+    """
+    from dask.utils import parse_timedelta
+
+    if value is None:
+        return None
+    if isinstance(value, datetime.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
+    if isinstance(value, (int, float)):
+        return utcnow() - datetime.timedelta(seconds=value)
+    try:
+        parsed = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        seconds = parse_timedelta(value)
+        return utcnow() - datetime.timedelta(seconds=seconds)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
+
+
 def to_iso(when: datetime.datetime | None) -> str | None:
     return None if when is None else when.isoformat()
 
 
 def from_iso(text: str | None) -> datetime.datetime | None:
     return None if not text else datetime.datetime.fromisoformat(text)
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """Why a job failed, as stored in its record's ``error``.
+
+    Attributes
+    ----------
+    type : str
+        Qualified name of main's exception (``"builtins.ValueError"``), or a
+        dask-batch name such as ``"JobTimeout"``, ``"ProcessExit"``,
+        ``"RunnerError"`` or ``"ClusterRequestError"``.
+    message : str
+    traceback : str
+        Formatted remote traceback, if any.
+    returncode : int or None
+        Exit status of main's process or of a script, where there is one.
+    """
+
+    type: str
+    message: str
+    traceback: str = ""
+    returncode: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "type": self.type,
+            "message": self.message,
+            "traceback": self.traceback,
+        }
+        if self.returncode is not None:
+            doc["returncode"] = self.returncode
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> ErrorInfo:
+        code = doc.get("returncode")
+        return cls(
+            type=str(doc.get("type", "UnknownError")),
+            message=str(doc.get("message", "")),
+            traceback=str(doc.get("traceback", "")),
+            returncode=code if isinstance(code, int) else None,
+        )
 
 
 @dataclass(slots=True)

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
-import pickle
 import shutil
 import signal
 import sys
@@ -30,7 +28,8 @@ from dask.utils import parse_bytes, parse_timedelta
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from . import config as _config  # noqa: F401  (loads batch.* defaults)
-from ._records import JobState, to_iso, utcnow
+from ._handoff import MainLaunch, Outcome
+from ._records import ErrorInfo, JobState, to_iso, utcnow
 from ._store import HEARTBEAT, SPEC, JobStore
 
 logger = logging.getLogger("distributed.scheduler.dask_batch")
@@ -152,7 +151,6 @@ class JobRunnerPlugin(SchedulerPlugin):
             shutil.rmtree(self._workdir, ignore_errors=True)
 
     async def _run_job(self, log_path: str) -> None:
-        outcome: dict[str, Any]
         try:
             self._pause_idle_culler()
             spec = await self._io(self._store.get_json, self.user, self.job_id, SPEC)
@@ -170,52 +168,53 @@ class JobRunnerPlugin(SchedulerPlugin):
                 await self._shutdown_cluster()
                 return
             await self._scale(spec)
-            attempt = self._log_attempt = int(doc.get("attempt", 1))
-            history = list(doc.get("attempts") or [])
-            while True:
-                outcome = await self._run_main(log_path, spec)
-                if not self._should_retry(spec, outcome, attempt):
-                    break
-                error = outcome["error"]
-                history.append({"attempt": attempt, "error": error["type"]})
-                attempt += 1
-                with open(log_path, "ab") as log:
-                    log.write(
-                        f"dask-batch: attempt {attempt} of job {self.job_id} after "
-                        f"{error['type']}: {error['message']}\n".encode()
-                    )
-                await self._io(
-                    self._store.transition,
-                    self.user,
-                    self.job_id,
-                    JobState.RUNNING,
-                    attempt=attempt,
-                    attempts=history,
-                    message=f"attempt {attempt} after {error['type']}",
-                )
+            outcome = await self._run_attempts(log_path, spec, doc)
         except Exception as exc:
             logger.exception("dask-batch: job %s could not start", self.job_id)
-            outcome = {
-                "status": "failed",
-                "error": {
-                    "type": "RunnerError",
-                    "message": f"dask-batch could not start main: {exc}",
-                    "traceback": "",
-                },
-            }
+            outcome = Outcome.failure(
+                "RunnerError", f"dask-batch could not start main: {exc}"
+            )
         await self._finish(outcome, log_path)
 
+    async def _run_attempts(
+        self, log_path: str, spec: dict[str, Any], doc: dict[str, Any]
+    ) -> Outcome:
+        """Run main, again in this cluster for the errors listed in retry_on."""
+        attempt = self._log_attempt = int(doc.get("attempt", 1))
+        history = list(doc.get("attempts") or [])
+        while True:
+            outcome = await self._run_main(log_path, spec)
+            if outcome.error is None or not self._should_retry(
+                spec, outcome.error, attempt
+            ):
+                return outcome
+            error = outcome.error
+            history.append({"attempt": attempt, "error": error.type})
+            attempt += 1
+            with open(log_path, "ab") as log:
+                log.write(
+                    f"dask-batch: attempt {attempt} of job {self.job_id} after "
+                    f"{error.type}: {error.message}\n".encode()
+                )
+            await self._io(
+                self._store.transition,
+                self.user,
+                self.job_id,
+                JobState.RUNNING,
+                attempt=attempt,
+                attempts=history,
+                message=f"attempt {attempt} after {error.type}",
+            )
+
     def _should_retry(
-        self, spec: dict[str, Any], outcome: dict[str, Any], attempt: int
+        self, spec: dict[str, Any], error: ErrorInfo, attempt: int
     ) -> bool:
         """Retry main in this cluster only for the errors the user named."""
-        if outcome.get("status") != "failed" or self._stopped_from_outside:
+        if self._stopped_from_outside or attempt > int(spec.get("retries") or 0):
             return False
-        if attempt > int(spec.get("retries") or 0):
-            return False
-        kind = str(outcome["error"].get("type", ""))
         wanted = spec.get("retry_on") or []
-        return any(kind == name or kind.rsplit(".", 1)[-1] == name for name in wanted)
+        short = error.type.rsplit(".", 1)[-1]
+        return any(name in (error.type, short) for name in wanted)
 
     async def _scale(self, spec: dict[str, Any]) -> None:
         service = self._gateway_service()
@@ -243,38 +242,38 @@ class JobRunnerPlugin(SchedulerPlugin):
         if service is not None and getattr(service, "idle_timeout", 0) > 0:
             service.check_idle_task = asyncio.ensure_future(service.check_idle())
 
-    def _child_config(self, spec: dict[str, Any]) -> dict[str, Any]:
+    def _launch(self, spec: dict[str, Any]) -> MainLaunch:
         security = self.scheduler.security
         ca, cert, key = (
-            security.tls_ca_file,
-            security.tls_scheduler_cert,
-            security.tls_scheduler_key,
+            os.path.abspath(p) if p and os.path.exists(p) else p
+            for p in (
+                security.tls_ca_file,
+                security.tls_scheduler_cert,
+                security.tls_scheduler_key,
+            )
         )
-        return {
-            "job_id": self.job_id,
-            "user": self.user,
-            "storage_url": self.storage_url,
-            "storage_options": self.storage_options,
-            "payload_digest": self.payload_digest,
-            "scheduler_address": self.scheduler.address,
-            "runner_pid": os.getpid(),
-            "storage_retry_for": self._store.retry_for,
-            "tls": [
-                os.path.abspath(p) if p and os.path.exists(p) else p
-                for p in (ca, cert, key)
-            ],
-            "outcome_path": os.path.join(self._workdir or ".", OUTCOME_FILE),
-            "workdir": os.path.join(self._workdir or ".", "work"),
-            "name": spec.get("name", ""),
-            "has_files": bool(spec.get("files_bytes")),
-            "memory_limit": spec.get("memory_limit"),
-            "secret_key": self.secret_key if spec.get("has_secrets") else "",
-        }
+        workdir = self._workdir or "."
+        return MainLaunch(
+            job_id=self.job_id,
+            user=self.user,
+            name=str(spec.get("name", "")),
+            storage_url=self.storage_url,
+            storage_options=self.storage_options,
+            storage_retry_for=self._store.retry_for,
+            payload_digest=self.payload_digest,
+            scheduler_address=self.scheduler.address,
+            tls_ca_file=ca,
+            tls_cert=cert,
+            tls_key=key,
+            runner_pid=os.getpid(),
+            outcome_path=os.path.join(workdir, OUTCOME_FILE),
+            workdir=os.path.join(workdir, "work"),
+            has_files=bool(spec.get("files_bytes")),
+            memory_limit=spec.get("memory_limit"),
+            secret_key=self.secret_key if spec.get("has_secrets") else "",
+        )
 
-    async def _run_main(self, log_path: str, spec: dict[str, Any]) -> dict[str, Any]:
-        config = self._child_config(spec)
-        with contextlib.suppress(FileNotFoundError):  # a previous attempt's
-            os.remove(config["outcome_path"])
+    async def _start_main(self, launch: MainLaunch, log_path: str) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         # main gets the decrypted values, not the key nor the gateway's token.
         for name in ("DASK_BATCH_SECRET_KEY", "DASK_GATEWAY_API_TOKEN"):
@@ -291,13 +290,19 @@ class JobRunnerPlugin(SchedulerPlugin):
             )
         assert self._proc.stdin is not None
         # Credentials go through a pipe, never the command line or environment.
-        self._proc.stdin.write(pickle.dumps(config))
+        self._proc.stdin.write(launch.to_json())
         await self._proc.stdin.drain()
         self._proc.stdin.close()
         logger.info(
             "dask-batch: job %s main started, pid %d", self.job_id, self._proc.pid
         )
 
+    async def _run_main(self, log_path: str, spec: dict[str, Any]) -> Outcome:
+        launch = self._launch(spec)
+        with contextlib.suppress(FileNotFoundError):  # a previous attempt's
+            os.remove(launch.outcome_path)
+        await self._start_main(launch, log_path)
+        assert self._proc is not None
         helpers = [
             asyncio.create_task(self._upload_logs_periodically(log_path)),
             asyncio.create_task(self._heartbeat_periodically()),
@@ -308,37 +313,22 @@ class JobRunnerPlugin(SchedulerPlugin):
         except asyncio.TimeoutError:
             logger.warning("dask-batch: job %s ran past its timeout", self.job_id)
             await self._terminate_main()
-            for helper in helpers:
-                helper.cancel()
-            return {
-                "status": "failed",
-                "error": {
-                    "type": "JobTimeout",
-                    "message": f"timed out: main ran longer than its timeout of "
-                    f"{timeout:g} s and was stopped",
-                    "traceback": "",
-                },
-            }
+            return Outcome.failure(
+                "JobTimeout",
+                f"timed out: main ran longer than its timeout of {timeout:g} s "
+                "and was stopped",
+            )
         finally:
             for helper in helpers:
                 helper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await helper
-
         try:
-            with open(config["outcome_path"]) as f:
-                outcome: dict[str, Any] = json.load(f)
-        except (OSError, ValueError):
-            outcome = {
-                "status": "failed",
-                "error": {
-                    "type": "ProcessExit",
-                    "message": _describe_exit(returncode),
-                    "traceback": "",
-                    "returncode": returncode,
-                },
-            }
-        return outcome
+            return Outcome.read(launch.outcome_path)
+        except (OSError, ValueError, KeyError, TypeError):
+            return Outcome.failure(
+                "ProcessExit", _describe_exit(returncode), returncode=returncode
+            )
 
     async def _heartbeat_periodically(self) -> None:
         interval = parse_timedelta(dask.config.get("batch.runner.heartbeat-interval"))
@@ -393,7 +383,7 @@ class JobRunnerPlugin(SchedulerPlugin):
                 proc.kill()
             await proc.wait()
 
-    async def _finish(self, outcome: dict[str, Any], log_path: str) -> None:
+    async def _finish(self, outcome: Outcome, log_path: str) -> None:
         """Logs, then the final state, then stop the cluster: in that order."""
         if os.path.exists(log_path):
             try:
@@ -402,26 +392,24 @@ class JobRunnerPlugin(SchedulerPlugin):
                 logger.exception(
                     "dask-batch: final log upload of %s failed", self.job_id
                 )
-
-        if outcome.get("status") == "succeeded":
-            state, fields = (
-                JobState.SUCCEEDED,
-                {
-                    "result_digest": outcome["result_digest"],
-                    "result_hmac": outcome.get("result_hmac", ""),
-                },
-            )
+        fields: dict[str, Any]
+        if outcome.succeeded:
+            state = JobState.SUCCEEDED
+            fields = {
+                "result_digest": outcome.result_digest,
+                "result_hmac": outcome.result_hmac,
+            }
         else:
             state = JobState.FAILED
-            error = outcome["error"]
-            message = f"{error['type']}: {error['message']}"
+            error = outcome.error or ErrorInfo("RunnerError", "no outcome recorded")
+            message = f"{error.type}: {error.message}"
             if self._stopped_from_outside:
                 message = (
                     "the cluster was stopped while main was running (cancelled, "
                     "stopped by an admin, or by the gateway)"
                 )
-                error = {"type": "ClusterStopped", "message": message, "traceback": ""}
-            fields = {"error": error, "message": message}
+                error = ErrorInfo("ClusterStopped", message)
+            fields = {"error": error.to_dict(), "message": message}
         try:
             await self._io(
                 self._store.transition, self.user, self.job_id, state, **fields

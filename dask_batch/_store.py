@@ -21,6 +21,8 @@ Layout, one prefix per user and job::
                            artifacts/...  files main wrote to artifacts_path()
     {root}/{user}/.index/{newest}-{count}-{random}.json.gz
                                           packs of terminal records, for listing
+    {root}/{user}/.idempotency/{sha256 of the key}.json
+                                          which job an idempotency key started
 
 A terminal record never changes, so listing folds the terminal records it had
 to read one by one into a new index pack and reads packs from then on: one GET
@@ -30,39 +32,46 @@ damaged, or names a job whose prefix is gone is skipped, and those jobs are
 read one by one again. Concurrent writers add packs that overlap, which is
 harmless: a terminal record is the same in all of them.
 
-Every object is serialised in memory and written with one ``pipe_file`` so that
-no reader ever sees half a record (an exception inside ``fs.open(..., "wb")``
-still commits a truncated object on s3fs). A terminal state is never
-overwritten. Shared by client and scheduler side: imports neither.
+Every object is serialised in memory and written whole (see
+:mod:`dask_batch._backends`), so no reader ever sees half a record. A terminal
+state is never overwritten. Every storage failure reaches callers as a
+:class:`StorageError` naming the job and the action; only transient failures
+(connections, timeouts, 5xx, throttling) are retried, and only for
+``retry_for`` seconds. Shared by client and scheduler side: imports neither.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
-import hmac
 import json
 import logging
-import mmap
 import os
 import posixpath
 import time
-from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
-import blake3
 import fsspec
 from fsspec.core import url_to_fs
-from fsspec.implementations.local import LocalFileSystem
 from fsspec.utils import get_protocol
 
-from ._exceptions import CorruptRecordError, JobNotFoundError, StorageError
-from ._pickling import RESULT_MAGIC, ResultBuffer, read_result_frame
+from . import _streams
+from ._backends import backend_for
+from ._exceptions import (
+    CorruptRecordError,
+    DaskBatchError,
+    JobNotFoundError,
+    StorageError,
+)
+from ._pickling import ResultBuffer
 from ._records import JobRecord, JobState, to_iso, utcnow
 
 logger = logging.getLogger("dask_batch.store")
+
+T = TypeVar("T")
 
 SPEC = "spec.json"
 STATE = "state.json"
@@ -76,24 +85,92 @@ LOGS = "logs"
 PROGRESS = "progress.json"
 INDEX = ".index"
 INDEX_SUFFIX = ".json.gz"
+IDEMPOTENCY = ".idempotency"
 SMALL_PACK = 256  # packs that ending jobs extend; listings merge the rest
 SECRETS = "secrets.bin"
 FILES = "files.tar.gz"
 ARTIFACTS = "artifacts"
+_RECORD_PARTS = (SPEC, STATE, FINAL, CLUSTER, PROGRESS, HEARTBEAT)
+
+# Failures worth another try: the network, the server, or its rate limits.
+# Matched by class name along the exception's MRO and causes, so that the
+# optional storage libraries (botocore, aiohttp) need not be imported here.
+_TRANSIENT_CLASSES = frozenset(
+    {
+        "ConnectionError",  # builtins, and botocore's connection errors
+        "TimeoutError",
+        "HTTPClientError",
+        "ClientConnectionError",
+        "ClientPayloadError",
+        "ServerTimeoutError",
+        "IncompleteRead",
+        "ResponseParserError",
+    }
+)
+_TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "RequestLimitExceeded",
+        "InternalError",
+        "ServiceUnavailable",
+    }
+)
+_TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.EAGAIN,
+        errno.ETIMEDOUT,
+        errno.ECONNRESET,
+        errno.ECONNREFUSED,
+        errno.ECONNABORTED,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.EREMOTEIO,
+    }
+)
+_NEVER_TRANSIENT = (
+    PermissionError,
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+)
 
 
-def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
-    protocol = fs.protocol
-    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+def is_transient(exc: BaseException) -> bool:
+    """Whether a storage failure may go away if the call is made again.
+
+    Connection errors, timeouts, 5xx answers and throttling are; a missing
+    or existing object, a permission error, a bad argument or a bug are not.
+    """
+    seen: BaseException | None = exc
+    for _ in range(5):  # the exception and a few of its causes
+        if seen is None or isinstance(seen, _NEVER_TRANSIENT):
+            return False
+        names = {cls.__name__ for cls in type(seen).__mro__}
+        if names & _TRANSIENT_CLASSES:
+            return True
+        if isinstance(seen, OSError) and seen.errno in _TRANSIENT_ERRNOS:
+            return True
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = response.get("Error", {}).get("Code")
+            if (isinstance(status, int) and status >= 500) or code in _TRANSIENT_CODES:
+                return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def digest(data: bytes) -> str:
+    """SHA-256 of a small object (the payload), as stored in the spec."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def result_hmac(key: str, data: bytes) -> str:
-    """HMAC-SHA256 of a result with the user's ``batch.result-key``."""
-    return hmac.new(key.encode(), data, hashlib.sha256).hexdigest()
+def dumps_json(obj: Any) -> bytes:
+    return json.dumps(obj, indent=1, sort_keys=True).encode()
 
 
 def index_entry(record: JobRecord) -> dict[str, Any]:
@@ -114,80 +191,6 @@ def _pack_size(path: str) -> int:
         return SMALL_PACK  # not ours to extend
 
 
-_CHUNK = 16 * 2**20
-RESULT_DIGEST_PREFIX = "blake3:"
-
-
-def _chunks(view: memoryview) -> Iterable[memoryview]:
-    view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
-    for start in range(0, view.nbytes, _CHUNK):
-        yield view[start : start + _CHUNK]
-
-
-_POPULATE_FROM = 2**20
-
-
-def _fresh_buffer(size: int) -> ResultBuffer:
-    """Writable memory for one out-of-band buffer of a result being read.
-
-    Big ones are anonymous maps populated in one call (Linux MAP_POPULATE):
-    bytearray's zero fill takes one page fault per 4 KiB, which on a VM costs
-    more than reading the bytes from the page cache (measured: a GiB read
-    into a bytearray 0.78-1.08 s, into a populated map 0.46-0.61 s).
-    """
-    populate = getattr(mmap, "MAP_POPULATE", 0)
-    if size < _POPULATE_FROM or not populate:
-        return bytearray(size)
-    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
-
-
-class _StreamHasher:
-    """Digest (and HMAC) of a stored result, hashed beside its I/O.
-
-    The digest is BLAKE3 of the result's bytes: ~4 GB/s on one core where
-    SHA-256 does 1.7 (with SHA-NI), so one hashing thread, fed the chunks in
-    order while the next ones are written or read, keeps up with a local
-    disk's page cache (the hasher releases the GIL). The HMAC, with the
-    user's key, is HMAC-SHA256 of that digest.
-    """
-
-    def __init__(self, hmac_key: str | None = None):
-        self.key = hmac_key
-        self.hasher = blake3.blake3()
-        # One thread: updates must be applied in order.
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="dask-batch-hash")
-        self.pending: list[Future[Any]] = []
-
-    def update(self, piece: Any) -> None:
-        """Hash one piece; its memory must not change until :meth:`result`."""
-        for chunk in _chunks(memoryview(piece)):
-            self.pending.append(self.pool.submit(self.hasher.update, chunk))
-
-    def result(self) -> tuple[str, str]:
-        try:
-            for update in self.pending:
-                update.result()
-        finally:
-            self.pool.shutdown(cancel_futures=True)
-        value = self.hasher.digest()
-        mac = hmac.new(self.key.encode(), value, hashlib.sha256) if self.key else None
-        return (
-            RESULT_DIGEST_PREFIX + value.hex(),
-            mac.hexdigest() if mac is not None else "",
-        )
-
-    @classmethod
-    def of(cls, pieces: Iterable[Any], hmac_key: str | None) -> tuple[str, str]:
-        hasher = cls(hmac_key)
-        for piece in pieces:
-            hasher.update(piece)
-        return hasher.result()
-
-
-def dumps_json(obj: Any) -> bytes:
-    return json.dumps(obj, indent=1, sort_keys=True).encode()
-
-
 class JobStore:
     """Read and write job records below one storage URL.
 
@@ -198,9 +201,9 @@ class JobStore:
     storage_options : dict, optional
         Passed to the fsspec filesystem.
     retry_for : float
-        Seconds for which writes and reads that fail for any reason other than
-        a missing or existing object are retried, with back-off (the job
-        runner rides out storage outages; clients fail fast).
+        Seconds for which transient failures (connections, timeouts, 5xx,
+        throttling) are retried with back-off: the job runner rides out
+        storage outages; clients fail fast (0).
     """
 
     def __init__(
@@ -228,6 +231,7 @@ class JobStore:
                 "'dask-batch[s3]') or fix `batch.storage`."
             ) from exc
         self.fs: fsspec.AbstractFileSystem = fs
+        self.backend = backend_for(fs)
         self.root = root.rstrip("/")
 
     def __repr__(self) -> str:
@@ -243,19 +247,56 @@ class JobStore:
 
     def job_url(self, user: str, job_id: str) -> str:
         """The job's prefix as a URL that fsspec understands."""
-        return self.fs.unstrip_protocol(self.job_path(user, job_id))
+        return str(self.fs.unstrip_protocol(self.job_path(user, job_id)))
 
-    # -- raw objects -------------------------------------------------------------
-    def _retrying(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+    def artifacts_url(self, user: str, job_id: str) -> str:
+        """The job's artifacts prefix as a URL that fsspec understands."""
+        return str(self.fs.unstrip_protocol(self.job_path(user, job_id, ARTIFACTS)))
+
+    def index_path(self, user: str) -> str:
+        return posixpath.join(self.root, user, INDEX)
+
+    # -- errors and retries: the one place storage exceptions are mapped --------
+    @contextlib.contextmanager
+    def _errors(
+        self, action: str, job_id: str | None = None, *, missing_ok: bool = False
+    ) -> Iterator[None]:
+        """Turn any storage failure into a StorageError naming job and action.
+
+        With ``missing_ok`` a FileNotFoundError passes through, for callers
+        that treat a missing object as an answer. dask-batch's own errors
+        (a corrupt record, an unknown job) pass through unchanged.
+        """
+        try:
+            yield
+        except DaskBatchError:
+            raise
+        except FileNotFoundError:
+            if missing_ok:
+                raise
+            raise self._error(action, job_id) from None
+        except Exception as exc:
+            raise self._error(action, job_id, exc) from exc
+
+    def _error(
+        self, action: str, job_id: str | None, exc: BaseException | None = None
+    ) -> StorageError:
+        what = f" of job {job_id!r}" if job_id else ""
+        cause = f"{type(exc).__name__}: {exc}" if exc is not None else "not found"
+        return StorageError(
+            f"Could not {action}{what} in {self.url!r}: {cause}. Check the storage "
+            "URL, credentials and permissions.",
+            job_id=job_id,
+        )
+
+    def _retrying(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         deadline = time.monotonic() + self.retry_for
         delay = 0.25
         while True:
             try:
                 return func(*args, **kwargs)
-            except (FileNotFoundError, FileExistsError):
-                raise
             except Exception as exc:
-                if time.monotonic() + delay > deadline:
+                if not is_transient(exc) or time.monotonic() + delay > deadline:
                     raise
                 logger.warning(
                     "storage call failed, retrying in %.1f s: %s", delay, exc
@@ -263,176 +304,54 @@ class JobStore:
                 time.sleep(delay)
                 delay = min(delay * 2, 8.0)
 
+    # -- objects -------------------------------------------------------------------
     def put(self, user: str, job_id: str, name: str, data: bytes) -> None:
+        """Write one object whole."""
+        path = self.job_path(user, job_id, name)
+        with self._errors(f"write {name}", job_id):
+            self._retrying(self.backend.put_whole, path, data)
+
+    def put_create(self, user: str, job_id: str, name: str, data: bytes) -> bool:
+        """Write an object only if it does not exist; False if it already did.
+
+        The compare-and-set under terminal states, retries and idempotency
+        keys.
+        """
         path = self.job_path(user, job_id, name)
         try:
-            self._retrying(self._put_whole, path, data)
-        except Exception as exc:
-            raise self._write_error(name, job_id, exc) from exc
-
-    def _write_error(self, name: str, job_id: str, exc: Exception) -> StorageError:
-        return StorageError(
-            f"Could not write {name} of job {job_id!r} to {self.url!r}: "
-            f"{type(exc).__name__}: {exc}. Check the storage URL, "
-            "credentials and permissions."
-        )
-
-    def _put_whole(self, path: str, data: bytes) -> None:
-        if isinstance(self.fs, LocalFileSystem):
-            # A local write is visible while in progress: write aside, then
-            # rename, which is atomic (a single PUT is, on object stores).
-            tmp = f"{path}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
-            try:
-                self.fs.pipe_file(tmp, data)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
-        else:
-            self.fs.pipe_file(path, data)
+            with self._errors(f"create {name}", job_id):
+                self._retrying(self.backend.put_create, path, data)
+        except StorageError as exc:
+            if isinstance(exc.__cause__, FileExistsError):
+                return False
+            raise
+        return True
 
     def get(self, user: str, job_id: str, name: str) -> bytes:
         """Read one object; FileNotFoundError if it does not exist."""
         path = self.job_path(user, job_id, name)
-        try:
+        with self._errors(f"read {name}", job_id, missing_ok=True):
             return bytes(self._retrying(self.fs.cat_file, path))
-        except FileNotFoundError:
-            raise
-        except Exception as exc:
-            raise StorageError(
-                f"Could not read {name} of job {job_id!r} from {self.url!r}: "
-                f"{type(exc).__name__}: {exc}."
-            ) from exc
 
-    def get_many(self, paths: list[str]) -> dict[str, bytes]:
+    def get_many(self, paths: list[str], job_id: str | None = None) -> dict[str, bytes]:
         """Read many objects at once (concurrently on async filesystems).
 
         Missing objects are left out of the result.
         """
         if not paths:
             return {}
-        try:
+        with self._errors("read records", job_id):
             out = self._retrying(self.fs.cat, paths, on_error="return")
-        except Exception as exc:
-            raise StorageError(
-                f"Could not read job records from {self.url!r}: {exc}"
-            ) from exc
-        if not isinstance(out, dict):  # one path: fsspec returns the bytes
-            out = {paths[0]: out}
-        found = {}
-        for path, value in out.items():
-            if isinstance(value, FileNotFoundError):
-                continue
-            if isinstance(value, Exception):
-                raise StorageError(
-                    f"Could not read {path!r} from {self.url!r}: {value}"
-                ) from value
-            found[self.fs._strip_protocol(path)] = value
-        return found
-
-    # -- large objects: streamed, hashed while they move ------------------------
-    def put_pieces(
-        self,
-        user: str,
-        job_id: str,
-        name: str,
-        pieces: list[memoryview],
-        hmac_key: str | None = None,
-    ) -> tuple[str, str]:
-        """Write ``pieces`` as one object without joining them in memory.
-
-        Returns the object's digest and its HMAC with ``hmac_key`` (or "").
-        Nobody sees a partial object: locally it is written aside and renamed;
-        on object stores an upload that fails is aborted (and a result is
-        only believed once the final state records its digest).
-        """
-        path = self.job_path(user, job_id, name)
-        try:
-            return self._retrying(self._put_pieces, path, pieces, hmac_key)
-        except Exception as exc:
-            raise self._write_error(name, job_id, exc) from exc
-
-    def _put_pieces(
-        self, path: str, pieces: list[memoryview], hmac_key: str | None
-    ) -> tuple[str, str]:
-        if "memory" in _protocols(self.fs):  # tests: no partial writes to abort
-            self._put_whole(path, b"".join(pieces))
-            return _StreamHasher.of(pieces, hmac_key)
-        hasher = _StreamHasher(hmac_key)
-        local = isinstance(self.fs, LocalFileSystem)
-        target = f"{path}.{os.getpid()}-{os.urandom(4).hex()}.tmp" if local else path
-        f = self.fs.open(target, "wb")
-        try:
-            for piece in pieces:
-                hasher.update(piece)  # hashed in threads while it is written
-                for chunk in _chunks(piece):
-                    f.write(chunk)
-            sums = hasher.result()
-            f.close()
-            if local:
-                os.replace(target, path)
-        except BaseException:
-            hasher.result()
-            if local:
-                f.close()
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(target)
-            else:
-                f.discard()  # aborts an S3 multipart upload
-                f.closed = True  # else closing at exit would commit the part
-            raise
-        return sums
-
-    def get_result(
-        self, user: str, job_id: str, hmac_key: str | None = None
-    ) -> tuple[bytes, list[ResultBuffer] | None, str, str]:
-        """Read a stored result into fresh buffers, hashing it on the way.
-
-        Returns the pickle, its out-of-band buffers (None for a result stored
-        as one plain pickle), the digest and the HMAC with ``hmac_key``.
-        """
-        path = self.job_path(user, job_id, RESULT)
-        try:
-            return self._retrying(self._get_result, path, hmac_key)
-        except FileNotFoundError:
-            raise
-        except Exception as exc:
-            raise StorageError(
-                f"Could not read the result of job {job_id!r} from {self.url!r}: "
-                f"{type(exc).__name__}: {exc}."
-            ) from exc
-
-    def _get_result(
-        self, path: str, hmac_key: str | None
-    ) -> tuple[bytes, list[ResultBuffer] | None, str, str]:
-        with self.fs.open(path, "rb") as f:
-            head = f.read(len(RESULT_MAGIC))
-            if head != RESULT_MAGIC:  # stored before frames: one plain pickle
-                stream = head + f.read()
-                signature = result_hmac(hmac_key, stream) if hmac_key else ""
-                return stream, None, digest(stream), signature
-
-            def read(size: int) -> bytes:
-                data = f.read(size)
-                if len(data) != size:
-                    raise EOFError("the stored result is truncated")
-                return data
-
-            frame, length, sizes = read_result_frame(read)
-            hasher = _StreamHasher(hmac_key)
-            try:
-                hasher.update(frame)
-                stream = read(length)
-                hasher.update(stream)
-                buffers = [_fresh_buffer(size) for size in sizes]
-                for buffer in buffers:
-                    for chunk in _chunks(memoryview(buffer)):
-                        if f.readinto(chunk) != chunk.nbytes:
-                            raise EOFError("the stored result is truncated")
-                        hasher.update(chunk)
-            finally:
-                sums = hasher.result()
-        return stream, buffers, *sums
+            if not isinstance(out, dict):  # one path: fsspec returns the bytes
+                out = {paths[0]: out}
+            found = {}
+            for path, value in out.items():
+                if isinstance(value, FileNotFoundError):
+                    continue
+                if isinstance(value, Exception):
+                    raise value
+                found[self.fs._strip_protocol(path)] = value
+            return found
 
     def put_json(self, user: str, job_id: str, name: str, obj: Any) -> None:
         self.put(user, job_id, name, dumps_json(obj))
@@ -448,18 +367,52 @@ class JobStore:
             raise CorruptRecordError(
                 f"The {name} of job {job_id!r} is not valid JSON ({exc}). "
                 "The record was damaged outside dask-batch; delete the job's "
-                "prefix if it is not needed."
+                "prefix if it is not needed.",
+                job_id=job_id,
             ) from exc
 
     def exists(self, user: str, job_id: str, name: str) -> bool:
-        try:
+        with self._errors(f"look for {name}", job_id):
             return bool(self.fs.exists(self.job_path(user, job_id, name)))
-        except Exception as exc:
-            raise StorageError(
-                f"Could not reach job storage {self.url!r} for job {job_id!r}: {exc}"
-            ) from exc
 
-    # -- logs, in chunks -------------------------------------------------------------
+    def _names(self, path: str, action: str, job_id: str | None = None) -> list[str]:
+        """What is directly below ``path`` (nothing if it does not exist)."""
+        try:
+            with self._errors(action, job_id, missing_ok=True):
+                return self._retrying(self.backend.names, path)
+        except FileNotFoundError:
+            return []
+
+    def delete_job(self, user: str, job_id: str) -> None:
+        """Remove everything stored for a job."""
+        with self._errors("delete the records", job_id):
+            self.fs.rm(self.job_path(user, job_id), recursive=True)
+
+    # -- results: streamed, hashed while they move ----------------------------------
+    def put_pieces(
+        self,
+        user: str,
+        job_id: str,
+        name: str,
+        pieces: list[memoryview],
+        hmac_key: str | None = None,
+    ) -> tuple[str, str]:
+        """Write ``pieces`` as one object; return its digest and HMAC (or "")."""
+        path = self.job_path(user, job_id, name)
+        with self._errors(f"write {name}", job_id):
+            return self._retrying(
+                _streams.write_pieces, self.backend, path, pieces, hmac_key
+            )
+
+    def get_result(
+        self, user: str, job_id: str, hmac_key: str | None = None
+    ) -> tuple[bytes, list[ResultBuffer], str, str]:
+        """Read a stored result: the pickle, its buffers, digest and HMAC."""
+        path = self.job_path(user, job_id, RESULT)
+        with self._errors("read the result", job_id, missing_ok=True):
+            return self._retrying(_streams.read_result, self.fs, path, job_id, hmac_key)
+
+    # -- logs, in chunks ---------------------------------------------------------------
     def put_log_chunk(
         self, user: str, job_id: str, attempt: int, index: int, data: bytes
     ) -> None:
@@ -468,23 +421,14 @@ class JobStore:
 
     def log_chunks(self, user: str, job_id: str) -> list[str]:
         """Paths of the stored log chunks, in order."""
-        try:
-            found = self.fs.ls(
-                self.job_path(user, job_id, LOGS), detail=False, refresh=True
-            )
-        except FileNotFoundError:
-            return []
-        except Exception as exc:
-            raise StorageError(
-                f"Could not list the log of job {job_id!r} in {self.url!r}: {exc}"
-            ) from exc
+        found = self._names(self.job_path(user, job_id, LOGS), "list the log", job_id)
         chunks = [p for p in found if posixpath.basename(p).isdigit()]
         return sorted(self.fs._strip_protocol(p) for p in chunks)
 
     def read_logs(self, user: str, job_id: str, start: int = 0) -> tuple[bytes, int]:
         """Log bytes from chunk ``start`` on, and the index of the next chunk."""
         chunks = self.log_chunks(user, job_id)[start:]
-        blobs = self.get_many(chunks)
+        blobs = self.get_many(chunks, job_id)
         return b"".join(blobs.get(p, b"") for p in chunks), start + len(chunks)
 
     def log_tail(self, user: str, job_id: str, lines: int) -> str:
@@ -492,7 +436,7 @@ class JobStore:
         chunks = self.log_chunks(user, job_id)
         text = b""
         while chunks and text.count(b"\n") <= lines:
-            text = self.get_many([chunks[-1]]).get(chunks[-1], b"") + text
+            text = self.get_many([chunks[-1]], job_id).get(chunks[-1], b"") + text
             chunks.pop()
         return "\n".join(text.decode(errors="replace").splitlines()[-lines:])
 
@@ -501,13 +445,10 @@ class JobStore:
         """Artifact paths (relative to the job's artifacts prefix) and sizes."""
         root = self.job_path(user, job_id, ARTIFACTS)
         try:
-            found = self.fs.find(root, detail=True)
+            with self._errors("list the artifacts", job_id, missing_ok=True):
+                found = self.fs.find(root, detail=True)
         except FileNotFoundError:
             return {}
-        except Exception as exc:
-            raise StorageError(
-                f"Could not list the artifacts of job {job_id!r}: {exc}"
-            ) from exc
         out = {}
         for path, info in found.items():
             path = self.fs._strip_protocol(path)
@@ -515,22 +456,16 @@ class JobStore:
                 out[posixpath.relpath(path, root)] = int(info.get("size") or 0)
         return dict(sorted(out.items()))
 
-    # -- records -----------------------------------------------------------------
-    def _names(self, path: str) -> list[str]:
-        """What is directly below ``path`` (nothing if it does not exist)."""
-        try:
-            if isinstance(self.fs, LocalFileSystem):
-                # fsspec's ls stats every entry: ~35 ms for 10,000 jobs.
-                return [posixpath.join(path, n) for n in os.listdir(path)]
-            return list(self.fs.ls(path, detail=False, refresh=True))
-        except FileNotFoundError:
-            return []
-        except Exception as exc:
-            raise StorageError(f"Could not list jobs in {self.url!r}: {exc}") from exc
+    def get_artifact(self, user: str, job_id: str, name: str, local: str) -> None:
+        """Copy the artifact ``name`` to the local path ``local``."""
+        remote = self.job_path(user, job_id, f"{ARTIFACTS}/{name}")
+        with self._errors(f"download the artifact {name!r}", job_id):
+            self.fs.get_file(remote, local)
 
+    # -- records -----------------------------------------------------------------
     def job_ids(self, user: str) -> list[str]:
         """Ids of the user's jobs, newest first."""
-        entries = self._names(self.user_path(user))
+        entries = self._names(self.user_path(user), "list the jobs")
         ids = [posixpath.basename(e.rstrip("/")) for e in entries]
         return sorted((i for i in ids if not i.startswith(".")), reverse=True)
 
@@ -539,17 +474,13 @@ class JobStore:
     ) -> dict[str, JobRecord | Exception]:
         """Read many records at once; a broken record maps to its exception."""
         job_ids = list(job_ids)
-        paths = [
-            self.job_path(user, j, n)
-            for j in job_ids
-            for n in (SPEC, STATE, FINAL, CLUSTER, PROGRESS, HEARTBEAT)
-        ]
-        blobs = self.get_many(paths)
+        paths = [self.job_path(user, j, n) for j in job_ids for n in _RECORD_PARTS]
+        blobs = self.get_many(paths, job_ids[0] if len(job_ids) == 1 else None)
         out: dict[str, JobRecord | Exception] = {}
         for job_id in job_ids:
-            docs: dict[str, Any] = {}
             try:
-                for name in (SPEC, STATE, FINAL, CLUSTER, PROGRESS, HEARTBEAT):
+                docs: dict[str, Any] = {}
+                for name in _RECORD_PARTS:
                     data = blobs.get(self.job_path(user, job_id, name))
                     docs[name] = (
                         None if data is None else self._parse(job_id, name, data)
@@ -563,23 +494,48 @@ class JobStore:
                     docs[PROGRESS],
                     docs[HEARTBEAT],
                 )
+            except (JobNotFoundError, CorruptRecordError) as exc:
+                out[job_id] = exc
             except (KeyError, ValueError, TypeError) as exc:
-                if isinstance(exc, (JobNotFoundError, CorruptRecordError)):
-                    out[job_id] = exc
-                else:
-                    out[job_id] = CorruptRecordError(
-                        f"The record of job {job_id!r} is incomplete or invalid "
-                        f"({type(exc).__name__}: {exc})."
-                    )
+                out[job_id] = CorruptRecordError(
+                    f"The record of job {job_id!r} is incomplete or invalid "
+                    f"({type(exc).__name__}: {exc}).",
+                    job_id=job_id,
+                )
         return out
 
-    # -- listing index -------------------------------------------------------------
-    def index_path(self, user: str) -> str:
-        return posixpath.join(self.root, user, INDEX)
+    def read_record(self, user: str, job_id: str) -> JobRecord:
+        record = self.read_records(user, [job_id])[job_id]
+        if isinstance(record, Exception):
+            raise record
+        return record
 
+    # -- idempotency keys ------------------------------------------------------------
+    def claim_idempotency_key(self, user: str, key: str, job_id: str) -> str:
+        """The job that owns ``key``: ``job_id``, or the one that claimed it first.
+
+        The claim is a create-only write, so of two racing submissions exactly
+        one wins; the loser's records are removed (it has no cluster yet).
+        """
+        name = hashlib.sha256(key.encode()).hexdigest() + ".json"
+        path = posixpath.join(self.root, user, IDEMPOTENCY, name)
+        claim = dumps_json({"key": key, "job_id": job_id})
+        try:
+            with self._errors("claim the idempotency key", job_id):
+                self._retrying(self.backend.put_create, path, claim)
+            return job_id
+        except StorageError as exc:
+            if not isinstance(exc.__cause__, FileExistsError):
+                raise
+        with self._errors("read the idempotency key", job_id):
+            owner = str(self._parse(job_id, name, self.fs.cat_file(path))["job_id"])
+        self.delete_job(user, job_id)
+        return owner
+
+    # -- listing index -------------------------------------------------------------
     def index_packs(self, user: str) -> list[str]:
         """Paths of the user's index packs, oldest first."""
-        names = self._names(self.index_path(user))
+        names = self._names(self.index_path(user), "list the job index")
         return sorted(
             self.fs._strip_protocol(n) for n in names if n.endswith(INDEX_SUFFIX)
         )
@@ -623,23 +579,17 @@ class JobStore:
         entries (a merge whose jobs were all deleted) nothing is written.
         """
         ordered = sorted(entries, key=lambda e: e["id"])
-        if ordered:
-            newest = ordered[-1]["id"]
-            name = f"{newest}-{len(ordered)}-{os.urandom(4).hex()}{INDEX_SUFFIX}"
-            path = posixpath.join(self.index_path(user), name)
-            document = json.dumps({"version": 1, "jobs": ordered}).encode()
-            data = gzip.compress(document, 6)
-            try:
-                self._put_whole(path, data)
-            except Exception as exc:
-                raise StorageError(
-                    f"Could not write the job index pack {path!r} to {self.url!r}: "
-                    f"{exc}"
-                ) from exc
-        for old in replaces:
-            # Gone already: another client merged it first, the same outcome.
-            with contextlib.suppress(FileNotFoundError):
-                self.fs.rm_file(old)
+        with self._errors("write the job index"):
+            if ordered:
+                newest = ordered[-1]["id"]
+                name = f"{newest}-{len(ordered)}-{os.urandom(4).hex()}{INDEX_SUFFIX}"
+                document = json.dumps({"version": 1, "jobs": ordered}).encode()
+                path = posixpath.join(self.index_path(user), name)
+                self.backend.put_whole(path, gzip.compress(document, 6))
+            for old in replaces:
+                # Gone already: another client merged it first, the same outcome.
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm_file(old)
 
     def add_to_index(self, user: str, record: JobRecord) -> None:
         """Fold one job that just ended into the newest small pack.
@@ -648,51 +598,15 @@ class JobStore:
         finished job in a few packs without reading its record.
         """
         small = [p for p in self.index_packs(user) if _pack_size(p) < SMALL_PACK]
-        base = small[-1:]
-        entries, read = self.read_index(user, base)
+        entries, read = self.read_index(user, small[-1:])
         entries[record.id] = index_entry(record)
         self.write_index(user, entries.values(), replaces=read)
 
-    def read_record(self, user: str, job_id: str) -> JobRecord:
-        record = self.read_records(user, [job_id])[job_id]
-        if isinstance(record, Exception):
-            raise record
-        return record
-
-    def put_create(self, user: str, job_id: str, name: str, data: bytes) -> bool:
-        """Write an object only if it does not exist; False if it already did.
-
-        The compare-and-set under terminal states and idempotency keys: on S3
-        a conditional PUT (``If-None-Match: *``), locally an atomic hard link.
-        """
-        path = self.job_path(user, job_id, name)
-        try:
-            self._retrying(self._put_create, path, data)
-        except FileExistsError:
-            return False
-        except Exception as exc:
-            raise self._write_error(name, job_id, exc) from exc
-        return True
-
-    def _put_create(self, path: str, data: bytes) -> None:
-        if isinstance(self.fs, LocalFileSystem):
-            tmp = f"{path}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
-            self.fs.pipe_file(tmp, data)
-            try:
-                os.link(tmp, path)
-            finally:
-                os.remove(tmp)
-        elif "memory" in _protocols(self.fs):
-            if self.fs.exists(path):
-                raise FileExistsError(path)
-            self.fs.pipe_file(path, data)
-        else:
-            self.fs.pipe_file(path, data, mode="create")
-
+    # -- states ------------------------------------------------------------------------
     def read_state(self, user: str, job_id: str) -> dict[str, Any]:
         """The current state document: the terminal one if there is one."""
         names = (FINAL, STATE)
-        blobs = self.get_many([self.job_path(user, job_id, n) for n in names])
+        blobs = self.get_many([self.job_path(user, job_id, n) for n in names], job_id)
         for name in names:
             data = blobs.get(self.job_path(user, job_id, name))
             if data is not None:
@@ -725,7 +639,7 @@ class JobStore:
         if state.is_terminal:
             try:
                 self.add_to_index(user, self.read_record(user, job_id))
-            except Exception as exc:
+            except DaskBatchError as exc:
                 # Only a saving: the next listing reads this record and packs it.
                 logger.warning("Job %s not added to the listing index: %s", job_id, exc)
         return doc

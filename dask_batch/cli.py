@@ -14,6 +14,7 @@ import click
 import yaml
 
 from ._exceptions import DaskBatchError, JobFailedError
+from ._options import SubmitOptions
 from ._records import JobRecord, JobState
 
 __all__ = ["main"]
@@ -186,29 +187,29 @@ def submit(
     package.module:function (called with ARGS), or a notebook (analysis.ipynb,
     executed with papermill; parameters with -p NAME VALUE).
     """
-    options: dict[str, Any] = {
-        "name": name,
-        "workers": workers,
-        "adapt": tuple(adapt) if adapt else None,
-        "cluster_options": _key_value(cluster_options, "--cluster-option"),
-        "env": list(env) or None,
-        "files": list(files) or None,
-        "timeout": timeout,
-        "idempotency_key": idempotency_key,
-        "retries": retries,
-        "retry_on": list(retry_on),
-        "memory_limit": memory_limit,
-    }
+    options = SubmitOptions(
+        name=name,
+        workers=workers,
+        adapt=(adapt[0], adapt[1]) if adapt else None,
+        cluster_options=_key_value(cluster_options, "--cluster-option"),
+        env=list(env) or None,
+        files=list(files) or None,
+        timeout=timeout,
+        idempotency_key=idempotency_key,
+        retries=retries,
+        retry_on=list(retry_on),
+        memory_limit=memory_limit,
+    )
     batch = obj.client
     if target.endswith(".ipynb"):
         if args:
             raise click.UsageError("notebooks take -p NAME VALUE, not arguments")
         params = {k: yaml.safe_load(v) for k, v in parameters}
-        job = batch.submit_notebook(target, params, **options)
+        job = batch.submit_notebook(target, params, submit_options=options)
     else:
         if parameters:
             raise click.UsageError("-p/--parameter is for notebooks")
-        job = batch.submit_script(target, list(args), **options)
+        job = batch.submit_script(target, list(args), submit_options=options)
     click.echo(job.id)
     if follow:
         for text in job.logs(follow=True):
@@ -338,6 +339,22 @@ def cancel(obj: _Context, job_ids: tuple[str, ...]) -> None:
     for job_id in job_ids:
         record = obj.client.cancel(job_id)
         click.echo(f"{job_id} {record.state.value}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON, for scripts.")
+@click.pass_obj
+def reconcile(obj: _Context, as_json: bool) -> None:
+    """Retry or mark LOST every live job whose cluster is gone.
+
+    Reads (list, status) only report a job that awaits a retry on a new
+    cluster; this starts it, as `result` and `submit --wait` do for one job.
+    """
+    records = obj.client.reconcile()
+    if as_json:
+        click.echo(json.dumps([_record_dict(r) for r in records], indent=1))
+    else:
+        click.echo(records.to_text())
 
 
 @main.command()

@@ -204,7 +204,14 @@ def test_dask_commands_and_the_runner_do_not_import_the_client():
         import sys
         import dask_batch.cli, dask_batch._runner, dask_batch.preload
         heavy = sorted(
-            {"dask_batch._client", "dask_gateway", "aiohttp"} & set(sys.modules)
+            {
+                "dask_batch._client",
+                "dask_batch._launcher",
+                "dask_batch._reconcile",
+                "dask_gateway",
+                "aiohttp",
+            }
+            & set(sys.modules)
         )
         assert not heavy, heavy
         from dask_batch import BatchClient

@@ -9,7 +9,7 @@ import pathlib
 import pytest
 
 from dask_batch import BatchClient, JobState
-from dask_batch._client import _MAX_INDEX_PACKS
+from dask_batch._listing import MAX_INDEX_PACKS as _MAX_INDEX_PACKS
 from dask_batch._store import STATE
 from dask_batch.testing import wait_for, write_job_records
 

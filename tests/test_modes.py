@@ -149,7 +149,7 @@ def test_a_runner_that_cannot_start_fails_the_job_and_stops_its_cluster(
     before = {c.name for c in plain_client.gateway.list_clusters()}
     with pytest.raises(DaskBatchError, match="could not start the job runner") as err:
         plain_client.submit(abs, -1, workers=0)
-    job_id = str(err.value).split("'")[1]
+    job_id = err.value.job_id
     record = plain_client.status(job_id)
     assert record.state is JobState.FAILED
     assert "no-such-protocol" in record.message

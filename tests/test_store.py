@@ -177,10 +177,10 @@ def streaming_store(request, tmp_path, monkeypatch):
 
 
 def make_store(kind, request, tmp_path, monkeypatch):
-    import dask_batch._store
+    import dask_batch._streams
 
     # Small chunks, so that a few MB cross many chunk boundaries.
-    monkeypatch.setattr(dask_batch._store, "_CHUNK", 2**20)
+    monkeypatch.setattr(dask_batch._streams, "CHUNK", 2**20)
     if kind == "local":
         return JobStore(str(tmp_path / "jobs"))
     if kind == "memory":
@@ -224,28 +224,23 @@ def test_results_round_trip_in_pieces_with_their_digest(any_store):
     assert back["grid"].base is not None  # built on the read buffer, not copied
 
 
-def test_a_plain_pickle_result_still_loads(any_store):
+def test_an_object_not_in_the_result_format_is_refused_unread(any_store):
     import cloudpickle
 
-    from dask_batch._pickling import loads_result
-    from dask_batch._store import digest
+    from dask_batch import ResultIntegrityError
 
-    for value in ({"old": "format"}, None):  # None pickles shorter than a frame
-        blob = cloudpickle.dumps(value)
-        any_store.put("alice", "j1", RESULT, blob)
-        stream, buffers, found, signature = any_store.get_result("alice", "j1")
-        assert (loads_result(stream, buffers), found, signature) == (
-            value,
-            digest(blob),
-            "",
-        )
+    # A plain pickle whose loading would run code: never unpickled.
+    any_store.put("alice", "j1", RESULT, cloudpickle.dumps(print))
+    with pytest.raises(ResultIntegrityError, match="j1") as info:
+        any_store.get_result("alice", "j1")
+    assert info.value.job_id == "j1"
 
 
 def test_a_failed_result_write_leaves_no_object(streaming_store, monkeypatch):
     any_store = streaming_store
-    import dask_batch._store
+    import dask_batch._streams
 
-    real_chunks = dask_batch._store._chunks
+    real_chunks = dask_batch._streams.chunks
 
     def failing_after_two(view):
         for i, chunk in enumerate(real_chunks(view)):
@@ -253,7 +248,7 @@ def test_a_failed_result_write_leaves_no_object(streaming_store, monkeypatch):
                 raise OSError("connection reset")
             yield chunk
 
-    monkeypatch.setattr(dask_batch._store, "_chunks", failing_after_two)
+    monkeypatch.setattr(dask_batch._streams, "chunks", failing_after_two)
     data = memoryview(bytearray(5 * 2**20))
     with pytest.raises(StorageError, match="connection reset"):
         any_store.put_pieces("alice", "j1", RESULT, [data])

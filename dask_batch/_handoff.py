@@ -1,0 +1,85 @@
+"""What the job runner and main's process tell each other.
+
+The runner starts ``python -m dask_batch._child`` and writes a
+:class:`MainLaunch` to its stdin as JSON (credentials never go on the command
+line or in the environment); main's process writes an :class:`Outcome` to a
+file in the runner's private directory when it is done. Both are frozen:
+neither side changes what it was handed.
+
+Scheduler side: imports nothing from the client or CLI modules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._records import ErrorInfo
+
+
+@dataclass(frozen=True)
+class MainLaunch:
+    """Everything main's process needs to run one attempt of a job."""
+
+    job_id: str
+    user: str
+    name: str
+    storage_url: str
+    storage_options: dict[str, Any]
+    storage_retry_for: float
+    payload_digest: str
+    scheduler_address: str
+    tls_ca_file: str | None
+    tls_cert: str | None
+    tls_key: str | None
+    runner_pid: int
+    outcome_path: str
+    workdir: str
+    has_files: bool = False
+    memory_limit: int | None = None
+    secret_key: str = field(default="", repr=False)
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self)).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> MainLaunch:
+        return cls(**json.loads(data))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one run of main ended: a stored result, or an error."""
+
+    succeeded: bool
+    result_digest: str = ""
+    result_hmac: str = ""
+    error: ErrorInfo | None = None
+
+    @classmethod
+    def failure(cls, type: str, message: str, **more: Any) -> Outcome:
+        return cls(False, error=ErrorInfo(type=type, message=message, **more))
+
+    def write(self, path: str) -> None:
+        """Write atomically: the runner never reads half an outcome."""
+        doc = dataclasses.asdict(self)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(doc, f)
+        os.replace(tmp, path)
+
+    @classmethod
+    def read(cls, path: str) -> Outcome:
+        """Raises OSError or ValueError if main's process left none."""
+        with open(path) as f:
+            doc = json.load(f)
+        error = doc.get("error")
+        return cls(
+            succeeded=bool(doc["succeeded"]),
+            result_digest=str(doc.get("result_digest", "")),
+            result_hmac=str(doc.get("result_hmac", "")),
+            error=ErrorInfo.from_dict(error) if error else None,
+        )

@@ -1,0 +1,160 @@
+"""What a job leaves behind: its result (checked before loading), log and artifacts.
+
+A result is unpickled only after its bytes match the digest (and, with
+``batch.result-key``, the signature) that the job's runner recorded in the
+final state; a failed, cancelled or lost job raises the matching
+:class:`~dask_batch.JobError` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import dask.config
+
+from ._exceptions import (
+    JobCancelledError,
+    JobFailedError,
+    JobLostError,
+    JobNotFoundError,
+    ResultIntegrityError,
+)
+from ._pickling import loads_result
+from ._records import JobRecord, JobState
+from ._store import SPEC, JobStore
+
+LOG_TAIL_LINES = 20
+FOLLOW_POLL = 0.2  # seconds between storage polls while following a log
+
+
+class JobOutputs:
+    """Results, logs and artifacts of one user's jobs in a store.
+
+    Parameters
+    ----------
+    store : JobStore
+    user : str
+    status : coroutine function
+        ``status(job_id)`` reads a job's record (to know when a followed log
+        has ended).
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        user: str,
+        status: Callable[[str], Awaitable[JobRecord]],
+    ) -> None:
+        self.store = store
+        self.user = user
+        self.status = status
+
+    async def _io(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(func, *args, **kwargs)
+
+    async def result(self, record: JobRecord) -> Any:
+        """The value main returned, for a terminal ``record``; else its error."""
+        if record.state is JobState.SUCCEEDED:
+            return await self._io(self._load_result, record)
+        job_id = record.id
+        if record.state is JobState.FAILED:
+            tail = await self._io(
+                self.store.log_tail, self.user, job_id, LOG_TAIL_LINES
+            )
+            error = record.error or {"type": "JobFailed", "message": record.message}
+            raise JobFailedError.from_error_record(job_id, error, tail)
+        if record.state is JobState.CANCELLED:
+            raise JobCancelledError(
+                job_id,
+                f"Job {job_id!r} was cancelled: {record.message or 'by request'}.",
+            )
+        raise JobLostError(
+            job_id,
+            f"Job {job_id!r} is LOST: {record.message}. Its result was never "
+            "stored; submit it again.",
+        )
+
+    def _load_result(self, record: JobRecord) -> Any:
+        job_id = record.id
+        result_key = dask.config.get("batch.result-key", None)
+        stream, buffers, found, signature = self.store.get_result(
+            self.user, job_id, result_key
+        )
+        if record.result_digest and found != record.result_digest:
+            raise ResultIntegrityError(
+                f"The stored result of job {job_id!r} does not match the digest "
+                "its runner recorded: it was changed in storage. Not loading it.",
+                job_id=job_id,
+            )
+        if result_key and not hmac.compare_digest(record.result_hmac, signature):
+            raise ResultIntegrityError(
+                f"The stored result of job {job_id!r} is not signed with "
+                "batch.result-key: it was changed in storage, or the job ran "
+                "without the key. Not loading it.",
+                job_id=job_id,
+            )
+        return loads_result(stream, buffers)
+
+    async def logs_from(self, job_id: str, index: int) -> tuple[str, int]:
+        """Log text from chunk ``index`` on, and the next chunk's index."""
+
+        def read() -> tuple[str, int]:
+            data, next_index = self.store.read_logs(self.user, job_id, index)
+            if next_index == 0 and not self.store.exists(self.user, job_id, SPEC):
+                raise JobNotFoundError(job_id, self.store.url)
+            return data.decode(errors="replace"), next_index
+
+        return await self._io(read)
+
+    async def _follow_step(self, job_id: str, index: int) -> tuple[str, int, bool]:
+        """New log text, the next chunk index, and whether the job has ended."""
+        ended = (await self.status(job_id)).state.is_terminal
+        # Read after the state: the runner stores the last log before the
+        # final state, so nothing printed is missed once ended is seen.
+        text, index = await self.logs_from(job_id, index)
+        return text, index, ended
+
+    def follow_sync(self, job_id: str, sync: Callable[..., Any]) -> Iterator[str]:
+        """Log text as it arrives, until the job ends; ``sync`` runs coroutines."""
+        index, ended = 0, False
+        while not ended:
+            text, index, ended = sync(self._follow_step, job_id, index)
+            if text:
+                yield text
+            elif not ended:
+                time.sleep(FOLLOW_POLL)
+
+    async def follow(self, job_id: str) -> AsyncIterator[str]:
+        """Log text as it arrives, until the job ends."""
+        index, ended = 0, False
+        while not ended:
+            text, index, ended = await self._follow_step(job_id, index)
+            if text:
+                yield text
+            elif not ended:
+                await asyncio.sleep(FOLLOW_POLL)
+
+    async def artifacts(self, job_id: str) -> dict[str, int]:
+        """Artifact paths and sizes; JobNotFoundError for an unknown job."""
+        await self._io(self.store.read_record, self.user, job_id)
+        return dict(await self._io(self.store.artifacts, self.user, job_id))
+
+    async def download_artifacts(self, job_id: str, destination: str) -> list[str]:
+        """Copy the artifacts below ``destination``; return the local paths."""
+        names = await self.artifacts(job_id)
+
+        def download() -> list[str]:
+            written = []
+            for name in names:
+                local = os.path.join(destination, *name.split("/"))
+                os.makedirs(os.path.dirname(local), exist_ok=True)
+                self.store.get_artifact(self.user, job_id, name, local)
+                written.append(local)
+            return written
+
+        return list(await self._io(download))

@@ -1,0 +1,241 @@
+"""Keep job records honest: LOST detection, retries on a new cluster, cancel.
+
+Reads are reads: :meth:`Reconciler.check` with ``retry=False`` (what
+``status``, ``jobs``, ``logs`` and the displays use) never asks the gateway for
+a cluster. It only corrects a record that can no longer change on its own,
+writing LOST when the cluster is gone and no retry is left. A job whose
+cluster died with a retry left is shown as awaiting that retry; the retry
+itself starts only when someone asked to see the job finish (``wait``,
+``result``) or to reconcile (``BatchClient.reconcile``, ``dask batch
+reconcile``), which call ``check`` with ``retry=True``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import Any
+
+import dask.config
+from dask.utils import parse_timedelta
+from dask_gateway.client import ClusterReport
+
+from ._display import ProgressDisplay
+from ._launcher import ALIVE, ClusterLauncher
+from ._records import JobRecord, JobState, to_iso, utcnow
+from ._store import CLUSTER, SPEC, JobStore, dumps_json
+
+Reports = dict[str, ClusterReport | None]
+
+
+class Reconciler:
+    """Judge a user's live jobs against the gateway, and act on the verdict.
+
+    Parameters
+    ----------
+    store : JobStore
+    launcher : ClusterLauncher
+    user : str
+    """
+
+    def __init__(self, store: JobStore, launcher: ClusterLauncher, user: str) -> None:
+        self.store = store
+        self.launcher = launcher
+        self.user = user
+
+    async def _io(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(func, *args, **kwargs)
+
+    async def status(self, job_id: str, *, retry: bool = False) -> JobRecord:
+        """The job's record, checked against the gateway if it is live."""
+        record = await self._io(self.store.read_record, self.user, job_id)
+        if record.state.is_terminal:
+            return record
+        names = [record.cluster_name] if record.cluster_name else []
+        return await self.check(record, await self.launcher.reports(names), retry=retry)
+
+    async def check(
+        self, record: JobRecord, reports: Reports, *, retry: bool = False
+    ) -> JobRecord:
+        """``record`` as it really is: alive, awaiting a retry, retried, or LOST."""
+        why = self._why_lost(record, reports)
+        if why is None:
+            return record
+        if record.last_seen is not None:
+            why += f"; last seen {record.last_seen.isoformat(timespec='seconds')}"
+        if record.cluster_name and record.attempt <= record.retries:
+            secret_key = await self._retry_secret(record, reports)
+            if secret_key is not None and not retry:
+                return self._awaiting_retry(record, why)
+            if secret_key is not None:
+                return await self._retry_on_new_cluster(record, secret_key, why)
+            why += " (no retry possible: the env values' key went with the cluster)"
+        # The runner writes the final state before it stops the cluster, so a
+        # fresh read now sees any outcome that raced with the gateway query.
+        fresh = await self._io(self.store.read_record, self.user, record.id)
+        if fresh.state.is_terminal:
+            return fresh
+        await self._io(
+            self.store.transition, self.user, record.id, JobState.LOST, message=why
+        )
+        return await self._io(self.store.read_record, self.user, record.id)
+
+    def _why_lost(self, record: JobRecord, reports: Reports) -> str | None:
+        """Why the live ``record`` can no longer end on its own; None if it can."""
+        address = self.launcher.gateway.address
+        if record.gateway_address and record.gateway_address != address:
+            # Another gateway's job: this gateway cannot vouch for its cluster,
+            # so only a heartbeat silent for too long makes it LOST.
+            silence = parse_timedelta(dask.config.get("batch.heartbeat-timeout"))
+            if record.last_seen is None or (
+                (utcnow() - record.last_seen).total_seconds() < silence
+            ):
+                return None
+            return (
+                f"its runner has not been heard from for over {silence:g} s and "
+                f"its gateway {record.gateway_address} is not this one"
+            )
+        if record.cluster_name:
+            report = reports.get(record.cluster_name)
+            status = report.status if report is not None else None
+            if report is not None and status in ALIVE:
+                record.dashboard_link = report.dashboard_link
+                return None
+            return (
+                f"its cluster {record.cluster_name!r} is "
+                f"{status.name if status else 'unknown to the gateway'} but the job "
+                "never recorded an outcome (the scheduler died, or the cluster "
+                "was stopped before main reported)"
+            )
+        lost_after = parse_timedelta(dask.config.get("batch.lost-after"))
+        # A retry on a new cluster is being requested since record.updated.
+        since = record.updated if record.attempt > 1 else record.submitted
+        if (utcnow() - (since or record.submitted)).total_seconds() < lost_after:
+            return None
+        return (
+            "no cluster was recorded for it: the submitting process stopped "
+            "before the gateway accepted the cluster request"
+        )
+
+    async def _retry_secret(self, record: JobRecord, reports: Reports) -> str | None:
+        """The key of the job's env values for a new cluster ("" if it has none).
+
+        None when the job has secrets whose key went with its old cluster.
+        """
+        spec = await self._io(self.store.get_json, self.user, record.id, SPEC)
+        if not spec.get("has_secrets"):
+            return ""
+        assert record.cluster_name is not None
+        old = reports.get(record.cluster_name)
+        key = str((old.options if old else {}).get("batch_secret_key", ""))
+        return key or None
+
+    @staticmethod
+    def _awaiting_retry(record: JobRecord, why: str) -> JobRecord:
+        return dataclasses.replace(
+            record,
+            dashboard_link=None,
+            message=(
+                f"awaiting retry: {why}. Attempt {record.attempt + 1} of "
+                f"{record.retries + 1} starts on a new cluster when the job is "
+                "waited for (result(), wait()) or reconciled (BatchClient()."
+                "reconcile(), `dask batch reconcile`)"
+            ),
+        )
+
+    async def _retry_on_new_cluster(
+        self, record: JobRecord, secret_key: str, why: str
+    ) -> JobRecord:
+        """Run a job whose cluster failed again, on a new cluster.
+
+        Whoever acts on the failure first claims the next attempt with a
+        create-only write, so exactly one new cluster is requested.
+        """
+        attempt = record.attempt + 1
+        claim = dumps_json({"attempt": attempt, "after": why, "time": to_iso(utcnow())})
+        name = f"attempts/{attempt:04d}.json"
+        if await self._io(self.store.put_create, self.user, record.id, name, claim):
+            history = [*record.attempts, {"attempt": record.attempt, "error": why}]
+            # Forget the dead cluster first, so that nobody judges the job by
+            # it again; then the state, before the new cluster exists, so that
+            # its runner reads this attempt number.
+            await self._io(
+                self.store.put_json,
+                self.user,
+                record.id,
+                CLUSTER,
+                {"cluster_name": None, "attempt": attempt},
+            )
+            await self._io(
+                self.store.transition,
+                self.user,
+                record.id,
+                JobState.PENDING,
+                attempt=attempt,
+                attempts=history,
+                cluster_name=None,
+                message=f"attempt {attempt}: {why}",
+            )
+            spec = await self._io(self.store.get_json, self.user, record.id, SPEC)
+            await self.launcher.launch(record.id, spec, secret_key, attempt)
+        return await self._io(self.store.read_record, self.user, record.id)
+
+    async def wait(
+        self, job_id: str, timeout: float | str | None, progress: bool = False
+    ) -> JobRecord:
+        """Poll until the job has ended (retrying it on a new cluster if due)."""
+        deadline = (
+            None if timeout is None else time.monotonic() + parse_timedelta(timeout)
+        )
+        display = ProgressDisplay(job_id) if progress else None
+        delay = 0.05
+        while True:
+            record = await self.status(job_id, retry=True)
+            if display is not None:
+                display.update(record)
+            if record.state.is_terminal:
+                return record
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"Job {job_id!r} is still {record.state.value} after {timeout}; "
+                    "it keeps running. Call result() again later."
+                )
+            wait = (
+                delay if deadline is None else min(delay, deadline - time.monotonic())
+            )
+            await asyncio.sleep(max(0.0, wait))
+            delay = min(delay * 1.5, 2.0)
+
+    async def reconcile(self) -> list[JobRecord]:
+        """Check every live job of the user, retrying or marking LOST as due."""
+        ids = await self._io(self.store.job_ids, self.user)
+        index, _ = await self._io(self.store.read_index, self.user)
+        records = await self._io(
+            self.store.read_records, self.user, [i for i in ids if i not in index]
+        )
+        live = [
+            r
+            for r in records.values()
+            if isinstance(r, JobRecord) and not r.state.is_terminal
+        ]
+        reports = await self.launcher.reports(
+            [r.cluster_name for r in live if r.cluster_name]
+        )
+        return [await self.check(r, reports, retry=True) for r in live]
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        """Record CANCELLED (unless the job ended), then stop its cluster."""
+        record = await self._io(self.store.read_record, self.user, job_id)
+        if not record.state.is_terminal:
+            await self._io(
+                self.store.transition,
+                self.user,
+                job_id,
+                JobState.CANCELLED,
+                message=f"cancelled by {self.user}",
+            )
+        record = await self._io(self.store.read_record, self.user, job_id)
+        if record.cluster_name:
+            await self.launcher.stop(job_id, record.cluster_name)
+        return record
