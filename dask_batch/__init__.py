@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 # Imported on first use: ``dask`` loads this package's CLI entry point for every
 # ``dask`` command (``dask worker``, ``dask scheduler``), and the scheduler-side
 # runner imports this package too; neither should pay for dask_gateway and
-# aiohttp (~0.2-0.5 s) or fsspec.
+# aiohttp or fsspec, whose imports are a large share of their start-up.
 _LAZY = {
     "BatchClient": "._client",
     "Job": "._job",

@@ -10,7 +10,6 @@ each public method runs its coroutine through the gateway's own ``sync``.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -85,7 +84,7 @@ class BatchClient:
         self._launcher = ClusterLauncher(self.gateway, self.store, self.user, self.mode)
         self._reconciler = Reconciler(self.store, self._launcher, self.user)
         self._lister = JobLister(self.store, self.user, self._reconciler)
-        self._outputs = JobOutputs(self.store, self.user, self._reconciler.status)
+        self._outputs = JobOutputs(self.store, self.user, self._reconciler)
 
     # -- plumbing ----------------------------------------------------------------
     @property
@@ -127,9 +126,6 @@ class BatchClient:
 
     def __repr__(self) -> str:
         return f"BatchClient<gateway={self.gateway.address}, storage={self.store.url}>"
-
-    async def _io(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(func, *args, **kwargs)
 
     # -- submit ------------------------------------------------------------------
     def submit(
@@ -272,7 +268,10 @@ class BatchClient:
         submission = _submission.build(
             job_id, self.user, artifacts_url, target, options
         )
-        return Job(self, self.sync(self._launcher.start_job, submission))
+        return self.sync(self._start_job, submission)
+
+    async def _start_job(self, submission: _submission.Submission) -> Job:
+        return Job(self, await self._launcher.start_job(submission))
 
     # -- reading -----------------------------------------------------------------
     def status(self, job_id: str) -> Any:
@@ -358,12 +357,7 @@ class BatchClient:
         --------
         >>> [r.state for r in batch.reconcile()]   # doctest: +SKIP
         """
-        return self.sync(self._reconcile)
-
-    async def _reconcile(self) -> Any:
-        from ._display import JobList
-
-        return JobList(await self._reconciler.reconcile())
+        return self.sync(self._reconciler.reconcile)
 
     def wait(
         self, job_id: str, timeout: float | str | None = None, progress: bool = False
@@ -425,13 +419,7 @@ class BatchClient:
         --------
         >>> BatchClient().result("20261126-081530-123-3f9a1c2b")  # doctest: +SKIP
         """
-        return self.sync(self._result, job_id, timeout, progress)
-
-    async def _result(
-        self, job_id: str, timeout: float | str | None, progress: bool
-    ) -> Any:
-        record = await self._reconciler.wait(job_id, timeout, progress)
-        return await self._outputs.result(record)
+        return self.sync(self._outputs.result, job_id, timeout, progress)
 
     def logs(self, job_id: str, *, follow: bool = False) -> Any:
         """The captured stdout, stderr and logging output of main.
@@ -462,11 +450,7 @@ class BatchClient:
             if self.asynchronous:
                 return self._outputs.follow(job_id)
             return self._outputs.follow_sync(job_id, self.sync)
-        return self.sync(self._logs, job_id)
-
-    async def _logs(self, job_id: str) -> str:
-        text, _ = await self._outputs.logs_from(job_id, 0)
-        return text
+        return self.sync(self._outputs.logs, job_id)
 
     def artifacts(self, job_id: str) -> Any:
         """Files main wrote under ``dask_batch.artifacts_path()``.

@@ -89,7 +89,8 @@ def build_config(
 
 
 def _wait_healthy(url: str, deadline: float) -> None:
-    # The proxy may answer a bare 404 before its routes are in (FACTS.md).
+    # The proxy may answer a bare 404 until it has fetched its routes from
+    # the gateway, so "up" means /api/health answers 200.
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
@@ -175,7 +176,9 @@ def main(directory: str, detach: bool = False) -> None:
                 directory,
                 settings,
                 # Clients talk to the proxy: HTTP API and scheduler TLS share
-                # its port (no separate tcp_address, see FACTS.md).
+                # its port: with a separate Proxy.tcp_address that clients
+                # are not told about, new_cluster() stalls and get_client()
+                # times out.
                 f"http://127.0.0.1:{proxy_port}",
                 f"gateway://127.0.0.1:{proxy_port}",
             )

@@ -12,7 +12,7 @@ import asyncio
 import hmac
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import dask.config
@@ -25,6 +25,7 @@ from ._exceptions import (
     ResultIntegrityError,
 )
 from ._pickling import loads_result
+from ._reconcile import Reconciler
 from ._records import JobRecord, JobState
 from ._store import SPEC, JobStore
 
@@ -39,25 +40,26 @@ class JobOutputs:
     ----------
     store : JobStore
     user : str
-    status : coroutine function
-        ``status(job_id)`` reads a job's record (to know when a followed log
-        has ended).
+    reconciler : Reconciler
+        Waits for jobs to end, and reads their state while a log is followed.
     """
 
-    def __init__(
-        self,
-        store: JobStore,
-        user: str,
-        status: Callable[[str], Awaitable[JobRecord]],
-    ) -> None:
+    def __init__(self, store: JobStore, user: str, reconciler: Reconciler) -> None:
         self.store = store
         self.user = user
-        self.status = status
+        self.reconciler = reconciler
 
     async def _io(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(func, *args, **kwargs)
 
-    async def result(self, record: JobRecord) -> Any:
+    async def result(
+        self, job_id: str, timeout: float | str | None, progress: bool = False
+    ) -> Any:
+        """Wait for the job; the value main returned, or the job's error."""
+        record = await self.reconciler.wait(job_id, timeout, progress)
+        return await self.outcome(record)
+
+    async def outcome(self, record: JobRecord) -> Any:
         """The value main returned, for a terminal ``record``; else its error."""
         if record.state is JobState.SUCCEEDED:
             return await self._io(self._load_result, record)
@@ -100,6 +102,11 @@ class JobOutputs:
             )
         return loads_result(stream, buffers)
 
+    async def logs(self, job_id: str) -> str:
+        """The log so far."""
+        text, _ = await self.logs_from(job_id, 0)
+        return text
+
     async def logs_from(self, job_id: str, index: int) -> tuple[str, int]:
         """Log text from chunk ``index`` on, and the next chunk's index."""
 
@@ -113,7 +120,7 @@ class JobOutputs:
 
     async def _follow_step(self, job_id: str, index: int) -> tuple[str, int, bool]:
         """New log text, the next chunk index, and whether the job has ended."""
-        ended = (await self.status(job_id)).state.is_terminal
+        ended = (await self.reconciler.status(job_id)).state.is_terminal
         # Read after the state: the runner stores the last log before the
         # final state, so nothing printed is missed once ended is seen.
         text, index = await self.logs_from(job_id, index)

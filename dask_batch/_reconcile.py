@@ -21,7 +21,7 @@ import dask.config
 from dask.utils import parse_timedelta
 from dask_gateway.client import ClusterReport
 
-from ._display import ProgressDisplay
+from ._display import JobList, ProgressDisplay
 from ._launcher import ALIVE, ClusterLauncher
 from ._records import JobRecord, JobState, to_iso, utcnow
 from ._store import CLUSTER, SPEC, JobStore, dumps_json
@@ -207,7 +207,7 @@ class Reconciler:
             await asyncio.sleep(max(0.0, wait))
             delay = min(delay * 1.5, 2.0)
 
-    async def reconcile(self) -> list[JobRecord]:
+    async def reconcile(self) -> JobList:
         """Check every live job of the user, retrying or marking LOST as due."""
         ids = await self._io(self.store.job_ids, self.user)
         index, _ = await self._io(self.store.read_index, self.user)
@@ -222,7 +222,7 @@ class Reconciler:
         reports = await self.launcher.reports(
             [r.cluster_name for r in live if r.cluster_name]
         )
-        return [await self.check(r, reports, retry=True) for r in live]
+        return JobList([await self.check(r, reports, retry=True) for r in live])
 
     async def cancel(self, job_id: str) -> JobRecord:
         """Record CANCELLED (unless the job ended), then stop its cluster."""

@@ -274,19 +274,7 @@ def start(
         running = _info(directory)
         if running is not None:
             return running
-        secrets_path = os.path.join(directory, _SECRETS)
-        if not os.path.exists(secrets_path):
-            from cryptography.fernet import Fernet
-
-            _write(
-                secrets_path,
-                {
-                    "username": getpass.getuser(),
-                    "password": secrets.token_hex(16),
-                    "db_key": Fernet.generate_key().decode(),
-                },
-                mode=0o600,
-            )
+        _ensure_secrets(directory)
         if idle_timeout is None:
             idle_timeout = float(dask.config.get("batch.local.idle-timeout"))
         launch_id = secrets.token_hex(8)
@@ -302,41 +290,61 @@ def start(
                 "allowed_storage": allowed_storage,
             },
         )
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(directory, _SERVER))
-        with open(os.path.join(directory, _LOG), "ab") as log:
-            # The server forks again and exits at once (--detach), so the
-            # gateway is nobody's child: it outlives this process and is
-            # never left a zombie.
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "dask_batch._local_server",
-                    "--detach",
-                    directory,
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=directory,
-                check=True,
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            info = _info(directory, launch_id)
-            if info is not None:
-                return info
-            if _launch_failed(directory, launch_id):
-                raise DaskBatchError(
-                    "The local gateway exited while starting; see "
-                    f"{os.path.join(directory, _LOG)}."
-                )
-            time.sleep(0.05)
-        raise DaskBatchError(
-            f"The local gateway did not answer within {timeout_s:.0f} s; see "
-            f"{os.path.join(directory, _LOG)}."
+        _launch(directory)
+        return _wait_started(directory, launch_id, timeout_s)
+
+
+def _ensure_secrets(directory: str) -> None:
+    """The basic-auth password and database key, made once (mode 0600)."""
+    secrets_path = os.path.join(directory, _SECRETS)
+    if os.path.exists(secrets_path):
+        return
+    from cryptography.fernet import Fernet
+
+    _write(
+        secrets_path,
+        {
+            "username": getpass.getuser(),
+            "password": secrets.token_hex(16),
+            "db_key": Fernet.generate_key().decode(),
+        },
+        mode=0o600,
+    )
+
+
+def _launch(directory: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(directory, _SERVER))
+    with open(os.path.join(directory, _LOG), "ab") as log:
+        # The server forks again and exits at once (--detach), so the
+        # gateway is nobody's child: it outlives this process and is
+        # never left a zombie.
+        subprocess.run(
+            [sys.executable, "-m", "dask_batch._local_server", "--detach", directory],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=directory,
+            check=True,
         )
+
+
+def _wait_started(directory: str, launch_id: str, timeout_s: float) -> LocalGateway:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = _info(directory, launch_id)
+        if info is not None:
+            return info
+        if _launch_failed(directory, launch_id):
+            raise DaskBatchError(
+                "The local gateway exited while starting; see "
+                f"{os.path.join(directory, _LOG)}."
+            )
+        time.sleep(0.05)
+    raise DaskBatchError(
+        f"The local gateway did not answer within {timeout_s:.0f} s; see "
+        f"{os.path.join(directory, _LOG)}."
+    )
 
 
 def stop(directory: str | None = None, *, timeout: float = 60) -> bool:

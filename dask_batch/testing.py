@@ -29,7 +29,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ import pytest
 __all__ = [
     "CuttableProxy",
     "S3Server",
+    "gateway_clusters",
     "job_cluster_client",
     "main_processes",
     "wait_for",
@@ -93,22 +94,46 @@ def write_job_records(
     return ids
 
 
-def main_processes() -> list[int]:
-    """PIDs of every live main process (``python -m dask_batch._child``) here."""
+def _cluster_of(pid: str) -> str | None:
+    """The gateway cluster a live main process belongs to (None if not main)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"dask_batch._child" not in f.read():
+                return None
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().split(")")[-1].split()[0] == "Z":
+                return None
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read().split(b"\0")
+    except OSError:
+        return None  # exited while we looked, or not ours to read
+    prefix = b"DASK_GATEWAY_CLUSTER_NAME="
+    names = [e[len(prefix) :] for e in environ if e.startswith(prefix)]
+    return names[0].decode() if names else ""
+
+
+def main_processes(cluster_names: Collection[str] | None = None) -> list[int]:
+    """PIDs of live main processes (``python -m dask_batch._child``).
+
+    Only those of the given gateway clusters (main inherits the scheduler's
+    ``DASK_GATEWAY_CLUSTER_NAME``), so that a check sees what its own test
+    started and not another test run's jobs on the same machine; every one
+    on the host if ``cluster_names`` is None.
+    """
     found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
-            with open(f"/proc/{pid}/stat") as f:
-                zombie = f.read().split(")")[-1].split()[0] == "Z"
-        except OSError:
-            continue  # exited while we looked
-        if b"dask_batch._child" in cmdline and not zombie:
+        cluster = _cluster_of(pid)
+        if cluster is not None and (cluster_names is None or cluster in cluster_names):
             found.append(int(pid))
     return found
+
+
+def gateway_clusters(gateway: Any) -> set[str]:
+    """Names of every cluster a ``dask_gateway.Gateway`` knows, stopped ones too."""
+    every = ["pending", "running", "stopping", "stopped", "failed"]
+    return {c.name for c in gateway.list_clusters(status=every)}
 
 
 def wait_for(
@@ -165,6 +190,7 @@ class CuttableProxy:
         self.open.set()
         self.lock = threading.Lock()
         self.connections: list[socket.socket] = []
+        self.refused = 0  # connections turned away while cut
         self.closed = False
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
@@ -181,6 +207,7 @@ class CuttableProxy:
                 return
             if not self.open.is_set():
                 client.close()
+                self.refused += 1
                 continue
             try:
                 upstream = socket.create_connection(self.target)
@@ -231,7 +258,8 @@ class S3Server:
 
     @property
     def storage_options(self) -> dict[str, Any]:
-        # No region: bucket creation then fails on moto (FACTS.md).
+        # No region: with one, moto refuses bucket creation (an invalid
+        # location constraint).
         return {
             "key": self.key,
             "secret": self.secret,

@@ -6,9 +6,12 @@ import dask
 import fsspec
 import pytest
 
-from dask_batch.testing import main_processes, wait_for
+from dask_batch.testing import gateway_clusters, main_processes, wait_for
 
-child_processes = main_processes
+
+def child_processes(batch):
+    """Live main processes of the clusters of ``batch``'s gateway."""
+    return main_processes(gateway_clusters(batch.gateway))
 
 
 def cluster_status(batch, name):
@@ -58,7 +61,12 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(autouse=True)
 def _nothing_left_behind(request):
-    """Every test ends with no running cluster and no main process."""
+    """Every test ends with no running cluster and no main process.
+
+    Scoped to the gateways the test used: their clusters, and the main
+    processes of those clusters, so that other test runs on the same
+    machine (``pytest -n 2``, a second suite) are neither seen nor blamed.
+    """
     yield
     for fixture in GATEWAY_FIXTURES:
         if fixture in request.fixturenames:
@@ -68,7 +76,13 @@ def _nothing_left_behind(request):
                 30,
                 f"every cluster of {fixture} to stop after {request.node.name}",
             )
-    wait_for(lambda: not child_processes(), 15, "every main process to exit")
+            with info.gateway() as gateway:
+                names = gateway_clusters(gateway)
+            wait_for(
+                lambda names=names: not main_processes(names),
+                15,
+                f"every main process of {fixture} to exit after {request.node.name}",
+            )
 
 
 @pytest.fixture(autouse=True)

@@ -198,7 +198,7 @@ def test_real_dask_batch_subprocess(cli_env, script):
 def test_dask_commands_and_the_runner_do_not_import_the_client():
     # dask loads our entry point for every `dask` command (`dask worker` too),
     # and the scheduler imports the runner: dask_gateway and aiohttp are the
-    # client's, and cost both of them ~0.2-0.5 s of start-up.
+    # client's, and would slow the start-up of both.
     code = textwrap.dedent(
         """
         import sys
@@ -219,3 +219,26 @@ def test_dask_commands_and_the_runner_do_not_import_the_client():
         """
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_reconcile_marks_jobs_whose_submitter_died_lost(run, cli_env):
+    from dask_batch._records import new_job_id, utcnow
+    from dask_batch._store import SPEC, STATE, JobStore
+
+    store = JobStore(cli_env["DASK_BATCH__STORAGE"])
+    user = cli_env["DASK_GATEWAY__AUTH__KWARGS__USERNAME"]
+    job_id = new_job_id()
+    spec = {
+        "id": job_id,
+        "user": user,
+        "name": "orphan",
+        "submitted": utcnow().isoformat(),
+    }
+    store.put_json(user, job_id, SPEC, spec)
+    store.put_json(user, job_id, STATE, {"state": "PENDING"})
+    with dask.config.set({"batch.lost-after": 0}):
+        result = run("reconcile", "--json")
+    assert result.exit_code == 0, result.output
+    (record,) = json.loads(result.output)
+    assert (record["id"], record["state"]) == (job_id, "LOST")
+    assert "submitting process stopped" in record["message"]

@@ -174,31 +174,36 @@ def test_functions_from_local_modules_are_pickled_by_value(
 
 def test_payload_changed_after_submit_is_refused_by_mains_process(tmp_path):
     import json
-    import pickle
     import subprocess
 
     import cloudpickle
 
+    from dask_batch._handoff import MainLaunch
     from dask_batch._store import ERROR, PAYLOAD, JobStore, digest
 
     store = JobStore(str(tmp_path / "jobs"))
     job_id = "20260101-000000-000-0badc0de"
     original = cloudpickle.dumps((len, ([1],), {}))
     store.put("alice", job_id, PAYLOAD, cloudpickle.dumps((os.getpid, (), {})))
-    config = {
-        "job_id": job_id,
-        "user": "alice",
-        "storage_url": store.url,
-        "storage_options": {},
-        "payload_digest": digest(original),
-        "scheduler_address": "tls://127.0.0.1:1",
-        "runner_pid": os.getpid(),
-        "tls": [None, None, None],
-        "outcome_path": str(tmp_path / "outcome.json"),
-    }
+    launch = MainLaunch(
+        job_id=job_id,
+        user="alice",
+        name="job",
+        storage_url=store.url,
+        storage_options={},
+        storage_retry_for=0,
+        payload_digest=digest(original),
+        scheduler_address="tls://127.0.0.1:1",
+        tls_ca_file=None,
+        tls_cert=None,
+        tls_key=None,
+        runner_pid=os.getpid(),
+        outcome_path=str(tmp_path / "outcome.json"),
+        workdir=str(tmp_path / "work"),
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "dask_batch._child"],
-        input=pickle.dumps(config),
+        input=launch.to_json(),
         capture_output=True,
         timeout=60,
     )

@@ -36,7 +36,9 @@ def test_cancel_running_job_stops_main_and_cluster(batch_client):
     record = job.cancel()
     assert record.state is JobState.CANCELLED
     assert record.message.startswith("cancelled by")
-    wait_for(lambda: not child_processes(), 15, "main's process to be terminated")
+    wait_for(
+        lambda: not child_processes(batch_client), 15, "main's process to be terminated"
+    )
     wait_for(
         lambda: (
             cluster_status(batch_client, record.cluster_name) is ClusterStatus.STOPPED
@@ -87,7 +89,9 @@ def test_killed_scheduler_makes_the_job_lost(batch_client):
     with job_cluster_client(batch_client, job.id) as client:
         scheduler_pid = client.run_on_scheduler(os.getpid)
     os.kill(scheduler_pid, signal.SIGKILL)
-    wait_for(lambda: not child_processes(), 10, "main to exit with its scheduler")
+    wait_for(
+        lambda: not child_processes(batch_client), 10, "main to exit with its scheduler"
+    )
     record = wait_for_state(batch_client, job.id, JobState.LOST, timeout=60)
     assert record
     lost = job.status()

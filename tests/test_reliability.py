@@ -26,7 +26,13 @@ from dask_batch import (
     local,
 )
 from dask_batch._gateway import BatchGateway
-from dask_batch.testing import CuttableProxy, _start_gateway, wait_for
+from dask_batch.testing import (
+    CuttableProxy,
+    _start_gateway,
+    gateway_clusters,
+    main_processes,
+    wait_for,
+)
 
 
 def sleeper(seconds):
@@ -157,10 +163,11 @@ def test_gateway_restart_mid_job_never_leaves_it_running(tmp_path):
             wait_for(
                 lambda: batch.status(job.id).state is JobState.RUNNING, 30, "RUNNING"
             )
-            wait_for(child_processes, 10, "main's process")
+            wait_for(lambda: child_processes(batch), 10, "main's process")
+            names = gateway_clusters(batch.gateway)
         gateway.close()
         local.stop(directory)  # stops its clusters: main is terminated
-        wait_for(lambda: not child_processes(), 15, "main to be terminated")
+        wait_for(lambda: not main_processes(names), 15, "main to be terminated")
         info = _start_gateway(directory)
         gateway = info.gateway()
         with BatchClient(gateway=gateway, storage=str(tmp_path / "jobs")) as batch:
@@ -206,7 +213,8 @@ def test_storage_outage_is_ridden_out_without_losing_a_log_line(
             job = batch.submit(count, 100, workers=0)
             wait_for(lambda: "line 5" in batch.logs(job.id), 30, "the first lines")
             proxy.cut()
-            time.sleep(10)  # the outage itself, not a synchronisation
+            # The outage lasts until the runner has met it again and again.
+            wait_for(lambda: proxy.refused >= 5, 60, "the runner to meet the outage")
             proxy.restore()
             assert job.result(timeout=120) == 100
             lines = batch.logs(job.id).split("\n")
@@ -388,6 +396,37 @@ def test_retries_run_main_again_on_a_new_cluster_after_a_cluster_failure(
     assert record.cluster_name != first_cluster
 
 
+def test_reads_never_start_a_cluster_and_reconcile_does(batch_client, tmp_path):
+    from dask_batch.testing import job_cluster_client
+
+    marker = tmp_path / "attempted"
+    job = batch_client.submit(first_attempt_hangs, str(marker), retries=1, workers=0)
+    wait_for(marker.exists, 30, "the first attempt to start")
+    with job_cluster_client(batch_client, job.id) as client:
+        pid = client.run_on_scheduler(os.getpid)
+    os.kill(pid, signal.SIGKILL)
+    record = wait_for(
+        lambda: (r := job.status()).message.startswith("awaiting retry") and r,
+        60,
+        "the job to await its retry",
+    )
+    clusters = gateway_clusters(batch_client.gateway)
+    for _ in range(3):
+        assert job.status().message.startswith("awaiting retry")
+    assert [r.id for r in batch_client.jobs()] == [job.id]
+    assert "RUNNING" in job._repr_html_()
+    assert record.state is JobState.RUNNING
+    assert record.attempt == 1
+    assert gateway_clusters(batch_client.gateway) == clusters
+    # Reconciling is what starts the retry, once.
+    (retried,) = batch_client.reconcile()
+    assert retried.id == job.id
+    assert retried.attempt == 2
+    assert len(gateway_clusters(batch_client.gateway)) == len(clusters) + 1
+    assert job.result(timeout=120) == "second attempt"
+    assert len(gateway_clusters(batch_client.gateway)) == len(clusters) + 1
+
+
 def flaky(marker):
     import pathlib
 
@@ -443,19 +482,21 @@ def test_bad_memory_limit_fails_at_submit(batch_client, limit):
 
 
 def test_signed_results_refuse_a_result_rewritten_with_its_digest(batch_client):
-    import cloudpickle
+
+    import blake3
 
     from dask_batch import DaskBatchError
-    from dask_batch._store import FINAL, RESULT, digest
+    from dask_batch._pickling import dumps_result
+    from dask_batch._store import FINAL, RESULT
 
     with dask.config.set({"batch.result-key": "k-" + os.urandom(8).hex()}):
         job = batch_client.submit(sleeper, 0, workers=0)
         assert job.result(timeout=60) == 0
         # An attacker with write access rewrites the result and its digest.
-        forged = cloudpickle.dumps("forged")
+        forged = b"".join(dumps_result("forged"))
         store, user = batch_client.store, batch_client.user
         final = store.get_json(user, job.id, FINAL)
-        final["result_digest"] = digest(forged)
+        final["result_digest"] = "blake3:" + blake3.blake3(forged).hexdigest()
         store.put(user, job.id, RESULT, forged)
         store.put_json(user, job.id, FINAL, final)
         with pytest.raises(DaskBatchError, match=r"not signed with batch\.result-key"):
@@ -507,7 +548,7 @@ def test_storage_down_past_the_bound_still_stops_the_cluster(
                 "the cluster to stop although storage is down",
             )
             assert name
-            wait_for(lambda: not child_processes(), 15, "main to exit")
+            wait_for(lambda: not child_processes(batch), 15, "main to exit")
             proxy.restore()
             # LOST once the gateway has the cluster STOPPED (not STOPPING).
             record = wait_for(

@@ -1,0 +1,262 @@
+"""Pure parts, without a gateway or storage server: they run in milliseconds."""
+
+from __future__ import annotations
+
+import datetime
+import errno
+
+import dask
+import pytest
+
+from dask_batch import ErrorInfo, SubmitError, SubmitOptions
+from dask_batch._handoff import MainLaunch, Outcome
+from dask_batch._listing import ids_between, wanted_states
+from dask_batch._records import JobState, new_job_id, parse_job_time, utcnow
+from dask_batch._secrets import JobSecrets, seal, unseal
+from dask_batch._store import is_transient
+from dask_batch._submission import (
+    build,
+    check_memory_limit,
+    check_retries,
+    check_scaling,
+    check_timeout,
+    function_target,
+    notebook_target,
+    pack_files,
+    resolve_env,
+    script_target,
+)
+
+JOB = "20261126-000000-000-00000000"
+
+
+def add(a, b=0):
+    return a + b
+
+
+def test_submit_options_split_keeps_mains_own_keywords():
+    options, rest = SubmitOptions.split(None, {"workers": 2, "lr": 0.1})
+    assert (options.workers, rest) == (2, {"lr": 0.1})
+    base = SubmitOptions(workers=3, timeout="1h")
+    merged, _ = SubmitOptions.split(base, {"workers": 5})
+    assert (merged.workers, merged.timeout) == (5, "1h")
+
+
+def test_submit_options_refuse_unknown_names():
+    with pytest.raises(TypeError, match="wokers"):
+        SubmitOptions.merge(None, {"wokers": 2})
+
+
+def test_not_submitted_errors_carry_the_job_id():
+    with pytest.raises(SubmitError) as info:
+        check_scaling(JOB, 1, (1, 2))
+    assert info.value.job_id == JOB
+    assert (
+        str(info.value)
+        == f"Job {JOB!r} not submitted: give workers or adapt, not both."
+    )
+
+
+@pytest.mark.parametrize(
+    ("workers", "adapt", "expected"),
+    [(None, None, (1, None)), (0, None, (0, None)), (None, [0, 4], (None, (0, 4)))],
+)
+def test_scaling(workers, adapt, expected):
+    assert check_scaling(JOB, workers, adapt) == expected
+
+
+@pytest.mark.parametrize(
+    ("timeout", "seconds"), [(None, None), (90, 90.0), ("2h", 7200.0)]
+)
+def test_timeouts(timeout, seconds):
+    assert check_timeout(JOB, timeout) == seconds
+
+
+@pytest.mark.parametrize("timeout", [0, -1, "soon", float("nan")])
+def test_bad_timeouts(timeout):
+    with pytest.raises(SubmitError, match="timeout must be a positive duration"):
+        check_timeout(JOB, timeout)
+
+
+def test_retry_on_takes_classes_and_names():
+    assert check_retries(JOB, 2, [ConnectionError, "MyError"]) == [
+        "builtins.ConnectionError",
+        "MyError",
+    ]
+    for retries, retry_on in [(-1, ()), (True, ()), (1, [3])]:
+        with pytest.raises(SubmitError, match="retr"):
+            check_retries(JOB, retries, retry_on)
+
+
+def test_memory_limit():
+    assert check_memory_limit(JOB, "1 GiB") == 2**30
+    assert check_memory_limit(JOB, None) is None
+    for bad in ("1 MiB", "lots", -5):
+        with pytest.raises(SubmitError, match="memory_limit"):
+            check_memory_limit(JOB, bad)
+
+
+def test_env_values_come_from_items_mappings_and_this_process(monkeypatch):
+    monkeypatch.setenv("DASK_BATCH_TEST_TOKEN", "t0ken")
+    assert resolve_env(JOB, ["A=1", "DASK_BATCH_TEST_TOKEN"]) == {
+        "A": "1",
+        "DASK_BATCH_TEST_TOKEN": "t0ken",
+    }
+    assert resolve_env(JOB, {"B": "2"}) == {"B": "2"}
+    with pytest.raises(SubmitError, match="NOT_SET_ANYWHERE"):
+        resolve_env(JOB, ["NOT_SET_ANYWHERE"])
+    with pytest.raises(SubmitError, match="string names and values"):
+        resolve_env(JOB, {"C": 3})
+
+
+def test_files_are_packed_with_directory_contents_at_the_top(tmp_path):
+    import io
+    import tarfile
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.csv").write_text("1,2")
+    (tmp_path / "conf.yaml").write_text("a: 1")
+    archive = pack_files(JOB, [tmp_path / "data", str(tmp_path / "conf.yaml")])
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        assert sorted(tar.getnames()) == ["conf.yaml", "x.csv"]
+    with pytest.raises(SubmitError, match="does not exist"):
+        pack_files(JOB, [tmp_path / "missing"])
+    with (
+        dask.config.set({"batch.upload-limit": "2 B"}),
+        pytest.raises(SubmitError, match="upload-limit"),
+    ):
+        pack_files(JOB, [tmp_path / "data"])
+
+
+def test_targets(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text("print(1)")
+    assert script_target(JOB, str(script), [1]).args[1:] == (b"print(1)", ["1"])
+    module = script_target(JOB, "pkg.jobs:nightly", ["x"])
+    assert (module.kind, module.default_name) == ("module", "nightly")
+    with pytest.raises(SubmitError, match="neither a script"):
+        script_target(JOB, "nothing-runnable", [])
+    with pytest.raises(SubmitError, match="is not callable"):
+        function_target(JOB, 3, (), {})
+    with pytest.raises(SubmitError, match="cannot read notebook"):
+        notebook_target(JOB, str(tmp_path / "missing.ipynb"), {})
+
+
+def test_build_makes_a_spec_without_env_values():
+    target = function_target(JOB, add, (1,), {"b": 2})
+    options = SubmitOptions(env={"SECRET": "s3cr3t"}, retries=1, adapt=(0, 2))
+    submission = build(JOB, "alice", "memory://jobs/alice/x", target, options)
+    spec = submission.spec
+    assert (spec["kind"], spec["name"], spec["function"]) == (
+        "function",
+        "add",
+        f"{__name__}.add",
+    )
+    assert (spec["workers"], spec["adapt"]) == (None, [0, 2])
+    assert spec["env_names"] == ["SECRET"]
+    assert "s3cr3t" not in repr(spec)
+    assert submission.env_values == {"SECRET": "s3cr3t"}
+    assert spec["payload_digest"].startswith("sha256:")
+
+
+def test_payload_limit_is_checked_before_anything_else_happens():
+    target = function_target(JOB, add, (b"x" * 4096,), {})
+    with (
+        dask.config.set({"batch.payload-limit": "1 kiB"}),
+        pytest.raises(SubmitError, match=r"batch\.payload-limit \(1.00 kiB\)"),
+    ):
+        build(JOB, "alice", "", target, SubmitOptions())
+
+
+def test_job_times_parse_as_datetimes_iso_text_and_durations():
+    aware = datetime.datetime(2026, 1, 2, tzinfo=datetime.timezone.utc)
+    assert parse_job_time(aware) == aware
+    assert parse_job_time("2026-01-02T00:00:00") == aware
+    assert parse_job_time(None) is None
+    before = utcnow()
+    two_hours_ago = parse_job_time("2h")
+    after = utcnow()
+    hours = datetime.timedelta(hours=2)
+    assert before - hours <= two_hours_ago <= after - hours
+
+
+def test_listing_filters_ids_by_time_and_states():
+    now = utcnow()
+    old = new_job_id(now - datetime.timedelta(days=3))
+    new = new_job_id(now - datetime.timedelta(minutes=1))
+    assert ids_between([new, old], "1d", None) == [new]
+    assert ids_between([new, old], None, "1d") == [old]
+    assert wanted_states("running") == {JobState.RUNNING}
+    assert wanted_states(None) is None
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (ConnectionResetError("reset"), True),
+        (TimeoutError("slow"), True),
+        (OSError(errno.ETIMEDOUT, "timed out"), True),
+        (PermissionError("Access Denied"), False),
+        (FileNotFoundError("gone"), False),
+        (TypeError("a bug"), False),
+        (OSError(errno.ENOSPC, "disk full"), False),
+    ],
+)
+def test_only_transient_storage_failures_are_retried(exc, transient):
+    assert is_transient(exc) is transient
+
+
+def test_a_5xx_or_throttled_answer_is_transient_through_its_cause():
+    class ClientError(Exception):
+        def __init__(self, status, code):
+            self.response = {
+                "ResponseMetadata": {"HTTPStatusCode": status},
+                "Error": {"Code": code},
+            }
+
+    for status, code, transient in [
+        (503, "ServiceUnavailable", True),
+        (400, "SlowDown", True),
+        (403, "AccessDenied", False),
+    ]:
+        wrapped = OSError(errno.EIO, "failed")
+        wrapped.__cause__ = ClientError(status, code)
+        assert is_transient(wrapped) is transient
+
+
+def test_secrets_round_trip_and_refuse_another_key():
+    key, token = seal(JobSecrets({"TOKEN": "x"}, "result-key"))
+    assert unseal(key, token) == JobSecrets({"TOKEN": "x"}, "result-key")
+    other, _ = seal(JobSecrets({"A": "b"}))
+    from cryptography.fernet import InvalidToken
+
+    with pytest.raises(InvalidToken):
+        unseal(other, token)
+    assert not JobSecrets()
+
+
+def test_handoff_documents_round_trip(tmp_path):
+    launch = MainLaunch(
+        job_id=JOB,
+        user="alice",
+        name="n",
+        storage_url="memory://jobs",
+        storage_options={"anon": True},
+        storage_retry_for=1.5,
+        payload_digest="sha256:00",
+        scheduler_address="tls://127.0.0.1:1",
+        tls_ca_file=None,
+        tls_cert=None,
+        tls_key=None,
+        runner_pid=1,
+        outcome_path=str(tmp_path / "o.json"),
+        workdir=str(tmp_path),
+        secret_key="k",
+    )
+    assert MainLaunch.from_json(launch.to_json()) == launch
+    assert "secret_key='k'" not in repr(launch)
+    failed = Outcome.failure("ProcessExit", "killed", returncode=-9)
+    failed.write(launch.outcome_path)
+    assert Outcome.read(launch.outcome_path) == failed
+    assert failed.error == ErrorInfo("ProcessExit", "killed", "", -9)
+    assert ErrorInfo.from_dict(failed.error.to_dict()) == failed.error
