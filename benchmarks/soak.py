@@ -28,6 +28,7 @@ from dask_batch.testing import (
     CuttableProxy,
     _gateway_environment,
     _start_gateway,
+    gateway_clusters,
     job_cluster_client,
     main_processes,
     wait_for,
@@ -164,7 +165,8 @@ def trial(batch, ctx, scenario):
     except AssertionError:
         wrong["orphan clusters"] += 1
     try:
-        wait_for(lambda: not main_processes(), 30, "main processes to exit")
+        names = gateway_clusters(client.gateway)
+        wait_for(lambda: not main_processes(names), 30, "main processes to exit")
     except AssertionError:
         wrong["orphan processes"] += 1
     return wrong

@@ -52,7 +52,15 @@ def _error_info(
     )
 
 
-def _fail(store: JobStore, launch: MainLaunch, error: ErrorInfo) -> NoReturn:
+def _fail(
+    store: JobStore,
+    launch: MainLaunch,
+    error: ErrorInfo | BaseException,
+    **described: str,
+) -> NoReturn:
+    """Store the error, report the outcome, exit; ``described`` as for _error_info."""
+    if isinstance(error, BaseException):
+        error = _error_info(error, **described)
     print(
         f"dask-batch: job {launch.job_id} failed: {error.type}: {error.message}",
         file=sys.stderr,
@@ -85,25 +93,21 @@ def _load_main(store: JobStore, launch: MainLaunch) -> tuple[Any, tuple, dict]:
         _fail(
             store,
             launch,
-            _error_info(
-                exc,
-                type_name="ModuleNotFoundError",
-                message=f"main of job {job_id!r} cannot be loaded on the cluster: "
-                f"module {module!r} is not importable there ({exc}). Install it "
-                "in the cluster's environment, or call "
-                "cloudpickle.register_pickle_by_value(module) before submit.",
-            ),
+            exc,
+            type_name="ModuleNotFoundError",
+            message=f"main of job {job_id!r} cannot be loaded on the cluster: "
+            f"module {module!r} is not importable there ({exc}). Install it "
+            "in the cluster's environment, or call "
+            "cloudpickle.register_pickle_by_value(module) before submit.",
         )
     except Exception as exc:
         _fail(
             store,
             launch,
-            _error_info(
-                exc,
-                message=f"main of job {job_id!r} cannot be unpickled on the "
-                f"cluster: {exc}. Check that client and cluster run the same "
-                "Python and library versions.",
-            ),
+            exc,
+            message=f"main of job {job_id!r} cannot be unpickled on the "
+            f"cluster: {exc}. Check that client and cluster run the same "
+            "Python and library versions.",
         )
     return func, args, kwargs
 
@@ -198,7 +202,7 @@ def _run(store: JobStore, launch: MainLaunch) -> tuple[Any, str | None]:
         return func(*args, **kwargs), result_key
     except BaseException as exc:  # SystemExit and KeyboardInterrupt included
         traceback.print_exc()
-        _fail(store, launch, _error_info(exc))
+        _fail(store, launch, exc)
     finally:
         try:
             reporter.flush()
@@ -222,12 +226,10 @@ def main() -> None:
         _fail(
             store,
             launch,
-            _error_info(
-                exc,
-                message=f"the value returned by main of job {launch.job_id!r} "
-                f"cannot be pickled: {exc}. Return plain data, or write it to "
-                "storage yourself and return its path.",
-            ),
+            exc,
+            message=f"the value returned by main of job {launch.job_id!r} "
+            f"cannot be pickled: {exc}. Return plain data, or write it to "
+            "storage yourself and return its path.",
         )
     del result  # the pieces hold what is needed of it
     result_digest, signature = store.put_pieces(

@@ -203,8 +203,7 @@ class BatchClient:
             Command-line arguments of the script, or positional arguments of
             the function.
         submit_options : SubmitOptions, optional
-        **options
-            :class:`~dask_batch.SubmitOptions` fields, as for :meth:`submit`.
+            How the job runs; ``**options`` (its fields as keywords) win.
 
         Returns
         -------
@@ -241,13 +240,8 @@ class BatchClient:
             The notebook (``analysis.ipynb``).
         parameters : dict, optional
             papermill parameters, injected after the cell tagged ``parameters``.
-        submit_options : SubmitOptions, optional
-        **options
-            :class:`~dask_batch.SubmitOptions` fields, as for :meth:`submit`.
-
-        Returns
-        -------
-        Job
+        submit_options, **options
+            As for :meth:`submit_script`.
 
         Examples
         --------
@@ -398,11 +392,8 @@ class BatchClient:
 
         Parameters
         ----------
-        job_id : str
-        timeout : float or str, optional
-            Seconds (or ``"10m"``) to wait; None waits for ever.
-        progress : bool
-            Show a progress bar while waiting (see :meth:`wait`).
+        job_id, timeout, progress
+            As for :meth:`wait`.
 
         Raises
         ------

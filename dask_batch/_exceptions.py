@@ -36,6 +36,11 @@ __all__ = [
 ]
 
 
+def not_submitted_message(job_id: str, reason: str) -> str:
+    """The one wording of "this job was not submitted, because ..."."""
+    return f"Job {job_id!r} not submitted: {reason}"
+
+
 class DaskBatchError(Exception):
     """Base class of every error raised by dask-batch.
 
@@ -141,7 +146,7 @@ class SubmitError(DaskBatchError, ValueError):
     @classmethod
     def not_submitted(cls, job_id: str, reason: str) -> SubmitError:
         """The error for input refused before anything was created."""
-        return cls(job_id, f"Job {job_id!r} not submitted: {reason}")
+        return cls(job_id, not_submitted_message(job_id, reason))
 
 
 class StorageError(DaskBatchError, OSError):

@@ -21,7 +21,12 @@ from dask_gateway.client import ClusterReport, ClusterStatus, GatewayClusterErro
 from dask_gateway.options import Options
 
 from . import _secrets
-from ._exceptions import DaskBatchError, SubmitError
+from ._exceptions import (
+    DaskBatchError,
+    StorageError,
+    SubmitError,
+    not_submitted_message,
+)
 from ._records import ErrorInfo, JobState, to_iso, utcnow
 from ._runner import JobRunnerPlugin
 from ._store import CLUSTER, FILES, PAYLOAD, SECRETS, SPEC, STATE, JobStore
@@ -53,9 +58,6 @@ class ClusterLauncher:
         self.user = user
         self._mode: str | None = None if mode == "auto" else mode
         self._options: Options | None = None
-
-    async def _io(self, func: Any, *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(func, *args, **kwargs)
 
     async def server_options(self) -> Options:
         """The gateway's cluster options (fetched once)."""
@@ -112,10 +114,18 @@ class ClusterLauncher:
         )
         secret_key, token = _secrets.seal(secrets) if secrets else ("", b"")
         spec["has_secrets"] = bool(secret_key)
-        await self._io(self._write_records, submission, spec, token)
+        try:
+            await asyncio.to_thread(self._write_records, submission, spec, token)
+        except StorageError as exc:
+            reason = (
+                f"no cluster was requested, as its records cannot be written: {exc}"
+            )
+            raise StorageError(
+                not_submitted_message(job_id, reason), job_id=job_id
+            ) from exc
         key = spec.get("idempotency_key")
         if key:
-            owner = await self._io(
+            owner = await asyncio.to_thread(
                 self.store.claim_idempotency_key, self.user, key, job_id
             )
             if owner != job_id:
@@ -169,13 +179,15 @@ class ClusterLauncher:
         cluster = {"cluster_name": cluster_name}
         if attempt > 1:
             cluster["attempt"] = attempt
-        await self._io(self.store.put_json, self.user, job_id, CLUSTER, cluster)
+        await asyncio.to_thread(
+            self.store.put_json, self.user, job_id, CLUSTER, cluster
+        )
         if spec.get("mode") == "client":
             await self._install_runner(job_id, cluster_name, spec, secret_key)
         return str(cluster_name)
 
     async def _fail(self, job_id: str, error: ErrorInfo) -> None:
-        await self._io(
+        await asyncio.to_thread(
             self.store.transition,
             self.user,
             job_id,

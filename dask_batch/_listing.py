@@ -51,9 +51,6 @@ class JobLister:
         self.user = user
         self.reconciler = reconciler
 
-    async def _io(self, func: Any, *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(func, *args, **kwargs)
-
     async def jobs(
         self,
         *,
@@ -65,8 +62,8 @@ class JobLister:
     ) -> JobList:
         """See :meth:`dask_batch.BatchClient.jobs`."""
         wanted = wanted_states(state)
-        every_id = await self._io(self.store.job_ids, self.user)
-        index, packs = await self._io(self.store.read_index, self.user)
+        every_id = await asyncio.to_thread(self.store.job_ids, self.user)
+        index, packs = await asyncio.to_thread(self.store.read_index, self.user)
         ids = ids_between(every_id, since, until)
         # Read newest first, a page at a time, until the limit is met: a
         # listing of the last 50 jobs reads 50 records, not thousands.
@@ -96,7 +93,7 @@ class JobLister:
     ) -> list[JobRecord]:
         """Records of ``ids``: terminal ones from the index, the rest read."""
         unknown = [i for i in ids if i not in index]
-        records = await self._io(self.store.read_records, self.user, unknown)
+        records = await asyncio.to_thread(self.store.read_records, self.user, unknown)
         out: list[JobRecord] = []
         for job_id in ids:
             entry = index.get(job_id)
@@ -137,7 +134,7 @@ class JobLister:
         else:
             return
         try:
-            await self._io(self.store.write_index, self.user, pack, replaces)
+            await asyncio.to_thread(self.store.write_index, self.user, pack, replaces)
         except StorageError as exc:
             # The index only saves reads; a read-only user still gets a listing.
             logger.warning("Not updating the job index: %s", exc)

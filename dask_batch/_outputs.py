@@ -49,9 +49,6 @@ class JobOutputs:
         self.user = user
         self.reconciler = reconciler
 
-    async def _io(self, func: Any, *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(func, *args, **kwargs)
-
     async def result(
         self, job_id: str, timeout: float | str | None, progress: bool = False
     ) -> Any:
@@ -62,10 +59,10 @@ class JobOutputs:
     async def outcome(self, record: JobRecord) -> Any:
         """The value main returned, for a terminal ``record``; else its error."""
         if record.state is JobState.SUCCEEDED:
-            return await self._io(self._load_result, record)
+            return await asyncio.to_thread(self._load_result, record)
         job_id = record.id
         if record.state is JobState.FAILED:
-            tail = await self._io(
+            tail = await asyncio.to_thread(
                 self.store.log_tail, self.user, job_id, LOG_TAIL_LINES
             )
             error = record.error or {"type": "JobFailed", "message": record.message}
@@ -116,7 +113,7 @@ class JobOutputs:
                 raise JobNotFoundError(job_id, self.store.url)
             return data.decode(errors="replace"), next_index
 
-        return await self._io(read)
+        return await asyncio.to_thread(read)
 
     async def _follow_step(self, job_id: str, index: int) -> tuple[str, int, bool]:
         """New log text, the next chunk index, and whether the job has ended."""
@@ -148,8 +145,8 @@ class JobOutputs:
 
     async def artifacts(self, job_id: str) -> dict[str, int]:
         """Artifact paths and sizes; JobNotFoundError for an unknown job."""
-        await self._io(self.store.read_record, self.user, job_id)
-        return dict(await self._io(self.store.artifacts, self.user, job_id))
+        await asyncio.to_thread(self.store.read_record, self.user, job_id)
+        return dict(await asyncio.to_thread(self.store.artifacts, self.user, job_id))
 
     async def download_artifacts(self, job_id: str, destination: str) -> list[str]:
         """Copy the artifacts below ``destination``; return the local paths."""
@@ -164,4 +161,4 @@ class JobOutputs:
                 written.append(local)
             return written
 
-        return list(await self._io(download))
+        return list(await asyncio.to_thread(download))

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
-from typing import Any
 
 import dask.config
 from dask.utils import parse_timedelta
@@ -24,7 +24,7 @@ from dask_gateway.client import ClusterReport
 from ._display import JobList, ProgressDisplay
 from ._launcher import ALIVE, ClusterLauncher
 from ._records import JobRecord, JobState, to_iso, utcnow
-from ._store import CLUSTER, SPEC, JobStore, dumps_json
+from ._store import SPEC, JobStore, dumps_json
 
 Reports = dict[str, ClusterReport | None]
 
@@ -44,12 +44,9 @@ class Reconciler:
         self.launcher = launcher
         self.user = user
 
-    async def _io(self, func: Any, *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(func, *args, **kwargs)
-
     async def status(self, job_id: str, *, retry: bool = False) -> JobRecord:
         """The job's record, checked against the gateway if it is live."""
-        record = await self._io(self.store.read_record, self.user, job_id)
+        record = await asyncio.to_thread(self.store.read_record, self.user, job_id)
         if record.state.is_terminal:
             return record
         names = [record.cluster_name] if record.cluster_name else []
@@ -73,13 +70,13 @@ class Reconciler:
             why += " (no retry possible: the env values' key went with the cluster)"
         # The runner writes the final state before it stops the cluster, so a
         # fresh read now sees any outcome that raced with the gateway query.
-        fresh = await self._io(self.store.read_record, self.user, record.id)
+        fresh = await asyncio.to_thread(self.store.read_record, self.user, record.id)
         if fresh.state.is_terminal:
             return fresh
-        await self._io(
+        await asyncio.to_thread(
             self.store.transition, self.user, record.id, JobState.LOST, message=why
         )
-        return await self._io(self.store.read_record, self.user, record.id)
+        return await asyncio.to_thread(self.store.read_record, self.user, record.id)
 
     def _why_lost(self, record: JobRecord, reports: Reports) -> str | None:
         """Why the live ``record`` can no longer end on its own; None if it can."""
@@ -123,7 +120,7 @@ class Reconciler:
 
         None when the job has secrets whose key went with its old cluster.
         """
-        spec = await self._io(self.store.get_json, self.user, record.id, SPEC)
+        spec = await asyncio.to_thread(self.store.get_json, self.user, record.id, SPEC)
         if not spec.get("has_secrets"):
             return ""
         assert record.cluster_name is not None
@@ -155,31 +152,20 @@ class Reconciler:
         attempt = record.attempt + 1
         claim = dumps_json({"attempt": attempt, "after": why, "time": to_iso(utcnow())})
         name = f"attempts/{attempt:04d}.json"
-        if await self._io(self.store.put_create, self.user, record.id, name, claim):
+        if await asyncio.to_thread(
+            self.store.put_create, self.user, record.id, name, claim
+        ):
             history = [*record.attempts, {"attempt": record.attempt, "error": why}]
-            # Forget the dead cluster first, so that nobody judges the job by
-            # it again; then the state, before the new cluster exists, so that
-            # its runner reads this attempt number.
-            await self._io(
-                self.store.put_json,
-                self.user,
-                record.id,
-                CLUSTER,
-                {"cluster_name": None, "attempt": attempt},
+            # The state before the new cluster exists, so that its runner
+            # reads this attempt number.
+            begin = functools.partial(self.store.begin_attempt, self.user, record.id)
+            message = f"attempt {attempt}: {why}"
+            await asyncio.to_thread(begin, attempt, history, message, new_cluster=True)
+            spec = await asyncio.to_thread(
+                self.store.get_json, self.user, record.id, SPEC
             )
-            await self._io(
-                self.store.transition,
-                self.user,
-                record.id,
-                JobState.PENDING,
-                attempt=attempt,
-                attempts=history,
-                cluster_name=None,
-                message=f"attempt {attempt}: {why}",
-            )
-            spec = await self._io(self.store.get_json, self.user, record.id, SPEC)
             await self.launcher.launch(record.id, spec, secret_key, attempt)
-        return await self._io(self.store.read_record, self.user, record.id)
+        return await asyncio.to_thread(self.store.read_record, self.user, record.id)
 
     async def wait(
         self, job_id: str, timeout: float | str | None, progress: bool = False
@@ -209,9 +195,9 @@ class Reconciler:
 
     async def reconcile(self) -> JobList:
         """Check every live job of the user, retrying or marking LOST as due."""
-        ids = await self._io(self.store.job_ids, self.user)
-        index, _ = await self._io(self.store.read_index, self.user)
-        records = await self._io(
+        ids = await asyncio.to_thread(self.store.job_ids, self.user)
+        index, _ = await asyncio.to_thread(self.store.read_index, self.user)
+        records = await asyncio.to_thread(
             self.store.read_records, self.user, [i for i in ids if i not in index]
         )
         live = [
@@ -226,16 +212,16 @@ class Reconciler:
 
     async def cancel(self, job_id: str) -> JobRecord:
         """Record CANCELLED (unless the job ended), then stop its cluster."""
-        record = await self._io(self.store.read_record, self.user, job_id)
+        record = await asyncio.to_thread(self.store.read_record, self.user, job_id)
         if not record.state.is_terminal:
-            await self._io(
+            await asyncio.to_thread(
                 self.store.transition,
                 self.user,
                 job_id,
                 JobState.CANCELLED,
                 message=f"cancelled by {self.user}",
             )
-        record = await self._io(self.store.read_record, self.user, job_id)
+        record = await asyncio.to_thread(self.store.read_record, self.user, job_id)
         if record.cluster_name:
             await self.launcher.stop(job_id, record.cluster_name)
         return record

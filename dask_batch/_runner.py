@@ -196,14 +196,15 @@ class JobRunnerPlugin(SchedulerPlugin):
                     f"dask-batch: attempt {attempt} of job {self.job_id} after "
                     f"{error.type}: {error.message}\n".encode()
                 )
+            message = f"attempt {attempt} after {error.type}"
             await self._io(
-                self._store.transition,
+                self._store.begin_attempt,
                 self.user,
                 self.job_id,
-                JobState.RUNNING,
-                attempt=attempt,
-                attempts=history,
-                message=f"attempt {attempt} after {error.type}",
+                attempt,
+                history,
+                message,
+                new_cluster=False,
             )
 
     def _should_retry(

@@ -613,6 +613,34 @@ class JobStore:
                 return dict(self._parse(job_id, name, data))
         return {}
 
+    def begin_attempt(
+        self,
+        user: str,
+        job_id: str,
+        attempt: int,
+        history: list[dict[str, Any]],
+        message: str,
+        *,
+        new_cluster: bool,
+    ) -> dict[str, Any]:
+        """Record that ``attempt`` begins, after the earlier ones in ``history``.
+
+        On a ``new_cluster`` the job is PENDING and its old cluster is
+        forgotten first, so that nobody judges the job by it again; in the
+        same cluster it stays RUNNING.
+        """
+        fields: dict[str, Any] = {
+            "attempt": attempt,
+            "attempts": history,
+            "message": message,
+        }
+        state = JobState.RUNNING
+        if new_cluster:
+            cluster = {"cluster_name": None, "attempt": attempt}
+            self.put_json(user, job_id, CLUSTER, cluster)
+            state, fields["cluster_name"] = JobState.PENDING, None
+        return self.transition(user, job_id, state, **fields)
+
     def transition(
         self, user: str, job_id: str, state: JobState, **fields: Any
     ) -> dict[str, Any]:

@@ -82,6 +82,14 @@ def _record_dict(record: JobRecord) -> dict[str, Any]:
     return out
 
 
+def _echo_records(records: Any, as_json: bool) -> None:
+    """A table of records, or a JSON list of them."""
+    if as_json:
+        click.echo(json.dumps([_record_dict(r) for r in records], indent=1))
+    else:
+        click.echo(records.to_text())
+
+
 def _exit_status(record: JobRecord) -> int:
     """The job's exit status as a shell sees it: 0 only for SUCCEEDED."""
     if record.state is JobState.SUCCEEDED:
@@ -247,10 +255,7 @@ def list_jobs(
     records = obj.client.jobs(
         state=[s.upper() for s in states] or None, name=name, since=since, limit=limit
     )
-    if as_json:
-        click.echo(json.dumps([_record_dict(r) for r in records], indent=1))
-    else:
-        click.echo(records.to_text())
+    _echo_records(records, as_json)
 
 
 @main.command()
@@ -350,11 +355,7 @@ def reconcile(obj: _Context, as_json: bool) -> None:
     Reads (list, status) only report a job that awaits a retry on a new
     cluster; this starts it, as `result` and `submit --wait` do for one job.
     """
-    records = obj.client.reconcile()
-    if as_json:
-        click.echo(json.dumps([_record_dict(r) for r in records], indent=1))
-    else:
-        click.echo(records.to_text())
+    _echo_records(obj.client.reconcile(), as_json)
 
 
 @main.command()

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 
 import dask
+import dask_gateway  # noqa: F401  (see _fresh_config)
 import fsspec
 import pytest
 
@@ -96,6 +97,9 @@ def _clean_memory_filesystem():
 
 @pytest.fixture(autouse=True)
 def _fresh_config(monkeypatch):
+    # dask_gateway's gateway.* defaults are loaded at import (above): had the
+    # first import happened inside this set() block, leaving the block would
+    # delete the whole gateway section, defaults included.
     for key in list(os.environ):
         if key.startswith(("DASK_BATCH__", "DASK_GATEWAY__")):
             monkeypatch.delenv(key)

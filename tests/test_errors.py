@@ -78,8 +78,9 @@ def test_missing_bucket_fails_before_a_cluster_is_requested(
         storage_options=batch_s3_server.storage_options,
     ) as batch:
         before = len(clusters_ever(batch))
-        with pytest.raises(StorageError, match="no-such-bucket"):
+        with pytest.raises(StorageError, match="no-such-bucket") as info:
             batch.submit(len, [])
+        assert str(info.value).startswith(f"Job {info.value.job_id!r} not submitted")
         assert len(clusters_ever(batch)) == before
     gateway.close()
 

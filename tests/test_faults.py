@@ -92,9 +92,9 @@ def test_killed_scheduler_makes_the_job_lost(batch_client):
     wait_for(
         lambda: not child_processes(batch_client), 10, "main to exit with its scheduler"
     )
-    record = wait_for_state(batch_client, job.id, JobState.LOST, timeout=60)
-    assert record
+    wait_for_state(batch_client, job.id, JobState.LOST, timeout=60)
     lost = job.status()
+    assert lost.finished is not None
     assert cluster_name in lost.message
     with pytest.raises(JobLostError, match=job.id):
         job.result(timeout=5)

@@ -218,3 +218,28 @@ def test_asynchronous_api(batch_gateway, tmp_path):
             assert [r.id for r in await batch.jobs()] == [job.id]
 
     asyncio.run(run())
+
+
+def test_asynchronous_close_is_awaitable_and_closes_the_owned_gateway(
+    batch_gateway, tmp_path, monkeypatch
+):
+    import dask
+
+    for key, value in batch_gateway.environment().items():
+        monkeypatch.setenv(key, value)
+    dask.config.refresh()
+
+    async def run():
+        batch = BatchClient(storage=str(tmp_path / "jobs"), asynchronous=True)
+        assert await batch.jobs() == []
+        await batch.gateway.list_clusters()  # opens its HTTP session
+        assert batch.gateway._session is not None
+        await batch.close()
+        assert batch.gateway._session is None
+        await batch.close()  # twice is harmless
+
+    try:
+        asyncio.run(run())
+    finally:
+        monkeypatch.undo()
+        dask.config.refresh()
