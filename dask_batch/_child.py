@@ -145,6 +145,12 @@ def _share_storage_options(store: JobStore, launch: MainLaunch) -> None:
 
 
 def _unpack_files(store: JobStore, launch: MainLaunch) -> None:
+    if not hasattr(tarfile, "data_filter"):
+        raise RuntimeError(
+            f"job {launch.job_id!r} uploaded files, and this Python's tarfile "
+            "cannot unpack them safely (it needs 3.10.12, 3.11.4 or newer); "
+            "upgrade Python on the cluster, or submit without files"
+        )
     archive = store.get(launch.user, launch.job_id, FILES)
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
         # Refuses absolute paths, "..", links out of the directory, devices.
@@ -190,7 +196,16 @@ def _prepare(store: JobStore, launch: MainLaunch) -> tuple[Any, str | None]:
 def _run(store: JobStore, launch: MainLaunch) -> tuple[Any, str | None]:
     """Run main with its cluster as the default client; return its value."""
     func, args, kwargs = _load_main(store, launch)
-    reporter, result_key = _prepare(store, launch)
+    try:
+        reporter, result_key = _prepare(store, launch)
+    except Exception as exc:
+        _fail(
+            store,
+            launch,
+            exc,
+            message=f"main of job {launch.job_id!r} could not be set up on the "
+            f"cluster (files, env values, working directory): {exc}",
+        )
     client = _connect(launch)
     if launch.memory_limit:
         import resource

@@ -173,19 +173,12 @@ def test_functions_from_local_modules_are_pickled_by_value(
     sys.modules.pop("mylocalcode")
 
 
-def test_payload_changed_after_submit_is_refused_by_mains_process(tmp_path):
-    import json
+def run_main_process(store, job_id, payload_digest, tmp_path, **more):
+    """Run main's process as the runner would, with no scheduler to reach."""
     import subprocess
 
-    import cloudpickle
-
     from dask_batch._handoff import MainLaunch
-    from dask_batch._store import ERROR, PAYLOAD, JobStore, digest
 
-    store = JobStore(str(tmp_path / "jobs"))
-    job_id = "20260101-000000-000-0badc0de"
-    original = cloudpickle.dumps((len, ([1],), {}))
-    store.put("alice", job_id, PAYLOAD, cloudpickle.dumps((os.getpid, (), {})))
     launch = MainLaunch(
         job_id=job_id,
         user="alice",
@@ -193,7 +186,7 @@ def test_payload_changed_after_submit_is_refused_by_mains_process(tmp_path):
         storage_url=store.url,
         storage_options={},
         storage_retry_for=0,
-        payload_digest=digest(original),
+        payload_digest=payload_digest,
         scheduler_address="tls://127.0.0.1:1",
         tls_ca_file=None,
         tls_cert=None,
@@ -201,15 +194,49 @@ def test_payload_changed_after_submit_is_refused_by_mains_process(tmp_path):
         runner_pid=os.getpid(),
         outcome_path=str(tmp_path / "outcome.json"),
         workdir=str(tmp_path / "work"),
+        **more,
     )
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "dask_batch._child"],
         input=launch.to_json(),
         capture_output=True,
         timeout=60,
     )
+
+
+def test_payload_changed_after_submit_is_refused_by_mains_process(tmp_path):
+    import json
+
+    import cloudpickle
+
+    from dask_batch._store import ERROR, PAYLOAD, JobStore, digest
+
+    store = JobStore(str(tmp_path / "jobs"))
+    job_id = "20260101-000000-000-0badc0de"
+    original = cloudpickle.dumps((len, ([1],), {}))
+    store.put("alice", job_id, PAYLOAD, cloudpickle.dumps((os.getpid, (), {})))
+    proc = run_main_process(store, job_id, digest(original), tmp_path)
     assert proc.returncode == 1
     outcome = json.loads((tmp_path / "outcome.json").read_text())
     assert outcome["error"]["type"] == "IntegrityError"
     assert job_id in outcome["error"]["message"]
     assert store.get_json("alice", job_id, ERROR)["type"] == "IntegrityError"
+
+
+def test_main_that_cannot_be_set_up_fails_with_the_reason(tmp_path):
+    import json
+
+    import cloudpickle
+
+    from dask_batch._store import PAYLOAD, JobStore, digest
+
+    store = JobStore(str(tmp_path / "jobs"))
+    job_id = "20260101-000000-000-5e7babad"
+    payload = cloudpickle.dumps((len, ([1],), {}))
+    store.put("alice", job_id, PAYLOAD, payload)
+    # has_files, but no files.tar.gz was stored
+    proc = run_main_process(store, job_id, digest(payload), tmp_path, has_files=True)
+    assert proc.returncode == 1
+    error = json.loads((tmp_path / "outcome.json").read_text())["error"]
+    assert error["type"] == "builtins.FileNotFoundError"
+    assert f"main of job {job_id!r} could not be set up" in error["message"]
