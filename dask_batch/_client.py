@@ -86,7 +86,6 @@ class BatchClient:
         self._lister = JobLister(self.store, self.user, self._reconciler)
         self._outputs = JobOutputs(self.store, self.user, self._reconciler)
 
-    # -- plumbing ----------------------------------------------------------------
     @property
     def asynchronous(self) -> bool:
         return bool(self.gateway.asynchronous)
@@ -127,7 +126,6 @@ class BatchClient:
     def __repr__(self) -> str:
         return f"BatchClient<gateway={self.gateway.address}, storage={self.store.url}>"
 
-    # -- submit ------------------------------------------------------------------
     def submit(
         self,
         func: Callable[..., Any],
@@ -165,9 +163,8 @@ class BatchClient:
         Raises
         ------
         SubmitError
-            Bad input: nothing was created (no record, no cluster). Also
-            raised when the gateway refuses the cluster; the record is then
-            FAILED with the gateway's message.
+            Bad input: nothing was created. Also when the gateway refuses the
+            cluster; the record is then FAILED with the gateway's message.
         StorageError
             The storage cannot be written; no cluster was requested.
 
@@ -256,18 +253,14 @@ class BatchClient:
     def _submit(
         self, job_id: str, target: _submission.Target, options: SubmitOptions
     ) -> Any:
-        # Everything that can fail on bad input happens here, before any
-        # record or cluster exists.
-        artifacts_url = self.store.artifacts_url(self.user, job_id)
-        submission = _submission.build(
-            job_id, self.user, artifacts_url, target, options
-        )
+        # Bad input fails here, before any record or cluster exists.
+        artifacts = self.store.artifacts_url(self.user, job_id)
+        submission = _submission.build(job_id, self.user, artifacts, target, options)
         return self.sync(self._start_job, submission)
 
     async def _start_job(self, submission: _submission.Submission) -> Job:
         return Job(self, await self._launcher.start_job(submission))
 
-    # -- reading -----------------------------------------------------------------
     def status(self, job_id: str) -> Any:
         """The job's record, checked against the gateway.
 

@@ -16,9 +16,10 @@ from typing import Any
 
 from ._display import JobList
 from ._exceptions import StorageError
+from ._index import index_entry
 from ._reconcile import Reconciler
 from ._records import JobRecord, JobState, new_job_id, parse_job_time
-from ._store import JobStore, index_entry
+from ._store import JobStore
 
 logger = logging.getLogger("dask_batch")
 

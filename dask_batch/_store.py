@@ -24,13 +24,7 @@ Layout, one prefix per user and job::
     {root}/{user}/.idempotency/{sha256 of the key}.json
                                           which job an idempotency key started
 
-A terminal record never changes, so listing folds the terminal records it had
-to read one by one into a new index pack and reads packs from then on: one GET
-per pack instead of six per job. Packs are only a cache of what the job
-prefixes hold. A pack that is missing (merged away by another client),
-damaged, or names a job whose prefix is gone is skipped, and those jobs are
-read one by one again. Concurrent writers add packs that overlap, which is
-harmless: a terminal record is the same in all of them.
+The listing index is described in :mod:`dask_batch._index`.
 
 Every object is serialised in memory and written whole (see
 :mod:`dask_batch._backends`), so no reader ever sees half a record. A terminal
@@ -44,11 +38,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import gzip
 import hashlib
 import json
 import logging
-import os
 import posixpath
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -66,6 +58,7 @@ from ._exceptions import (
     JobNotFoundError,
     StorageError,
 )
+from ._index import ListingIndex
 from ._pickling import ResultBuffer
 from ._records import JobRecord, JobState, to_iso, utcnow
 
@@ -83,10 +76,7 @@ RESULT = "result.pkl"
 ERROR = "error.json"
 LOGS = "logs"
 PROGRESS = "progress.json"
-INDEX = ".index"
-INDEX_SUFFIX = ".json.gz"
 IDEMPOTENCY = ".idempotency"
-SMALL_PACK = 256  # packs that ending jobs extend; listings merge the rest
 SECRETS = "secrets.bin"
 FILES = "files.tar.gz"
 ARTIFACTS = "artifacts"
@@ -173,25 +163,7 @@ def dumps_json(obj: Any) -> bytes:
     return json.dumps(obj, indent=1, sort_keys=True).encode()
 
 
-def index_entry(record: JobRecord) -> dict[str, Any]:
-    """A record as a listing index entry: its dict, without empty fields."""
-    required = ("id", "user", "name", "state", "submitted")
-    return {
-        k: v
-        for k, v in record.to_dict().items()
-        if k in required or v not in (None, "", [])
-    }
-
-
-def _pack_size(path: str) -> int:
-    """Entries in an index pack, from its name ``{newest}-{count}-{random}``."""
-    try:
-        return int(posixpath.basename(path).rsplit("-", 2)[1])
-    except (IndexError, ValueError):
-        return SMALL_PACK  # not ours to extend
-
-
-class JobStore:
+class JobStore(ListingIndex):
     """Read and write job records below one storage URL.
 
     Parameters
@@ -252,9 +224,6 @@ class JobStore:
     def artifacts_url(self, user: str, job_id: str) -> str:
         """The job's artifacts prefix as a URL that fsspec understands."""
         return str(self.fs.unstrip_protocol(self.job_path(user, job_id, ARTIFACTS)))
-
-    def index_path(self, user: str) -> str:
-        return posixpath.join(self.root, user, INDEX)
 
     # -- errors and retries: the one place storage exceptions are mapped --------
     @contextlib.contextmanager
@@ -531,76 +500,6 @@ class JobStore:
             owner = str(self._parse(job_id, name, self.fs.cat_file(path))["job_id"])
         self.delete_job(user, job_id)
         return owner
-
-    # -- listing index -------------------------------------------------------------
-    def index_packs(self, user: str) -> list[str]:
-        """Paths of the user's index packs, oldest first."""
-        names = self._names(self.index_path(user), "list the job index")
-        return sorted(
-            self.fs._strip_protocol(n) for n in names if n.endswith(INDEX_SUFFIX)
-        )
-
-    def read_index(
-        self, user: str, packs: list[str] | None = None
-    ) -> tuple[dict[str, dict[str, Any]], list[str]]:
-        """Index entries of terminal jobs by id, and the packs they came from.
-
-        Entries stay dicts (see :func:`index_entry`): a listing of the newest
-        50 builds 50 records, not one per job ever run.
-        """
-        if packs is None:
-            packs = self.index_packs(user)
-        blobs = self.get_many(packs)
-        entries: dict[str, dict[str, Any]] = {}
-        read = []
-        for path in packs:
-            data = blobs.pop(path, None)
-            if data is None:  # merged into a newer pack meanwhile
-                continue
-            try:
-                pack = json.loads(gzip.decompress(data))["jobs"]
-                entries.update((e["id"], e) for e in pack)
-            except Exception as exc:  # damaged: its jobs are read one by one
-                logger.warning("Ignoring damaged job index pack %s: %s", path, exc)
-                continue
-            read.append(path)
-        return entries, read
-
-    def write_index(
-        self,
-        user: str,
-        entries: Iterable[dict[str, Any]],
-        replaces: Iterable[str] = (),
-    ) -> None:
-        """Write a pack of index entries, then delete the packs it replaces.
-
-        A pack is deleted only once a pack holding all its entries exists, so
-        concurrent writers can duplicate entries but never lose one. With no
-        entries (a merge whose jobs were all deleted) nothing is written.
-        """
-        ordered = sorted(entries, key=lambda e: e["id"])
-        with self._errors("write the job index"):
-            if ordered:
-                newest = ordered[-1]["id"]
-                name = f"{newest}-{len(ordered)}-{os.urandom(4).hex()}{INDEX_SUFFIX}"
-                document = json.dumps({"version": 1, "jobs": ordered}).encode()
-                path = posixpath.join(self.index_path(user), name)
-                self.backend.put_whole(path, gzip.compress(document, 6))
-            for old in replaces:
-                # Gone already: another client merged it first, the same outcome.
-                with contextlib.suppress(FileNotFoundError):
-                    self.fs.rm_file(old)
-
-    def add_to_index(self, user: str, record: JobRecord) -> None:
-        """Fold one job that just ended into the newest small pack.
-
-        Whoever writes a terminal state calls this, so a listing finds every
-        finished job in a few packs without reading its record.
-        """
-        small = [p for p in self.index_packs(user) if _pack_size(p) < SMALL_PACK]
-        entries, read = self.read_index(user, small[-1:])
-        entries[record.id] = index_entry(record)
-        self.write_index(user, entries.values(), replaces=read)
 
     # -- states ------------------------------------------------------------------------
     def read_state(self, user: str, job_id: str) -> dict[str, Any]:

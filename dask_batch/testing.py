@@ -58,8 +58,9 @@ def write_job_records(
     """
     import datetime
 
+    from ._index import SMALL_PACK, index_entry
     from ._records import JobRecord, new_job_id, to_iso, utcnow
-    from ._store import SMALL_PACK, SPEC, STATE, dumps_json, index_entry
+    from ._store import SPEC, STATE, dumps_json
 
     start = utcnow() - datetime.timedelta(days=days)
     step = datetime.timedelta(days=days) / max(count, 1)

@@ -115,7 +115,7 @@ def test_packs_are_merged_and_forget_deleted_jobs(batch_client):
 
 
 def test_packs_left_by_runners_are_merged_by_a_listing_with_nothing_new(batch_client):
-    from dask_batch._store import SMALL_PACK
+    from dask_batch._index import SMALL_PACK
 
     store, user = batch_client.store, batch_client.user
     count = SMALL_PACK * _MAX_INDEX_PACKS + 1  # one more pack than allowed
@@ -127,7 +127,7 @@ def test_packs_left_by_runners_are_merged_by_a_listing_with_nothing_new(batch_cl
 
 
 def test_a_merge_that_keeps_no_job_removes_the_packs(batch_client):
-    from dask_batch._store import SMALL_PACK
+    from dask_batch._index import SMALL_PACK
 
     store, user = batch_client.store, batch_client.user
     ids = write_job_records(
