@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import shutil
 import statistics
 import subprocess
@@ -37,7 +38,7 @@ import time
 
 import numpy as np
 
-from dask_batch._pickling import dumps_result, loads_result
+from dask_batch._pickling import dumps_result
 from dask_batch._store import RESULT, JobStore
 
 
@@ -91,7 +92,7 @@ def run_operation(op: str, job: str, storage: str, options: dict, size: int) -> 
         reset_peak()
         t0 = time.perf_counter()
         stream, buffers, _, _ = store.get_result("bench", job)
-        back = loads_result(stream, buffers)
+        back = pickle.loads(stream, buffers=buffers)
         assert back.nbytes == size
     elapsed = time.perf_counter() - t0
     return {"seconds": elapsed, "extra_mb": peak_mb() - base}

@@ -20,14 +20,15 @@ import time
 import traceback
 from typing import Any, NoReturn
 
-import cloudpickle
 import fsspec
 
 from . import _context, _secrets
+from ._exceptions import ResultIntegrityError
 from ._handoff import MainLaunch, Outcome
 from ._pickling import dumps_result
 from ._records import ErrorInfo
-from ._store import ERROR, FILES, PAYLOAD, RESULT, SECRETS, JobStore, digest
+from ._signing import loads_verified, sign
+from ._store import ERROR, FILES, PAYLOAD, RESULT, SECRETS, JobStore
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -72,22 +73,40 @@ def _fail(
     sys.exit(1)
 
 
-def _load_main(store: JobStore, launch: MainLaunch) -> tuple[Any, tuple, dict]:
-    job_id = launch.job_id
-    data = store.get(launch.user, job_id, PAYLOAD)
-    if launch.payload_digest and digest(data) != launch.payload_digest:
+def _open_secrets(store: JobStore, launch: MainLaunch) -> _secrets.JobSecrets:
+    """The job key and env values, decrypted with the env key from the runner."""
+    try:
+        token = store.get(launch.user, launch.job_id, SECRETS)
+        return _secrets.unseal(launch.env_key, token)
+    except Exception as exc:
         _fail(
             store,
             launch,
             ErrorInfo(
                 "IntegrityError",
-                f"the payload of job {job_id!r} in storage does not match the "
-                "digest recorded at submission; it was changed after submit. "
-                "Submit the job again.",
+                f"the secrets of job {launch.job_id!r} cannot be opened with the "
+                f"key its submitter sent ({type(exc).__name__}): they were "
+                "changed or copied in storage. Submit the job again.",
             ),
         )
+
+
+def _load_main(
+    store: JobStore, launch: MainLaunch, job_key: str
+) -> tuple[Any, tuple, dict]:
+    job_id = launch.job_id
+    data = store.get(launch.user, job_id, PAYLOAD)
     try:
-        func, args, kwargs = cloudpickle.loads(data)
+        func, args, kwargs = loads_verified(
+            job_id,
+            "payload",
+            data,
+            sign(job_key, data) if job_key else "",
+            launch.payload_signature,
+        )
+    except ResultIntegrityError as exc:
+        message = f"{exc} It was changed after submit; submit the job again."
+        _fail(store, launch, ErrorInfo("IntegrityError", message))
     except ImportError as exc:
         module = getattr(exc, "name", None) or str(exc)
         _fail(
@@ -157,10 +176,10 @@ def _unpack_files(store: JobStore, launch: MainLaunch) -> None:
         tar.extractall(".", filter="data")
 
 
-def _prepare(store: JobStore, launch: MainLaunch) -> tuple[Any, str | None]:
-    """Storage, working directory, files, secrets and logging for main.
+def _prepare(store: JobStore, launch: MainLaunch, env: dict[str, str]) -> Any:
+    """Storage, working directory, files, env values and logging for main.
 
-    Returns the progress reporter and the key to sign the result with.
+    Returns the progress reporter.
     """
     _share_storage_options(store, launch)
     reporter = _context._activate(
@@ -177,12 +196,7 @@ def _prepare(store: JobStore, launch: MainLaunch) -> tuple[Any, str | None]:
     os.chdir(launch.workdir)
     if launch.has_files:
         _unpack_files(store, launch)
-    result_key = None
-    if launch.secret_key:
-        token = store.get(launch.user, launch.job_id, SECRETS)
-        secrets = _secrets.unseal(launch.secret_key, token)
-        os.environ.update(secrets.env)
-        result_key = secrets.result_key
+    os.environ.update(env)
     os.environ["DASK_BATCH_JOB_ID"] = launch.job_id
     # main's logging.info(...) goes to the job's log like its prints.
     logging.basicConfig(
@@ -190,14 +204,18 @@ def _prepare(store: JobStore, launch: MainLaunch) -> tuple[Any, str | None]:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    return reporter, result_key
+    return reporter
 
 
-def _run(store: JobStore, launch: MainLaunch) -> tuple[Any, str | None]:
-    """Run main with its cluster as the default client; return its value."""
-    func, args, kwargs = _load_main(store, launch)
+def _run(store: JobStore, launch: MainLaunch) -> tuple[Any, str]:
+    """Run main with its cluster as the default client.
+
+    Returns main's value and the job key, which signs it.
+    """
+    secrets = _open_secrets(store, launch)
+    func, args, kwargs = _load_main(store, launch, secrets.job_key)
     try:
-        reporter, result_key = _prepare(store, launch)
+        reporter = _prepare(store, launch, secrets.env)
     except Exception as exc:
         _fail(
             store,
@@ -214,7 +232,7 @@ def _run(store: JobStore, launch: MainLaunch) -> tuple[Any, str | None]:
         limit = int(launch.memory_limit)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     try:
-        return func(*args, **kwargs), result_key
+        return func(*args, **kwargs), secrets.job_key
     except BaseException as exc:  # SystemExit and KeyboardInterrupt included
         traceback.print_exc()
         _fail(store, launch, exc)
@@ -234,7 +252,7 @@ def main() -> None:
     store = JobStore(
         launch.storage_url, launch.storage_options, retry_for=launch.storage_retry_for
     )
-    result, result_key = _run(store, launch)
+    result, job_key = _run(store, launch)
     try:
         pieces = dumps_result(result)
     except Exception as exc:
@@ -248,7 +266,7 @@ def main() -> None:
         )
     del result  # the pieces hold what is needed of it
     result_digest, signature = store.put_pieces(
-        launch.user, launch.job_id, RESULT, pieces, result_key
+        launch.user, launch.job_id, RESULT, pieces, job_key
     )
     Outcome(True, result_digest=result_digest, result_hmac=signature).write(
         launch.outcome_path

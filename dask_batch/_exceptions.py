@@ -11,7 +11,8 @@
     ├── SubmitError (ValueError)          bad input to submit: nothing was created
     ├── StorageError (OSError)            the job store cannot be used
     ├── CorruptRecordError (ValueError)   a stored record cannot be parsed
-    └── ResultIntegrityError              a stored result was changed: not loaded
+    ├── ResultIntegrityError              stored bytes fail their signature: not loaded
+    └── MissingSecretError                this machine lacks the user's secret
 
 Every error about a job carries its id as ``.job_id`` (None only where no job
 is involved, such as a storage URL that cannot be used at all), and every
@@ -30,6 +31,7 @@ __all__ = [
     "JobFailedError",
     "JobLostError",
     "JobNotFoundError",
+    "MissingSecretError",
     "ResultIntegrityError",
     "StorageError",
     "SubmitError",
@@ -158,4 +160,12 @@ class CorruptRecordError(DaskBatchError, ValueError):
 
 
 class ResultIntegrityError(DaskBatchError):
-    """A stored result does not match what its runner recorded; not loaded."""
+    """Stored bytes (a result, a payload) fail their signature; not loaded."""
+
+
+class MissingSecretError(DaskBatchError):
+    """This machine does not have the user's dask-batch secret.
+
+    Bring it from the machine that submitted the job with ``dask batch secret
+    export`` there and ``dask batch secret import`` here.
+    """

@@ -30,7 +30,7 @@ class MainLaunch:
     storage_url: str
     storage_options: dict[str, Any]
     storage_retry_for: float
-    payload_digest: str
+    payload_signature: str
     scheduler_address: str
     tls_ca_file: str | None
     tls_cert: str | None
@@ -40,7 +40,7 @@ class MainLaunch:
     workdir: str
     has_files: bool = False
     memory_limit: int | None = None
-    secret_key: str = field(default="", repr=False)
+    env_key: str = field(default="", repr=False)
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self)).encode()

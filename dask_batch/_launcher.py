@@ -15,12 +15,11 @@ import asyncio
 import logging
 from typing import Any
 
-import dask.config
 from dask_gateway import Gateway
 from dask_gateway.client import ClusterReport, ClusterStatus, GatewayClusterError
 from dask_gateway.options import Options
 
-from . import _secrets
+from . import _secrets, _signing
 from ._exceptions import (
     DaskBatchError,
     StorageError,
@@ -109,11 +108,15 @@ class ClusterLauncher:
         spec.update(
             submitted=to_iso(utcnow()), gateway_address=self.gateway.address, mode=mode
         )
-        secrets = _secrets.JobSecrets(
-            submission.env_values, dask.config.get("batch.result-key", None)
+        secret = await asyncio.to_thread(
+            _signing.user_secret, create=True, job_id=job_id
         )
-        secret_key, token = _secrets.seal(secrets) if secrets else ("", b"")
-        spec["has_secrets"] = bool(secret_key)
+        keys = _signing.job_keys(secret, job_id)
+        spec["payload_signature"] = _signing.sign(keys.job_key, submission.payload)
+        spec["has_secrets"] = True
+        spec = _signing.sign_spec(keys.job_key, spec)
+        secrets = _secrets.JobSecrets(submission.env_values, keys.job_key)
+        token = _secrets.seal(secrets, keys.env_key)
         try:
             await asyncio.to_thread(self._write_records, submission, spec, token)
         except StorageError as exc:
@@ -130,7 +133,7 @@ class ClusterLauncher:
             )
             if owner != job_id:
                 return str(owner)
-        await self.launch(job_id, spec, secret_key)
+        await self.launch(job_id, spec, keys.env_key)
         return job_id
 
     def _write_records(
@@ -149,7 +152,7 @@ class ClusterLauncher:
         store.put_json(self.user, job_id, STATE, pending)
 
     async def launch(
-        self, job_id: str, spec: dict[str, Any], secret_key: str, attempt: int = 1
+        self, job_id: str, spec: dict[str, Any], env_key: str, attempt: int = 1
     ) -> str:
         """Request the job's cluster and see that its runner starts.
 
@@ -162,10 +165,11 @@ class ClusterLauncher:
             options.update(
                 batch_job_id=job_id,
                 batch_storage=self.store.url,
-                batch_payload_digest=spec["payload_digest"],
+                # The option's name predates signatures: it carries the
+                # payload's signature, which main's process checks.
+                batch_payload_digest=spec["payload_signature"],
+                batch_secret_key=env_key,
             )
-            if secret_key:
-                options["batch_secret_key"] = secret_key
         try:
             cluster_name = await self.gateway._submit(**options)
         except Exception as exc:
@@ -183,7 +187,7 @@ class ClusterLauncher:
             self.store.put_json, self.user, job_id, CLUSTER, cluster
         )
         if spec.get("mode") == "client":
-            await self._install_runner(job_id, cluster_name, spec, secret_key)
+            await self._install_runner(job_id, cluster_name, spec, env_key)
         return str(cluster_name)
 
     async def _fail(self, job_id: str, error: ErrorInfo) -> None:
@@ -197,7 +201,7 @@ class ClusterLauncher:
         )
 
     async def _install_runner(
-        self, job_id: str, cluster_name: str, spec: dict[str, Any], secret_key: str
+        self, job_id: str, cluster_name: str, spec: dict[str, Any], env_key: str
     ) -> None:
         from distributed.core import rpc
         from distributed.protocol.pickle import dumps
@@ -209,8 +213,8 @@ class ClusterLauncher:
                 user=self.user,
                 storage_url=self.store.url,
                 storage_options=self.store.storage_options,
-                payload_digest=spec["payload_digest"],
-                secret_key=secret_key,
+                payload_signature=spec["payload_signature"],
+                env_key=env_key,
             )
             # One RPC, as Client.register_plugin sends it, without a full
             # Client's handshake and streams.

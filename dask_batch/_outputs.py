@@ -9,7 +9,6 @@ final state; a failed, cancelled or lost job raises the matching
 from __future__ import annotations
 
 import asyncio
-import hmac
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -17,6 +16,7 @@ from typing import Any
 
 import dask.config
 
+from . import _signing
 from ._exceptions import (
     JobCancelledError,
     JobFailedError,
@@ -24,7 +24,6 @@ from ._exceptions import (
     JobNotFoundError,
     ResultIntegrityError,
 )
-from ._pickling import loads_result
 from ._reconcile import Reconciler
 from ._records import JobRecord, JobState
 from ._store import SPEC, JobStore
@@ -79,25 +78,43 @@ class JobOutputs:
         )
 
     def _load_result(self, record: JobRecord) -> Any:
+        """Read, check and load a SUCCEEDED job's result.
+
+        The result is unpickled only if main's process signed it with this
+        job's key, which only the holder of the user's secret can derive.
+        """
         job_id = record.id
-        result_key = dask.config.get("batch.result-key", None)
+        if not record.result_hmac:
+            return self._load_unsigned(record)
+        secret = _signing.user_secret(job_id=job_id)
+        job_key = _signing.job_keys(secret, job_id).job_key
         stream, buffers, found, signature = self.store.get_result(
-            self.user, job_id, result_key
+            self.user, job_id, job_key
         )
         if record.result_digest and found != record.result_digest:
+            raise _changed(job_id)
+        return _signing.loads_verified(
+            job_id, "result", stream, signature, record.result_hmac, buffers
+        )
+
+    def _load_unsigned(self, record: JobRecord) -> Any:
+        """A result stored before dask-batch signed results: refused by default."""
+        job_id = record.id
+        if not dask.config.get("batch.allow-unsigned-results", False):
             raise ResultIntegrityError(
-                f"The stored result of job {job_id!r} does not match the digest "
-                "its runner recorded: it was changed in storage. Not loading it.",
+                f"The result of job {job_id!r} carries no signature (it was stored "
+                "by a dask-batch that did not sign results, or its record was "
+                "changed in storage), so it is not loaded. To load it anyway, "
+                "trusting everyone who can write "
+                f"{self.store.url!r}, set `batch.allow-unsigned-results: true`.",
                 job_id=job_id,
             )
-        if result_key and not hmac.compare_digest(record.result_hmac, signature):
-            raise ResultIntegrityError(
-                f"The stored result of job {job_id!r} is not signed with "
-                "batch.result-key: it was changed in storage, or the job ran "
-                "without the key. Not loading it.",
-                job_id=job_id,
-            )
-        return loads_result(stream, buffers)
+        stream, buffers, found, _ = self.store.get_result(self.user, job_id)
+        if found != record.result_digest:
+            raise _changed(job_id)
+        return _signing.loads_verified(
+            job_id, "result", stream, found, record.result_digest, buffers
+        )
 
     async def logs(self, job_id: str) -> str:
         """The log so far."""
@@ -162,3 +179,11 @@ class JobOutputs:
             return written
 
         return list(await asyncio.to_thread(download))
+
+
+def _changed(job_id: str) -> ResultIntegrityError:
+    return ResultIntegrityError(
+        f"The stored result of job {job_id!r} does not match the digest its "
+        "runner recorded: it was changed in storage. Not loading it.",
+        job_id=job_id,
+    )

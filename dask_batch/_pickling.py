@@ -9,7 +9,7 @@ import site
 import struct
 import sys
 import sysconfig
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -106,8 +106,3 @@ def read_result_frame(read: Any) -> tuple[bytes, int, list[int]]:
     sizes = read(8 * count)
     frame = RESULT_MAGIC + counts + sizes
     return frame, length, list(struct.unpack(f">{count}Q", sizes))
-
-
-def loads_result(stream: bytes, buffers: Sequence[ResultBuffer]) -> Any:
-    """Load what :func:`dumps_result` stored, onto the buffers read back."""
-    return pickle.loads(stream, buffers=buffers)

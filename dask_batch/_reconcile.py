@@ -16,11 +16,13 @@ import asyncio
 import dataclasses
 import functools
 import time
+from typing import Any
 
 import dask.config
 from dask.utils import parse_timedelta
 from dask_gateway.client import ClusterReport
 
+from . import _signing
 from ._display import JobList, ProgressDisplay
 from ._launcher import ALIVE, ClusterLauncher
 from ._records import JobRecord, JobState, to_iso, utcnow
@@ -62,12 +64,15 @@ class Reconciler:
         if record.last_seen is not None:
             why += f"; last seen {record.last_seen.isoformat(timespec='seconds')}"
         if record.cluster_name and record.attempt <= record.retries:
-            secret_key = await self._retry_secret(record, reports)
-            if secret_key is not None and not retry:
+            if not retry:
                 return self._awaiting_retry(record, why)
-            if secret_key is not None:
-                return await self._retry_on_new_cluster(record, secret_key, why)
-            why += " (no retry possible: the env values' key went with the cluster)"
+            spec, keys = await self._signed_spec(record.id)
+            if spec is not None:
+                return await self._retry_on_new_cluster(record, spec, keys, why)
+            why += (
+                " (no retry possible: its stored spec is not signed with your key; "
+                "it was changed in storage)"
+            )
         # The runner writes the final state before it stops the cluster, so a
         # fresh read now sees any outcome that raced with the gateway query.
         fresh = await asyncio.to_thread(self.store.read_record, self.user, record.id)
@@ -115,18 +120,22 @@ class Reconciler:
             "before the gateway accepted the cluster request"
         )
 
-    async def _retry_secret(self, record: JobRecord, reports: Reports) -> str | None:
-        """The key of the job's env values for a new cluster ("" if it has none).
+    async def _signed_spec(
+        self, job_id: str
+    ) -> tuple[dict[str, Any] | None, _signing.JobKeys]:
+        """The job's spec if its signature holds (else None), and its keys.
 
-        None when the job has secrets whose key went with its old cluster.
+        A retry takes nothing security-relevant from storage unchecked: the
+        cluster options and the payload's signature come from a spec that
+        the user's own key signed. Raises MissingSecretError on a machine
+        without the user's secret.
         """
-        spec = await asyncio.to_thread(self.store.get_json, self.user, record.id, SPEC)
-        if not spec.get("has_secrets"):
-            return ""
-        assert record.cluster_name is not None
-        old = reports.get(record.cluster_name)
-        key = str((old.options if old else {}).get("batch_secret_key", ""))
-        return key or None
+        secret = await asyncio.to_thread(_signing.user_secret, job_id=job_id)
+        keys = _signing.job_keys(secret, job_id)
+        spec = await asyncio.to_thread(self.store.get_json, self.user, job_id, SPEC)
+        if isinstance(spec, dict) and _signing.spec_is_signed(keys.job_key, spec):
+            return spec, keys
+        return None, keys
 
     @staticmethod
     def _awaiting_retry(record: JobRecord, why: str) -> JobRecord:
@@ -142,7 +151,11 @@ class Reconciler:
         )
 
     async def _retry_on_new_cluster(
-        self, record: JobRecord, secret_key: str, why: str
+        self,
+        record: JobRecord,
+        spec: dict[str, Any],
+        keys: _signing.JobKeys,
+        why: str,
     ) -> JobRecord:
         """Run a job whose cluster failed again, on a new cluster.
 
@@ -161,10 +174,7 @@ class Reconciler:
             begin = functools.partial(self.store.begin_attempt, self.user, record.id)
             message = f"attempt {attempt}: {why}"
             await asyncio.to_thread(begin, attempt, history, message, new_cluster=True)
-            spec = await asyncio.to_thread(
-                self.store.get_json, self.user, record.id, SPEC
-            )
-            await self.launcher.launch(record.id, spec, secret_key, attempt)
+            await self.launcher.launch(record.id, spec, keys.env_key, attempt)
         return await asyncio.to_thread(self.store.read_record, self.user, record.id)
 
     async def wait(

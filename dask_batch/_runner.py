@@ -60,10 +60,11 @@ class JobRunnerPlugin(SchedulerPlugin):
     storage_options : dict, optional
         fsspec options for the storage. In server-side mode they come from the
         scheduler's own configuration (``batch.storage-options``).
-    payload_digest : str, optional
-        Expected digest of the payload; main's process refuses any other.
-    secret_key : str, optional
-        Key of the job's encrypted environment values (``secrets.bin``).
+    payload_signature : str, optional
+        The payload's signature with the job key; main's process refuses a
+        payload that does not carry it.
+    env_key : str, optional
+        Key of the job's encrypted ``secrets.bin`` (env values, job key).
     """
 
     name = "dask-batch-runner"
@@ -75,15 +76,15 @@ class JobRunnerPlugin(SchedulerPlugin):
         user: str,
         storage_url: str,
         storage_options: dict[str, Any] | None = None,
-        payload_digest: str = "",
-        secret_key: str = "",
+        payload_signature: str = "",
+        env_key: str = "",
     ) -> None:
         self.job_id = job_id
-        self.secret_key = secret_key
+        self.env_key = env_key
         self.user = user
         self.storage_url = storage_url
         self.storage_options = storage_options or {}
-        self.payload_digest = payload_digest
+        self.payload_signature = payload_signature
         self._task: asyncio.Task[None] | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._stopped_from_outside = False
@@ -261,7 +262,7 @@ class JobRunnerPlugin(SchedulerPlugin):
             storage_url=self.storage_url,
             storage_options=self.storage_options,
             storage_retry_for=self._store.retry_for,
-            payload_digest=self.payload_digest,
+            payload_signature=self.payload_signature,
             scheduler_address=self.scheduler.address,
             tls_ca_file=ca,
             tls_cert=cert,
@@ -271,7 +272,7 @@ class JobRunnerPlugin(SchedulerPlugin):
             workdir=os.path.join(workdir, "work"),
             has_files=bool(spec.get("files_bytes")),
             memory_limit=spec.get("memory_limit"),
-            secret_key=self.secret_key if spec.get("has_secrets") else "",
+            env_key=self.env_key,
         )
 
     async def _start_main(self, launch: MainLaunch, log_path: str) -> None:

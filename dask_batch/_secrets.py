@@ -1,9 +1,9 @@
-"""The job's secret values: env values for main and the result key, encrypted.
+"""What ``secrets.bin`` holds: env values for main and the job key, encrypted.
 
-The client seals them into ``secrets.bin`` with a fresh Fernet key per job;
-the key itself never goes to storage (it travels in the cluster request, or
-over the scheduler's TLS connection), and main's process opens them. Shared
-by client and main's process: imports neither.
+The client seals them with the job's env key (see :mod:`dask_batch._signing`);
+the env key never goes to storage (it travels in the cluster request, or over
+the scheduler's TLS connection), and main's process opens them. Shared by
+client and main's process: imports neither.
 """
 
 from __future__ import annotations
@@ -20,32 +20,29 @@ class JobSecrets:
     ----------
     env : dict of str to str
         Environment variables for main.
-    result_key : str or None
-        ``batch.result-key``, with which main's process signs the result.
+    job_key : str
+        The job's signing key: main's process checks the payload with it and
+        signs the result.
     """
 
     env: dict[str, str] = field(default_factory=dict)
-    result_key: str | None = None
-
-    def __bool__(self) -> bool:
-        return bool(self.env or self.result_key)
+    job_key: str = field(default="", repr=False)
 
 
-def seal(secrets: JobSecrets) -> tuple[str, bytes]:
-    """Encrypt ``secrets`` with a new key; return the key and the token."""
+def seal(secrets: JobSecrets, env_key: str) -> bytes:
+    """Encrypt ``secrets`` with the job's env key."""
     from cryptography.fernet import Fernet
 
-    key = Fernet.generate_key().decode()
-    document = {"env": secrets.env, "result_key": secrets.result_key}
-    return key, Fernet(key).encrypt(json.dumps(document).encode())
+    document = {"env": secrets.env, "job_key": secrets.job_key}
+    return Fernet(env_key).encrypt(json.dumps(document).encode())
 
 
-def unseal(key: str, token: bytes) -> JobSecrets:
+def unseal(env_key: str, token: bytes) -> JobSecrets:
     """Decrypt what :func:`seal` made; raises if the key or token is wrong."""
     from cryptography.fernet import Fernet
 
-    document = json.loads(Fernet(key).decrypt(token))
+    document = json.loads(Fernet(env_key).decrypt(token))
     return JobSecrets(
         env={str(k): str(v) for k, v in dict(document.get("env") or {}).items()},
-        result_key=document.get("result_key"),
+        job_key=str(document.get("job_key") or ""),
     )

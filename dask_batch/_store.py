@@ -163,6 +163,19 @@ def dumps_json(obj: Any) -> bytes:
     return json.dumps(obj, indent=1, sort_keys=True).encode()
 
 
+def _check_identity(spec: Any, user: str, job_id: str) -> None:
+    """The spec in a job's folder must describe that job, of that user."""
+    if not isinstance(spec, dict):
+        raise TypeError(f"spec.json holds a {type(spec).__name__}, not an object")
+    if spec.get("id") != job_id or spec.get("user") != user:
+        raise CorruptRecordError(
+            f"The record in the folder of job {job_id!r} describes job "
+            f"{spec.get('id')!r} of user {spec.get('user')!r}: it was copied or "
+            "changed in storage. Not using it.",
+            job_id=job_id,
+        )
+
+
 class JobStore(ListingIndex):
     """Read and write job records below one storage URL.
 
@@ -456,6 +469,7 @@ class JobStore(ListingIndex):
                     )
                 if docs[SPEC] is None:
                     raise JobNotFoundError(job_id, self.url)
+                _check_identity(docs[SPEC], user, job_id)
                 out[job_id] = JobRecord.from_documents(
                     docs[SPEC],
                     docs[FINAL] or docs[STATE],

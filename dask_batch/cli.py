@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 import click
 import yaml
 
-from ._exceptions import DaskBatchError, JobFailedError
+from ._exceptions import DaskBatchError, JobFailedError, MissingSecretError
 from ._options import SubmitOptions
 from ._records import JobRecord, JobState
 
@@ -376,6 +376,56 @@ def artifacts(obj: _Context, job_id: str, download: str | None) -> None:
 
     for path, size in obj.client.artifacts(job_id).items():
         click.echo(f"{format_bytes(size):>10}  {path}")
+
+
+@main.group()
+def secret() -> None:
+    """Your dask-batch secret: it signs your jobs, so only you can load them.
+
+    Results are loaded only on machines that hold the secret of the machine
+    that submitted the job. Copy it with `dask batch secret export` there and
+    `dask batch secret import` here; keep it as private as an SSH key.
+    """
+
+
+@secret.command(name="export")
+def secret_export() -> None:
+    """Print your secret (made now if this machine has none)."""
+    from ._signing import user_secret
+
+    click.echo(user_secret(create=True).hex())
+
+
+@secret.command(name="import")
+@click.argument("source", type=click.File("r"), default="-")
+@click.option("--force", is_flag=True, help="Replace a different secret here.")
+def secret_import(source: Any, force: bool) -> None:
+    """Keep the secret read from SOURCE (default: standard input) as yours."""
+    from ._signing import secret_path, user_secret, write_secret
+
+    text = source.read().strip()
+    try:
+        current = user_secret().hex()
+    except MissingSecretError:
+        current = None
+    if current is not None and current != text and not force:
+        _fail(
+            f"{secret_path()} already holds a different secret: jobs it signed "
+            "could no longer be loaded here. Pass --force to replace it."
+        )
+    try:
+        write_secret(text)
+    except ValueError as exc:
+        _fail(f"not a dask-batch secret: {exc}")
+    click.echo(f"secret kept in {secret_path()}")
+
+
+@secret.command(name="path")
+def secret_where() -> None:
+    """Print where your secret is kept."""
+    from ._signing import secret_path
+
+    click.echo(secret_path())
 
 
 @main.group()

@@ -57,8 +57,8 @@ def dask_setup(scheduler: Any) -> None:
         user=os.environ[ENV_USER],
         storage_url=os.environ[ENV_STORAGE],
         storage_options=dask.config.get("batch.storage-options") or {},
-        payload_digest=os.environ.get(ENV_DIGEST, ""),
-        secret_key=os.environ.get(ENV_SECRET_KEY, ""),
+        payload_signature=os.environ.get(ENV_DIGEST, ""),
+        env_key=os.environ.get(ENV_SECRET_KEY, ""),
     )
     # start() runs after every preload, when the gateway service exists.
     scheduler.add_plugin(plugin)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import dask
 import dask_gateway  # noqa: F401  (see _fresh_config)
@@ -8,6 +10,14 @@ import fsspec
 import pytest
 
 from dask_batch.testing import gateway_clusters, main_processes, wait_for
+
+
+def pytest_configure(config):
+    # One user secret per test process (and the processes it starts), made
+    # for this run: the developer's own ~/.config/dask-batch is never used.
+    directory = tempfile.mkdtemp(prefix="dask-batch-config-")
+    os.environ["XDG_CONFIG_HOME"] = directory
+    config.add_cleanup(lambda: shutil.rmtree(directory, ignore_errors=True))
 
 
 def child_processes(batch):

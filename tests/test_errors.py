@@ -173,12 +173,24 @@ def test_functions_from_local_modules_are_pickled_by_value(
     sys.modules.pop("mylocalcode")
 
 
-def run_main_process(store, job_id, payload_digest, tmp_path, **more):
-    """Run main's process as the runner would, with no scheduler to reach."""
+def run_main_process(store, job_id, stored_payload, signed_payload, tmp_path, **more):
+    """Run main's process as the runner would, with no scheduler to reach.
+
+    ``stored_payload`` is what storage holds, ``signed_payload`` what the
+    submitter signed; the job's secrets are sealed as a client would.
+    """
     import subprocess
 
     from dask_batch._handoff import MainLaunch
+    from dask_batch._secrets import JobSecrets, seal
+    from dask_batch._signing import job_keys, sign
+    from dask_batch._store import PAYLOAD, SECRETS
 
+    keys = job_keys(os.urandom(32), job_id)
+    store.put("alice", job_id, PAYLOAD, stored_payload)
+    store.put(
+        "alice", job_id, SECRETS, seal(JobSecrets({}, keys.job_key), keys.env_key)
+    )
     launch = MainLaunch(
         job_id=job_id,
         user="alice",
@@ -186,7 +198,7 @@ def run_main_process(store, job_id, payload_digest, tmp_path, **more):
         storage_url=store.url,
         storage_options={},
         storage_retry_for=0,
-        payload_digest=payload_digest,
+        payload_signature=sign(keys.job_key, signed_payload),
         scheduler_address="tls://127.0.0.1:1",
         tls_ca_file=None,
         tls_cert=None,
@@ -194,6 +206,7 @@ def run_main_process(store, job_id, payload_digest, tmp_path, **more):
         runner_pid=os.getpid(),
         outcome_path=str(tmp_path / "outcome.json"),
         workdir=str(tmp_path / "work"),
+        env_key=keys.env_key,
         **more,
     )
     return subprocess.run(
@@ -209,17 +222,18 @@ def test_payload_changed_after_submit_is_refused_by_mains_process(tmp_path):
 
     import cloudpickle
 
-    from dask_batch._store import ERROR, PAYLOAD, JobStore, digest
+    from dask_batch._store import ERROR, JobStore
 
     store = JobStore(str(tmp_path / "jobs"))
     job_id = "20260101-000000-000-0badc0de"
     original = cloudpickle.dumps((len, ([1],), {}))
-    store.put("alice", job_id, PAYLOAD, cloudpickle.dumps((os.getpid, (), {})))
-    proc = run_main_process(store, job_id, digest(original), tmp_path)
+    planted = cloudpickle.dumps((os.getpid, (), {}))
+    proc = run_main_process(store, job_id, planted, original, tmp_path)
     assert proc.returncode == 1
     outcome = json.loads((tmp_path / "outcome.json").read_text())
     assert outcome["error"]["type"] == "IntegrityError"
     assert job_id in outcome["error"]["message"]
+    assert "not signed" in outcome["error"]["message"]
     assert store.get_json("alice", job_id, ERROR)["type"] == "IntegrityError"
 
 
@@ -228,14 +242,13 @@ def test_main_that_cannot_be_set_up_fails_with_the_reason(tmp_path):
 
     import cloudpickle
 
-    from dask_batch._store import PAYLOAD, JobStore, digest
+    from dask_batch._store import JobStore
 
     store = JobStore(str(tmp_path / "jobs"))
     job_id = "20260101-000000-000-5e7babad"
     payload = cloudpickle.dumps((len, ([1],), {}))
-    store.put("alice", job_id, PAYLOAD, payload)
     # has_files, but no files.tar.gz was stored
-    proc = run_main_process(store, job_id, digest(payload), tmp_path, has_files=True)
+    proc = run_main_process(store, job_id, payload, payload, tmp_path, has_files=True)
     assert proc.returncode == 1
     error = json.loads((tmp_path / "outcome.json").read_text())["error"]
     assert error["type"] == "builtins.FileNotFoundError"

@@ -481,11 +481,10 @@ def test_bad_memory_limit_fails_at_submit(batch_client, limit):
         batch_client.submit(len, [], memory_limit=limit)
 
 
-def test_signed_results_refuse_a_result_rewritten_with_its_digest(batch_client):
-
+def test_results_rewritten_with_their_digest_are_refused(batch_client):
     import blake3
 
-    from dask_batch import DaskBatchError
+    from dask_batch import ResultIntegrityError
     from dask_batch._pickling import dumps_result
     from dask_batch._store import FINAL, RESULT
 
@@ -499,11 +498,17 @@ def test_signed_results_refuse_a_result_rewritten_with_its_digest(batch_client):
         final["result_digest"] = "blake3:" + blake3.blake3(forged).hexdigest()
         store.put(user, job.id, RESULT, forged)
         store.put_json(user, job.id, FINAL, final)
-        with pytest.raises(DaskBatchError, match=r"not signed with batch\.result-key"):
+        with pytest.raises(
+            ResultIntegrityError, match="not signed with this job's key"
+        ):
             job.result(timeout=10)
-    # Without the key, only the digest guards, and the forgery passes: the
-    # documented reason to set a key.
-    assert job.result(timeout=10) == "forged"
+    # Signing is on by default: without batch.result-key the user's secret
+    # file is the key, and the forgery is refused all the same.
+    from dask_batch._signing import user_secret
+
+    user_secret(create=True)
+    with pytest.raises(ResultIntegrityError, match="not signed with this job's key"):
+        job.result(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -190,10 +190,12 @@ def make_store(kind, request, tmp_path, monkeypatch):
 
 
 def test_results_round_trip_in_pieces_with_their_digest(any_store):
+    import pickle
+
     import blake3
     import numpy as np
 
-    from dask_batch._pickling import dumps_result, loads_result
+    from dask_batch._pickling import dumps_result
 
     grid = np.arange(3 * 2**20 // 8 + 5, dtype="f8").reshape(-1, 1)
     value = {"grid": grid, "strided": grid[::3], "raw": b"x" * 10, "n": 7}
@@ -216,7 +218,7 @@ def test_results_round_trip_in_pieces_with_their_digest(any_store):
     assert changed != found and changed_signature != signature
     _, _, _, other_key = any_store.get_result("alice", "j1", "other key")
     assert other_key != signature
-    back = loads_result(stream, buffers)
+    back = pickle.loads(stream, buffers=buffers)
     grid[-1, 0] -= 1
     np.testing.assert_array_equal(back["grid"], grid)
     np.testing.assert_array_equal(back["strided"], grid[::3])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import errno
+import os
 
 import dask
 import pytest
@@ -13,6 +14,7 @@ from dask_batch._handoff import MainLaunch, Outcome
 from dask_batch._listing import ids_between, wanted_states
 from dask_batch._records import JobState, new_job_id, parse_job_time, utcnow
 from dask_batch._secrets import JobSecrets, seal, unseal
+from dask_batch._signing import job_keys
 from dask_batch._store import is_transient
 from dask_batch._submission import (
     build,
@@ -224,15 +226,16 @@ def test_a_5xx_or_throttled_answer_is_transient_through_its_cause():
         assert is_transient(wrapped) is transient
 
 
-def test_secrets_round_trip_and_refuse_another_key():
-    key, token = seal(JobSecrets({"TOKEN": "x"}, "result-key"))
-    assert unseal(key, token) == JobSecrets({"TOKEN": "x"}, "result-key")
-    other, _ = seal(JobSecrets({"A": "b"}))
+def test_secrets_round_trip_and_refuse_another_jobs_key():
     from cryptography.fernet import InvalidToken
 
+    secret = os.urandom(32)
+    keys, other = job_keys(secret, JOB), job_keys(secret, JOB[:-1] + "1")
+    token = seal(JobSecrets({"TOKEN": "x"}, keys.job_key), keys.env_key)
+    assert unseal(keys.env_key, token) == JobSecrets({"TOKEN": "x"}, keys.job_key)
     with pytest.raises(InvalidToken):
-        unseal(other, token)
-    assert not JobSecrets()
+        unseal(other.env_key, token)
+    assert keys.job_key not in repr(keys)
 
 
 def test_handoff_documents_round_trip(tmp_path):
@@ -243,7 +246,7 @@ def test_handoff_documents_round_trip(tmp_path):
         storage_url="memory://jobs",
         storage_options={"anon": True},
         storage_retry_for=1.5,
-        payload_digest="sha256:00",
+        payload_signature="hmac-sha256:00",
         scheduler_address="tls://127.0.0.1:1",
         tls_ca_file=None,
         tls_cert=None,
@@ -251,10 +254,10 @@ def test_handoff_documents_round_trip(tmp_path):
         runner_pid=1,
         outcome_path=str(tmp_path / "o.json"),
         workdir=str(tmp_path),
-        secret_key="k",
+        env_key="k",
     )
     assert MainLaunch.from_json(launch.to_json()) == launch
-    assert "secret_key='k'" not in repr(launch)
+    assert "env_key='k'" not in repr(launch)
     failed = Outcome.failure("ProcessExit", "killed", returncode=-9)
     failed.write(launch.outcome_path)
     assert Outcome.read(launch.outcome_path) == failed

@@ -1,0 +1,189 @@
+"""Keys that make a job's stored bytes trustworthy to the user who submitted it.
+
+Anyone who can write the job storage (another user on a shared bucket, a
+job's own main in server-side mode) can rewrite any object in it, so nothing
+read from storage is unpickled on the strength of storage permissions:
+
+- Each user has a **secret**: ``batch.result-key`` if set, else 32 random
+  bytes in ``<config dir>/dask-batch/secret`` (mode 0600), made on first
+  submit. It never leaves the user's machines (``dask batch secret export``
+  and ``import`` copy it between them).
+- Per job, two keys are derived from it and the job id: the **job key**, which
+  signs the payload, the spec and (in main's process) the result, and the
+  **env key**, which encrypts ``secrets.bin`` (env values and the job key).
+  Being bound to the job id, a signature copied from another job, or from an
+  older job, does not verify.
+- Only the env key travels to the job's scheduler (in a cluster option or
+  over the scheduler's TLS connection); main's process decrypts the job key
+  from ``secrets.bin``.
+
+Shared by client and main's process: imports neither.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask.config
+
+from ._exceptions import MissingSecretError, ResultIntegrityError
+
+SIGNATURE_PREFIX = "hmac-sha256:"
+
+
+def secret_path() -> str:
+    """Where the user's secret is kept: ``batch.secret-file`` or the config dir."""
+    configured = dask.config.get("batch.secret-file", None)
+    if configured:
+        return os.path.abspath(os.path.expanduser(str(configured)))
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(
+        os.path.expanduser("~"), ".config"
+    )
+    return os.path.join(base, "dask-batch", "secret")
+
+
+def _bring_it(job_id: str | None) -> str:
+    about = f"job {job_id!r}" if job_id else "this job"
+    return (
+        f"Copy it from the machine that submitted {about}: run `dask batch secret "
+        "export` there and `dask batch secret import` here (or set the same "
+        "`batch.result-key` on both)."
+    )
+
+
+def user_secret(*, create: bool = False, job_id: str | None = None) -> bytes:
+    """The user's secret; made on first use when ``create`` (at submit).
+
+    Raises MissingSecretError when there is none and ``create`` is False.
+    """
+    configured = dask.config.get("batch.result-key", None)
+    if configured:
+        return str(configured).encode()
+    path = secret_path()
+    try:
+        with open(path) as f:
+            return bytes.fromhex(f.read().strip())
+    except FileNotFoundError:
+        if not create:
+            raise MissingSecretError(
+                f"No dask-batch secret on this machine ({path}), so nothing "
+                f"stored for {'job ' + repr(job_id) if job_id else 'a job'} can be "
+                f"checked or loaded. {_bring_it(job_id)}",
+                job_id=job_id,
+            ) from None
+    except ValueError:
+        raise MissingSecretError(
+            f"The dask-batch secret in {path} is damaged. {_bring_it(job_id)}",
+            job_id=job_id,
+        ) from None
+    return write_secret(os.urandom(32).hex(), exclusive=True)
+
+
+def write_secret(text: str, *, exclusive: bool = False) -> bytes:
+    """Store ``text`` (hex) as the user's secret, readable by the user alone."""
+    secret = bytes.fromhex(text.strip())
+    if len(secret) < 16:
+        raise ValueError("a dask-batch secret has at least 16 bytes (32 hex digits)")
+    path = secret_path()
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret.hex() + "\n")
+    if exclusive:
+        try:
+            os.link(tmp, path)  # two first submits at once: one secret wins
+        except FileExistsError:
+            os.remove(tmp)
+            return user_secret()
+        os.remove(tmp)
+    else:
+        os.replace(tmp, path)
+    return secret
+
+
+@dataclass(frozen=True)
+class JobKeys:
+    """The keys of one job, derived from the user's secret and the job id.
+
+    Attributes
+    ----------
+    job_key : str
+        Signs the payload, the spec and the result (hex).
+    env_key : str
+        The Fernet key of ``secrets.bin``.
+    """
+
+    job_key: str
+    env_key: str
+
+    def __repr__(self) -> str:
+        return "JobKeys(...)"
+
+
+def _derive(secret: bytes, purpose: str, job_id: str) -> bytes:
+    label = f"dask-batch/v1/{purpose}/{job_id}".encode()
+    return hmac.new(secret, label, hashlib.sha256).digest()
+
+
+def job_keys(secret: bytes, job_id: str) -> JobKeys:
+    """The keys of ``job_id`` for the holder of ``secret``."""
+    return JobKeys(
+        job_key=_derive(secret, "job", job_id).hex(),
+        env_key=base64.urlsafe_b64encode(_derive(secret, "env", job_id)).decode(),
+    )
+
+
+def sign(key: str, data: bytes) -> str:
+    """The signature of ``data`` with a job key."""
+    mac = hmac.new(bytes.fromhex(key), data, hashlib.sha256).hexdigest()
+    return SIGNATURE_PREFIX + mac
+
+
+def canonical(document: dict[str, Any]) -> bytes:
+    """The bytes of a JSON document that its signature covers."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+def sign_spec(key: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with a ``signature`` over everything else in it."""
+    body = {k: v for k, v in spec.items() if k != "signature"}
+    return {**body, "signature": sign(key, canonical(body))}
+
+
+def spec_is_signed(key: str, spec: dict[str, Any]) -> bool:
+    """Whether ``spec`` carries a valid signature with ``key``."""
+    body = {k: v for k, v in spec.items() if k != "signature"}
+    expected = sign(key, canonical(body))
+    return hmac.compare_digest(str(spec.get("signature", "")), expected)
+
+
+def loads_verified(
+    job_id: str,
+    what: str,
+    data: bytes,
+    signature: str,
+    expected: str,
+    buffers: Sequence[Any] = (),
+) -> Any:
+    """Unpickle ``data`` only if its ``signature`` is the ``expected`` one.
+
+    The one place where bytes from storage are unpickled, on the client and in
+    main's process alike.
+    """
+    if not expected or not hmac.compare_digest(signature, expected):
+        raise ResultIntegrityError(
+            f"The stored {what} of job {job_id!r} is not signed with this "
+            "job's key: it was changed or copied in storage, or it was stored "
+            "by another user. Not loading it.",
+            job_id=job_id,
+        )
+    return pickle.loads(data, buffers=buffers)
