@@ -39,6 +39,7 @@ import time
 import numpy as np
 
 from dask_batch._pickling import dumps_result
+from dask_batch._records import new_job_id
 from dask_batch._store import RESULT, JobStore
 
 
@@ -132,7 +133,7 @@ def compare(name, storage, options, size, repeat):
             # still on it, which would penalise whichever went second. A new
             # path each run, as each job writes its own result (ext4 also
             # flushes a file renamed over an existing one).
-            job = f"{kind}-{i}"
+            job = new_job_id()
             for step in ("store", "fetch"):
                 op = f"{step}-{kind}"
                 run = measure(op, job, storage, options, size)

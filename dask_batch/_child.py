@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import sys
 import tarfile
 import threading
@@ -20,7 +21,9 @@ import time
 import traceback
 from typing import Any, NoReturn
 
+import dask.config
 import fsspec
+from dask.utils import format_bytes, parse_bytes
 
 from . import _context, _secrets
 from ._exceptions import ResultIntegrityError
@@ -29,6 +32,7 @@ from ._pickling import dumps_result
 from ._records import ErrorInfo
 from ._signing import loads_verified, sign
 from ._store import ERROR, FILES, PAYLOAD, RESULT, SECRETS, JobStore
+from ._validate import InvalidNameError, check_relative_path
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -164,16 +168,44 @@ def _share_storage_options(store: JobStore, launch: MainLaunch) -> None:
 
 
 def _unpack_files(store: JobStore, launch: MainLaunch) -> None:
-    if not hasattr(tarfile, "data_filter"):
-        raise RuntimeError(
-            f"job {launch.job_id!r} uploaded files, and this Python's tarfile "
-            "cannot unpack them safely (it needs 3.10.12, 3.11.4 or newer); "
-            "upgrade Python on the cluster, or submit without files"
-        )
+    """Unpack the uploaded files into the working directory, checking each.
+
+    Regular files and directories only, every path inside the working
+    directory, at most ``batch.upload-limit`` in all: the archive comes from
+    storage, so it is treated as written by anyone who can write there.
+    """
     archive = store.get(launch.user, launch.job_id, FILES)
+    limit = parse_bytes(dask.config.get("batch.upload-limit"))
+    total = 0
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
-        # Refuses absolute paths, "..", links out of the directory, devices.
-        tar.extractall(".", filter="data")
+        for member in tar:
+            name = check_relative_path(
+                member.name, what="uploaded file", job_id=launch.job_id
+            )
+            if member.isdir():
+                os.makedirs(name, exist_ok=True)
+                continue
+            if not member.isfile():
+                raise InvalidNameError(
+                    f"uploaded {name!r} of job {launch.job_id!r} is neither a "
+                    "file nor a directory (links and devices are refused)",
+                    job_id=launch.job_id,
+                )
+            total += member.size
+            if total > limit:
+                raise InvalidNameError(
+                    f"the uploaded files of job {launch.job_id!r} unpack to more "
+                    f"than batch.upload-limit ({format_bytes(limit)})",
+                    job_id=launch.job_id,
+                )
+            if os.path.dirname(name):
+                os.makedirs(os.path.dirname(name), exist_ok=True)
+            mode = 0o755 if member.mode & 0o100 else 0o644
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            source = tar.extractfile(member)
+            assert source is not None  # a regular file
+            with os.fdopen(os.open(name, flags, mode), "wb") as out, source:
+                shutil.copyfileobj(source, out)
 
 
 def _prepare(store: JobStore, launch: MainLaunch, env: dict[str, str]) -> Any:

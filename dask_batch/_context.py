@@ -19,6 +19,7 @@ from typing import Any
 from ._exceptions import DaskBatchError
 from ._records import to_iso, utcnow
 from ._store import PROGRESS, JobStore
+from ._validate import check_relative_path
 
 __all__ = ["CurrentJob", "artifacts_path", "current_job", "report"]
 
@@ -160,4 +161,7 @@ def artifacts_path(*parts: str) -> str:
             "artifacts_path() works only inside a batch job's main; use "
             "Job.artifacts() from outside."
         )
-    return posixpath.join(job.artifacts_url, *parts) if parts else job.artifacts_url
+    if not parts:
+        return job.artifacts_url
+    relative = check_relative_path("/".join(parts), what="artifact path", job_id=job.id)
+    return posixpath.join(job.artifacts_url, relative)

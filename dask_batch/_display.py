@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ._records import JobRecord, JobState
+from ._validate import safe_link
 
 STATE_COLOURS = {
     JobState.PENDING: "#6c757d",
@@ -85,8 +86,9 @@ def html_table(records: Iterable[JobRecord]) -> str:
         cells = row(record)
         cells["state"] = _state_badge(record.state)
         link = ""
-        if record.dashboard_link and record.state is JobState.RUNNING:
-            href = html.escape(record.dashboard_link)
+        dashboard = safe_link(record.dashboard_link)
+        if dashboard and record.state is JobState.RUNNING:
+            href = html.escape(dashboard)
             link = f'<a href="{href}" target="_blank">dashboard</a>'
 
         tds = "".join(

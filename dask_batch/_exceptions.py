@@ -60,10 +60,11 @@ class DaskBatchError(Exception):
 class JobNotFoundError(DaskBatchError, KeyError):
     """No job with this id exists in the caller's job storage."""
 
-    def __init__(self, job_id: str, where: str = "") -> None:
+    def __init__(self, job_id: str, where: str = "", reason: str = "") -> None:
         place = f" in {where}" if where else ""
+        why = f": {reason}" if reason else ""
         super().__init__(
-            f"No job {job_id!r}{place}. Check the id with `BatchClient().jobs()`, "
+            f"No job {job_id!r}{place}{why}. Check the id with `BatchClient().jobs()`, "
             "and that storage and user match the ones used to submit it.",
             job_id=job_id,
         )

@@ -72,6 +72,8 @@ class ListingIndex:
         backend: ObjectStoreBackend
         root: str
 
+        def user_path(self, user: str) -> str: ...
+
         def _names(
             self, path: str, action: str, job_id: str | None = None
         ) -> list[str]: ...
@@ -85,7 +87,7 @@ class ListingIndex:
         ) -> contextlib.AbstractContextManager[None]: ...
 
     def index_path(self, user: str) -> str:
-        return posixpath.join(self.root, user, INDEX)
+        return posixpath.join(self.user_path(user), INDEX)
 
     def index_packs(self, user: str) -> list[str]:
         """Paths of the user's index packs, oldest first."""

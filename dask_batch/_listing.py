@@ -93,12 +93,20 @@ class JobLister:
         self, ids: list[str], index: dict[str, dict[str, Any]]
     ) -> list[JobRecord]:
         """Records of ``ids``: terminal ones from the index, the rest read."""
-        unknown = [i for i in ids if i not in index]
+        indexed: dict[str, JobRecord | Exception] = {}
+        for job_id in ids:
+            if job_id in index:
+                try:
+                    packed = JobRecord.from_dict(index[job_id])
+                except (KeyError, TypeError, ValueError):
+                    continue  # a damaged entry: the record itself is read
+                if packed.id == job_id and packed.state.is_terminal:
+                    indexed[job_id] = packed
+        unknown = [i for i in ids if i not in indexed]
         records = await asyncio.to_thread(self.store.read_records, self.user, unknown)
         out: list[JobRecord] = []
         for job_id in ids:
-            entry = index.get(job_id)
-            record = JobRecord.from_dict(entry) if entry else records[job_id]
+            record = indexed[job_id] if job_id in indexed else records[job_id]
             if isinstance(record, Exception):
                 warnings.warn(f"Skipping job {job_id!r}: {record}", stacklevel=5)
                 continue

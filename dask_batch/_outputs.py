@@ -27,6 +27,7 @@ from ._exceptions import (
 from ._reconcile import Reconciler
 from ._records import JobRecord, JobState
 from ._store import SPEC, JobStore
+from ._validate import InvalidNameError
 
 LOG_TAIL_LINES = 20
 FOLLOW_POLL = 0.2  # seconds between storage polls while following a log
@@ -170,10 +171,20 @@ class JobOutputs:
         names = await self.artifacts(job_id)
 
         def download() -> list[str]:
+            os.makedirs(destination, exist_ok=True)
+            top = os.path.realpath(destination)
             written = []
             for name in names:
-                local = os.path.join(destination, *name.split("/"))
+                local = os.path.join(top, *name.split("/"))
                 os.makedirs(os.path.dirname(local), exist_ok=True)
+                # A link already in the destination must not lead outside it.
+                if not os.path.realpath(local).startswith(top + os.sep):
+                    raise InvalidNameError(
+                        f"artifact {name!r} of job {job_id!r} would be written "
+                        f"outside {destination!r} (through a link there); "
+                        "download into an empty directory.",
+                        job_id=job_id,
+                    )
                 self.store.get_artifact(self.user, job_id, name, local)
                 written.append(local)
             return written

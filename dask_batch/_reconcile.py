@@ -27,6 +27,7 @@ from ._display import JobList, ProgressDisplay
 from ._launcher import ALIVE, ClusterLauncher
 from ._records import JobRecord, JobState, to_iso, utcnow
 from ._store import SPEC, JobStore, dumps_json
+from ._validate import safe_link
 
 Reports = dict[str, ClusterReport | None]
 
@@ -102,7 +103,7 @@ class Reconciler:
             report = reports.get(record.cluster_name)
             status = report.status if report is not None else None
             if report is not None and status in ALIVE:
-                record.dashboard_link = report.dashboard_link
+                record.dashboard_link = safe_link(report.dashboard_link)
                 return None
             return (
                 f"its cluster {record.cluster_name!r} is "

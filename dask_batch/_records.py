@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -232,52 +233,77 @@ class JobRecord:
         progress: dict[str, Any] | None = None,
         heartbeat: dict[str, Any] | None = None,
     ) -> JobRecord:
-        state = state or {}
-        cluster = cluster or {}
-        progress = progress or {}
-        adapt = spec.get("adapt")
-        return cls(
-            id=spec["id"],
-            user=spec["user"],
-            name=spec.get("name", ""),
-            state=JobState(state.get("state", JobState.PENDING)),
-            submitted=from_iso(spec["submitted"]),  # type: ignore[arg-type]
-            started=from_iso(state.get("started")),
-            finished=from_iso(state.get("finished")),
-            cluster_name=state.get("cluster_name") or cluster.get("cluster_name"),
-            gateway_address=spec.get("gateway_address"),
-            workers=spec.get("workers"),
-            adapt=(int(adapt[0]), int(adapt[1])) if adapt else None,
-            payload_digest=spec.get("payload_digest", ""),
-            message=state.get("message", ""),
-            error=state.get("error"),
-            mode=spec.get("mode", ""),
-            progress=progress.get("progress"),
-            progress_message=progress.get("message", ""),
-            kind=spec.get("kind", "function"),
-            target=spec.get("function", ""),
-            env_names=list(spec.get("env_names") or []),
-            artifacts_url=spec.get("artifacts_url", ""),
-            last_seen=from_iso((heartbeat or {}).get("time")),
-            timeout=spec.get("timeout"),
-            retries=int(spec.get("retries") or 0),
-            attempt=int(state.get("attempt") or 1),
-            attempts=list(state.get("attempts") or []),
-            updated=from_iso(state.get("updated")),
-            result_digest=state.get("result_digest", ""),
-            result_hmac=state.get("result_hmac", ""),
+        """The record from its stored documents, every field type-checked.
+
+        A terminal state carries what the live documents said when it was
+        written (``frozen``), so a terminal record never changes afterwards
+        (a heartbeat or progress report racing with a cancel included).
+        Raises KeyError, TypeError or ValueError for a record that cannot be
+        read.
+        """
+        state = _document(state)
+        job_state = JobState(state.get("state", JobState.PENDING))
+        frozen = state.get("frozen") if job_state.is_terminal else None
+        if isinstance(frozen, dict):
+            progress = _document(frozen.get("progress"))
+            heartbeat = {"time": frozen.get("last_seen")}
+            cluster = {"cluster_name": frozen.get("cluster_name")}
+        return cls.from_dict(
+            {
+                **_spec_fields(_document(spec)),
+                **_state_fields(state),
+                "cluster_name": state.get("cluster_name")
+                or _document(cluster).get("cluster_name"),
+                "progress": _document(progress).get("progress"),
+                "progress_message": _document(progress).get("message", ""),
+                "last_seen": _document(heartbeat).get("time"),
+            }
         )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobRecord:
-        """The inverse of :meth:`to_dict`."""
-        fields = dict(data)
-        for name in ("submitted", "started", "finished", "last_seen", "updated"):
-            fields[name] = from_iso(fields.get(name))
-        fields["state"] = JobState(fields["state"])
-        adapt = fields.get("adapt")
-        fields["adapt"] = (int(adapt[0]), int(adapt[1])) if adapt else None
-        return cls(**fields)
+        """The inverse of :meth:`to_dict`: known fields only, each type-checked.
+
+        Raises KeyError, TypeError or ValueError for data that is not a record.
+        """
+        d = _document(data)
+        adapt = d.get("adapt")
+        progress = _number(d.get("progress"))
+        return cls(
+            id=_required_text(d, "id"),
+            user=_required_text(d, "user"),
+            name=_text(d.get("name")),
+            state=JobState(d["state"]),
+            submitted=_required_time(d, "submitted"),
+            started=_time(d.get("started")),
+            finished=_time(d.get("finished")),
+            cluster_name=_text(d.get("cluster_name")) or None,
+            gateway_address=_text(d.get("gateway_address")) or None,
+            workers=_count(d.get("workers")),
+            adapt=(_count(adapt[0]) or 0, _count(adapt[1]) or 0)
+            if isinstance(adapt, list) and len(adapt) == 2
+            else None,
+            payload_digest=_text(d.get("payload_digest")),
+            message=_text(d.get("message")),
+            error=ErrorInfo.from_dict(d["error"]).to_dict()
+            if isinstance(d.get("error"), dict)
+            else None,
+            mode=_text(d.get("mode")),
+            progress=progress if progress is not None and 0 <= progress <= 1 else None,
+            progress_message=_text(d.get("progress_message")),
+            kind=_text(d.get("kind"), "function"),
+            target=_text(d.get("target")),
+            env_names=[n for n in d.get("env_names") or [] if isinstance(n, str)],
+            artifacts_url=_text(d.get("artifacts_url")),
+            last_seen=_time(d.get("last_seen")),
+            timeout=_number(d.get("timeout")),
+            retries=_count(d.get("retries")) or 0,
+            attempt=_count(d.get("attempt")) or 1,
+            attempts=[a for a in d.get("attempts") or [] if isinstance(a, dict)],
+            updated=_time(d.get("updated")),
+            result_digest=_text(d.get("result_digest")),
+            result_hmac=_text(d.get("result_hmac")),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict (times as ISO 8601 strings)."""
@@ -312,3 +338,74 @@ class JobRecord:
             "result_digest": self.result_digest,
             "result_hmac": self.result_hmac,
         }
+
+
+def _document(value: Any) -> dict[str, Any]:
+    """A stored JSON object (None: empty); anything else is not a record."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a JSON object, found {type(value).__name__}")
+    return value
+
+
+def _spec_fields(spec: dict[str, Any]) -> dict[str, Any]:
+    keys = (
+        "id", "user", "name", "submitted", "gateway_address", "workers", "adapt",
+        "payload_digest", "mode", "kind", "env_names", "artifacts_url", "timeout",
+        "retries",
+    )  # fmt: skip
+    fields = {k: spec.get(k) for k in keys}
+    fields["target"] = spec.get("function")
+    return fields
+
+
+def _state_fields(state: dict[str, Any]) -> dict[str, Any]:
+    keys = (
+        "state", "started", "finished", "message", "error", "attempt", "attempts",
+        "updated", "result_digest", "result_hmac",
+    )  # fmt: skip
+    fields = {k: state.get(k) for k in keys}
+    fields["state"] = state.get("state", JobState.PENDING.value)
+    return fields
+
+
+def _text(value: Any, default: str = "") -> str:
+    return value if isinstance(value, str) else default
+
+
+def _required_text(data: dict[str, Any], key: str) -> str:
+    value = data[key]
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{key} is not a non-empty string")
+    return value
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value) if math.isfinite(value) else None
+    return None
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def _time(value: Any) -> datetime.datetime | None:
+    """A stored time; anything that is not ISO 8601 text counts as absent."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
+
+
+def _required_time(data: dict[str, Any], key: str) -> datetime.datetime:
+    value = _time(data[key])
+    if value is None:
+        raise ValueError(f"{key} is not an ISO 8601 time")
+    return value

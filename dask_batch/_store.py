@@ -61,6 +61,12 @@ from ._exceptions import (
 from ._index import ListingIndex
 from ._pickling import ResultBuffer
 from ._records import JobRecord, JobState, to_iso, utcnow
+from ._validate import (
+    InvalidNameError,
+    check_job_id,
+    check_relative_path,
+    check_user,
+)
 
 logger = logging.getLogger("dask_batch.store")
 
@@ -224,10 +230,11 @@ class JobStore(ListingIndex):
 
     # -- paths -----------------------------------------------------------------
     def user_path(self, user: str) -> str:
-        return posixpath.join(self.root, user)
+        return posixpath.join(self.root, check_user(user))
 
     def job_path(self, user: str, job_id: str, name: str = "") -> str:
-        base = posixpath.join(self.root, user, job_id)
+        """The path of a job's folder, or of ``name`` in it; ids are checked."""
+        base = posixpath.join(self.user_path(user), check_job_id(job_id))
         return posixpath.join(base, name) if name else base
 
     def job_url(self, user: str, job_id: str) -> str:
@@ -434,12 +441,25 @@ class JobStore(ListingIndex):
         out = {}
         for path, info in found.items():
             path = self.fs._strip_protocol(path)
-            if info.get("type") == "file":
-                out[posixpath.relpath(path, root)] = int(info.get("size") or 0)
+            if info.get("type") != "file":
+                continue
+            name = path[len(root) + 1 :] if path.startswith(root + "/") else path
+            try:
+                name = check_relative_path(name, what="artifact", job_id=job_id)
+                if info.get("islink"):
+                    raise InvalidNameError(
+                        f"artifact {name!r} is a link", job_id=job_id
+                    )
+            except InvalidNameError as exc:
+                # Put there by someone who can write the storage, not by main.
+                logger.warning("Ignoring artifact of job %s: %s", job_id, exc)
+                continue
+            out[name] = int(info.get("size") or 0)
         return dict(sorted(out.items()))
 
     def get_artifact(self, user: str, job_id: str, name: str, local: str) -> None:
         """Copy the artifact ``name`` to the local path ``local``."""
+        name = check_relative_path(name, what="artifact", job_id=job_id)
         remote = self.job_path(user, job_id, f"{ARTIFACTS}/{name}")
         with self._errors(f"download the artifact {name!r}", job_id):
             self.fs.get_file(remote, local)
@@ -501,7 +521,7 @@ class JobStore(ListingIndex):
         one wins; the loser's records are removed (it has no cluster yet).
         """
         name = hashlib.sha256(key.encode()).hexdigest() + ".json"
-        path = posixpath.join(self.root, user, IDEMPOTENCY, name)
+        path = posixpath.join(self.user_path(user), IDEMPOTENCY, name)
         claim = dumps_json({"key": key, "job_id": job_id})
         try:
             with self._errors("claim the idempotency key", job_id):
@@ -554,6 +574,29 @@ class JobStore(ListingIndex):
             state, fields["cluster_name"] = JobState.PENDING, None
         return self.transition(user, job_id, state, **fields)
 
+    def _live_documents(self, user: str, job_id: str) -> dict[str, Any]:
+        """What the documents that keep changing say now, for a terminal state.
+
+        Heartbeats and progress reports can race with a cancel; kept in the
+        terminal state, they make a terminal record one that never changes.
+        """
+        names = (HEARTBEAT, PROGRESS, CLUSTER)
+        paths = [self.job_path(user, job_id, n) for n in names]
+        blobs = self.get_many(paths, job_id)
+        docs: dict[str, Any] = {}
+        for name, path in zip(names, paths, strict=True):
+            try:
+                doc = json.loads(blobs[path]) if path in blobs else {}
+            except ValueError:
+                doc = {}
+            # A damaged document is left out, as a reader would leave it out.
+            docs[name] = doc if isinstance(doc, dict) else {}
+        return {
+            "last_seen": docs[HEARTBEAT].get("time"),
+            "progress": docs[PROGRESS],
+            "cluster_name": docs[CLUSTER].get("cluster_name"),
+        }
+
     def transition(
         self, user: str, job_id: str, state: JobState, **fields: Any
     ) -> dict[str, Any]:
@@ -573,6 +616,7 @@ class JobStore(ListingIndex):
         doc["updated"] = to_iso(utcnow())
         if state.is_terminal:
             doc.setdefault("finished", doc["updated"])
+            doc["frozen"] = self._live_documents(user, job_id)
             if not self.put_create(user, job_id, FINAL, dumps_json(doc)):
                 return self.read_state(user, job_id)
         # state.json is the fast path for readers; final.json overrides it.

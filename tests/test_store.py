@@ -10,6 +10,9 @@ from dask_batch import CorruptRecordError, JobNotFoundError, JobState, StorageEr
 from dask_batch._records import new_job_id, utcnow
 from dask_batch._store import RESULT, SPEC, STATE, JobStore
 
+J1 = "20260101-000000-000-00000001"
+J2 = "20260101-000000-000-00000002"
+
 
 def make_job(store: JobStore, user: str = "alice", **spec) -> str:
     job_id = new_job_id()
@@ -201,22 +204,22 @@ def test_results_round_trip_in_pieces_with_their_digest(any_store):
     value = {"grid": grid, "strided": grid[::3], "raw": b"x" * 10, "n": 7}
     pieces = dumps_result(value)
     assert any(p.obj is grid for p in pieces)  # sent from its own memory
-    found, signature = any_store.put_pieces("alice", "j1", RESULT, pieces, "key")
+    found, signature = any_store.put_pieces("alice", J1, RESULT, pieces, "key")
     assert len(signature) == 64
     # The digest is BLAKE3 of the stored object: `b3sum result.pkl` checks it.
-    stored = any_store.get("alice", "j1", RESULT)
+    stored = any_store.get("alice", J1, RESULT)
     assert found == "blake3:" + blake3.blake3(stored).hexdigest()
 
     stream, buffers, read_digest, read_signature = any_store.get_result(
-        "alice", "j1", "key"
+        "alice", J1, "key"
     )
     assert (read_digest, read_signature) == (found, signature)
     # One byte changed in the last chunk of the array changes both.
     grid[-1, 0] += 1
-    any_store.put("alice", "j2", RESULT, b"".join(dumps_result(value)))
-    _, _, changed, changed_signature = any_store.get_result("alice", "j2", "key")
+    any_store.put("alice", J2, RESULT, b"".join(dumps_result(value)))
+    _, _, changed, changed_signature = any_store.get_result("alice", J2, "key")
     assert changed != found and changed_signature != signature
-    _, _, _, other_key = any_store.get_result("alice", "j1", "other key")
+    _, _, _, other_key = any_store.get_result("alice", J1, "other key")
     assert other_key != signature
     back = pickle.loads(stream, buffers=buffers)
     grid[-1, 0] -= 1
@@ -232,10 +235,10 @@ def test_an_object_not_in_the_result_format_is_refused_unread(any_store):
     from dask_batch import ResultIntegrityError
 
     # A plain pickle whose loading would run code: never unpickled.
-    any_store.put("alice", "j1", RESULT, cloudpickle.dumps(print))
-    with pytest.raises(ResultIntegrityError, match="j1") as info:
-        any_store.get_result("alice", "j1")
-    assert info.value.job_id == "j1"
+    any_store.put("alice", J1, RESULT, cloudpickle.dumps(print))
+    with pytest.raises(ResultIntegrityError, match=J1) as info:
+        any_store.get_result("alice", J1)
+    assert info.value.job_id == J1
 
 
 def test_a_failed_result_write_leaves_no_object(streaming_store, monkeypatch):
@@ -253,9 +256,9 @@ def test_a_failed_result_write_leaves_no_object(streaming_store, monkeypatch):
     monkeypatch.setattr(dask_batch._streams, "chunks", failing_after_two)
     data = memoryview(bytearray(5 * 2**20))
     with pytest.raises(StorageError, match="connection reset"):
-        any_store.put_pieces("alice", "j1", RESULT, [data])
-    assert not any_store.exists("alice", "j1", RESULT)
-    job_dir = any_store.job_path("alice", "j1")
+        any_store.put_pieces("alice", J1, RESULT, [data])
+    assert not any_store.exists("alice", J1, RESULT)
+    job_dir = any_store.job_path("alice", J1)
     assert not any_store.fs.exists(job_dir) or any_store.fs.ls(job_dir) == []
 
 
@@ -266,6 +269,6 @@ def test_a_truncated_result_is_a_clear_error(any_store):
 
     whole = b"".join(dumps_result(np.zeros(2**19)))
     for cut in (15, 100, len(whole) // 2):  # in the frame, the pickle, a buffer
-        any_store.put("alice", "j1", RESULT, whole[:cut])
+        any_store.put("alice", J1, RESULT, whole[:cut])
         with pytest.raises(StorageError, match="truncated"):
-            any_store.get_result("alice", "j1")
+            any_store.get_result("alice", J1)
