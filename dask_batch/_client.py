@@ -26,6 +26,7 @@ from ._options import SubmitOptions
 from ._outputs import JobOutputs
 from ._reconcile import Reconciler
 from ._records import JobState, new_job_id
+from ._validate import check_user
 
 __all__ = ["BatchClient", "Job"]
 
@@ -76,11 +77,11 @@ class BatchClient:
         try:
             self.store = _connection.open_store(storage, storage_options, local_info)
             self.mode = _connection.check_mode(mode)
+            self.user = check_user(user or _connection.gateway_user(self.gateway))
         except BaseException:
             if self._owns_gateway and not self.asynchronous:
                 self.gateway.close()  # async: no request was made, nothing open
             raise
-        self.user = user or _connection.gateway_user(self.gateway)
         self._launcher = ClusterLauncher(self.gateway, self.store, self.user, self.mode)
         self._reconciler = Reconciler(self.store, self._launcher, self.user)
         self._lister = JobLister(self.store, self.user, self._reconciler)

@@ -152,6 +152,8 @@ def _detach() -> None:
 
 
 def main(directory: str, detach: bool = False) -> None:
+    # The database, logs and cluster directories are the owner's alone.
+    os.umask(0o077)
     directory = os.path.abspath(directory)
     if detach:
         _detach()

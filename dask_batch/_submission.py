@@ -23,6 +23,7 @@ from ._exceptions import SubmitError
 from ._options import SubmitOptions
 from ._pickling import dumps_payload
 from ._store import digest
+from ._validate import InvalidNameError, check_parameter_name
 
 _MIN_MEMORY_LIMIT = 256 * 2**20
 
@@ -284,6 +285,11 @@ def script_target(job_id: str, target: str, args: list[Any]) -> Target:
 
 def notebook_target(job_id: str, path: str, parameters: dict[str, Any]) -> Target:
     """A notebook executed by papermill as main."""
+    for name in parameters:
+        try:
+            check_parameter_name(name, job_id=job_id)
+        except InvalidNameError as exc:
+            raise SubmitError.not_submitted(job_id, str(exc)) from None
     filename, source = read_source(job_id, path, "notebook")
     run_args = (filename, source, dict(parameters))
     return Target("notebook", filename, filename, _targets.run_notebook, run_args, {})

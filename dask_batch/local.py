@@ -130,7 +130,18 @@ def _read(path: str) -> Any:
         return json.load(f)
 
 
-def _write(path: str, obj: Any, mode: int = 0o644) -> None:
+def _make_private(directory: str) -> None:
+    """Create ``directory`` readable by its owner alone, or tighten it.
+
+    It holds the gateway's database (with every job's env key), its password
+    and, by default, every job's records: no other local user may look in.
+    """
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    if os.stat(directory).st_mode & 0o077:
+        os.chmod(directory, 0o700)
+
+
+def _write(path: str, obj: Any, mode: int = 0o600) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as f:
@@ -170,8 +181,9 @@ def _healthy(address: str) -> bool:
 
 @contextlib.contextmanager
 def _lock(directory: str) -> Any:
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, ".lock"), "w") as f:
+    _make_private(directory)
+    lock_fd = os.open(os.path.join(directory, ".lock"), os.O_WRONLY | os.O_CREAT, 0o600)
+    with os.fdopen(lock_fd, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -315,7 +327,10 @@ def _ensure_secrets(directory: str) -> None:
 def _launch(directory: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(directory, _SERVER))
-    with open(os.path.join(directory, _LOG), "ab") as log:
+    log_fd = os.open(
+        os.path.join(directory, _LOG), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600
+    )
+    with os.fdopen(log_fd, "ab") as log:
         # The server forks again and exits at once (--detach), so the
         # gateway is nobody's child: it outlives this process and is
         # never left a zombie.

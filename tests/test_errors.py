@@ -173,7 +173,9 @@ def test_functions_from_local_modules_are_pickled_by_value(
     sys.modules.pop("mylocalcode")
 
 
-def run_main_process(store, job_id, stored_payload, signed_payload, tmp_path, **more):
+def run_main_process(
+    store, job_id, stored_payload, signed_payload, tmp_path, env=None, **more
+):
     """Run main's process as the runner would, with no scheduler to reach.
 
     ``stored_payload`` is what storage holds, ``signed_payload`` what the
@@ -214,6 +216,7 @@ def run_main_process(store, job_id, stored_payload, signed_payload, tmp_path, **
         input=launch.to_json(),
         capture_output=True,
         timeout=60,
+        env={**os.environ, **(env or {})},
     )
 
 

@@ -220,3 +220,199 @@ def test_a_retry_never_uses_a_spec_rewritten_in_storage(alice_and_mallory, tmp_p
     assert record.state is JobState.LOST
     assert "not signed with your key" in record.message
     assert gateway_clusters(alice.batch.gateway) == clusters
+
+
+# -- paths: nothing from storage lands outside where it belongs ---------------
+
+
+def test_artifact_keys_that_climb_out_are_never_downloaded(
+    batch_gateway, batch_s3_storage, tmp_path
+):
+    import s3fs
+
+    from dask_batch._store import ARTIFACTS
+
+    url, options = batch_s3_storage
+    with BatchClient(
+        gateway=batch_gateway.gateway(), storage=url, storage_options=options
+    ) as batch:
+        job = batch.submit(add, 1, 1, workers=0)
+        batch.wait(job.id, timeout=60)
+        fs = s3fs.S3FileSystem(**options)
+        base = batch.store.job_path(batch.user, job.id, ARTIFACTS)
+        fs.pipe({f"{base}/good.txt": b"fine", f"{base}/../../../../../escaped": b"x"})
+        folder = batch.store.job_path(batch.user, job.id)
+        assert any(p.endswith("/../escaped") for p in fs.find(folder))  # planted
+        destination = tmp_path / "a" / "b" / "c" / "d" / "e"
+        written = batch.download_artifacts(job.id, destination)
+        assert [pathlib.Path(p).name for p in written] == ["good.txt"]
+        assert set(batch.artifacts(job.id)) == {"good.txt"}
+        assert not list(tmp_path.rglob("escaped"))
+        batch.gateway.close()
+
+
+def test_artifact_links_and_links_in_the_destination_are_refused(
+    batch_client, tmp_path
+):
+    from dask_batch._store import ARTIFACTS
+    from dask_batch._validate import InvalidNameError
+
+    job = batch_client.submit(add, 1, 1, workers=0)
+    batch_client.wait(job.id, timeout=60)
+    folder = pathlib.Path(batch_client.store.job_path(batch_client.user, job.id))
+    (folder / ARTIFACTS / "sub").mkdir(parents=True)
+    (folder / ARTIFACTS / "sub" / "data.txt").write_text("fine")
+    (folder / ARTIFACTS / "passwd").symlink_to("/etc/passwd")
+    assert batch_client.artifacts(job.id) == {"sub/data.txt": 4}
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    destination = tmp_path / "dl"
+    destination.mkdir()
+    (destination / "sub").symlink_to(outside)
+    with pytest.raises(InvalidNameError, match="outside"):
+        batch_client.download_artifacts(job.id, destination)
+    assert list(outside.iterdir()) == []
+
+
+def escape_through_artifacts_path():
+    import dask_batch
+
+    return dask_batch.artifacts_path("..", "..", "spec.json")
+
+
+def test_artifacts_path_refuses_parts_that_leave_the_folder(batch_client):
+    from dask_batch import JobFailedError
+
+    job = batch_client.submit(escape_through_artifacts_path, workers=0)
+    with pytest.raises(JobFailedError, match="would leave its folder"):
+        job.result(timeout=60)
+
+
+@pytest.mark.parametrize(
+    "member",
+    ["link", "dotdot", "absolute", "too-big"],
+)
+def test_uploaded_archives_are_unpacked_by_our_own_checks(tmp_path, member):
+    import io
+    import json
+    import tarfile
+
+    import cloudpickle
+    from test_errors import run_main_process
+
+    from dask_batch._store import FILES, JobStore
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo(
+            {"dotdot": "../../evil", "absolute": "/tmp/evil"}.get(member, "f")
+        )
+        if member == "link":
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(info)
+        else:
+            data = b"x" * (2048 if member == "too-big" else 4)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    store = JobStore(str(tmp_path / "jobs"))
+    job_id = "20260101-000000-000-7a2b0000"
+    store.put("alice", job_id, FILES, buffer.getvalue())
+    payload = cloudpickle.dumps((len, ([1],), {}))
+    env = {"DASK_BATCH__UPLOAD_LIMIT": "1 kiB"} if member == "too-big" else {}
+    proc = run_main_process(
+        store, job_id, payload, payload, tmp_path, has_files=True, env=env
+    )
+    assert proc.returncode == 1
+    error = json.loads((tmp_path / "outcome.json").read_text())["error"]
+    assert "could not be set up" in error["message"]
+    assert not (tmp_path / "evil").exists()
+    assert not pathlib.Path("/tmp/evil").exists()
+
+
+# -- input checked at every entry point ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "job_id", ["../../etc", "20261126-081530-123-3F9A1C2B", "x" * 500, "", "a/b"]
+)
+def test_job_ids_are_checked_in_the_api_the_cli_and_the_store(batch_client, job_id):
+    from click.testing import CliRunner
+
+    from dask_batch import JobNotFoundError
+    from dask_batch.cli import main
+
+    for method in (batch_client.status, batch_client.result, batch_client.logs):
+        with pytest.raises(JobNotFoundError, match="not a dask-batch job id"):
+            method(job_id)
+    with pytest.raises(JobNotFoundError):
+        batch_client.store.job_path(batch_client.user, job_id)
+    result = CliRunner().invoke(
+        main, ["--storage", batch_client.store.url, "status", job_id or '""']
+    )
+    assert result.exit_code != 0
+
+
+@pytest.mark.parametrize("user", ["../bob", "bob/x", ".index", "a\nb", "a" * 200])
+def test_user_names_that_cannot_name_a_folder_are_refused(batch_gateway, user):
+    from dask_batch._validate import InvalidNameError
+
+    gateway = batch_gateway.gateway()
+    with pytest.raises(InvalidNameError, match="cannot name a storage folder"):
+        BatchClient(gateway=gateway, storage="memory://jobs", user=user)
+    gateway.close()
+
+
+def test_notebook_parameter_names_must_be_identifiers(batch_client, tmp_path):
+    from dask_batch import SubmitError
+
+    notebook = tmp_path / "n.ipynb"
+    notebook.write_text("{}")
+    for name in ("x = 1\nimport os", "class", "1x"):
+        with pytest.raises(SubmitError, match="not a Python identifier"):
+            batch_client.submit_notebook(notebook, {name: 1})
+    assert batch_client.jobs() == []
+
+
+def test_one_broken_record_or_index_entry_never_breaks_a_listing(batch_client):
+    import gzip
+    import json
+
+    from dask_batch._records import new_job_id
+    from dask_batch.testing import write_job_records
+
+    store, user = batch_client.store, batch_client.user
+    good = write_job_records(store, user, 3)
+    broken = new_job_id()
+    store.put(user, broken, SPEC, b"[]")
+    # A pack entry with a field no record has, and a javascript: link.
+    entry = store.get_json(user, good[0], STATE)
+    planted = {
+        "id": good[0], "user": user, "name": "job-0", "submitted": "2026-01-01",
+        "state": entry["state"], "surprise": 1, "dashboard_link": "javascript:x()",
+    }  # fmt: skip
+    pack = gzip.compress(json.dumps({"version": 1, "jobs": [planted]}).encode())
+    store.backend.put_whole(f"{store.index_path(user)}/{good[0]}-1-abc.json.gz", pack)
+    with pytest.warns(UserWarning, match=broken):
+        listed = batch_client.jobs()
+    assert sorted(r.id for r in listed) == sorted(good)
+    assert "javascript:" not in listed._repr_html_()
+
+
+def test_the_local_default_is_private(tmp_path):
+    import stat
+
+    import dask_batch.local
+
+    directory = tmp_path / "local"
+    directory.mkdir(mode=0o755)
+    info = dask_batch.testing._start_gateway(str(directory))
+    try:
+        with BatchClient(gateway=info.gateway(), storage=info.storage) as batch:
+            batch.gateway.close()
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+        for name in ("secrets.json", "settings.json", "server.json", "gateway.sqlite"):
+            mode = stat.S_IMODE((directory / name).stat().st_mode)
+            assert mode & 0o077 == 0, (name, oct(mode))
+        assert batch.user
+    finally:
+        dask_batch.local.stop(str(directory))
