@@ -9,12 +9,13 @@ final state; a failed, cancelled or lost job raises the matching
 from __future__ import annotations
 
 import asyncio
+import codecs
 import os
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any
 
 import dask.config
+from dask.utils import format_bytes, parse_bytes
 
 from . import _signing
 from ._exceptions import (
@@ -118,44 +119,65 @@ class JobOutputs:
         )
 
     async def logs(self, job_id: str) -> str:
-        """The log so far."""
-        text, _ = await self.logs_from(job_id, 0)
-        return text
+        """The log so far, or its end when it is over ``batch.logs-limit``."""
+        limit = parse_bytes(dask.config.get("batch.logs-limit"))
+        data, _ = await self._read_logs(job_id, 0, limit + 1)
+        if len(data) <= limit:
+            return data.decode(errors="replace")
+        # Start at a whole character: skip UTF-8 continuation bytes.
+        start = 1
+        while start < len(data) and data[start] & 0xC0 == 0x80:
+            start += 1
+        data = data[start:]
+        return (
+            f"[dask-batch: the log of job {job_id} is longer than batch.logs-limit "
+            f"({format_bytes(limit)}); this is its end. "
+            f"`dask batch logs --follow {job_id}` streams all of it.]\n"
+            + data.decode(errors="replace")
+        )
 
-    async def logs_from(self, job_id: str, index: int) -> tuple[str, int]:
-        """Log text from chunk ``index`` on, and the next chunk's index."""
+    async def _read_logs(
+        self, job_id: str, index: int, limit: int | None = None
+    ) -> tuple[bytes, int]:
+        """Log bytes from chunk ``index`` on, and the next chunk's index."""
 
-        def read() -> tuple[str, int]:
-            data, next_index = self.store.read_logs(self.user, job_id, index)
+        def read() -> tuple[bytes, int]:
+            data, next_index = self.store.read_logs(self.user, job_id, index, limit)
             if next_index == 0 and not self.store.exists(self.user, job_id, SPEC):
                 raise JobNotFoundError(job_id, self.store.url)
-            return data.decode(errors="replace"), next_index
+            return data, next_index
 
         return await asyncio.to_thread(read)
 
-    async def _follow_step(self, job_id: str, index: int) -> tuple[str, int, bool]:
-        """New log text, the next chunk index, and whether the job has ended."""
+    async def _follow_step(self, job_id: str, index: int) -> tuple[bytes, int, bool]:
+        """New log bytes, the next chunk index, and whether the job has ended."""
         ended = (await self.reconciler.status(job_id)).state.is_terminal
         # Read after the state: the runner stores the last log before the
         # final state, so nothing printed is missed once ended is seen.
-        text, index = await self.logs_from(job_id, index)
-        return text, index, ended
+        data, index = await self._read_logs(job_id, index)
+        return data, index, ended
 
     def follow_sync(self, job_id: str, sync: Callable[..., Any]) -> Iterator[str]:
-        """Log text as it arrives, until the job ends; ``sync`` runs coroutines."""
-        index, ended = 0, False
-        while not ended:
-            text, index, ended = sync(self._follow_step, job_id, index)
-            if text:
-                yield text
-            elif not ended:
-                time.sleep(FOLLOW_POLL)
+        """:meth:`follow` for sync callers; ``sync`` runs a coroutine to its end."""
+        stream = self.follow(job_id)
+        try:
+            while True:
+                try:
+                    yield sync(stream.__anext__)
+                except StopAsyncIteration:
+                    return
+        finally:
+            sync(stream.aclose)
 
-    async def follow(self, job_id: str) -> AsyncIterator[str]:
+    async def follow(self, job_id: str) -> AsyncGenerator[str, None]:
         """Log text as it arrives, until the job ends."""
+        # Chunks are cut by size: a character may start in one and end in
+        # the next, so text is decoded across chunk boundaries.
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         index, ended = 0, False
         while not ended:
-            text, index, ended = await self._follow_step(job_id, index)
+            data, index, ended = await self._follow_step(job_id, index)
+            text = decoder.decode(data, final=ended)
             if text:
                 yield text
             elif not ended:

@@ -95,14 +95,35 @@ def dumps_result(value: Any) -> list[memoryview]:
     return [memoryview(frame), memoryview(stream), *buffers]
 
 
-def read_result_frame(read: Any) -> tuple[bytes, int, list[int]]:
+def read_result_frame(read: Any, object_size: int) -> tuple[bytes, int, list[int]]:
     """Parse a stored result's frame, after its magic, with ``read(n)``.
 
     Returns the frame's bytes (magic included, as :func:`dumps_result` wrote
-    them), the pickle's length and the buffer sizes.
+    them), the pickle's length and the buffer sizes. The sizes are checked
+    against ``object_size``, the stored object's real size, before anything
+    is allocated for them: a frame that claims more than the object holds
+    raises EOFError (the object is truncated), one that claims less raises
+    ValueError.
     """
     counts = read(_FRAME.size)
     length, count = _FRAME.unpack(counts)
+    header = len(RESULT_MAGIC) + _FRAME.size
+    if header + 8 * count > object_size:
+        raise EOFError(
+            f"the stored result is truncated: its frame claims {count} buffers "
+            f"in {object_size} bytes"
+        )
     sizes = read(8 * count)
     frame = RESULT_MAGIC + counts + sizes
-    return frame, length, list(struct.unpack(f">{count}Q", sizes))
+    buffers = list(struct.unpack(f">{count}Q", sizes))
+    described = len(frame) + length + sum(buffers)
+    if described > object_size:
+        raise EOFError(
+            f"the stored result is truncated: its frame describes {described} "
+            f"bytes, the object has {object_size}"
+        )
+    if described < object_size:
+        raise ValueError(
+            f"its frame describes {described} bytes, the object has {object_size}"
+        )
+    return frame, length, buffers

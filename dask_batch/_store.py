@@ -87,6 +87,7 @@ SECRETS = "secrets.bin"
 FILES = "files.tar.gz"
 ARTIFACTS = "artifacts"
 _RECORD_PARTS = (SPEC, STATE, FINAL, CLUSTER, PROGRESS, HEARTBEAT)
+_TAIL_BYTES = 64 * 2**10  # read for the end of a failed job's log
 
 # Failures worth another try: the network, the server, or its rate limits.
 # Matched by class name along the exception's MRO and causes, so that the
@@ -414,20 +415,39 @@ class JobStore(ListingIndex):
         chunks = [p for p in found if posixpath.basename(p).isdigit()]
         return sorted(self.fs._strip_protocol(p) for p in chunks)
 
-    def read_logs(self, user: str, job_id: str, start: int = 0) -> tuple[bytes, int]:
-        """Log bytes from chunk ``start`` on, and the index of the next chunk."""
+    def read_logs(
+        self, user: str, job_id: str, start: int = 0, limit: int | None = None
+    ) -> tuple[bytes, int]:
+        """Log bytes from chunk ``start`` on, and the index of the next chunk.
+
+        With ``limit``, at most that many bytes: the end of the log, read a
+        chunk at a time from the last one.
+        """
         chunks = self.log_chunks(user, job_id)[start:]
-        blobs = self.get_many(chunks, job_id)
-        return b"".join(blobs.get(p, b"") for p in chunks), start + len(chunks)
+        if limit is None:
+            blobs = self.get_many(chunks, job_id)
+            return b"".join(blobs.get(p, b"") for p in chunks), start + len(chunks)
+        return self._log_end(chunks, job_id, limit), start + len(chunks)
+
+    def _log_end(self, chunks: list[str], job_id: str, limit: int) -> bytes:
+        """The last ``limit`` bytes of ``chunks``, reading no more than that."""
+        pieces: list[bytes] = []
+        wanted = limit
+        for path in reversed(chunks):
+            if wanted <= 0:
+                break
+            with self._errors("read the log", job_id):
+                size = int(self.fs.size(path))
+                first = max(0, size - wanted)
+                pieces.append(bytes(self.fs.cat_file(path, start=first)))
+            wanted -= size - first
+        return b"".join(reversed(pieces))
 
     def log_tail(self, user: str, job_id: str, lines: int) -> str:
-        """The last ``lines`` lines of the log, reading only its last chunks."""
-        chunks = self.log_chunks(user, job_id)
-        text = b""
-        while chunks and text.count(b"\n") <= lines:
-            text = self.get_many([chunks[-1]], job_id).get(chunks[-1], b"") + text
-            chunks.pop()
-        return "\n".join(text.decode(errors="replace").splitlines()[-lines:])
+        """The last ``lines`` lines of the log, from at most its last 64 KiB."""
+        data, _ = self.read_logs(user, job_id, limit=_TAIL_BYTES)
+        text = data.decode(errors="replace")
+        return "\n".join(line[-1000:] for line in text.splitlines()[-lines:])
 
     # -- artifacts ---------------------------------------------------------------------
     def artifacts(self, user: str, job_id: str) -> dict[str, int]:

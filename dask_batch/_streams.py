@@ -120,6 +120,8 @@ def read_result(
     ``hmac_key``. Nothing is unpickled here.
     """
     with fs.open(path, "rb") as f:
+        size = getattr(f, "size", None)
+        size = size if isinstance(size, int) else int(fs.size(path))
         if f.read(len(RESULT_MAGIC)) != RESULT_MAGIC:
             raise ResultIntegrityError(
                 f"The stored result of job {job_id!r} does not match the digest "
@@ -134,7 +136,14 @@ def read_result(
                 raise EOFError("the stored result is truncated")
             return bytes(data)
 
-        frame, length, sizes = read_result_frame(read)
+        try:
+            frame, length, sizes = read_result_frame(read, size)
+        except ValueError as exc:
+            raise ResultIntegrityError(
+                f"The stored result of job {job_id!r} is damaged ({exc}): it was "
+                "changed in storage. Not loading it.",
+                job_id=job_id,
+            ) from None
         hasher = StreamHasher(hmac_key)
         try:
             hasher.update(frame)

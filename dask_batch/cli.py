@@ -1,7 +1,9 @@
 """The ``dask batch`` command line (also installed as ``dask-batch``).
 
 Parses arguments, calls :class:`~dask_batch.BatchClient`, renders: no logic of
-its own. Every error is one line on stderr and a non-zero exit status.
+its own. Every error is one line on stderr and a non-zero exit status. Text
+that comes from storage (logs, messages, names) is printed without terminal
+control sequences: a job's output must not drive the user's terminal.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import yaml
 from ._exceptions import DaskBatchError, JobFailedError, MissingSecretError
 from ._options import SubmitOptions
 from ._records import JobRecord, JobState
+from ._validate import strip_control
 
 __all__ = ["main"]
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
     first = message.strip().splitlines()[0] if message.strip() else "error"
-    click.echo(f"Error: {first}", err=True)
+    click.echo(f"Error: {strip_control(first)}", err=True)
     sys.exit(code)
 
 
@@ -87,7 +90,7 @@ def _echo_records(records: Any, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([_record_dict(r) for r in records], indent=1))
     else:
-        click.echo(records.to_text())
+        click.echo(strip_control(records.to_text()))
 
 
 def _exit_status(record: JobRecord) -> int:
@@ -221,12 +224,13 @@ def submit(
     click.echo(job.id)
     if follow:
         for text in job.logs(follow=True):
-            click.echo(text, nl=False)
+            click.echo(strip_control(text), nl=False)
     if wait or follow:
         record = job.wait()
         click.echo(f"{job.id} {record.state.value}", err=True)
         if record.state is not JobState.SUCCEEDED:
-            click.echo(f"Error: {record.message or record.state.value}", err=True)
+            message = strip_control(record.message or record.state.value)
+            click.echo(f"Error: {message}", err=True)
         sys.exit(_exit_status(record))
 
 
@@ -287,7 +291,7 @@ def status(obj: _Context, job_id: str, as_json: bool) -> None:
     ]
     for key, value in lines:
         if value:
-            click.echo(f"{key + ':':<11}{value}")
+            click.echo(f"{key + ':':<11}{strip_control(value)}")
 
 
 @main.command()
@@ -300,9 +304,9 @@ def logs(obj: _Context, job_id: str, follow: bool) -> None:
     """Print main's output (stdout, stderr, logging)."""
     if follow:
         for text in obj.client.logs(job_id, follow=True):
-            click.echo(text, nl=False)
+            click.echo(strip_control(text), nl=False)
     else:
-        click.echo(obj.client.logs(job_id), nl=False)
+        click.echo(strip_control(obj.client.logs(job_id)), nl=False)
 
 
 @main.command()
@@ -375,7 +379,7 @@ def artifacts(obj: _Context, job_id: str, download: str | None) -> None:
     from dask.utils import format_bytes
 
     for path, size in obj.client.artifacts(job_id).items():
-        click.echo(f"{format_bytes(size):>10}  {path}")
+        click.echo(f"{format_bytes(size):>10}  {strip_control(path)}")
 
 
 @main.group()

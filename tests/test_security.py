@@ -416,3 +416,76 @@ def test_the_local_default_is_private(tmp_path):
         assert batch.user
     finally:
         dask_batch.local.stop(str(directory))
+
+
+# -- untrusted sizes never drive allocation or time ----------------------------
+
+PLANTED_FRAME = """
+import struct, sys
+from dask_batch._pickling import RESULT_MAGIC
+from dask_batch._store import RESULT, JobStore
+from dask_batch import StorageError
+
+store = JobStore(sys.argv[1])
+job = "20260101-000000-000-0000f4a3"
+# 47 bytes that claim a 4-byte pickle and one 800 MB buffer.
+planted = RESULT_MAGIC + struct.pack(">QI", 4, 1) + struct.pack(">Q", 800 * 2**20)
+padding = b"\\0" * (47 - len(planted) - 5)
+store.put("alice", job, RESULT, planted + b"\\x80\\x05N.x" + padding)
+try:
+    store.get_result("alice", job)
+except StorageError as exc:
+    print("refused:", exc)
+with open("/proc/self/status") as f:
+    print([line for line in f if line.startswith("VmHWM")][0].split()[1])
+"""
+
+
+def test_a_planted_result_frame_cannot_make_the_client_allocate(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", PLANTED_FRAME, str(tmp_path / "jobs")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    refused, peak_kib = proc.stdout.strip().splitlines()
+    assert refused.startswith("refused:") and "truncated" in refused
+    assert int(peak_kib) < 300 * 1024  # an 800 MB buffer was never made
+
+
+def test_log_reads_are_bounded_and_follow_keeps_characters_whole(batch_client):
+    from dask_batch import JobFailedError
+    from dask_batch.testing import write_job_records
+
+    store, user = batch_client.store, batch_client.user
+    (job_id,) = write_job_records(store, user, 1)  # a FAILED job
+    store.put_log_chunk(user, job_id, 1, 0, b"x" * 8 * 2**20)  # no newline
+    store.put_log_chunk(user, job_id, 1, 1, "caf\u00e9 ".encode()[:4])
+    store.put_log_chunk(user, job_id, 1, 2, "caf\u00e9 ".encode()[4:] + b"done\n")
+    with pytest.raises(JobFailedError) as info:
+        batch_client.result(job_id)
+    assert len(info.value.log_tail) < 2000  # not the 8 MiB line
+    with dask.config.set({"batch.logs-limit": "1 kiB"}):
+        text = batch_client.logs(job_id)
+    assert text.startswith(f"[dask-batch: the log of job {job_id} is longer")
+    assert len(text) < 2048 and text.endswith("caf\u00e9 done\n")
+    followed = "".join(batch_client.logs(job_id, follow=True))
+    assert followed.endswith("caf\u00e9 done\n") and "\ufffd" not in followed
+
+
+def test_the_cli_prints_no_terminal_control_sequences_from_storage(batch_client):
+    from click.testing import CliRunner
+
+    from dask_batch.cli import main
+    from dask_batch.testing import write_job_records
+
+    store, user = batch_client.store, batch_client.user
+    (job_id,) = write_job_records(store, user, 1)
+    planted = b"\x1b]0;owned\x07\x1b[2J\x1b[31mred\x1b[0m\rbar\n"
+    store.put_log_chunk(user, job_id, 1, 0, planted)
+    env = {"DASK_BATCH__USER": user}
+    result = CliRunner().invoke(
+        main, ["--storage", store.url, "logs", job_id], env=env, catch_exceptions=False
+    )
+    assert result.output == "red\nbar\n"
