@@ -26,7 +26,7 @@ from dask_gateway_server.backends.local import UnsafeLocalBackend
 from dask_gateway_server.utils import run_main
 from traitlets.config import Config
 
-from .gateway_config import batch_cluster_options
+from .gateway_config import batch_cluster_options, storage_options_table
 from .local import _SECRETS, _SERVER, _SETTINGS, _pid_alive, _read, _write
 
 
@@ -71,9 +71,12 @@ def build_config(
     scheduler_cmd = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
     if settings.get("server_side", True):
         scheduler_cmd += ["--preload", "dask_batch.preload"]
+        table = settings.get("storage_options_by_user")
         c.Backend.cluster_options = batch_cluster_options(
             environment=settings.get("environment") or {},
+            # One user: any storage that user configures.
             allowed_storage=settings.get("allowed_storage"),
+            storage_options=storage_options_table(table) if table else None,
         )
     else:
         c.ClusterConfig.environment = settings.get("environment") or {}

@@ -239,6 +239,7 @@ def start(
     gateway_config: dict[str, Any] | None = None,
     owner_pid: int | None = None,
     allowed_storage: list[str] | None = None,
+    storage_options_by_user: dict[str, dict[str, Any]] | None = None,
 ) -> LocalGateway:
     """Start the local gateway in the background, or return the running one.
 
@@ -263,6 +264,10 @@ def start(
         test fixtures; by default the gateway outlives everyone.
     allowed_storage : list of str, optional
         Storage roots the gateway accepts jobs for (default: any).
+    storage_options_by_user : dict, optional
+        ``{user name: fsspec storage options}``: each user's jobs get their
+        own storage credentials (server-side mode), as a deployment's
+        ``storage_options`` hook gives them.
 
     Returns
     -------
@@ -300,6 +305,7 @@ def start(
                 "gateway_config": gateway_config or {},
                 "owner_pid": owner_pid,
                 "allowed_storage": allowed_storage,
+                "storage_options_by_user": storage_options_by_user,
             },
         )
         _launch(directory)

@@ -23,6 +23,7 @@ from dask_batch import (
     JobState,
     MissingSecretError,
     ResultIntegrityError,
+    SubmitError,
 )
 from dask_batch._store import FINAL, SPEC, STATE
 from dask_batch.testing import gateway_clusters, job_cluster_client, wait_for
@@ -363,7 +364,6 @@ def test_user_names_that_cannot_name_a_folder_are_refused(batch_gateway, user):
 
 
 def test_notebook_parameter_names_must_be_identifiers(batch_client, tmp_path):
-    from dask_batch import SubmitError
 
     notebook = tmp_path / "n.ipynb"
     notebook.write_text("{}")
@@ -489,3 +489,196 @@ def test_the_cli_prints_no_terminal_control_sequences_from_storage(batch_client)
         main, ["--storage", store.url, "logs", job_id], env=env, catch_exceptions=False
     )
     assert result.output == "red\nbar\n"
+
+
+# -- per-user storage identity, under moto's IAM enforcement --------------------
+
+IAM_MOTO = """
+import os, sys
+os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = sys.argv[1]
+import logging
+from moto.server import ThreadedMotoServer
+logging.getLogger("werkzeug").setLevel(logging.ERROR)
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print("%s:%s" % server.get_host_and_port(), flush=True)
+sys.stdin.read()  # until the test closes it
+server.stop()
+"""
+
+
+def _user_policy(bucket: str, user: str) -> str:
+    import json
+
+    prefix = f"jobs/{user}"
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Action": "s3:*",
+                    "Resource": f"arn:aws:s3:::{bucket}/{prefix}/*",
+                },
+                {
+                    "Effect": "Allow",
+                    "Action": "s3:ListBucket",
+                    "Resource": f"arn:aws:s3:::{bucket}",
+                    "Condition": {"StringLike": {"s3:prefix": [prefix, f"{prefix}/*"]}},
+                },
+            ],
+        }
+    )
+
+
+@pytest.fixture
+def iam_s3():
+    """A moto S3 with IAM enforced: ``(url, {user: storage options})``.
+
+    Its first seven requests (bucket, two users, their policies and keys)
+    are the only unauthenticated ones; after that only each user's own keys
+    work, and only on their own prefix.
+    """
+    import boto3
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", IAM_MOTO, "7"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        endpoint = f"http://{proc.stdout.readline().strip()}"
+        admin = {"aws_access_key_id": "x", "aws_secret_access_key": "x"}
+        connect = {"endpoint_url": endpoint, "region_name": "us-east-1", **admin}
+        s3, iam = boto3.client("s3", **connect), boto3.client("iam", **connect)
+        bucket = "shared"
+        s3.create_bucket(Bucket=bucket)
+        options = {}
+        for user in ("alice", "mallory"):
+            iam.create_user(UserName=user)
+            iam.put_user_policy(
+                UserName=user,
+                PolicyName="own-prefix",
+                PolicyDocument=_user_policy(bucket, user),
+            )
+        for user in ("alice", "mallory"):
+            key = iam.create_access_key(UserName=user)["AccessKey"]
+            options[user] = {
+                "key": key["AccessKeyId"],
+                "secret": key["SecretAccessKey"],
+                "client_kwargs": {"endpoint_url": endpoint},
+            }
+        yield f"s3://{bucket}/jobs", options
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+        proc.stdout.close()
+
+
+def try_other_prefix(victim_folder):
+    """Main of Mallory's job: read and write under Alice's prefix."""
+    import fsspec
+
+    fs = fsspec.filesystem("s3")  # the job's own credentials
+    outcomes = {}
+    # (moto does not enforce the s3:prefix condition on ListBucket, so
+    # listing is not checked here; S3 itself refuses it too.)
+    for action, call in (
+        ("read", lambda: fs.cat_file(f"{victim_folder}/spec.json")),
+        ("write", lambda: fs.pipe_file(f"{victim_folder}/result.pkl", b"evil")),
+    ):
+        try:
+            call()
+            outcomes[action] = "allowed"
+        except PermissionError:
+            outcomes[action] = "denied"
+    fs.pipe_file(victim_folder.replace("/alice/", "/mallory/") + "-own", b"mine")
+    outcomes["own prefix"] = "allowed"
+    return outcomes
+
+
+def test_each_users_job_reaches_only_that_users_prefix(tmp_path, iam_s3):
+    from dask_gateway import BasicAuth
+
+    import dask_batch.local
+    from dask_batch._gateway import BatchGateway
+    from dask_batch.testing import _start_gateway
+
+    url, options = iam_s3
+    directory = str(tmp_path / "gateway")
+    info = _start_gateway(
+        directory,
+        allowed_storage=[url],
+        storage_options_by_user=options,
+    )
+    clients = {}
+    try:
+        for user in ("alice", "mallory"):
+            gateway = BatchGateway(
+                address=info.address,
+                proxy_address=info.proxy_address,
+                auth=BasicAuth(user, info.password),
+            )
+            clients[user] = BatchClient(
+                gateway=gateway, storage=url, storage_options=options[user]
+            )
+        alice, mallory = clients["alice"], clients["mallory"]
+        victim = alice.submit(add, 20, 22, workers=0)
+        assert alice.result(victim.id, timeout=90) == 42
+        folder = alice.store.job_path("alice", victim.id)
+        attack = mallory.submit(try_other_prefix, folder, workers=0)
+        assert mallory.result(attack.id, timeout=90) == {
+            "read": "denied",
+            "write": "denied",
+            "own prefix": "allowed",
+        }
+        assert alice.result(victim.id) == 42
+    finally:
+        for client in clients.values():
+            client.gateway.close()
+        dask_batch.local.stop(directory)
+
+
+def test_the_gateway_handler_checks_storage_and_mints_per_user_credentials():
+    from types import SimpleNamespace
+
+    from dask_batch.gateway_config import batch_cluster_options
+
+    def mint(user_name, storage):
+        if user_name == "broken":
+            raise RuntimeError("token sk-live-123 expired")
+        return {"key": f"key-of-{user_name}", "secret": "s"}
+
+    options = batch_cluster_options(
+        allowed_storage=["s3://bucket/jobs"],
+        storage_options=mint,
+        # A user-controlled environment option cannot replace minted ones.
+        handler=lambda o, u: {"environment": {"DASK_BATCH__STORAGE_OPTIONS": "{}"}},
+    )
+    user = SimpleNamespace(name="alice")
+
+    def request(storage, job_id="20261126-081530-123-3f9a1c2b", who=user):
+        values = SimpleNamespace(
+            batch_job_id=job_id,
+            batch_storage=storage,
+            batch_payload_digest="d",
+            batch_secret_key="k",
+        )
+        return options.handler(values, who)["environment"]
+
+    env = request("s3://bucket/jobs/team-a")  # below an allowed root
+    assert env["DASK_BATCH_USER"] == "alice"
+    assert env["DASK_BATCH__STORAGE_OPTIONS"] == repr(
+        {"key": "key-of-alice", "secret": "s"}
+    )
+    for storage in ("s3://bucket/jobsX", "s3://other/jobs", "s3://bucket"):
+        with pytest.raises(ValueError, match="not allowed on this gateway"):
+            request(storage)
+    with pytest.raises(ValueError, match="not a dask-batch job id"):
+        request("s3://bucket/jobs", job_id="../x")
+    with pytest.raises(ValueError, match="RuntimeError") as info:
+        request("s3://bucket/jobs", who=SimpleNamespace(name="broken"))
+    assert "sk-live" not in str(info.value)
+    with pytest.raises(TypeError, match="allowed_storage"):
+        batch_cluster_options()  # the roots must be named (None: any)
