@@ -27,10 +27,12 @@ import dask.config
 from dask.utils import parse_bytes, parse_timedelta
 from distributed.diagnostics.plugin import SchedulerPlugin
 
+from . import _secrets, _signing
 from . import config as _config  # noqa: F401  (loads batch.* defaults)
+from ._exceptions import ResultIntegrityError
 from ._handoff import MainLaunch, Outcome
 from ._records import ErrorInfo, JobState, to_iso, utcnow
-from ._store import HEARTBEAT, SPEC, JobStore
+from ._store import HEARTBEAT, SECRETS, SPEC, JobStore
 
 logger = logging.getLogger("distributed.scheduler.dask_batch")
 
@@ -154,7 +156,7 @@ class JobRunnerPlugin(SchedulerPlugin):
     async def _run_job(self, log_path: str) -> None:
         try:
             self._pause_idle_culler()
-            spec = await self._io(self._store.get_json, self.user, self.job_id, SPEC)
+            spec = await self._io(self._signed_spec)
             doc = await self._io(
                 self._store.transition,
                 self.user,
@@ -207,6 +209,24 @@ class JobRunnerPlugin(SchedulerPlugin):
                 message,
                 new_cluster=False,
             )
+
+    def _signed_spec(self) -> dict[str, Any]:
+        """The job's spec, refused unless the submitter's job key signed it.
+
+        The job key comes from ``secrets.bin``, opened with the env key the
+        submitter sent; so scaling, the time limit and the memory limit are
+        the submitter's, whoever can write the storage.
+        """
+        spec = self._store.get_json(self.user, self.job_id, SPEC)
+        token = self._store.get(self.user, self.job_id, SECRETS)
+        job_key = _secrets.unseal(self.env_key, token).job_key
+        if not isinstance(spec, dict) or not _signing.spec_is_signed(job_key, spec):
+            raise ResultIntegrityError(
+                f"the spec of job {self.job_id!r} is not signed with its key: it "
+                "was changed in storage. Submit the job again.",
+                job_id=self.job_id,
+            )
+        return spec
 
     def _should_retry(
         self, spec: dict[str, Any], error: ErrorInfo, attempt: int

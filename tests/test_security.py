@@ -25,7 +25,7 @@ from dask_batch import (
     ResultIntegrityError,
     SubmitError,
 )
-from dask_batch._store import FINAL, SPEC, STATE
+from dask_batch._store import FINAL, SPEC, STATE, JobStore
 from dask_batch.testing import gateway_clusters, job_cluster_client, wait_for
 
 
@@ -682,3 +682,86 @@ def test_the_gateway_handler_checks_storage_and_mints_per_user_credentials():
     assert "sk-live" not in str(info.value)
     with pytest.raises(TypeError, match="allowed_storage"):
         batch_cluster_options()  # the roots must be named (None: any)
+
+
+def test_the_runner_refuses_a_spec_rewritten_in_storage(tmp_path):
+    from dask_batch._runner import JobRunnerPlugin
+    from dask_batch._secrets import JobSecrets, seal
+    from dask_batch._signing import job_keys, sign_spec
+    from dask_batch._store import SECRETS, JobStore
+
+    store = JobStore(str(tmp_path / "jobs"))
+    job_id = "20260101-000000-000-5bec0001"
+    keys = job_keys(os.urandom(32), job_id)
+    spec = sign_spec(keys.job_key, {"id": job_id, "user": "alice", "timeout": 3600})
+    store.put_json("alice", job_id, SPEC, spec)
+    store.put(
+        "alice", job_id, SECRETS, seal(JobSecrets({}, keys.job_key), keys.env_key)
+    )
+    runner = JobRunnerPlugin(job_id, "alice", store.url, env_key=keys.env_key)
+    runner._store = store
+    assert runner._signed_spec() == spec
+    spec["timeout"] = 1  # rewritten by someone who can write the storage
+    store.put_json("alice", job_id, SPEC, spec)
+    with pytest.raises(ResultIntegrityError, match="not signed with its key"):
+        runner._signed_spec()
+
+
+USER_PROCESS = """
+import sys
+from dask_batch import BatchClient, DaskBatchError
+
+action, argument = sys.argv[1], sys.argv[2]
+with BatchClient() as batch:
+    if action == "submit":
+        import operator
+        if argument == "plant":
+            from test_security import plant
+            job = batch.submit(plant, sys.argv[3], workers=0)
+        else:
+            job = batch.submit(operator.add, 1, 2, workers=0)
+        batch.wait(job.id, timeout=60)
+        print(job.id)
+    else:
+        try:
+            print("value:", batch.result(argument, timeout=60))
+        except DaskBatchError as exc:
+            print("refused:", type(exc).__name__)
+"""
+
+
+def test_two_people_on_two_machines_one_shared_storage(batch_gateway, tmp_path):
+    """Each user's client in its own process with its own HOME (and secret)."""
+    marker = tmp_path / "mallory-ran-code-in-alices-client"
+    storage = tmp_path / "shared-jobs"
+
+    def as_user(user, *args):
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("DASK_", "XDG_CONFIG_HOME"))
+        }
+        env.update(batch_gateway.environment())
+        env.update(
+            HOME=str(tmp_path / f"home-{user}"),
+            DASK_GATEWAY__AUTH__KWARGS__USERNAME=user,
+            DASK_BATCH__STORAGE=str(storage),
+            PYTHONPATH=os.pathsep.join([str(pathlib.Path(__file__).parent)]),
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", USER_PROCESS, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip().splitlines()[-1]
+
+    victim = as_user("alice", "submit", "add")
+    attack = as_user("mallory", "submit", "plant", str(marker))
+    assert as_user("alice", "result", victim) == "value: 3"
+    store = JobStore(str(storage))
+    copy_job_folder(store, "mallory", attack, "alice", victim, keep=[SPEC])
+    assert as_user("alice", "result", victim) == "refused: ResultIntegrityError"
+    assert not marker.exists()
