@@ -20,6 +20,19 @@ def pytest_configure(config):
     config.add_cleanup(lambda: shutil.rmtree(directory, ignore_errors=True))
 
 
+def first_attempt_hangs(marker):
+    """Main whose first attempt hangs (its cluster is then killed); the next
+    one returns."""
+    import pathlib
+    import time
+
+    path = pathlib.Path(marker)
+    if not path.exists():
+        path.write_text("first attempt")
+        time.sleep(120)
+    return "second attempt"
+
+
 def child_processes(batch):
     """Live main processes of the clusters of ``batch``'s gateway."""
     return main_processes(gateway_clusters(batch.gateway))

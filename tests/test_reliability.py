@@ -12,7 +12,7 @@ import time
 
 import dask
 import pytest
-from conftest import child_processes, cluster_status
+from conftest import child_processes, cluster_status, first_attempt_hangs
 from dask_gateway import BasicAuth
 from dask_gateway.client import ClusterStatus
 
@@ -361,17 +361,6 @@ def test_scheduler_killed_is_lost_with_last_seen(batch_client):
         lambda: job.status().state is JobState.LOST and job.status(), 60, "LOST"
     )
     assert "last seen" in record.message
-
-
-def first_attempt_hangs(marker):
-    import pathlib
-    import time
-
-    path = pathlib.Path(marker)
-    if not path.exists():
-        path.write_text("first attempt")
-        time.sleep(120)
-    return "second attempt"
 
 
 def test_retries_run_main_again_on_a_new_cluster_after_a_cluster_failure(

@@ -15,6 +15,7 @@ import sys
 
 import dask
 import pytest
+from conftest import first_attempt_hangs
 from dask_gateway.client import ClusterStatus
 
 from dask_batch import (
@@ -45,17 +46,6 @@ def plant(marker):
 
 def add(a, b):
     return a + b
-
-
-def first_attempt_hangs(marker):
-    import pathlib
-    import time
-
-    path = pathlib.Path(marker)
-    if not path.exists():
-        path.write_text("first attempt")
-        time.sleep(120)
-    return "second attempt"
 
 
 class User:
