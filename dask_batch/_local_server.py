@@ -26,12 +26,17 @@ from dask_gateway_server.backends.local import UnsafeLocalBackend
 from dask_gateway_server.utils import run_main
 from traitlets.config import Config
 
-from .gateway_config import batch_cluster_options, storage_options_table
+from .gateway_config import (
+    WorkerEnvironmentWithoutJobKeys,
+    batch_cluster_options,
+    storage_options_table,
+)
 from .local import _SECRETS, _SERVER, _SETTINGS, _pid_alive, _read, _write
 
 
-class LoopbackLocalBackend(UnsafeLocalBackend):
-    """UnsafeLocalBackend with schedulers and workers bound to 127.0.0.1 only."""
+class LoopbackLocalBackend(WorkerEnvironmentWithoutJobKeys, UnsafeLocalBackend):
+    """UnsafeLocalBackend with schedulers bound to 127.0.0.1 only, and workers
+    that do not get the job's env key."""
 
     default_host = "127.0.0.1"
 

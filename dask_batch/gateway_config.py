@@ -25,7 +25,12 @@ from dask_gateway_server.options import Field, Options, String
 from ._validate import JOB_ID
 from .preload import ENV_DIGEST, ENV_JOB_ID, ENV_SECRET_KEY, ENV_STORAGE, ENV_USER
 
-__all__ = ["BATCH_OPTION_FIELDS", "batch_cluster_options", "storage_options_table"]
+__all__ = [
+    "BATCH_OPTION_FIELDS",
+    "WorkerEnvironmentWithoutJobKeys",
+    "batch_cluster_options",
+    "storage_options_table",
+]
 
 #: ``storage_options(user_name, storage) -> fsspec storage options``
 StorageOptionsHook = Callable[[str, str], Mapping[str, Any]]
@@ -174,3 +179,26 @@ def storage_options_table(table: Mapping[str, Mapping[str, Any]]) -> StorageOpti
         return frozen[user_name]
 
     return storage_options
+
+
+class WorkerEnvironmentWithoutJobKeys:
+    """A backend mixin: workers do not get the job's env key.
+
+    dask-gateway gives a cluster's ``environment`` to its scheduler and its
+    workers alike; only the scheduler (the preload) needs the key of the
+    job's ``secrets.bin``. Put it before the backend class::
+
+        class BatchSlurmBackend(WorkerEnvironmentWithoutJobKeys, SlurmBackend):
+            pass
+
+        c.DaskGateway.backend_class = BatchSlurmBackend
+
+    For backends that build each worker's environment with
+    ``get_worker_env(cluster)`` (the local, jobqueue and YARN backends); the
+    Kubernetes controller builds one environment for both.
+    """
+
+    def get_worker_env(self, cluster: Any) -> dict[str, str]:
+        env = dict(super().get_worker_env(cluster))  # type: ignore[misc]
+        env.pop(ENV_SECRET_KEY, None)
+        return env

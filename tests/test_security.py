@@ -755,3 +755,21 @@ def test_two_people_on_two_machines_one_shared_storage(batch_gateway, tmp_path):
     copy_job_folder(store, "mallory", attack, "alice", victim, keep=[SPEC])
     assert as_user("alice", "result", victim) == "refused: ResultIntegrityError"
     assert not marker.exists()
+
+
+def secret_key_seen_by_workers_and_main():
+    import os
+
+    from distributed import get_client
+
+    client = get_client()
+    client.wait_for_workers(1, timeout=60)
+    seen = client.run(lambda: os.environ.get("DASK_BATCH_SECRET_KEY"))
+    return sorted(set(seen.values()), key=str), os.environ.get("DASK_BATCH_SECRET_KEY")
+
+
+def test_the_env_key_reaches_the_scheduler_only(batch_client):
+    job = batch_client.submit(secret_key_seen_by_workers_and_main, workers=1)
+    assert job.status().mode == "server"
+    workers, main = job.result(timeout=90)
+    assert (workers, main) == ([None], None)
