@@ -51,7 +51,7 @@ def add(a, b):
 class User:
     """One user's view: a client with that user's name and secret."""
 
-    def __init__(self, name, gateway_info, storage, home):
+    def __init__(self, name, gateway_info, storage, home, storage_options):
         from dask_gateway import BasicAuth
 
         from dask_batch._gateway import BatchGateway
@@ -64,7 +64,9 @@ class User:
             proxy_address=gateway_info.proxy_address,
             auth=BasicAuth(name, gateway_info.password),
         )
-        self.batch = BatchClient(gateway=gateway, storage=storage)
+        self.batch = BatchClient(
+            gateway=gateway, storage=storage, storage_options=storage_options
+        )
         assert self.batch.user == name
 
     def __call__(self, method, *args, **kwargs):
@@ -75,11 +77,16 @@ class User:
         self.batch.gateway.close()
 
 
-@pytest.fixture
-def alice_and_mallory(batch_gateway, tmp_path):
-    storage = str(tmp_path / "shared-jobs")
+@pytest.fixture(params=["local", "s3"])
+def alice_and_mallory(request, batch_gateway, tmp_path):
+    """Two users of one gateway and one storage, with one storage credential
+    between them (the worst case): a shared directory, or a shared bucket."""
+    if request.param == "s3":
+        storage, options = request.getfixturevalue("batch_s3_storage")
+    else:
+        storage, options = str(tmp_path / "shared-jobs"), {}
     users = [
-        User(name, batch_gateway, storage, tmp_path / name)
+        User(name, batch_gateway, storage, tmp_path / name, options)
         for name in ("alice", "mallory")
     ]
     yield users
