@@ -26,14 +26,10 @@ import logging
 import os
 import posixpath
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._records import JobRecord
-
-if TYPE_CHECKING:
-    import fsspec
-
-    from ._backends import ObjectStoreBackend
+from ._store_parts import StoreParts
 
 logger = logging.getLogger("dask_batch.store")
 
@@ -60,31 +56,12 @@ def _pack_size(path: str) -> int:
         return SMALL_PACK  # not ours to extend
 
 
-class ListingIndex:
+class ListingIndex(StoreParts):
     """The listing index methods of :class:`~dask_batch._store.JobStore`.
 
     A mixin: it reads and writes through the store's own objects, errors and
     listings, declared here for type checkers.
     """
-
-    if TYPE_CHECKING:
-        fs: fsspec.AbstractFileSystem
-        backend: ObjectStoreBackend
-        root: str
-
-        def user_path(self, user: str) -> str: ...
-
-        def _names(
-            self, path: str, action: str, job_id: str | None = None
-        ) -> list[str]: ...
-
-        def get_many(
-            self, paths: list[str], job_id: str | None = None
-        ) -> dict[str, bytes]: ...
-
-        def _errors(
-            self, action: str, job_id: str | None = None, *, missing_ok: bool = False
-        ) -> contextlib.AbstractContextManager[None]: ...
 
     def index_path(self, user: str) -> str:
         return posixpath.join(self.user_path(user), INDEX)

@@ -59,6 +59,7 @@ from ._exceptions import (
     StorageError,
 )
 from ._index import ListingIndex
+from ._logs import JobLogs
 from ._pickling import ResultBuffer
 from ._records import JobRecord, JobState, to_iso, utcnow
 from ._validate import (
@@ -80,14 +81,12 @@ CLUSTER = "cluster.json"
 PAYLOAD = "payload.pkl"
 RESULT = "result.pkl"
 ERROR = "error.json"
-LOGS = "logs"
 PROGRESS = "progress.json"
 IDEMPOTENCY = ".idempotency"
 SECRETS = "secrets.bin"
 FILES = "files.tar.gz"
 ARTIFACTS = "artifacts"
 _RECORD_PARTS = (SPEC, STATE, FINAL, CLUSTER, PROGRESS, HEARTBEAT)
-_TAIL_BYTES = 64 * 2**10  # read for the end of a failed job's log
 
 # Failures worth another try: the network, the server, or its rate limits.
 # Matched by class name along the exception's MRO and causes, so that the
@@ -183,7 +182,7 @@ def _check_identity(spec: Any, user: str, job_id: str) -> None:
         )
 
 
-class JobStore(ListingIndex):
+class JobStore(ListingIndex, JobLogs):
     """Read and write job records below one storage URL.
 
     Parameters
@@ -401,53 +400,6 @@ class JobStore(ListingIndex):
         path = self.job_path(user, job_id, RESULT)
         with self._errors("read the result", job_id, missing_ok=True):
             return self._retrying(_streams.read_result, self.fs, path, job_id, hmac_key)
-
-    # -- logs, in chunks ---------------------------------------------------------------
-    def put_log_chunk(
-        self, user: str, job_id: str, attempt: int, index: int, data: bytes
-    ) -> None:
-        # Names sort as numbers do: by cluster attempt, then by chunk.
-        self.put(user, job_id, f"{LOGS}/{attempt:04d}{index:08d}", data)
-
-    def log_chunks(self, user: str, job_id: str) -> list[str]:
-        """Paths of the stored log chunks, in order."""
-        found = self._names(self.job_path(user, job_id, LOGS), "list the log", job_id)
-        chunks = [p for p in found if posixpath.basename(p).isdigit()]
-        return sorted(self.fs._strip_protocol(p) for p in chunks)
-
-    def read_logs(
-        self, user: str, job_id: str, start: int = 0, limit: int | None = None
-    ) -> tuple[bytes, int]:
-        """Log bytes from chunk ``start`` on, and the index of the next chunk.
-
-        With ``limit``, at most that many bytes: the end of the log, read a
-        chunk at a time from the last one.
-        """
-        chunks = self.log_chunks(user, job_id)[start:]
-        if limit is None:
-            blobs = self.get_many(chunks, job_id)
-            return b"".join(blobs.get(p, b"") for p in chunks), start + len(chunks)
-        return self._log_end(chunks, job_id, limit), start + len(chunks)
-
-    def _log_end(self, chunks: list[str], job_id: str, limit: int) -> bytes:
-        """The last ``limit`` bytes of ``chunks``, reading no more than that."""
-        pieces: list[bytes] = []
-        wanted = limit
-        for path in reversed(chunks):
-            if wanted <= 0:
-                break
-            with self._errors("read the log", job_id):
-                size = int(self.fs.size(path))
-                first = max(0, size - wanted)
-                pieces.append(bytes(self.fs.cat_file(path, start=first)))
-            wanted -= size - first
-        return b"".join(reversed(pieces))
-
-    def log_tail(self, user: str, job_id: str, lines: int) -> str:
-        """The last ``lines`` lines of the log, from at most its last 64 KiB."""
-        data, _ = self.read_logs(user, job_id, limit=_TAIL_BYTES)
-        text = data.decode(errors="replace")
-        return "\n".join(line[-1000:] for line in text.splitlines()[-lines:])
 
     # -- artifacts ---------------------------------------------------------------------
     def artifacts(self, user: str, job_id: str) -> dict[str, int]:

@@ -1,0 +1,68 @@
+"""Main's log in storage: appended in chunks while it runs, read back bounded.
+
+Layout: ``{root}/{user}/{job_id}/logs/AAAANNNNNNNN``, the attempt then the
+chunk number, so names sort as the output was written and attempts never
+overwrite each other. Chunks are never rewritten. Readers take at most what
+they were asked for from the end, so a huge log costs no more than that.
+
+Shared by client and scheduler side: imports neither.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from ._store_parts import StoreParts
+
+LOGS = "logs"
+_TAIL_BYTES = 64 * 2**10  # read for the end of a failed job's log
+
+
+class JobLogs(StoreParts):
+    """The log methods of :class:`~dask_batch._store.JobStore` (a mixin)."""
+
+    def put_log_chunk(
+        self, user: str, job_id: str, attempt: int, index: int, data: bytes
+    ) -> None:
+        # Names sort as numbers do: by cluster attempt, then by chunk.
+        self.put(user, job_id, f"{LOGS}/{attempt:04d}{index:08d}", data)
+
+    def log_chunks(self, user: str, job_id: str) -> list[str]:
+        """Paths of the stored log chunks, in order."""
+        found = self._names(self.job_path(user, job_id, LOGS), "list the log", job_id)
+        chunks = [p for p in found if posixpath.basename(p).isdigit()]
+        return sorted(self.fs._strip_protocol(p) for p in chunks)
+
+    def read_logs(
+        self, user: str, job_id: str, start: int = 0, limit: int | None = None
+    ) -> tuple[bytes, int]:
+        """Log bytes from chunk ``start`` on, and the index of the next chunk.
+
+        With ``limit``, at most that many bytes: the end of the log, read a
+        chunk at a time from the last one.
+        """
+        chunks = self.log_chunks(user, job_id)[start:]
+        if limit is None:
+            blobs = self.get_many(chunks, job_id)
+            return b"".join(blobs.get(p, b"") for p in chunks), start + len(chunks)
+        return self._log_end(chunks, job_id, limit), start + len(chunks)
+
+    def _log_end(self, chunks: list[str], job_id: str, limit: int) -> bytes:
+        """The last ``limit`` bytes of ``chunks``, reading no more than that."""
+        pieces: list[bytes] = []
+        wanted = limit
+        for path in reversed(chunks):
+            if wanted <= 0:
+                break
+            with self._errors("read the log", job_id):
+                size = int(self.fs.size(path))
+                first = max(0, size - wanted)
+                pieces.append(bytes(self.fs.cat_file(path, start=first)))
+            wanted -= size - first
+        return b"".join(reversed(pieces))
+
+    def log_tail(self, user: str, job_id: str, lines: int) -> str:
+        """The last ``lines`` lines of the log, from at most its last 64 KiB."""
+        data, _ = self.read_logs(user, job_id, limit=_TAIL_BYTES)
+        text = data.decode(errors="replace")
+        return "\n".join(line[-1000:] for line in text.splitlines()[-lines:])
