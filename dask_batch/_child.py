@@ -296,13 +296,18 @@ def main() -> None:
             f"cannot be pickled: {exc}. Return plain data, or write it to "
             "storage yourself and return its path.",
         )
+    kind = type(result)
     del result  # the pieces hold what is needed of it
     result_digest, signature = store.put_pieces(
         launch.user, launch.job_id, RESULT, pieces, job_key
     )
-    Outcome(True, result_digest=result_digest, result_hmac=signature).write(
-        launch.outcome_path
-    )
+    Outcome(
+        True,
+        result_digest=result_digest,
+        result_hmac=signature,
+        result_type=f"{kind.__module__}.{kind.__qualname__}",
+        result_bytes=sum(memoryview(p).nbytes for p in pieces),
+    ).write(launch.outcome_path)
 
 
 if __name__ == "__main__":

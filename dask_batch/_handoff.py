@@ -57,6 +57,8 @@ class Outcome:
     succeeded: bool
     result_digest: str = ""
     result_hmac: str = ""
+    result_type: str = ""
+    result_bytes: int = 0
     error: ErrorInfo | None = None
 
     @classmethod
@@ -81,5 +83,7 @@ class Outcome:
             succeeded=bool(doc["succeeded"]),
             result_digest=str(doc.get("result_digest", "")),
             result_hmac=str(doc.get("result_hmac", "")),
+            result_type=str(doc.get("result_type", "")),
+            result_bytes=int(doc.get("result_bytes") or 0),
             error=ErrorInfo.from_dict(error) if error else None,
         )

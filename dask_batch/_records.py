@@ -183,7 +183,11 @@ class JobRecord:
         When the state last changed.
     result_digest, result_hmac : str
         What the runner recorded of a SUCCEEDED job's stored result: its
-        digest, and its signature when ``batch.result-key`` was set.
+        digest and its signature with the job key.
+    result_type : str
+        The qualified type name of the value main returned (``""`` if none).
+    result_bytes : int or None
+        The size of the stored result.
     """
 
     id: str
@@ -216,6 +220,8 @@ class JobRecord:
     updated: datetime.datetime | None = None
     result_digest: str = ""
     result_hmac: str = ""
+    result_type: str = ""
+    result_bytes: int | None = None
 
     @property
     def duration(self) -> datetime.timedelta | None:
@@ -303,6 +309,8 @@ class JobRecord:
             updated=_time(d.get("updated")),
             result_digest=_text(d.get("result_digest")),
             result_hmac=_text(d.get("result_hmac")),
+            result_type=_text(d.get("result_type")),
+            result_bytes=_count(d.get("result_bytes")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -337,6 +345,8 @@ class JobRecord:
             "updated": to_iso(self.updated),
             "result_digest": self.result_digest,
             "result_hmac": self.result_hmac,
+            "result_type": self.result_type,
+            "result_bytes": self.result_bytes,
         }
 
 
@@ -363,7 +373,7 @@ def _spec_fields(spec: dict[str, Any]) -> dict[str, Any]:
 def _state_fields(state: dict[str, Any]) -> dict[str, Any]:
     keys = (
         "state", "started", "finished", "message", "error", "attempt", "attempts",
-        "updated", "result_digest", "result_hmac",
+        "updated", "result_digest", "result_hmac", "result_type", "result_bytes",
     )  # fmt: skip
     fields = {k: state.get(k) for k in keys}
     fields["state"] = state.get("state", JobState.PENDING.value)

@@ -420,6 +420,8 @@ class JobRunnerPlugin(SchedulerPlugin):
             fields = {
                 "result_digest": outcome.result_digest,
                 "result_hmac": outcome.result_hmac,
+                "result_type": outcome.result_type,
+                "result_bytes": outcome.result_bytes,
             }
         else:
             state = JobState.FAILED

@@ -1,0 +1,123 @@
+"""The jobs web page: ``dask batch ui`` or ``python -m dask_batch.ui``.
+
+Serves the user's jobs (the configured gateway and storage, or the embedded
+local gateway) on 127.0.0.1 with a random token, as Jupyter does::
+
+    $ dask batch ui
+    Jobs page: http://127.0.0.1:8790/?token=...
+
+The same application answers a JSON API under ``/api/v1/`` (see the docs'
+UI page).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import signal
+import socket
+import sys
+import webbrowser
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["serve"]
+
+
+async def serve(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    open_browser: bool = False,
+    storage: str | None = None,
+    token: str | None = None,
+    announce: Callable[[str], Any] = print,
+) -> None:
+    """Serve the jobs page until cancelled (Ctrl-C, SIGTERM).
+
+    Parameters
+    ----------
+    host : str
+        Address to listen on; loopback unless told otherwise.
+    port : int
+        0 picks a free port.
+    open_browser : bool
+        Open the page in a browser.
+    storage : str, optional
+        Job storage URL (default: as ``BatchClient``).
+    token : str, optional
+        Access token (default: a new random one).
+    announce : callable
+        Called with the page's URL once it is served.
+    """
+    import tornado.httpserver
+
+    from .._client import BatchClient
+    from ._app import make_app
+
+    token = token or secrets.token_urlsafe(32)
+    batch = BatchClient(storage=storage, asynchronous=True)
+    try:
+        app = make_app(batch, token)
+        listener = socket.socket(
+            socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM
+        )
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(128)
+        listener.setblocking(False)
+        server = tornado.httpserver.HTTPServer(app)
+        server.add_sockets([listener])
+        bound = listener.getsockname()[1]
+        shown = f"[{host}]" if ":" in host else host
+        url = f"http://{shown}:{bound}/?token={token}"
+        announce(url)
+        if open_browser:
+            webbrowser.open(url)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            server.stop()
+            await server.close_all_connections()
+    finally:
+        await batch.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m dask_batch.ui [--host H] [--port N] [--no-browser]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m dask_batch.ui")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--no-browser", action="store_true")
+    parser.add_argument("--storage", default=None)
+    args = parser.parse_args(argv)
+    run(args.host, args.port, not args.no_browser, args.storage)
+
+
+def run(host: str, port: int, open_browser: bool, storage: str | None) -> None:
+    """Serve until Ctrl-C or SIGTERM, announcing the URL on stdout."""
+
+    def announce(url: str) -> None:
+        print(f"Jobs page: {url}", flush=True)
+
+    async def until_stopped() -> None:
+        task = asyncio.ensure_future(
+            serve(
+                host=host,
+                port=port,
+                open_browser=open_browser,
+                storage=storage,
+                announce=announce,
+            )
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(until_stopped())
+    print("Jobs page stopped.", file=sys.stderr)

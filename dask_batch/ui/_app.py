@@ -1,0 +1,287 @@
+"""The jobs web page and its JSON API: a tornado application over a BatchClient.
+
+Every request needs the token (``Authorization: token ...``, or the cookie that
+``?token=...`` sets); state-changing requests made with the cookie also need
+tornado's XSRF token. Pages are rendered on the server with escaping on, and a
+small script (served from here, no CDN) updates them from the same API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+import posixpath
+import secrets
+from typing import Any
+from urllib.parse import urlencode
+
+import tornado.web
+
+from .._display import STATE_COLOURS, format_duration, format_progress, format_time
+from .._exceptions import DaskBatchError, JobNotFoundError
+from .._records import JobRecord, JobState
+from .._validate import InvalidNameError, check_job_id, check_relative_path, safe_link
+
+HERE = os.path.dirname(__file__)
+COOKIE = "dask-batch-ui"
+PAGE_SIZE = 50
+MAX_PAGE = 500
+_ERRORS = ((JobNotFoundError, 404), (InvalidNameError, 400), (ValueError, 400))
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+def record_json(record: JobRecord) -> dict[str, Any]:
+    """A record as the API returns it: its fields, plus what pages show."""
+    out = record.to_dict()
+    duration = record.duration
+    out["duration_seconds"] = None if duration is None else duration.total_seconds()
+    out["dashboard_link"] = safe_link(record.dashboard_link)
+    out["fetch"] = f"BatchClient().result({record.id!r})"
+    return out
+
+
+class Handler(tornado.web.RequestHandler):
+    """Authentication, security headers and error mapping for every request."""
+
+    @property
+    def batch(self) -> Any:
+        return self.settings["batch"]
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Security-Policy", CSP)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("Cache-Control", "no-store")
+
+    def _header_token_ok(self) -> bool:
+        scheme, _, value = self.request.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "token" and hmac.compare_digest(
+            value.encode(), self.settings["token"].encode()
+        )
+
+    def get_current_user(self) -> str | None:
+        if self._header_token_ok() or self.get_signed_cookie(COOKIE):
+            return str(self.batch.user)
+        return None
+
+    def prepare(self) -> None:
+        offered = self.get_query_argument("token", None)
+        if offered is not None and self.request.method == "GET":
+            if not hmac.compare_digest(
+                offered.encode(), self.settings["token"].encode()
+            ):
+                raise tornado.web.HTTPError(403, "wrong token")
+            self.set_signed_cookie(COOKIE, "1", httponly=True, samesite="Strict")
+            query = {k: v[-1] for k, v in self.request.query_arguments.items()}
+            query.pop("token")
+            rest = f"?{urlencode(query)}" if query else ""
+            self.redirect(self.request.path + rest)
+            return
+        if self.current_user is None:
+            raise tornado.web.HTTPError(
+                401, "open the URL that `dask batch ui` printed"
+            )
+
+    def check_xsrf_cookie(self) -> None:
+        # A token in a header cannot be sent by another site's page.
+        if not self._header_token_ok():
+            super().check_xsrf_cookie()
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None))[1]
+        message = getattr(exc, "log_message", None) or self._reason
+        if isinstance(exc, DaskBatchError):
+            message = str(exc)
+        if self.request.path.startswith("/api/"):
+            job_id = getattr(exc, "job_id", None)
+            self.finish({"error": message, "status": status_code, "job_id": job_id})
+        else:
+            self.render("error.html", status=status_code, message=message)
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        for kind, status in _ERRORS:
+            if isinstance(e, kind) and not self._finished:
+                self.send_error(status, exc_info=(type(e), e, e.__traceback__))
+                return
+        if isinstance(e, DaskBatchError) and not self._finished:
+            self.send_error(502, exc_info=(type(e), e, e.__traceback__))
+            return
+        super()._handle_request_exception(e)
+
+    def job_id(self, raw: str) -> str:
+        return check_job_id(raw)
+
+    def listing_args(self) -> dict[str, Any]:
+        limit = int(self.get_query_argument("limit", str(PAGE_SIZE)))
+        return {
+            "state": [s.upper() for s in self.get_query_arguments("state") if s]
+            or None,
+            "name": self.get_query_argument("name", "") or None,
+            "since": self.get_query_argument("since", "") or None,
+            "limit": max(1, min(limit, MAX_PAGE)),
+            "offset": max(0, int(self.get_query_argument("offset", "0"))),
+        }
+
+    async def page_of_jobs(self) -> dict[str, Any]:
+        args = self.listing_args()
+        offset, limit = args.pop("offset"), args.pop("limit")
+        records = await self.batch.jobs(limit=offset + limit + 1, **args)
+        page = records[offset : offset + limit]
+        return {
+            "jobs": [record_json(r) for r in page],
+            "offset": offset,
+            "limit": limit,
+            "more": len(records) > offset + limit,
+        }
+
+
+class JobsAPI(Handler):
+    async def get(self) -> None:
+        self.finish(await self.page_of_jobs())
+
+
+class JobAPI(Handler):
+    async def get(self, job_id: str) -> None:
+        record = await self.batch.status(self.job_id(job_id))
+        self.finish(record_json(record))
+
+
+class LogsAPI(Handler):
+    """The log: from chunk ``?chunk=N`` on (``X-Next-Chunk``), streamed with
+    ``?follow=1`` until the job ends, or whole as a download."""
+
+    async def get(self, job_id: str) -> None:
+        job_id = self.job_id(job_id)
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        if self.get_query_argument("follow", ""):
+            async for text in self.batch.logs(job_id, follow=True):
+                self.write(text)
+                await self.flush()
+            self.finish()
+            return
+        if self.get_query_argument("download", ""):
+            self.set_header(
+                "Content-Disposition", f'attachment; filename="{job_id}.log"'
+            )
+            self.finish(await self.batch.logs(job_id))
+            return
+        await self.batch.status(job_id)  # JobNotFoundError for an unknown job
+        chunk = max(0, int(self.get_query_argument("chunk", "0")))
+        store, user = self.batch.store, self.batch.user
+        data, next_chunk = await asyncio.to_thread(store.read_logs, user, job_id, chunk)
+        self.set_header("X-Next-Chunk", str(next_chunk))
+        self.finish(data.decode(errors="replace"))
+
+
+class ArtifactsAPI(Handler):
+    async def get(self, job_id: str) -> None:
+        self.finish({"artifacts": await self.batch.artifacts(self.job_id(job_id))})
+
+
+class ArtifactAPI(Handler):
+    """One artifact, by a name the job's own listing holds."""
+
+    async def get(self, job_id: str, name: str) -> None:
+        job_id = self.job_id(job_id)
+        name = check_relative_path(name, what="artifact", job_id=job_id)
+        if name not in await self.batch.artifacts(job_id):
+            raise tornado.web.HTTPError(404, f"job {job_id} has no artifact {name!r}")
+        store = self.batch.store
+        path = store.job_path(self.batch.user, job_id, f"artifacts/{name}")
+        self.set_header("Content-Type", "application/octet-stream")
+        filename = posixpath.basename(name).replace('"', "")
+        self.set_header("Content-Disposition", f'attachment; filename="{filename}"')
+        with await asyncio.to_thread(store.fs.open, path, "rb") as f:
+            while data := await asyncio.to_thread(f.read, 2**20):
+                self.write(data)
+                await self.flush()
+        self.finish()
+
+
+class CancelAPI(Handler):
+    async def post(self, job_id: str) -> None:
+        record = await self.batch.cancel(self.job_id(job_id))
+        self.finish(record_json(record))
+
+
+class JobsPage(Handler):
+    def page_href(self, offset: int) -> str:
+        """This listing's URL at another offset (filters kept)."""
+        names = ("state", "name", "since", "limit")
+        query = {k: self.get_query_arguments(k) for k in names}
+        query = {k: v for k, v in query.items() if v}
+        query["offset"] = [str(offset)]
+        return "/?" + urlencode(query, doseq=True)
+
+    async def get(self) -> None:
+        page = await self.page_of_jobs()
+        self.render("jobs.html", page=page, args=self.listing_args(), **_helpers())
+
+
+class JobPage(Handler):
+    async def get(self, job_id: str) -> None:
+        record = await self.batch.status(self.job_id(job_id))
+        self.render(
+            "job.html",
+            job=record_json(record),
+            record=record,
+            artifacts=await self.batch.artifacts(record.id),
+            spec=await asyncio.to_thread(_spec_summary, self.batch, record.id),
+            **_helpers(),
+        )
+
+
+def _spec_summary(batch: Any, job_id: str) -> dict[str, Any]:
+    """What the job page shows of the spec: never env values, never keys."""
+    spec = batch.store.get_json(batch.user, job_id, "spec.json")
+    shown = ("cluster_options", "payload_bytes", "files_bytes", "memory_limit")
+    return {k: spec.get(k) for k in shown if isinstance(spec, dict)}
+
+
+def _helpers() -> dict[str, Any]:
+    return {
+        "colours": {s.value: c for s, c in STATE_COLOURS.items()},
+        "states": [s.value for s in JobState],
+        "format_time": format_time,
+        "format_duration": format_duration,
+        "format_progress": format_progress,
+        "json": json,
+    }
+
+
+def make_app(batch: Any, token: str | None = None) -> tornado.web.Application:
+    """The UI for an asynchronous :class:`~dask_batch.BatchClient`.
+
+    Parameters
+    ----------
+    batch : BatchClient
+        Created with ``asynchronous=True`` on the loop that serves the app.
+    token : str, optional
+        The access token; default: a new random one (``app.settings["token"]``).
+    """
+    job = r"/api/v1/jobs/([^/]+)"
+    return tornado.web.Application(
+        [
+            (r"/", JobsPage),
+            (r"/jobs/([^/]+)", JobPage),
+            (r"/api/v1/jobs", JobsAPI),
+            (job, JobAPI),
+            (job + r"/logs", LogsAPI),
+            (job + r"/artifacts", ArtifactsAPI),
+            (job + r"/artifacts/(.+)", ArtifactAPI),
+            (job + r"/cancel", CancelAPI),
+        ],
+        batch=batch,
+        token=token or secrets.token_urlsafe(32),
+        cookie_secret=secrets.token_bytes(32),
+        xsrf_cookies=True,
+        xsrf_cookie_kwargs={"httponly": False, "samesite": "Strict"},
+        template_path=os.path.join(HERE, "templates"),
+        static_path=os.path.join(HERE, "static"),
+        autoescape="xhtml_escape",
+    )
