@@ -61,9 +61,11 @@ def keeps_artifact():
 class UI:
     """A running `python -m dask_batch.ui` and a client on the same storage."""
 
-    def __init__(self, gateway_info, storage):
+    def __init__(self, gateway_info, storage, storage_options=None):
         env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
         env.update(gateway_info.environment(), DASK_BATCH__STORAGE=storage)
+        if storage_options:
+            env["DASK_BATCH__STORAGE_OPTIONS"] = json.dumps(storage_options)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dask_batch.ui", "--no-browser"],
             env=env,
@@ -75,7 +77,11 @@ class UI:
         assert line.startswith("Jobs page: "), line + self.proc.stderr.read()
         self.url = line.split(" ", 2)[2].strip()
         self.base, _, self.token = self.url.partition("/?token=")
-        self.batch = BatchClient(gateway=gateway_info.gateway(), storage=storage)
+        self.batch = BatchClient(
+            gateway=gateway_info.gateway(),
+            storage=storage,
+            storage_options=storage_options,
+        )
 
     def request(self, path, *, method="GET", token=True, headers=None):
         request = urllib.request.Request(self.base + path, method=method)
@@ -108,7 +114,20 @@ def ui(batch_gateway, tmp_path):
     server.close()
 
 
-def test_every_api_endpoint(ui, tmp_path):
+@pytest.fixture(params=["local", "s3"])
+def any_ui(request, batch_gateway, tmp_path):
+    """The UI on local storage, and on the moto S3 endpoint."""
+    if request.param == "s3":
+        storage, options = request.getfixturevalue("batch_s3_storage")
+    else:
+        storage, options = str(tmp_path / "jobs"), None
+    server = UI(batch_gateway, storage, options)
+    yield server
+    server.close()
+
+
+def test_every_api_endpoint(any_ui):
+    ui = any_ui
     ok = ui.batch.submit(double, 21, name="ok", workers=0)
     bad = ui.batch.submit(fails, name="bad", workers=0)
     art = ui.batch.submit(keeps_artifact, name="art", workers=0)
