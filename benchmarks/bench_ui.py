@@ -20,7 +20,6 @@ API with 10,000 jobs; a log line visible in < 1 s median; < 150 MB RSS.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -31,6 +30,7 @@ import time
 import urllib.request
 
 from bench_scale import start_moto  # this directory is on sys.path when run
+from bench_visibility import sizes, timed
 
 import dask_batch.local
 from dask_batch import BatchClient
@@ -79,15 +79,6 @@ class Server:
         self.proc.stdout.close()
 
 
-def median_seconds(func, repeat):
-    runs = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        func()
-        runs.append(time.perf_counter() - t0)
-    return statistics.median(runs)
-
-
 def log_delays(server, batch, lines, interval):
     """Seconds from each printed line to the API serving it."""
     job = batch.submit(prints_timestamps, lines, interval, workers=0)
@@ -118,12 +109,12 @@ def measure(label, info, storage, options, count, repeat, lines, interval):
         server.get("/api/v1/jobs")  # warm: the first listing packs nothing new
         rows = {
             f"`BatchClient.jobs(limit=51)` in-process, {count} jobs (floor)": (
-                median_seconds(lambda: batch.jobs(limit=51), repeat)
+                timed(lambda: batch.jobs(limit=51), repeat)
             ),
-            f"`GET /api/v1/jobs` (newest 50 of {count})": median_seconds(
+            f"`GET /api/v1/jobs` (newest 50 of {count})": timed(
                 lambda: server.get("/api/v1/jobs"), repeat
             ),
-            f"jobs page `GET /` (newest 50 of {count})": median_seconds(
+            f"jobs page `GET /` (newest 50 of {count})": timed(
                 lambda: server.get("/"), repeat
             ),
         }
@@ -143,14 +134,8 @@ def measure(label, info, storage, options, count, repeat, lines, interval):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=10_000)
-    parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--smoke", action="store_true")
-    args = parser.parse_args(argv)
-    count = 50 if args.smoke else args.jobs
-    repeat = 1 if args.smoke else args.repeat
-    lines, interval = (3, 0.2) if args.smoke else (40, 0.25)
+    count, repeat, smoke = sizes(argv, __doc__.splitlines()[0], jobs=10_000, repeat=7)
+    lines, interval = (3, 0.2) if smoke else (40, 0.25)
     directory = tempfile.mkdtemp(prefix="dask-batch-bench-ui-")
     moto, options = start_moto()
     # Schedulers reach moto with the storage options of their own config.

@@ -55,15 +55,21 @@ def timed(func, repeat):
     return statistics.median(out)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=1000)
-    parser.add_argument("--repeat", type=int, default=5)
+def sizes(argv, description, *, jobs, repeat):
+    """``(jobs, repeats, smoke)`` from ``--jobs``, ``--repeat``, ``--smoke``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--jobs", type=int, default=jobs)
+    parser.add_argument("--repeat", type=int, default=repeat)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
-    count = 50 if args.smoke else args.jobs
-    repeat = 1 if args.smoke else args.repeat
-    lines, interval = (5, 0.2) if args.smoke else (60, 0.25)
+    if args.smoke:
+        return 50, 1, True
+    return args.jobs, args.repeat, False
+
+
+def main(argv=None):
+    count, repeat, smoke = sizes(argv, __doc__.splitlines()[0], jobs=1000, repeat=5)
+    lines, interval = (5, 0.2) if smoke else (60, 0.25)
 
     directory = tempfile.mkdtemp(prefix="dask-batch-bench-")
     info = dask_batch.local.start(directory)
