@@ -71,7 +71,7 @@ def user_secret(*, create: bool = False, job_id: str | None = None) -> bytes:
     try:
         with open(path) as f:
             return bytes.fromhex(f.read().strip())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         if not create:
             raise MissingSecretError(
                 f"No dask-batch secret on this machine ({path}), so nothing "
@@ -84,7 +84,15 @@ def user_secret(*, create: bool = False, job_id: str | None = None) -> bytes:
             f"The dask-batch secret in {path} is damaged. {_bring_it(job_id)}",
             job_id=job_id,
         ) from None
-    return write_secret(os.urandom(32).hex(), exclusive=True)
+    try:
+        return write_secret(os.urandom(32).hex(), exclusive=True)
+    except OSError as exc:
+        raise MissingSecretError(
+            f"Cannot make your dask-batch secret at {path} ({exc.strerror or exc}): "
+            "set `batch.secret-file` to a private, writable path, or "
+            "`batch.result-key` to a secret of your own.",
+            job_id=job_id,
+        ) from exc
 
 
 def write_secret(text: str, *, exclusive: bool = False) -> bytes:

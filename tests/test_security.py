@@ -780,3 +780,15 @@ def test_the_env_key_reaches_the_scheduler_only(batch_client):
     assert job.status().mode == "server"
     workers, main = job.result(timeout=90)
     assert (workers, main) == ([None], None)
+
+
+def test_a_secret_that_cannot_be_made_is_a_clear_error(tmp_path):
+    from dask_batch._signing import user_secret
+
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    with (
+        dask.config.set({"batch.secret-file": str(blocked / "secret")}),
+        pytest.raises(MissingSecretError, match=r"batch\.secret-file"),
+    ):
+        user_secret(create=True, job_id="20260101-000000-000-00000001")
