@@ -73,8 +73,14 @@ def parse_job_time(value: Any) -> datetime.datetime | None:
         return utcnow() - datetime.timedelta(seconds=value)
     try:
         parsed = datetime.datetime.fromisoformat(value)
-    except ValueError:
-        seconds = parse_timedelta(value)
+    except (TypeError, ValueError):
+        try:
+            seconds = parse_timedelta(value)
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(
+                f"{value!r} is neither an ISO 8601 time nor a duration such as "
+                "'2h' or '3d'"
+            ) from None
         return utcnow() - datetime.timedelta(seconds=seconds)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
 

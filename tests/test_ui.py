@@ -183,6 +183,13 @@ def test_bad_ids_other_users_jobs_and_missing_tokens_are_refused(
     assert ui.json(f"/api/v1/jobs/{theirs.id}/logs")[0] == 404
     assert ui.json("/api/v1/jobs/..%2F..%2Fetc")[0] == 404
     assert ui.json("/api/v1/jobs/not-an-id/artifacts")[0] == 404
+    for query, message in (
+        ("since=foo", "neither an ISO 8601 time nor a duration"),
+        ("limit=abc", "limit must be a whole number"),
+        ("state=nonsense", "not a valid JobState"),
+    ):
+        status, answer = ui.json(f"/api/v1/jobs?{query}")
+        assert (status, message in answer["error"]) == (400, True), answer
     assert ui.request("/api/v1/jobs", token=False)[0] == 401
     assert ui.request("/", token=False)[0] == 401
     assert ui.request("/?token=wrong", token=False)[0] == 403

@@ -175,6 +175,8 @@ def test_job_times_parse_as_datetimes_iso_text_and_durations():
     assert parse_job_time(aware) == aware
     assert parse_job_time("2026-01-02T00:00:00") == aware
     assert parse_job_time(None) is None
+    with pytest.raises(ValueError, match="neither an ISO 8601 time nor a duration"):
+        parse_job_time("soonish")
     before = utcnow()
     two_hours_ago = parse_job_time("2h")
     after = utcnow()

@@ -95,7 +95,7 @@ class Handler(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None))[1]
         message = getattr(exc, "log_message", None) or self._reason
-        if isinstance(exc, DaskBatchError):
+        if isinstance(exc, (DaskBatchError, ValueError)):
             message = str(exc)
         if self.request.path.startswith("/api/"):
             job_id = getattr(exc, "job_id", None)
@@ -116,15 +116,24 @@ class Handler(tornado.web.RequestHandler):
     def job_id(self, raw: str) -> str:
         return check_job_id(raw)
 
+    def whole_number(self, name: str, default: int) -> int:
+        text = self.get_query_argument(name, str(default))
+        try:
+            return int(text)
+        except ValueError:
+            raise tornado.web.HTTPError(
+                400, f"{name} must be a whole number, got {text[:40]!r}"
+            ) from None
+
     def listing_args(self) -> dict[str, Any]:
-        limit = int(self.get_query_argument("limit", str(PAGE_SIZE)))
+        limit = self.whole_number("limit", PAGE_SIZE)
         return {
             "state": [s.upper() for s in self.get_query_arguments("state") if s]
             or None,
             "name": self.get_query_argument("name", "") or None,
             "since": self.get_query_argument("since", "") or None,
             "limit": max(1, min(limit, MAX_PAGE)),
-            "offset": max(0, int(self.get_query_argument("offset", "0"))),
+            "offset": max(0, self.whole_number("offset", 0)),
         }
 
     async def page_of_jobs(self) -> dict[str, Any]:
@@ -171,7 +180,7 @@ class LogsAPI(Handler):
             self.finish(await self.batch.logs(job_id))
             return
         await self.batch.status(job_id)  # JobNotFoundError for an unknown job
-        chunk = max(0, int(self.get_query_argument("chunk", "0")))
+        chunk = max(0, self.whole_number("chunk", 0))
         store, user = self.batch.store, self.batch.user
         data, next_chunk = await asyncio.to_thread(store.read_logs, user, job_id, chunk)
         self.set_header("X-Next-Chunk", str(next_chunk))
