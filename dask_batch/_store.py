@@ -248,21 +248,25 @@ class JobStore(ListingIndex, JobLogs):
     # -- errors and retries: the one place storage exceptions are mapped --------
     @contextlib.contextmanager
     def _errors(
-        self, action: str, job_id: str | None = None, *, missing_ok: bool = False
+        self,
+        action: str,
+        job_id: str | None = None,
+        *,
+        answers: tuple[type[Exception], ...] = (),
     ) -> Iterator[None]:
         """Turn any storage failure into a StorageError naming job and action.
 
-        With ``missing_ok`` a FileNotFoundError passes through, for callers
-        that treat a missing object as an answer. dask-batch's own errors
-        (a corrupt record, an unknown job) pass through unchanged.
+        Exceptions of the types in ``answers`` pass through, for callers that
+        treat them as an answer (a missing object, an object that exists
+        already). dask-batch's own errors (a corrupt record, an unknown job)
+        pass through unchanged.
         """
+        passing: tuple[type[Exception], ...] = (DaskBatchError, *answers)
         try:
             yield
-        except DaskBatchError:
+        except passing:
             raise
         except FileNotFoundError:
-            if missing_ok:
-                raise
             raise self._error(action, job_id) from None
         except Exception as exc:
             raise self._error(action, job_id, exc) from exc
@@ -307,19 +311,21 @@ class JobStore(ListingIndex, JobLogs):
         keys.
         """
         path = self.job_path(user, job_id, name)
+        return self._create(path, data, f"create {name}", job_id)
+
+    def _create(self, path: str, data: bytes, action: str, job_id: str) -> bool:
+        """A create-only write of ``path``; False if the object existed."""
         try:
-            with self._errors(f"create {name}", job_id):
+            with self._errors(action, job_id, answers=(FileExistsError,)):
                 self._retrying(self.backend.put_create, path, data)
-        except StorageError as exc:
-            if isinstance(exc.__cause__, FileExistsError):
-                return False
-            raise
+        except FileExistsError:
+            return False
         return True
 
     def get(self, user: str, job_id: str, name: str) -> bytes:
         """Read one object; FileNotFoundError if it does not exist."""
         path = self.job_path(user, job_id, name)
-        with self._errors(f"read {name}", job_id, missing_ok=True):
+        with self._errors(f"read {name}", job_id, answers=(FileNotFoundError,)):
             return bytes(self._retrying(self.fs.cat_file, path))
 
     def get_many(self, paths: list[str], job_id: str | None = None) -> dict[str, bytes]:
@@ -367,7 +373,7 @@ class JobStore(ListingIndex, JobLogs):
     def _names(self, path: str, action: str, job_id: str | None = None) -> list[str]:
         """What is directly below ``path`` (nothing if it does not exist)."""
         try:
-            with self._errors(action, job_id, missing_ok=True):
+            with self._errors(action, job_id, answers=(FileNotFoundError,)):
                 return self._retrying(self.backend.names, path)
         except FileNotFoundError:
             return []
@@ -398,7 +404,7 @@ class JobStore(ListingIndex, JobLogs):
     ) -> tuple[bytes, list[ResultBuffer], str, str]:
         """Read a stored result: the pickle, its buffers, digest and HMAC."""
         path = self.job_path(user, job_id, RESULT)
-        with self._errors("read the result", job_id, missing_ok=True):
+        with self._errors("read the result", job_id, answers=(FileNotFoundError,)):
             return self._retrying(_streams.read_result, self.fs, path, job_id, hmac_key)
 
     # -- artifacts ---------------------------------------------------------------------
@@ -406,7 +412,9 @@ class JobStore(ListingIndex, JobLogs):
         """Artifact paths (relative to the job's artifacts prefix) and sizes."""
         root = self.job_path(user, job_id, ARTIFACTS)
         try:
-            with self._errors("list the artifacts", job_id, missing_ok=True):
+            with self._errors(
+                "list the artifacts", job_id, answers=(FileNotFoundError,)
+            ):
                 found = self.fs.find(root, detail=True)
         except FileNotFoundError:
             return {}
@@ -495,13 +503,8 @@ class JobStore(ListingIndex, JobLogs):
         name = hashlib.sha256(key.encode()).hexdigest() + ".json"
         path = posixpath.join(self.user_path(user), IDEMPOTENCY, name)
         claim = dumps_json({"key": key, "job_id": job_id})
-        try:
-            with self._errors("claim the idempotency key", job_id):
-                self._retrying(self.backend.put_create, path, claim)
+        if self._create(path, claim, "claim the idempotency key", job_id):
             return job_id
-        except StorageError as exc:
-            if not isinstance(exc.__cause__, FileExistsError):
-                raise
         with self._errors("read the idempotency key", job_id):
             owner = str(self._parse(job_id, name, self.fs.cat_file(path))["job_id"])
         self.delete_job(user, job_id)
@@ -546,13 +549,16 @@ class JobStore(ListingIndex, JobLogs):
             state, fields["cluster_name"] = JobState.PENDING, None
         return self.transition(user, job_id, state, **fields)
 
-    def _live_documents(self, user: str, job_id: str) -> dict[str, Any]:
-        """What the documents that keep changing say now, for a terminal state.
+    def _live_documents(
+        self, user: str, job_id: str
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The spec, and what the documents that keep changing say now.
 
         Heartbeats and progress reports can race with a cancel; kept in the
         terminal state, they make a terminal record one that never changes.
+        The spec comes with them, in the same read, for the listing index.
         """
-        names = (HEARTBEAT, PROGRESS, CLUSTER)
+        names = (SPEC, HEARTBEAT, PROGRESS, CLUSTER)
         paths = [self.job_path(user, job_id, n) for n in names]
         blobs = self.get_many(paths, job_id)
         docs: dict[str, Any] = {}
@@ -563,7 +569,7 @@ class JobStore(ListingIndex, JobLogs):
                 doc = {}
             # A damaged document is left out, as a reader would leave it out.
             docs[name] = doc if isinstance(doc, dict) else {}
-        return {
+        return docs[SPEC], {
             "last_seen": docs[HEARTBEAT].get("time"),
             "progress": docs[PROGRESS],
             "cluster_name": docs[CLUSTER].get("cluster_name"),
@@ -586,17 +592,20 @@ class JobStore(ListingIndex, JobLogs):
         doc.update(fields)
         doc["state"] = state.value
         doc["updated"] = to_iso(utcnow())
-        if state.is_terminal:
-            doc.setdefault("finished", doc["updated"])
-            doc["frozen"] = self._live_documents(user, job_id)
-            if not self.put_create(user, job_id, FINAL, dumps_json(doc)):
-                return self.read_state(user, job_id)
+        if not state.is_terminal:
+            self.put_json(user, job_id, STATE, doc)
+            return doc
+        doc.setdefault("finished", doc["updated"])
+        spec, doc["frozen"] = self._live_documents(user, job_id)
+        if not self.put_create(user, job_id, FINAL, dumps_json(doc)):
+            return self.read_state(user, job_id)
         # state.json is the fast path for readers; final.json overrides it.
         self.put_json(user, job_id, STATE, doc)
-        if state.is_terminal:
-            try:
-                self.add_to_index(user, self.read_record(user, job_id))
-            except DaskBatchError as exc:
-                # Only a saving: the next listing reads this record and packs it.
-                logger.warning("Job %s not added to the listing index: %s", job_id, exc)
+        try:
+            # The record as a reader now builds it, from documents in hand.
+            _check_identity(spec, user, job_id)
+            self.add_to_index(user, JobRecord.from_documents(spec, doc, None))
+        except (DaskBatchError, KeyError, TypeError, ValueError) as exc:
+            # Only a saving: the next listing reads this record and packs it.
+            logger.warning("Job %s not added to the listing index: %s", job_id, exc)
         return doc

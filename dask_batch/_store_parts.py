@@ -41,5 +41,9 @@ class StoreParts:
         ) -> dict[str, bytes]: ...
 
         def _errors(
-            self, action: str, job_id: str | None = None, *, missing_ok: bool = False
+            self,
+            action: str,
+            job_id: str | None = None,
+            *,
+            answers: tuple[type[Exception], ...] = (),
         ) -> contextlib.AbstractContextManager[None]: ...
