@@ -23,7 +23,6 @@ from ._exceptions import (
     JobFailedError,
     JobLostError,
     JobNotFoundError,
-    ResultIntegrityError,
 )
 from ._reconcile import Reconciler
 from ._records import JobRecord, JobState
@@ -94,28 +93,17 @@ class JobOutputs:
             self.user, job_id, job_key
         )
         if record.result_digest and found != record.result_digest:
-            raise _changed(job_id)
+            raise _signing.changed_in_storage(job_id)
         return _signing.loads_verified(
             job_id, "result", stream, signature, record.result_hmac, buffers
         )
 
     def _load_unsigned(self, record: JobRecord) -> Any:
         """A result stored before dask-batch signed results: refused by default."""
-        job_id = record.id
-        if not dask.config.get("batch.allow-unsigned-results", False):
-            raise ResultIntegrityError(
-                f"The result of job {job_id!r} carries no signature (it was stored "
-                "by a dask-batch that did not sign results, or its record was "
-                "changed in storage), so it is not loaded. To load it anyway, "
-                "trusting everyone who can write "
-                f"{self.store.url!r}, set `batch.allow-unsigned-results: true`.",
-                job_id=job_id,
-            )
-        stream, buffers, found, _ = self.store.get_result(self.user, job_id)
-        if found != record.result_digest:
-            raise _changed(job_id)
-        return _signing.loads_verified(
-            job_id, "result", stream, found, record.result_digest, buffers
+        _signing.check_unsigned_allowed(record.id, self.store.url)  # before reading
+        stream, buffers, found, _ = self.store.get_result(self.user, record.id)
+        return _signing.loads_unsigned(
+            record.id, self.store.url, stream, found, record.result_digest, buffers
         )
 
     async def logs(self, job_id: str) -> str:
@@ -212,11 +200,3 @@ class JobOutputs:
             return written
 
         return list(await asyncio.to_thread(download))
-
-
-def _changed(job_id: str) -> ResultIntegrityError:
-    return ResultIntegrityError(
-        f"The stored result of job {job_id!r} does not match the digest its "
-        "runner recorded: it was changed in storage. Not loading it.",
-        job_id=job_id,
-    )

@@ -184,8 +184,11 @@ def loads_verified(
 ) -> Any:
     """Unpickle ``data`` only if its ``signature`` is the ``expected`` one.
 
-    The one place where bytes from storage are unpickled, on the client and in
-    main's process alike.
+    ``signature`` is computed here, by the caller, with this job's key (which
+    only the holder of the user's secret, or main's process, has);
+    ``expected`` is the one recorded in storage. On the client and in main's
+    process alike, bytes from storage are unpickled here, or by
+    :func:`loads_unsigned` when the user allowed it, and nowhere else.
     """
     if not expected or not hmac.compare_digest(signature, expected):
         raise ResultIntegrityError(
@@ -194,4 +197,51 @@ def loads_verified(
             "by another user. Not loading it.",
             job_id=job_id,
         )
+    return _unpickle(data, buffers)
+
+
+def loads_unsigned(
+    job_id: str,
+    url: str,
+    data: bytes,
+    digest: str,
+    expected_digest: str,
+    buffers: Sequence[Any] = (),
+) -> Any:
+    """Unpickle a result stored before results were signed, if the user allows.
+
+    Only with ``batch.allow-unsigned-results``: the bytes are then as
+    trustworthy as everyone who can write the storage at ``url``, and only
+    the unkeyed digest in the record is checked.
+    """
+    check_unsigned_allowed(job_id, url)
+    if not expected_digest or not hmac.compare_digest(digest, expected_digest):
+        raise changed_in_storage(job_id)
+    return _unpickle(data, buffers)
+
+
+def check_unsigned_allowed(job_id: str, url: str) -> None:
+    """Refuse an unsigned result unless ``batch.allow-unsigned-results`` is set."""
+    if not dask.config.get("batch.allow-unsigned-results", False):
+        raise ResultIntegrityError(
+            f"The result of job {job_id!r} carries no signature (it was stored "
+            "by a dask-batch that did not sign results, or its record was "
+            "changed in storage), so it is not loaded. To load it anyway, "
+            f"trusting everyone who can write {url!r}, set "
+            "`batch.allow-unsigned-results: true`.",
+            job_id=job_id,
+        )
+
+
+def changed_in_storage(job_id: str) -> ResultIntegrityError:
+    """The error for a result whose bytes differ from its recorded digest."""
+    return ResultIntegrityError(
+        f"The stored result of job {job_id!r} does not match the digest its "
+        "runner recorded: it was changed in storage. Not loading it.",
+        job_id=job_id,
+    )
+
+
+def _unpickle(data: bytes, buffers: Sequence[Any]) -> Any:
+    # Reached only through the two checks above.
     return pickle.loads(data, buffers=buffers)
