@@ -35,6 +35,14 @@ CSP = (
 )
 
 
+def _status_of(exc: BaseException | None) -> int | None:
+    """The HTTP status of an error the API expects (None: a server error)."""
+    for kind, status in _ERRORS:
+        if isinstance(exc, kind):
+            return status
+    return 502 if isinstance(exc, DaskBatchError) else None
+
+
 def record_json(record: JobRecord) -> dict[str, Any]:
     """A record as the API returns it: its fields, plus what pages show."""
     out = record.to_dict()
@@ -94,6 +102,10 @@ class Handler(tornado.web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None))[1]
+        known = _status_of(exc)
+        if status_code == 500 and known is not None:
+            status_code = known
+            self.set_status(status_code)
         message = getattr(exc, "log_message", None) or self._reason
         if isinstance(exc, (DaskBatchError, ValueError)):
             message = str(exc)
@@ -103,15 +115,10 @@ class Handler(tornado.web.RequestHandler):
         else:
             self.render("error.html", status=status_code, message=message)
 
-    def _handle_request_exception(self, e: BaseException) -> None:
-        for kind, status in _ERRORS:
-            if isinstance(e, kind) and not self._finished:
-                self.send_error(status, exc_info=(type(e), e, e.__traceback__))
-                return
-        if isinstance(e, DaskBatchError) and not self._finished:
-            self.send_error(502, exc_info=(type(e), e, e.__traceback__))
-            return
-        super()._handle_request_exception(e)
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        # An unknown job or a bad argument is the client's error, not ours.
+        if _status_of(value) is None:
+            super().log_exception(typ, value, tb)
 
     def job_id(self, raw: str) -> str:
         return check_job_id(raw)
@@ -235,11 +242,13 @@ class JobsPage(Handler):
 class JobPage(Handler):
     async def get(self, job_id: str) -> None:
         record = await self.batch.status(self.job_id(job_id))
+        store, user = self.batch.store, self.batch.user
         self.render(
             "job.html",
             job=record_json(record),
             record=record,
-            artifacts=await self.batch.artifacts(record.id),
+            # The record was just read: list the artifacts without reading it again.
+            artifacts=await asyncio.to_thread(store.artifacts, user, record.id),
             spec=await asyncio.to_thread(_spec_summary, self.batch, record.id),
             **_helpers(),
         )
