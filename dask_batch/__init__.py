@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import config as _config  # noqa: F401  (loads batch.* defaults)
 from ._exceptions import (
+    AuthenticationError,
     CorruptRecordError,
     DaskBatchError,
     JobCancelledError,
@@ -66,6 +67,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AuthenticationError",
     "BatchClient",
     "CorruptRecordError",
     "CurrentJob",

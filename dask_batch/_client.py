@@ -77,15 +77,24 @@ class BatchClient:
         try:
             self.store = _connection.open_store(storage, storage_options, local_info)
             self.mode = _connection.check_mode(mode)
-            self.user = check_user(user or _connection.gateway_user(self.gateway))
+            self._requested_user = check_user(user) if user else None
         except BaseException:
             if self._owns_gateway and not self.asynchronous:
                 self.gateway.close()  # async: no request was made, nothing open
             raise
-        self._launcher = ClusterLauncher(self.gateway, self.store, self.user, self.mode)
-        self._reconciler = Reconciler(self.store, self._launcher, self.user)
-        self._lister = JobLister(self.store, self.user, self._reconciler)
-        self._outputs = JobOutputs(self.store, self.user, self._reconciler)
+        #: The authenticated user; an asynchronous client learns it on its
+        #: first call (or ``await batch.identify()``).
+        self.user: str | None = None
+        self._launcher = ClusterLauncher(self.gateway, self.store, "", self.mode)
+        self._reconciler = Reconciler(self.store, self._launcher, "")
+        self._lister = JobLister(self.store, "", self._reconciler)
+        self._outputs = JobOutputs(self.store, "", self._reconciler)
+        if not self.asynchronous:
+            try:
+                self.gateway.sync(self.identify)
+            except BaseException:
+                self.close()
+                raise
 
     @property
     def asynchronous(self) -> bool:
@@ -93,7 +102,43 @@ class BatchClient:
 
     def sync(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``func``'s coroutine on the gateway's loop (or return it if async)."""
+        if self.user is None:
+            return self._identified(func, *args, **kwargs)
         return self.gateway.sync(func, *args, **kwargs)
+
+    async def _identified(self, func: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        await self.identify()
+        return await func(*args, **kw)
+
+    async def identify(self) -> str:
+        """Learn, once, which user's jobs this client works with.
+
+        From authentication: the gateway names the user (a gateway set up with
+        ``batch_cluster_options``), or JupyterHub does for a JupyterHub token;
+        ``user=`` and ``batch.user`` must agree with it. Where nobody
+        authenticates a user, ``user=``, ``batch.user``, the basic auth user
+        name or the local login name. A synchronous client does this when
+        created.
+
+        Returns
+        -------
+        str
+
+        Raises
+        ------
+        AuthenticationError
+            The gateway or hub refused the credentials, or the user asked
+            for is not the one authenticated.
+        """
+        if self.user is None:
+            user = await _connection.gateway_user(
+                self.gateway, self._launcher.server_options, self._requested_user
+            )
+            user = check_user(user)
+            for part in (self._launcher, self._reconciler, self._lister, self._outputs):
+                part.user = user
+            self.user = user
+        return self.user
 
     def close(self) -> Any:
         """Close the gateway client if this BatchClient created it.
@@ -254,10 +299,23 @@ class BatchClient:
     def _submit(
         self, job_id: str, target: _submission.Target, options: SubmitOptions
     ) -> Any:
-        # Bad input fails here, before any record or cluster exists.
-        artifacts = self.store.artifacts_url(self.user, job_id)
-        submission = _submission.build(job_id, self.user, artifacts, target, options)
-        return self.sync(self._start_job, submission)
+        if self.user is not None:
+            # Bad input fails here, before any record or cluster exists.
+            submission = self._build(job_id, self.user, target, options)
+            return self.sync(self._start_job, submission)
+        return self._identify_and_start(job_id, target, options)
+
+    def _build(
+        self, job_id: str, user: str, target: _submission.Target, options: SubmitOptions
+    ) -> _submission.Submission:
+        artifacts = self.store.artifacts_url(user, job_id)
+        return _submission.build(job_id, user, artifacts, target, options)
+
+    async def _identify_and_start(
+        self, job_id: str, target: _submission.Target, options: SubmitOptions
+    ) -> Job:
+        submission = self._build(job_id, await self.identify(), target, options)
+        return await self._start_job(submission)
 
     async def _start_job(self, submission: _submission.Submission) -> Job:
         return Job(self, await self._launcher.start_job(submission))

@@ -7,19 +7,28 @@ gateway address nor a storage configured, the embedded local gateway and its
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import dask.config
 from dask_gateway import Gateway
+from dask_gateway.auth import JupyterHubAuth
+from dask_gateway.options import Options
 
 from . import local as _local
-from ._exceptions import StorageError
+from ._exceptions import AuthenticationError, StorageError
 from ._gateway import BatchGateway
 from ._store import JobStore
 
 MODES = ("auto", "server", "client")
+#: The cluster option through which a gateway names the authenticated user
+#: (``dask_batch.gateway_config.USER_OPTION``; not imported: the gateway
+#: package is not a client dependency).
+USER_OPTION = "batch_user"
 
 
 def open_gateway(
@@ -65,15 +74,108 @@ def check_mode(mode: str | None) -> str:
     return str(mode)
 
 
-def gateway_user(gateway: Gateway) -> str:
-    """The gateway user that job records are filed under."""
-    configured = dask.config.get("batch.user", None)
+async def gateway_user(
+    gateway: Gateway,
+    server_options: Callable[[], Awaitable[Options]],
+    requested: str | None = None,
+) -> str:
+    """The user whose job records this client files and reads.
+
+    Authentication decides where it can: the gateway's ``batch_user`` option
+    (a gateway set up with ``batch_cluster_options`` names the user it
+    authenticated, whatever the auth type), else, with JupyterHub auth, the
+    hub that the token belongs to. ``requested`` (``user=``, ``batch.user``)
+    must then agree; it names the user only where nobody authenticates one
+    (a plain gateway with basic or Kerberos auth), as the auth's user name
+    or the local login name would.
+    """
+    requested = requested or dask.config.get("batch.user", None)
+    try:
+        options: Options | None = await server_options()
+    except aiohttp.ClientResponseError as exc:
+        if exc.status not in (401, 403):
+            raise
+        raise AuthenticationError(
+            f"The gateway at {gateway.address} refused the credentials (HTTP "
+            f"{exc.status}). With JupyterHub auth the token needs the scope "
+            "access:services!service=<the gateway's service name>: ask the hub "
+            "admin, or make a new token with it on the hub's token page."
+        ) from None
+    except (OSError, asyncio.TimeoutError):
+        # Unreachable: stored records can still be read, under the name the
+        # hub or the configuration gives; requests that need the gateway
+        # fail on their own.
+        options = None
+    authenticated = await _authenticated_name(gateway, options)
+    if authenticated is not None:
+        if requested and requested != authenticated:
+            raise AuthenticationError(
+                f"batch.user (or user=) names {requested!r}, but the gateway "
+                f"authenticates this client as {authenticated!r}: records are "
+                "filed under the authenticated user. Unset batch.user."
+            )
+        return authenticated
+    if requested:
+        return str(requested)
+    username = getattr(gateway.auth, "username", None)
+    return str(username) if username else getpass.getuser()
+
+
+async def _authenticated_name(
+    gateway: Gateway, server_options: Options | None
+) -> str | None:
+    if server_options is not None and USER_OPTION in server_options:
+        return str(server_options[USER_OPTION])
+    if isinstance(gateway.auth, JupyterHubAuth):
+        return await hub_user(gateway.auth.api_token, _hub_api_url(gateway))
+    return None
+
+
+def _hub_api_url(gateway: Gateway) -> str:
+    configured = dask.config.get("batch.hub-api-url", None) or os.environ.get(
+        "JUPYTERHUB_API_URL"
+    )
     if configured:
-        return str(configured)
-    auth = gateway.auth
-    username = getattr(auth, "username", None)
-    if username:
-        return str(username)
-    if type(auth).__name__ == "JupyterHubAuth" and os.environ.get("JUPYTERHUB_USER"):
-        return os.environ["JUPYTERHUB_USER"]
-    return getpass.getuser()
+        return str(configured).rstrip("/")
+    # A gateway reached through the hub's proxy lives under /services/.
+    hub, found, _ = gateway.address.partition("/services/")
+    if found:
+        return f"{hub}/hub/api"
+    raise AuthenticationError(
+        "The gateway uses JupyterHub auth, and dask-batch cannot tell which hub "
+        "user the token belongs to: set JUPYTERHUB_API_URL (or batch.hub-api-url) "
+        "to the hub's API, such as https://hub.example.org/hub/api, or reach the "
+        "gateway through the hub (https://hub.example.org/services/dask-gateway)."
+    )
+
+
+async def hub_user(token: str, api_url: str) -> str:
+    """The name of the hub user (or ``service:name``) that ``token`` belongs to.
+
+    Named as dask-gateway's ``JupyterHubAuthenticator`` names it.
+    """
+    url = f"{api_url}/user"
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                url,
+                headers={"Authorization": f"token {token}"},
+                timeout=aiohttp.ClientTimeout(total=30),
+            ) as response,
+        ):
+            if response.status in (401, 403):
+                raise AuthenticationError(
+                    f"JupyterHub at {api_url} refused the token "
+                    f"(HTTP {response.status}): get a new one from the hub's "
+                    "token page, or check JUPYTERHUB_API_TOKEN."
+                )
+            response.raise_for_status()
+            model = await response.json()
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise AuthenticationError(
+            f"Could not ask JupyterHub at {api_url} who the token belongs to: "
+            f"{exc}. Check JUPYTERHUB_API_URL (or batch.hub-api-url)."
+        ) from exc
+    name, kind = str(model.get("name", "")), str(model.get("kind", "user"))
+    return name if kind == "user" and ":" not in name else f"{kind}:{name}"

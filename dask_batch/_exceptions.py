@@ -12,7 +12,8 @@
     ├── StorageError (OSError)            the job store cannot be used
     ├── CorruptRecordError (ValueError)   a stored record cannot be parsed
     ├── ResultIntegrityError              stored bytes fail their signature: not loaded
-    └── MissingSecretError                this machine lacks the user's secret
+    ├── MissingSecretError                this machine lacks the user's secret
+    └── AuthenticationError               who the user is cannot be established
 
 Every error about a job carries its id as ``.job_id`` (None only where no job
 is involved, such as a storage URL that cannot be used at all), and every
@@ -24,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AuthenticationError",
     "CorruptRecordError",
     "DaskBatchError",
     "JobCancelledError",
@@ -169,4 +171,12 @@ class MissingSecretError(DaskBatchError):
 
     Bring it from the machine that submitted the job with ``dask batch secret
     export`` there and ``dask batch secret import`` here.
+    """
+
+
+class AuthenticationError(DaskBatchError):
+    """The gateway or hub refused the credentials, or cannot say whose they are.
+
+    dask-batch files records under the user that authentication names; it
+    does not guess one from the local login where a gateway or hub knows.
     """

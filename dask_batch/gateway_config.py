@@ -20,13 +20,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from dask_gateway_server.options import Field, Options, String
+from dask_gateway_server.options import Field, Options, Select, String
 
 from ._validate import JOB_ID
 from .preload import ENV_DIGEST, ENV_JOB_ID, ENV_SECRET_KEY, ENV_STORAGE, ENV_USER
 
 __all__ = [
     "BATCH_OPTION_FIELDS",
+    "USER_OPTION",
     "WorkerEnvironmentWithoutJobKeys",
     "batch_cluster_options",
     "storage_options_table",
@@ -35,6 +36,10 @@ __all__ = [
 #: ``storage_options(user_name, storage) -> fsspec storage options``
 StorageOptionsHook = Callable[[str, str], Mapping[str, Any]]
 ENV_STORAGE_OPTIONS = "DASK_BATCH__STORAGE_OPTIONS"
+
+#: The option through which the gateway tells a client who it authenticated:
+#: a choice of one, the user's own name, so no other name can be requested.
+USER_OPTION = "batch_user"
 
 #: The cluster options dask-batch sets when it submits a job in server-side mode.
 BATCH_OPTION_FIELDS = (
@@ -53,7 +58,7 @@ def batch_cluster_options(
     storage_options: StorageOptionsHook | None = None,
     handler: Callable[..., dict[str, Any]] | None = None,
     environment: dict[str, str] | None = None,
-) -> Options:
+) -> Callable[[Any], Options]:
     """Cluster options that let dask-batch start jobs on the scheduler.
 
     Parameters
@@ -86,7 +91,12 @@ def batch_cluster_options(
 
     Returns
     -------
-    dask_gateway_server.options.Options
+    callable
+        ``cluster_options(user) -> Options``, as ``c.Backend.cluster_options``
+        takes it. Besides the fields above it offers ``batch_user``: a choice
+        of one, the authenticated user's name, which is how clients learn
+        whose records to file and read (with any auth type), and which no
+        request can set to another name.
 
     Examples
     --------
@@ -116,14 +126,22 @@ def batch_cluster_options(
         out["environment"] = environment
         return out
 
-    return Options(
-        *fields,
-        String("batch_job_id", "", label="dask-batch job id"),
-        String("batch_storage", "", label="dask-batch storage root"),
-        String("batch_payload_digest", "", label="dask-batch payload signature"),
-        String("batch_secret_key", "", label="dask-batch key of the job's env values"),
-        handler=batch_handler,
-    )
+    def options_for(user: Any) -> Options:
+        return Options(
+            *fields,
+            Select(
+                USER_OPTION, [user.name], label="dask-batch user (set by the gateway)"
+            ),
+            String("batch_job_id", "", label="dask-batch job id"),
+            String("batch_storage", "", label="dask-batch storage root"),
+            String("batch_payload_digest", "", label="dask-batch payload signature"),
+            String(
+                "batch_secret_key", "", label="dask-batch key of the job's env values"
+            ),
+            handler=batch_handler,
+        )
+
+    return options_for
 
 
 def _job_environment(

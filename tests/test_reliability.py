@@ -17,6 +17,7 @@ from dask_gateway import BasicAuth
 from dask_gateway.client import ClusterStatus
 
 from dask_batch import (
+    AuthenticationError,
     BatchClient,
     CorruptRecordError,
     JobFailedError,
@@ -301,6 +302,12 @@ def test_users_see_read_and_cancel_only_their_own_jobs(batch_gateway, tmp_path):
     alice, bob = client_for("alice"), client_for("bob")
     try:
         assert (alice.user, bob.user) == ("alice", "bob")
+        # The gateway says who bob is: he cannot file or read as alice.
+        with (
+            dask.config.set({"batch.user": "alice"}),
+            pytest.raises(AuthenticationError, match="authenticates this"),
+        ):
+            client_for("bob")
         job = alice.submit(sleeper, 120, workers=0)
         wait_for(lambda: alice.status(job.id).state is JobState.RUNNING, 30, "RUNNING")
         assert bob.jobs() == []

@@ -647,13 +647,19 @@ def test_the_gateway_handler_checks_storage_and_mints_per_user_credentials():
             raise RuntimeError("token sk-live-123 expired")
         return {"key": f"key-of-{user_name}", "secret": "s"}
 
-    options = batch_cluster_options(
+    options_for = batch_cluster_options(
         allowed_storage=["s3://bucket/jobs"],
         storage_options=mint,
         # A user-controlled environment option cannot replace minted ones.
         handler=lambda o, u: {"environment": {"DASK_BATCH__STORAGE_OPTIONS": "{}"}},
     )
     user = SimpleNamespace(name="alice")
+    options = options_for(user)
+    # The gateway names the authenticated user, and takes no other name.
+    (field,) = (f for f in options.get_specification() if f["field"] == "batch_user")
+    assert field["spec"]["options"] == ["alice"]
+    with pytest.raises(ValueError, match="batch_user"):
+        options.parse_options({"batch_user": "bob"})
 
     def request(storage, job_id="20261126-081530-123-3f9a1c2b", who=user):
         values = SimpleNamespace(

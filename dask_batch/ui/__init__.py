@@ -59,6 +59,7 @@ async def serve(
     token = token or secrets.token_urlsafe(32)
     batch = BatchClient(storage=storage, asynchronous=True)
     try:
+        await batch.identify()
         app = make_app(batch, token)
         listener = socket.socket(
             socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM
