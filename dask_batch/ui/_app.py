@@ -13,6 +13,7 @@ import hmac
 import json
 import os
 import posixpath
+import re
 import secrets
 from typing import Any
 from urllib.parse import urlencode
@@ -57,8 +58,24 @@ class Handler(tornado.web.RequestHandler):
     """Authentication, security headers and error mapping for every request."""
 
     @property
-    def batch(self) -> Any:
+    def base(self) -> str:
+        """The URL prefix the app is served under ("/" or a hub service's)."""
+        return str(self.settings["base"])
+
+    @property
+    def user_label(self) -> str:
+        return str(self.current_user)
+
+    async def client(self, job_id: str | None = None) -> Any:
+        """The BatchClient acting for this request (for ``job_id``'s owner)."""
         return self.settings["batch"]
+
+    async def listing_clients(self) -> list[Any]:
+        """The clients whose jobs this request lists."""
+        return [await self.client()]
+
+    def get_template_namespace(self) -> dict[str, Any]:
+        return {**super().get_template_namespace(), "base": self.base}
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Security-Policy", CSP)
@@ -74,7 +91,7 @@ class Handler(tornado.web.RequestHandler):
 
     def get_current_user(self) -> str | None:
         if self._header_token_ok() or self.get_signed_cookie(COOKIE):
-            return str(self.batch.user)
+            return str(self.settings["batch"].user)
         return None
 
     def prepare(self) -> None:
@@ -109,7 +126,7 @@ class Handler(tornado.web.RequestHandler):
         message = getattr(exc, "log_message", None) or self._reason
         if isinstance(exc, (DaskBatchError, ValueError)):
             message = str(exc)
-        if self.request.path.startswith("/api/"):
+        if self.request.path.startswith(self.base + "api/"):
             job_id = getattr(exc, "job_id", None)
             self.finish({"error": message, "status": status_code, "job_id": job_id})
         else:
@@ -146,7 +163,11 @@ class Handler(tornado.web.RequestHandler):
     async def page_of_jobs(self) -> dict[str, Any]:
         args = self.listing_args()
         offset, limit = args.pop("offset"), args.pop("limit")
-        records = await self.batch.jobs(limit=offset + limit + 1, **args)
+        records = []
+        for batch in await self.listing_clients():
+            records += await batch.jobs(limit=offset + limit + 1, **args)
+        if len(records) > offset + limit + 1:  # several users' jobs, merged
+            records.sort(key=lambda r: r.submitted, reverse=True)
         page = records[offset : offset + limit]
         return {
             "jobs": [record_json(r) for r in page],
@@ -163,7 +184,8 @@ class JobsAPI(Handler):
 
 class JobAPI(Handler):
     async def get(self, job_id: str) -> None:
-        record = await self.batch.status(self.job_id(job_id))
+        job_id = self.job_id(job_id)
+        record = await (await self.client(job_id)).status(job_id)
         self.finish(record_json(record))
 
 
@@ -173,9 +195,10 @@ class LogsAPI(Handler):
 
     async def get(self, job_id: str) -> None:
         job_id = self.job_id(job_id)
+        batch = await self.client(job_id)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         if self.get_query_argument("follow", ""):
-            async for text in self.batch.logs(job_id, follow=True):
+            async for text in batch.logs(job_id, follow=True):
                 self.write(text)
                 await self.flush()
             self.finish()
@@ -184,11 +207,11 @@ class LogsAPI(Handler):
             self.set_header(
                 "Content-Disposition", f'attachment; filename="{job_id}.log"'
             )
-            self.finish(await self.batch.logs(job_id))
+            self.finish(await batch.logs(job_id))
             return
-        await self.batch.status(job_id)  # JobNotFoundError for an unknown job
+        await batch.status(job_id)  # JobNotFoundError for an unknown job
         chunk = max(0, self.whole_number("chunk", 0))
-        store, user = self.batch.store, self.batch.user
+        store, user = batch.store, batch.user
         data, next_chunk = await asyncio.to_thread(store.read_logs, user, job_id, chunk)
         self.set_header("X-Next-Chunk", str(next_chunk))
         self.finish(data.decode(errors="replace"))
@@ -196,7 +219,9 @@ class LogsAPI(Handler):
 
 class ArtifactsAPI(Handler):
     async def get(self, job_id: str) -> None:
-        self.finish({"artifacts": await self.batch.artifacts(self.job_id(job_id))})
+        job_id = self.job_id(job_id)
+        batch = await self.client(job_id)
+        self.finish({"artifacts": await batch.artifacts(job_id)})
 
 
 class ArtifactAPI(Handler):
@@ -205,10 +230,11 @@ class ArtifactAPI(Handler):
     async def get(self, job_id: str, name: str) -> None:
         job_id = self.job_id(job_id)
         name = check_relative_path(name, what="artifact", job_id=job_id)
-        if name not in await self.batch.artifacts(job_id):
+        batch = await self.client(job_id)
+        if name not in await batch.artifacts(job_id):
             raise tornado.web.HTTPError(404, f"job {job_id} has no artifact {name!r}")
-        store = self.batch.store
-        path = store.job_path(self.batch.user, job_id, f"artifacts/{name}")
+        store = batch.store
+        path = store.job_path(batch.user, job_id, f"artifacts/{name}")
         self.set_header("Content-Type", "application/octet-stream")
         filename = posixpath.basename(name).replace('"', "")
         self.set_header("Content-Disposition", f'attachment; filename="{filename}"')
@@ -221,7 +247,8 @@ class ArtifactAPI(Handler):
 
 class CancelAPI(Handler):
     async def post(self, job_id: str) -> None:
-        record = await self.batch.cancel(self.job_id(job_id))
+        job_id = self.job_id(job_id)
+        record = await (await self.client(job_id)).cancel(job_id)
         self.finish(record_json(record))
 
 
@@ -232,7 +259,7 @@ class JobsPage(Handler):
         query = {k: self.get_query_arguments(k) for k in names}
         query = {k: v for k, v in query.items() if v}
         query["offset"] = [str(offset)]
-        return "/?" + urlencode(query, doseq=True)
+        return self.base + "?" + urlencode(query, doseq=True)
 
     async def get(self) -> None:
         page = await self.page_of_jobs()
@@ -241,15 +268,17 @@ class JobsPage(Handler):
 
 class JobPage(Handler):
     async def get(self, job_id: str) -> None:
-        record = await self.batch.status(self.job_id(job_id))
-        store, user = self.batch.store, self.batch.user
+        job_id = self.job_id(job_id)
+        batch = await self.client(job_id)
+        record = await batch.status(job_id)
+        store, user = batch.store, batch.user
         self.render(
             "job.html",
             job=record_json(record),
             record=record,
             # The record was just read: list the artifacts without reading it again.
             artifacts=await asyncio.to_thread(store.artifacts, user, record.id),
-            spec=await asyncio.to_thread(_spec_summary, self.batch, record.id),
+            spec=await asyncio.to_thread(_spec_summary, batch, record.id),
             **_helpers(),
         )
 
@@ -272,6 +301,44 @@ def _helpers() -> dict[str, Any]:
     }
 
 
+#: The app's pages and API, relative to its base URL.
+ROUTES: list[tuple[str, type[Handler]]] = [
+    (r"", JobsPage),
+    (r"jobs/([^/]+)", JobPage),
+    (r"api/v1/jobs", JobsAPI),
+    (r"api/v1/jobs/([^/]+)", JobAPI),
+    (r"api/v1/jobs/([^/]+)/logs", LogsAPI),
+    (r"api/v1/jobs/([^/]+)/artifacts", ArtifactsAPI),
+    (r"api/v1/jobs/([^/]+)/artifacts/(.+)", ArtifactAPI),
+    (r"api/v1/jobs/([^/]+)/cancel", CancelAPI),
+]
+
+
+def application(
+    base: str, access: type | None = None, **settings: Any
+) -> tornado.web.Application:
+    """The app under ``base``, its handlers authenticated by ``access`` (a mixin
+    placed before :class:`Handler`), else by the app's own token."""
+    handlers: list[Any] = [
+        (
+            re.escape(base) + pattern,
+            type(cls.__name__, (access, cls), {}) if access else cls,
+        )
+        for pattern, cls in ROUTES
+    ]
+    return tornado.web.Application(
+        handlers + settings.pop("extra_handlers", []),
+        base=base,
+        xsrf_cookies=True,
+        xsrf_cookie_kwargs={"httponly": False, "samesite": "Strict", "path": base},
+        template_path=os.path.join(HERE, "templates"),
+        static_path=os.path.join(HERE, "static"),
+        static_url_prefix=base + "static/",
+        autoescape="xhtml_escape",
+        **settings,
+    )
+
+
 def make_app(batch: Any, token: str | None = None) -> tornado.web.Application:
     """The UI for an asynchronous :class:`~dask_batch.BatchClient`.
 
@@ -282,24 +349,9 @@ def make_app(batch: Any, token: str | None = None) -> tornado.web.Application:
     token : str, optional
         The access token; default: a new random one (``app.settings["token"]``).
     """
-    job = r"/api/v1/jobs/([^/]+)"
-    return tornado.web.Application(
-        [
-            (r"/", JobsPage),
-            (r"/jobs/([^/]+)", JobPage),
-            (r"/api/v1/jobs", JobsAPI),
-            (job, JobAPI),
-            (job + r"/logs", LogsAPI),
-            (job + r"/artifacts", ArtifactsAPI),
-            (job + r"/artifacts/(.+)", ArtifactAPI),
-            (job + r"/cancel", CancelAPI),
-        ],
+    return application(
+        "/",
         batch=batch,
         token=token or secrets.token_urlsafe(32),
         cookie_secret=secrets.token_bytes(32),
-        xsrf_cookies=True,
-        xsrf_cookie_kwargs={"httponly": False, "samesite": "Strict"},
-        template_path=os.path.join(HERE, "templates"),
-        static_path=os.path.join(HERE, "static"),
-        autoescape="xhtml_escape",
     )

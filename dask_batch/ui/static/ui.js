@@ -4,9 +4,11 @@
 
 const TERMINAL = new Set(["SUCCEEDED", "FAILED", "CANCELLED", "LOST"]);
 const xsrf = document.querySelector('meta[name="xsrf"]').content;
+// "/" or a hub service's prefix, such as "/services/dask-batch/".
+const base = document.body.dataset.base;
 
 async function api(path, options = {}) {
-  const response = await fetch(path, { credentials: "same-origin", ...options });
+  const response = await fetch(base + path, { credentials: "same-origin", ...options });
   if (!response.ok) {
     throw new Error((await response.json()).error || response.statusText);
   }
@@ -31,7 +33,7 @@ function jobRow(job) {
   row.dataset.id = job.id;
   const cell = () => row.appendChild(document.createElement("td"));
   const link = cell().appendChild(document.createElement("a"));
-  link.href = `/jobs/${encodeURIComponent(job.id)}`;
+  link.href = `${base}jobs/${encodeURIComponent(job.id)}`;
   link.textContent = job.name;
   link.parentElement.className = "name";
   const id = cell().appendChild(document.createElement("code"));
@@ -58,7 +60,7 @@ async function refreshJobs(table) {
   const query = new URLSearchParams(window.location.search);
   query.set("offset", table.dataset.offset);
   query.set("limit", table.dataset.limit);
-  const page = await (await api(`/api/v1/jobs?${query}`)).json();
+  const page = await (await api(`api/v1/jobs?${query}`)).json();
   const body = table.querySelector("tbody");
   body.replaceChildren(...page.jobs.map(jobRow));
 }
@@ -97,12 +99,12 @@ function showJob(job) {
 }
 
 async function showArtifacts(id) {
-  const { artifacts } = await (await api(`/api/v1/jobs/${id}/artifacts`)).json();
+  const { artifacts } = await (await api(`api/v1/jobs/${id}/artifacts`)).json();
   const list = document.getElementById("artifacts");
   list.replaceChildren(...Object.entries(artifacts).map(([name, size]) => {
     const item = document.createElement("li");
     const link = item.appendChild(document.createElement("a"));
-    link.href = `/api/v1/jobs/${id}/artifacts/${name.split("/").map(encodeURIComponent).join("/")}`;
+    link.href = `${base}api/v1/jobs/${id}/artifacts/${name.split("/").map(encodeURIComponent).join("/")}`;
     link.download = "";
     link.textContent = name;
     const note = item.appendChild(document.createElement("span"));
@@ -123,7 +125,7 @@ async function followJob(section) {
   if (cancel) {
     cancel.addEventListener("click", async () => {
       if (!window.confirm("Cancel this job and stop its cluster?")) return;
-      const response = await api(`/api/v1/jobs/${id}/cancel`, {
+      const response = await api(`api/v1/jobs/${id}/cancel`, {
         method: "POST", headers: { "X-XSRFToken": xsrf },
       });
       showJob(await response.json());
@@ -131,9 +133,9 @@ async function followJob(section) {
   }
   for (;;) {
     try {
-      const job = await (await api(`/api/v1/jobs/${id}`)).json();
+      const job = await (await api(`api/v1/jobs/${id}`)).json();
       // The log after the state: the runner stores the last output first.
-      const response = await api(`/api/v1/jobs/${id}/logs?chunk=${chunk}`);
+      const response = await api(`api/v1/jobs/${id}/logs?chunk=${chunk}`);
       chunk = Number(response.headers.get("X-Next-Chunk"));
       const text = await response.text();
       if (text) {
