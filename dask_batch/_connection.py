@@ -22,6 +22,7 @@ from dask_gateway.options import Options
 from . import local as _local
 from ._exceptions import AuthenticationError, StorageError
 from ._gateway import BatchGateway
+from ._hub import HubAPI
 from ._store import JobStore
 
 MODES = ("auto", "server", "client")
@@ -127,7 +128,8 @@ async def _authenticated_name(
     if server_options is not None and USER_OPTION in server_options:
         return str(server_options[USER_OPTION])
     if isinstance(gateway.auth, JupyterHubAuth):
-        return await hub_user(gateway.auth.api_token, _hub_api_url(gateway))
+        token = gateway.auth.api_token
+        return await HubAPI(_hub_api_url(gateway), token).user_name(token)
     return None
 
 
@@ -147,35 +149,3 @@ def _hub_api_url(gateway: Gateway) -> str:
         "to the hub's API, such as https://hub.example.org/hub/api, or reach the "
         "gateway through the hub (https://hub.example.org/services/dask-gateway)."
     )
-
-
-async def hub_user(token: str, api_url: str) -> str:
-    """The name of the hub user (or ``service:name``) that ``token`` belongs to.
-
-    Named as dask-gateway's ``JupyterHubAuthenticator`` names it.
-    """
-    url = f"{api_url}/user"
-    try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(
-                url,
-                headers={"Authorization": f"token {token}"},
-                timeout=aiohttp.ClientTimeout(total=30),
-            ) as response,
-        ):
-            if response.status in (401, 403):
-                raise AuthenticationError(
-                    f"JupyterHub at {api_url} refused the token "
-                    f"(HTTP {response.status}): get a new one from the hub's "
-                    "token page, or check JUPYTERHUB_API_TOKEN."
-                )
-            response.raise_for_status()
-            model = await response.json()
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        raise AuthenticationError(
-            f"Could not ask JupyterHub at {api_url} who the token belongs to: "
-            f"{exc}. Check JUPYTERHUB_API_URL (or batch.hub-api-url)."
-        ) from exc
-    name, kind = str(model.get("name", "")), str(model.get("kind", "user"))
-    return name if kind == "user" and ":" not in name else f"{kind}:{name}"

@@ -32,6 +32,23 @@ from ._validate import safe_link
 Reports = dict[str, ClusterReport | None]
 
 
+async def live_records(store: JobStore, user: str) -> list[JobRecord]:
+    """The user's jobs that have not ended, as stored (no gateway request).
+
+    Ended jobs are in the listing index; only the others are read.
+    """
+    ids = await asyncio.to_thread(store.job_ids, user)
+    index, _ = await asyncio.to_thread(store.read_index, user)
+    records = await asyncio.to_thread(
+        store.read_records, user, [i for i in ids if i not in index]
+    )
+    return [
+        r
+        for r in records.values()
+        if isinstance(r, JobRecord) and not r.state.is_terminal
+    ]
+
+
 class Reconciler:
     """Judge a user's live jobs against the gateway, and act on the verdict.
 
@@ -40,12 +57,25 @@ class Reconciler:
     store : JobStore
     launcher : ClusterLauncher
     user : str
+    retry_from_gateway : bool
+        Retry with the options the gateway kept for the job's failed cluster
+        instead of the spec signed with the user's secret: for a service that
+        acts for users without holding their secrets (server-side mode only).
+        The new scheduler still checks the signed spec before main runs.
     """
 
-    def __init__(self, store: JobStore, launcher: ClusterLauncher, user: str) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        launcher: ClusterLauncher,
+        user: str,
+        *,
+        retry_from_gateway: bool = False,
+    ) -> None:
         self.store = store
         self.launcher = launcher
         self.user = user
+        self.retry_from_gateway = retry_from_gateway
 
     async def status(self, job_id: str, *, retry: bool = False) -> JobRecord:
         """The job's record, checked against the gateway if it is live."""
@@ -67,9 +97,17 @@ class Reconciler:
         if record.cluster_name and record.attempt <= record.retries:
             if not retry:
                 return self._awaiting_retry(record, why)
-            spec, keys = await self._signed_spec(record.id)
+            if self.retry_from_gateway:
+                spec, env_key = self._spec_the_gateway_kept(record, reports)
+                if spec is None:
+                    # Not this service's to retry (a client-side job, or one
+                    # the gateway forgot): the owner's client can.
+                    return self._awaiting_retry(record, why)
+            else:
+                spec, keys = await self._signed_spec(record.id)
+                env_key = keys.env_key
             if spec is not None:
-                return await self._retry_on_new_cluster(record, spec, keys, why)
+                return await self._retry_on_new_cluster(record, spec, env_key, why)
             why += (
                 " (no retry possible: its stored spec is not signed with your key; "
                 "it was changed in storage)"
@@ -138,6 +176,28 @@ class Reconciler:
             return spec, keys
         return None, keys
 
+    def _spec_the_gateway_kept(
+        self, record: JobRecord, reports: Reports
+    ) -> tuple[dict[str, Any] | None, str]:
+        """What a retry needs, from the options of the job's last cluster as
+        the gateway (not storage) reports them; (None, "") if it has none."""
+        report = reports.get(record.cluster_name or "")
+        options = dict(report.options or {}) if report is not None else {}
+        if (
+            options.get("batch_job_id") != record.id
+            or options.get("batch_storage") != self.store.url
+            or not options.get("batch_secret_key")
+        ):
+            return None, ""
+        spec = {
+            "mode": "server",
+            "cluster_options": {
+                k: v for k, v in options.items() if not k.startswith("batch_")
+            },
+            "payload_signature": options["batch_payload_digest"],
+        }
+        return spec, str(options["batch_secret_key"])
+
     @staticmethod
     def _awaiting_retry(record: JobRecord, why: str) -> JobRecord:
         return dataclasses.replace(
@@ -155,7 +215,7 @@ class Reconciler:
         self,
         record: JobRecord,
         spec: dict[str, Any],
-        keys: _signing.JobKeys,
+        env_key: str,
         why: str,
     ) -> JobRecord:
         """Run a job whose cluster failed again, on a new cluster.
@@ -175,7 +235,7 @@ class Reconciler:
             begin = functools.partial(self.store.begin_attempt, self.user, record.id)
             message = f"attempt {attempt}: {why}"
             await asyncio.to_thread(begin, attempt, history, message, new_cluster=True)
-            await self.launcher.launch(record.id, spec, keys.env_key, attempt)
+            await self.launcher.launch(record.id, spec, env_key, attempt)
         return await asyncio.to_thread(self.store.read_record, self.user, record.id)
 
     async def wait(
@@ -204,18 +264,11 @@ class Reconciler:
             await asyncio.sleep(max(0.0, wait))
             delay = min(delay * 1.5, 2.0)
 
-    async def reconcile(self) -> JobList:
-        """Check every live job of the user, retrying or marking LOST as due."""
-        ids = await asyncio.to_thread(self.store.job_ids, self.user)
-        index, _ = await asyncio.to_thread(self.store.read_index, self.user)
-        records = await asyncio.to_thread(
-            self.store.read_records, self.user, [i for i in ids if i not in index]
-        )
-        live = [
-            r
-            for r in records.values()
-            if isinstance(r, JobRecord) and not r.state.is_terminal
-        ]
+    async def reconcile(self, live: list[JobRecord] | None = None) -> JobList:
+        """Check every live job of the user (or those of ``live``), retrying
+        or marking LOST as due."""
+        if live is None:
+            live = await live_records(self.store, self.user)
         reports = await self.launcher.reports(
             [r.cluster_name for r in live if r.cluster_name]
         )

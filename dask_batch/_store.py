@@ -67,6 +67,7 @@ from ._validate import (
     check_job_id,
     check_relative_path,
     check_user,
+    is_user_name,
 )
 
 logger = logging.getLogger("dask_batch.store")
@@ -445,6 +446,12 @@ class JobStore(ListingIndex, JobLogs):
             self.fs.get_file(remote, local)
 
     # -- records -----------------------------------------------------------------
+    def user_names(self) -> list[str]:
+        """The users with a folder here (names that are not valid are skipped)."""
+        entries = self._names(self.root, "list the users")
+        names = (posixpath.basename(e.rstrip("/")) for e in entries)
+        return sorted(n for n in names if is_user_name(n))
+
     def job_ids(self, user: str) -> list[str]:
         """Ids of the user's jobs, newest first."""
         entries = self._names(self.user_path(user), "list the jobs")

@@ -40,10 +40,15 @@ def check_job_id(job_id: object) -> str:
     )
 
 
+def is_user_name(name: object) -> bool:
+    """Whether ``name`` is safe as a storage folder name."""
+    return isinstance(name, str) and bool(_USER.match(name)) and ".." not in name
+
+
 def check_user(user: object) -> str:
     """``user`` if it is safe as a storage folder name."""
-    if isinstance(user, str) and _USER.match(user) and ".." not in user:
-        return user
+    if is_user_name(user):
+        return str(user)
     raise InvalidNameError(
         f"User name {str(user)[:80]!r} cannot name a storage folder: use letters, "
         "digits and _ . @ + = , - (no '/', '..' or leading '.'). Set `batch.user` "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import signal
 import socket
@@ -22,7 +23,7 @@ import webbrowser
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["serve"]
+__all__ = ["serve", "serve_hub"]
 
 
 async def serve(
@@ -85,8 +86,55 @@ async def serve(
         await batch.close()
 
 
+async def serve_hub(announce: Callable[[str], Any] = print) -> None:
+    """Serve the page as a JupyterHub service, and keep every user's jobs.
+
+    Configured by the hub's service environment (``JUPYTERHUB_*``: where to
+    listen, the OAuth client, the API token) and by dask config: the gateway
+    (``gateway.address``, ``gateway.proxy-address``; reached with tokens that
+    the hub issues for each user), the shared job storage
+    (``batch.storage``, ``batch.storage-options``: the service's own
+    credentials) and ``batch.service.*``.
+    """
+    from urllib.parse import urlparse
+
+    import dask.config
+    import tornado.httpserver
+
+    from .._exceptions import DaskBatchError
+    from .._hub import GatewayTokens, HubAPI
+    from .._service import JobKeeper, UserClients
+    from .._store import JobStore
+    from ._hub import make_hub_app
+
+    hub = HubAPI.from_environment()
+    storage = dask.config.get("batch.storage", None)
+    if not storage or not dask.config.get("gateway.address", None):
+        raise DaskBatchError(
+            "The hub service needs the shared job storage and the gateway: set "
+            "batch.storage (DASK_BATCH__STORAGE) and gateway.address "
+            "(DASK_GATEWAY__ADDRESS) in its environment."
+        )
+    options = dask.config.get("batch.storage-options", None) or {}
+    tokens = GatewayTokens(hub, dask.config.get("batch.service.gateway-service-name"))
+    clients = UserClients(tokens, storage, options)
+    keeper = JobKeeper(JobStore(storage, options), clients)
+    service_url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", ""))
+    server = tornado.httpserver.HTTPServer(make_hub_app(clients))
+    server.listen(service_url.port or 0, service_url.hostname or "127.0.0.1")
+    keeping = asyncio.ensure_future(keeper.run())
+    announce(f"{os.environ.get('JUPYTERHUB_SERVICE_PREFIX', '/')} on {service_url}")
+    try:
+        await asyncio.Event().wait()
+    finally:
+        keeping.cancel()
+        server.stop()
+        await server.close_all_connections()
+        await clients.close()
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m dask_batch.ui [--host H] [--port N] [--no-browser]``."""
+    """``python -m dask_batch.ui [--host H] [--port N] [--no-browser] [--hub]``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m dask_batch.ui")
@@ -94,26 +142,41 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--no-browser", action="store_true")
     parser.add_argument("--storage", default=None)
+    parser.add_argument(
+        "--hub",
+        action="store_true",
+        help="run as a JupyterHub service (hub login, every user's jobs kept)",
+    )
     args = parser.parse_args(argv)
-    run(args.host, args.port, not args.no_browser, args.storage)
+    run(args.host, args.port, not args.no_browser, args.storage, hub=args.hub)
 
 
-def run(host: str, port: int, open_browser: bool, storage: str | None) -> None:
+def run(
+    host: str, port: int, open_browser: bool, storage: str | None, hub: bool = False
+) -> None:
     """Serve until Ctrl-C or SIGTERM, announcing the URL on stdout."""
+    import logging
 
     def announce(url: str) -> None:
         print(f"Jobs page: {url}", flush=True)
 
     async def until_stopped() -> None:
-        task = asyncio.ensure_future(
-            serve(
-                host=host,
-                port=port,
-                open_browser=open_browser,
-                storage=storage,
-                announce=announce,
+        if hub:
+            logging.basicConfig(
+                level=logging.INFO,
+                format="[%(levelname)s %(asctime)s %(name)s] %(message)s",
             )
-        )
+            task = asyncio.ensure_future(serve_hub(announce))
+        else:
+            task = asyncio.ensure_future(
+                serve(
+                    host=host,
+                    port=port,
+                    open_browser=open_browser,
+                    storage=storage,
+                    announce=announce,
+                )
+            )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)

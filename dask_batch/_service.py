@@ -1,0 +1,150 @@
+"""The hub service's two duties: act for users, and keep their jobs honest.
+
+:class:`UserClients` gives one asynchronous BatchClient per hub user, acting
+on the gateway with a short-lived token the hub issues for that user (see
+``_hub``). :class:`JobKeeper` sweeps every user's live jobs on a fixed period,
+with nobody looking: a job whose cluster died is retried on a new cluster when
+its ``retries=`` allows, else recorded LOST.
+
+What the service can never do: read env values or unpickle results. It holds
+no user's secret, so it cannot open the sealed env values nor check a result's
+signature, and nothing here loads a result. A retry passes on the options the
+gateway kept for the failed cluster; the new scheduler checks the job's spec
+against the user's signature before main runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import dask.config
+from dask.utils import parse_timedelta
+from dask_gateway.auth import JupyterHubAuth
+
+from ._client import BatchClient
+from ._gateway import BatchGateway
+from ._hub import GatewayTokens
+from ._reconcile import live_records
+from ._store import JobStore
+
+logger = logging.getLogger("dask_batch.service")
+
+
+class UserClients:
+    """One BatchClient per user, acting with that user's minted gateway token.
+
+    Parameters
+    ----------
+    tokens : GatewayTokens
+    storage : str
+        The shared job storage, which the service reads with its own
+        credentials (``storage_options``).
+    storage_options : dict, optional
+    """
+
+    def __init__(
+        self,
+        tokens: GatewayTokens,
+        storage: str,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.tokens = tokens
+        self.storage = storage
+        self.storage_options = storage_options
+        self._clients: dict[str, BatchClient] = {}
+
+    async def client_for(self, user: str) -> BatchClient:
+        """The client acting for ``user`` (the gateway confirms who it is)."""
+        token = await self.tokens.token_for(user)
+        client = self._clients.get(user)
+        if client is not None:
+            client.gateway.auth.api_token = token
+            return client
+        gateway = BatchGateway(auth=JupyterHubAuth(token), asynchronous=True)
+        client = BatchClient(
+            gateway=gateway,
+            storage=self.storage,
+            storage_options=self.storage_options,
+            user=user,
+            asynchronous=True,
+        )
+        client._reconciler.retry_from_gateway = True
+        try:
+            await client.identify()
+        except BaseException:
+            await gateway.close()
+            raise
+        self._clients[user] = client
+        return client
+
+    async def close(self) -> None:
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            await client.gateway.close()
+
+
+class JobKeeper:
+    """Sweep every user's live jobs every ``interval`` (``batch.service.interval``).
+
+    Parameters
+    ----------
+    store : JobStore
+    clients : UserClients
+    interval : float or str, optional
+    """
+
+    def __init__(
+        self, store: JobStore, clients: UserClients, interval: float | str | None = None
+    ) -> None:
+        self.store = store
+        self.clients = clients
+        if interval is None:
+            interval = dask.config.get("batch.service.interval")
+        self.interval = parse_timedelta(interval)
+        #: Sweeps done, and the time the last one ended (for health checks).
+        self.sweeps = 0
+        self.last_sweep: float | None = None
+
+    async def sweep(self) -> dict[str, list[Any]]:
+        """Check every live job once; returns each user's checked records."""
+        checked: dict[str, list[Any]] = {}
+        for user in await asyncio.to_thread(self.store.user_names):
+            try:
+                live = await live_records(self.store, user)
+                if not live:
+                    continue  # no token minted, no gateway asked
+                client = await self.clients.client_for(user)
+                checked[user] = list(await client.reconcile())
+            except Exception as exc:
+                # One user's broken records or refused token must not stop
+                # the others' jobs from being kept.
+                logger.warning("Could not check the jobs of user %r: %s", user, exc)
+                continue
+            before = {r.id: (r.state, r.attempt) for r in live}
+            for record in checked[user]:
+                if before.get(record.id) != (record.state, record.attempt):
+                    logger.info(
+                        "Job %s of user %r is now %s (attempt %d): %s",
+                        record.id,
+                        user,
+                        record.state.value,
+                        record.attempt,
+                        record.message,
+                    )
+        self.sweeps += 1
+        self.last_sweep = time.time()
+        return checked
+
+    async def run(self) -> None:
+        """Sweep until cancelled, one sweep per interval."""
+        while True:
+            started = time.monotonic()
+            try:
+                await self.sweep()
+            except Exception:
+                logger.exception("Job keeper sweep failed; the next one follows")
+            elapsed = time.monotonic() - started
+            await asyncio.sleep(max(0.0, self.interval - elapsed))
