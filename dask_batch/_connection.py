@@ -17,6 +17,7 @@ import aiohttp
 import dask.config
 from dask_gateway import Gateway
 from dask_gateway.auth import JupyterHubAuth
+from dask_gateway.client import GatewayServerError
 from dask_gateway.options import Options
 
 from . import local as _local
@@ -101,6 +102,15 @@ async def gateway_user(
             f"{exc.status}). With JupyterHub auth the token needs the scope "
             "access:services!service=<the gateway's service name>: ask the hub "
             "admin, or make a new token with it on the hub's token page."
+        ) from None
+    except GatewayServerError as exc:
+        if "token" not in str(exc):
+            raise
+        # JupyterHubAuthenticator: the hub refused to say whose token it is.
+        raise AuthenticationError(
+            f"The gateway at {gateway.address} could not verify the credentials "
+            f"({exc}): the token may lack the scopes to identify its user; use a "
+            "token with the user's own scopes (the hub's token page)."
         ) from None
     except (OSError, asyncio.TimeoutError):
         # Unreachable: stored records can still be read, under the name the

@@ -189,7 +189,7 @@ def main(directory: str, detach: bool = False) -> None:
                 # its port: with a separate Proxy.tcp_address that clients
                 # are not told about, new_cluster() stalls and get_client()
                 # times out.
-                f"http://127.0.0.1:{proxy_port}",
+                f"http://127.0.0.1:{proxy_port}{config.Proxy.get('prefix', '')}",
                 f"gateway://127.0.0.1:{proxy_port}",
             )
         )

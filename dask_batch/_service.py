@@ -28,6 +28,7 @@ from ._client import BatchClient
 from ._gateway import BatchGateway
 from ._hub import GatewayTokens
 from ._reconcile import live_records
+from ._records import JobState
 from ._store import JobStore
 
 logger = logging.getLogger("dask_batch.service")
@@ -123,9 +124,12 @@ class JobKeeper:
                 # the others' jobs from being kept.
                 logger.warning("Could not check the jobs of user %r: %s", user, exc)
                 continue
-            before = {r.id: (r.state, r.attempt) for r in live}
+            attempts = {r.id: r.attempt for r in live}
             for record in checked[user]:
-                if before.get(record.id) != (record.state, record.attempt):
+                acted = record.state is JobState.LOST or (
+                    record.attempt > attempts.get(record.id, record.attempt)
+                )
+                if acted:
                     logger.info(
                         "Job %s of user %r is now %s (attempt %d): %s",
                         record.id,

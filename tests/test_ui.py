@@ -17,7 +17,6 @@ from dask_batch import BatchClient, JobState
 from dask_batch.testing import wait_for
 
 DOCS = pathlib.Path(__file__).parent.parent / "docs" / "_static"
-CHROMIUM = "/usr/bin/chromium"
 
 
 def double(n):
@@ -202,32 +201,6 @@ def test_bad_ids_other_users_jobs_and_missing_tokens_are_refused(
         headers={"Cookie": cookie},
     )
     assert status in (401, 403)
-
-
-@pytest.fixture
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium")
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def test_the_pages_in_a_browser(ui, browser, tmp_path):

@@ -64,6 +64,14 @@ class HubAccess(HubOAuthenticated):
             raise tornado.web.HTTPError(403, API_REFUSAL)
         self.redirect(self.get_login_url())
 
+    def check_xsrf_cookie(self) -> None:
+        # tornado checks XSRF before prepare() authenticates. A request with a
+        # token in its Authorization header is not at risk (another site's
+        # page cannot set that header), and a bad token fails in prepare().
+        scheme = self.request.headers.get("Authorization", "").partition(" ")[0]
+        if scheme.lower() not in ("token", "bearer"):
+            self.hub_auth.check_xsrf_cookie(self)
+
     def check_hub_user(self, model: dict[str, Any]) -> dict[str, Any] | None:
         try:
             return super().check_hub_user(model)

@@ -1,0 +1,303 @@
+"""dask-batch on a real JupyterHub: hub tokens inside and outside the hub, the
+jobs page as a hub service with HubOAuth, and the service keeping jobs honest
+with nobody looking. See hub.py for the deployment these tests run."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import first_attempt_hangs
+from dask_gateway import JupyterHubAuth
+from hub import PASSWORD, http, running_hub
+
+from dask_batch import AuthenticationError, BatchClient, JobNotFoundError, JobState
+from dask_batch._gateway import BatchGateway
+from dask_batch._store import JobStore
+from dask_batch.testing import job_cluster_client, wait_for
+
+DOCS = pathlib.Path(__file__).parent.parent / "docs" / "_static"
+
+INSIDE = textwrap.dedent(
+    """
+    import json, sys
+    from dask_batch import BatchClient
+
+    def add(a, b):
+        return a + b
+
+    with BatchClient() as batch:
+        if sys.argv[1] == "submit":
+            job = batch.submit(add, 2, 3, name="from-the-hub", workers=0)
+            print(json.dumps({"user": batch.user, "id": job.id}))
+        else:
+            result = batch.result(sys.argv[2], timeout=120)
+            print(json.dumps({"user": batch.user, "result": result}))
+    """
+)
+
+
+def triple(n):
+    return 3 * n
+
+
+def sleeper(seconds):
+    import time  # imported where the job runs
+
+    time.sleep(seconds)
+    return seconds
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory, batch_s3_server):
+    import s3fs
+
+    from dask_batch.testing import _gateway_environment
+
+    bucket = f"hub-{os.urandom(6).hex()}"
+    s3fs.S3FileSystem(**batch_s3_server.storage_options).mkdir(bucket)
+    directory = str(tmp_path_factory.mktemp("hub"))
+    with running_hub(
+        directory,
+        _gateway_environment(batch_s3_server),
+        f"s3://{bucket}/jobs",
+        batch_s3_server.storage_options,
+    ) as running:
+        yield running
+
+
+def laptop_client(hub, user, *, through_hub=False, token=None):
+    """The seed's laptop form: a Gateway with a hub token, nothing else."""
+    gateway = BatchGateway(
+        address=hub.gateway_via_hub if through_hub else hub.gateway.address,
+        proxy_address=hub.gateway.proxy_address,
+        auth=JupyterHubAuth(token or hub.token(user)),
+    )
+    try:
+        return BatchClient(
+            gateway=gateway, storage=hub.storage, storage_options=hub.storage_options
+        )
+    except BaseException:
+        gateway.close()
+        raise
+
+
+def close(*clients):
+    for client in clients:
+        client.gateway.close()
+
+
+@pytest.fixture
+def laptop(monkeypatch):
+    """Outside the hub: no JUPYTERHUB_* variables, a different login name."""
+    for name in list(os.environ):
+        if name.startswith(("JUPYTERHUB_", "DASK_GATEWAY__", "DASK_BATCH__")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("USER", "laptop-login")
+    monkeypatch.setenv("LOGNAME", "laptop-login")
+
+
+def inside_the_hub(hub, user, *args):
+    """Run INSIDE in ``user``'s hub session environment; its JSON answer."""
+    done = subprocess.run(
+        [sys.executable, "-c", INSIDE, *args],
+        env=hub.session_environment(user),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_job_from_the_hub_is_fetched_from_a_laptop_and_back(hub, laptop):
+    submitted = inside_the_hub(hub, "alice", "submit")
+    assert submitted["user"] == "alice"
+    # The laptop's login is "laptop-login": the name comes from the token.
+    for through_hub in (False, True):
+        alice = laptop_client(hub, "alice", through_hub=through_hub)
+        try:
+            assert alice.user == "alice"
+            assert alice.result(submitted["id"], timeout=120) == 5
+        finally:
+            close(alice)
+    alice = laptop_client(hub, "alice", through_hub=True)
+    try:
+        job = alice.submit(triple, 7, name="from-the-laptop", workers=0)
+        fetched = inside_the_hub(hub, "alice", "result", job.id)
+        assert fetched == {"user": "alice", "result": 21}
+    finally:
+        close(alice)
+
+
+def test_the_cli_in_a_hub_session_and_on_a_laptop(hub, laptop):
+    submitted = inside_the_hub(hub, "bob", "submit")
+    env = hub.session_environment("bob")
+    done = subprocess.run(
+        [sys.executable, "-m", "dask_batch.cli", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert submitted["id"] in done.stdout
+    # The laptop: only the gateway address, the auth type and a token.
+    laptop_env = {
+        k: v
+        for k, v in env.items()
+        if k not in ("JUPYTERHUB_USER", "JUPYTERHUB_API_URL")
+    }
+    laptop_env.update(USER="laptop-login", LOGNAME="laptop-login")
+    done = subprocess.run(
+        [sys.executable, "-m", "dask_batch.cli", "status", submitted["id"]],
+        env=laptop_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "SUCCEEDED" in done.stdout or "RUNNING" in done.stdout
+
+
+def test_users_see_only_their_own_jobs_everywhere(hub, laptop):
+    alice, bob = laptop_client(hub, "alice"), laptop_client(hub, "bob")
+    try:
+        job = alice.submit(triple, 1, name="alices", workers=0)
+        alice.wait(job.id, timeout=120)
+        assert job.id not in [r.id for r in bob.jobs()]
+        for call in (bob.status, bob.result, bob.logs, bob.artifacts, bob.cancel):
+            with pytest.raises(JobNotFoundError):
+                call(job.id)
+        # The page's API, with each user's token.
+        api = f"{hub.service_url}api/v1/jobs"
+        alice_token, bob_token = hub.token("alice"), hub.token("bob")
+        status, body = http(f"{api}/{job.id}", token=alice_token)
+        assert status == 200, body
+        assert json.loads(body)["user"] == "alice"
+        for path in ("", "/logs", "/artifacts"):
+            assert http(f"{api}/{job.id}{path}", token=bob_token)[0] == 404
+        status, _ = http(f"{api}/{job.id}/cancel", token=bob_token, method="POST")
+        assert status == 404
+        listed = json.loads(http(api, token=bob_token)[1])["jobs"]
+        assert job.id not in [j["id"] for j in listed]
+        assert job.id in [
+            j["id"] for j in json.loads(http(api, token=alice_token)[1])["jobs"]
+        ]
+        # dora holds the admin scope: she reads everyone's jobs, read-only.
+        dora_token = hub.token("dora")
+        assert http(f"{api}/{job.id}", token=dora_token)[0] == 200
+        status, _ = http(f"{api}/{job.id}/cancel", token=dora_token, method="POST")
+        assert status == 403
+        # bob cannot make his records alice's.
+        gateway = BatchGateway(
+            address=hub.gateway.address,
+            proxy_address=hub.gateway.proxy_address,
+            auth=JupyterHubAuth(bob_token),
+        )
+        with pytest.raises(AuthenticationError, match="authenticates this client"):
+            BatchClient(gateway=gateway, storage=hub.storage, user="alice")
+        gateway.close()
+    finally:
+        close(alice, bob)
+
+
+def test_a_token_without_the_gateway_scope_is_refused(hub, laptop):
+    # carol is a hub user without access to the gateway or the page.
+    with pytest.raises(AuthenticationError, match="access:services"):
+        laptop_client(hub, "carol")
+    assert http(f"{hub.service_url}api/v1/jobs", token=hub.token("carol"))[0] == 403
+    # A token of alice's limited to reading her name does not reach either.
+    narrow = hub.token("alice", scopes=["read:users:name!user=alice"])
+    with pytest.raises(AuthenticationError, match=r"refused the credentials|could not"):
+        laptop_client(hub, "alice", token=narrow)
+    assert http(f"{hub.service_url}api/v1/jobs", token=narrow)[0] == 403
+    # Not a token at all.
+    with pytest.raises(AuthenticationError):
+        laptop_client(hub, "alice", token="not-a-token")
+
+
+def kill_scheduler(batch, job_id):
+    with job_cluster_client(batch, job_id) as client:
+        os.kill(client.run_on_scheduler(os.getpid), signal.SIGKILL)
+
+
+def test_the_service_retries_or_loses_jobs_with_nobody_looking(hub, laptop, tmp_path):
+    alice = laptop_client(hub, "alice")
+    marker = tmp_path / "attempted"
+    try:
+        retried = alice.submit(first_attempt_hangs, str(marker), retries=1, workers=0)
+        lost = alice.submit(sleeper, 300, name="no-retries", workers=0)
+        wait_for(marker.exists, 60, "the first attempt to start")
+        wait_for(lambda: alice.status(lost.id).state is JobState.RUNNING, 60, "RUNNING")
+        clusters = {alice.status(j.id).cluster_name for j in (retried, lost)}
+        for job in (retried, lost):
+            kill_scheduler(alice, job.id)
+    finally:
+        close(alice)  # nobody is looking from here on
+    store = JobStore(hub.storage, hub.storage_options)
+    record = wait_for(
+        lambda: (r := store.read_record("alice", retried.id)).state.is_terminal and r,
+        120,
+        "the service to retry the job on a new cluster, and the job to end",
+    )
+    assert record.state is JobState.SUCCEEDED, record.message
+    assert record.attempt == 2
+    assert record.cluster_name not in clusters
+    record = wait_for(
+        lambda: (r := store.read_record("alice", lost.id)).state.is_terminal and r,
+        120,
+        "the service to record the job without retries LOST",
+    )
+    assert record.state is JobState.LOST
+    assert "never recorded an outcome" in record.message
+    assert "retried" in hub.log() or "attempt 2" in hub.log()
+
+
+def test_log_in_at_the_hub_open_the_service_and_cancel(hub, laptop, browser):
+    alice, bob = laptop_client(hub, "alice"), laptop_client(hub, "bob")
+    page = browser.new_page()
+    try:
+        done = alice.submit(triple, 2, name="finished", workers=0)
+        running = alice.submit(sleeper, 300, name="training", workers=0)
+        bobs = bob.submit(triple, 3, name="bobs-job", workers=0)
+        alice.wait(done.id, timeout=120)
+        page.goto(f"{hub.url}/hub/login")
+        page.fill("#username_input", "alice")
+        page.fill("#password_input", PASSWORD)
+        page.click("#login_submit")
+        page.wait_for_url("**/hub/home")
+        # The service is in the hub's Services menu.
+        page.click("a.dropdown-toggle:has-text('Services')")
+        page.click("a.dropdown-item:has-text('dask-batch')")
+        page.wait_for_selector(
+            f'tr[data-id="{running.id}"] .state-RUNNING', timeout=60000
+        )
+        assert page.url.startswith(hub.service_url)
+        names = page.locator("td.name").all_inner_texts()
+        assert {"finished", "training"} <= set(names)
+        assert "bobs-job" not in names
+        assert page.inner_text("header .user") == "alice"
+        DOCS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(DOCS / "hub-jobs.png"), full_page=True)
+        page.click(f'tr[data-id="{running.id}"] td.name a')
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#cancel")
+        page.wait_for_selector("#state.state-CANCELLED", timeout=30000)
+        assert alice.status(running.id).state is JobState.CANCELLED
+        assert alice.status(done.id).state is JobState.SUCCEEDED
+        # bob's job, by its URL: not found, as an unknown job is.
+        response = page.goto(f"{hub.service_url}jobs/{bobs.id}")
+        assert response.status == 404
+        assert bob.status(bobs.id).state is not JobState.CANCELLED
+    finally:
+        page.close()
+        alice.cancel(running.id)
+        bob.wait(bobs.id, timeout=120)
+        close(alice, bob)
