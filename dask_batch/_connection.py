@@ -139,20 +139,30 @@ async def _authenticated_name(
         return str(server_options[USER_OPTION])
     if isinstance(gateway.auth, JupyterHubAuth):
         token = gateway.auth.api_token
-        return await HubAPI(_hub_api_url(gateway), token).user_name(token)
+        url, guessed = _hub_api_url(gateway)
+        try:
+            return await HubAPI(url, token).user_name(token)
+        except AuthenticationError as exc:
+            if not guessed:
+                raise
+            raise AuthenticationError(
+                f"{exc} That address of the hub's API was guessed from the "
+                "gateway's: set JUPYTERHUB_API_URL (or batch.hub-api-url) to it."
+            ) from None
     return None
 
 
-def _hub_api_url(gateway: Gateway) -> str:
+def _hub_api_url(gateway: Gateway) -> tuple[str, bool]:
+    """The hub's API URL, and whether it was guessed from the gateway's."""
     configured = dask.config.get("batch.hub-api-url", None) or os.environ.get(
         "JUPYTERHUB_API_URL"
     )
     if configured:
-        return str(configured).rstrip("/")
+        return str(configured).rstrip("/"), False
     # A gateway reached through the hub's proxy lives under /services/.
     hub, found, _ = gateway.address.partition("/services/")
     if found:
-        return f"{hub}/hub/api"
+        return f"{hub}/hub/api", True
     raise AuthenticationError(
         "The gateway uses JupyterHub auth, and dask-batch cannot tell which hub "
         "user the token belongs to: set JUPYTERHUB_API_URL (or batch.hub-api-url) "

@@ -386,15 +386,21 @@ def artifacts(obj: _Context, job_id: str, download: str | None) -> None:
 @click.option("--port", type=int, default=0, help="Port (default: a free one).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address.")
 @click.option("--no-browser", is_flag=True, help="Do not open a browser.")
+@click.option(
+    "--hub",
+    is_flag=True,
+    help="Run as a JupyterHub service: hub login, every user's jobs kept "
+    "(see the admin guide).",
+)
 @click.pass_obj
-def ui(obj: _Context, port: int, host: str, no_browser: bool) -> None:
+def ui(obj: _Context, port: int, host: str, no_browser: bool, hub: bool) -> None:
     """Serve the jobs web page; prints its URL with an access token.
 
     Ctrl-C stops it. Also runs as `python -m dask_batch.ui`.
     """
     from .ui import run
 
-    run(host, port, not no_browser, obj.storage)
+    run(host, port, not no_browser, obj.storage, hub=hub)
 
 
 @main.group()

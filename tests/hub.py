@@ -100,7 +100,15 @@ class Hub:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
         env.update(
             JUPYTERHUB_USER=user,
-            JUPYTERHUB_API_TOKEN=self.token(user),
+            # A session's own token has the server role's scopes, plus the
+            # gateway's, as the admin guide configures the server role.
+            JUPYTERHUB_API_TOKEN=self.token(
+                user,
+                scopes=[
+                    f"users:activity!user={user}",
+                    f"access:services!service={GATEWAY_SERVICE}",
+                ],
+            ),
             JUPYTERHUB_API_URL=self.api_url,
             DASK_GATEWAY__ADDRESS=self.gateway_via_hub,
             DASK_GATEWAY__PROXY_ADDRESS=self.gateway.proxy_address,

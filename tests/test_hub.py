@@ -193,6 +193,8 @@ def test_users_see_only_their_own_jobs_everywhere(hub, laptop):
         # dora holds the admin scope: she reads everyone's jobs, read-only.
         dora_token = hub.token("dora")
         assert http(f"{api}/{job.id}", token=dora_token)[0] == 200
+        listed = json.loads(http(api, token=dora_token)[1])["jobs"]
+        assert {"alice"} <= {j["user"] for j in listed}
         status, _ = http(f"{api}/{job.id}/cancel", token=dora_token, method="POST")
         assert status == 403
         # bob cannot make his records alice's.
@@ -301,3 +303,31 @@ def test_log_in_at_the_hub_open_the_service_and_cancel(hub, laptop, browser):
         alice.cancel(running.id)
         bob.wait(bobs.id, timeout=120)
         close(alice, bob)
+
+
+def test_on_a_plain_gateway_the_hub_names_the_tokens_user(hub, laptop, monkeypatch):
+    """A gateway without batch_cluster_options (client-side mode) cannot name
+    the user: the hub is asked, at JUPYTERHUB_API_URL or the hub the gateway
+    is reached through; never the local login."""
+    from dask_gateway.options import Options
+
+    from dask_batch._connection import gateway_user
+
+    async def no_batch_options():
+        return Options()
+
+    def user_of(address, token):
+        gateway = BatchGateway(address=address, auth=JupyterHubAuth(token))
+        try:
+            return gateway.sync(gateway_user, gateway, no_batch_options)
+        finally:
+            gateway.close()
+
+    token = hub.token("bob")
+    assert user_of(hub.gateway_via_hub, token) == "bob"
+    with pytest.raises(AuthenticationError, match="JUPYTERHUB_API_URL"):
+        user_of(hub.gateway.address, token)
+    monkeypatch.setenv("JUPYTERHUB_API_URL", hub.api_url)
+    assert user_of(hub.gateway.address, token) == "bob"
+    with pytest.raises(AuthenticationError, match="refused GET /user"):
+        user_of(hub.gateway.address, "not-a-token")

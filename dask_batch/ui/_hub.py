@@ -11,6 +11,7 @@ also sees every other user's jobs, read-only.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from typing import Any
 from urllib.parse import urlparse
@@ -24,9 +25,11 @@ from jupyterhub.services.auth import (
     UserNotAllowed,
 )
 
-from .._exceptions import JobNotFoundError
+from .._exceptions import AuthenticationError, JobNotFoundError
 from .._service import UserClients
 from ._app import application
+
+logger = logging.getLogger("dask_batch.service")
 
 API_REFUSAL = (
     "log in to JupyterHub first, or send a hub token with access to this "
@@ -102,8 +105,15 @@ class HubAccess(HubOAuthenticated):
         if not self.is_admin:
             return [await self.client()]
         store = (await self.client()).store
-        users = await asyncio.to_thread(store.user_names)
-        return [await clients.client_for(user) for user in users]
+        listed = []
+        for user in await asyncio.to_thread(store.user_names):
+            try:
+                listed.append(await clients.client_for(user))
+            except AuthenticationError as exc:
+                # A folder of someone the service may not act for: say so in
+                # the log rather than failing everyone's listing.
+                logger.warning("Not listing the jobs of %r: %s", user, exc)
+        return listed
 
 
 def make_hub_app(clients: UserClients) -> tornado.web.Application:
