@@ -21,6 +21,7 @@ SCRIPTS = [
     "bench_visibility.py",  # log latency, listing 1,000 jobs
     "bench_scale.py",  # listing 10,000 jobs, local and S3
     "bench_ui.py",  # the jobs page with 10,000 jobs, log latency, server memory
+    "bench_hub.py",  # the hub service: gateway noticing -> retry, nobody looking
     "bench_throughput.py",  # 1 GB result against raw pipe/cat
     "soak.py",  # faults, repeated
 ]

@@ -130,13 +130,14 @@ def _hub_config(
     tokens: dict[str, str],
     storage: str,
     storage_options: dict[str, Any],
+    service_interval: str,
 ) -> str:
     service_env = {
         "DASK_GATEWAY__ADDRESS": gateway.address,
         "DASK_GATEWAY__PROXY_ADDRESS": gateway.proxy_address,
         "DASK_BATCH__STORAGE": storage,
         "DASK_BATCH__STORAGE_OPTIONS": repr(storage_options),
-        "DASK_BATCH__SERVICE__INTERVAL": "1s",
+        "DASK_BATCH__SERVICE__INTERVAL": service_interval,
         "XDG_CONFIG_HOME": os.path.join(directory, "service-config"),
     }
     settings = {
@@ -199,7 +200,7 @@ def _hub_config(
             {{
                 "name": "dask-batch-service",
                 "services": [{BATCH_SERVICE!r}],
-                "scopes": ["tokens", "read:users:name"],
+                "scopes": ["tokens"],
             }},
             {{
                 "name": "test-admin",
@@ -213,34 +214,59 @@ def _hub_config(
 
 @contextlib.contextmanager
 def running_hub(
-    directory: str, s3_environment: dict[str, str], storage: str, storage_options
+    directory: str,
+    s3_environment: dict[str, str],
+    storage: str,
+    storage_options: dict[str, Any],
+    *,
+    service_interval: str = "1s",
+    gateway_periods: dict[str, Any] | None = None,
 ) -> Iterator[Hub]:
     """Start the gateway, then the hub (which starts its proxy and the
-    dask-batch service); stop them all on exit."""
+    dask-batch service); stop them all on exit.
+
+    The gateway notices dead schedulers within seconds unless
+    ``gateway_periods`` says otherwise (``{}``: dask-gateway's defaults).
+    """
     ports = {k: free_port() for k in ("public", "hub", "proxy_api", "service")}
     tokens = {k: secrets.token_hex(32) for k in ("proxy", "gateway", "admin")}
     api_url = f"http://127.0.0.1:{ports['hub']}/hub/api"
     gateway_directory = os.path.join(directory, "gateway")
-    gateway = _start_gateway(
-        gateway_directory,
-        gateway_config={
-            "DaskGateway.authenticator_class": (
-                "dask_gateway_server.auth.JupyterHubAuthenticator"
-            ),
-            "JupyterHubAuthenticator.jupyterhub_api_url": api_url,
-            "JupyterHubAuthenticator.jupyterhub_api_token": tokens["gateway"],
-            "JupyterHubAuthenticator.jupyterhub_service_name": GATEWAY_SERVICE,
-            "Proxy.prefix": f"/services/{GATEWAY_SERVICE}",
-        },
-        environment=s3_environment,
-        allowed_storage=[storage],
-    )
+    hub_auth = {
+        "DaskGateway.authenticator_class": (
+            "dask_gateway_server.auth.JupyterHubAuthenticator"
+        ),
+        "JupyterHubAuthenticator.jupyterhub_api_url": api_url,
+        "JupyterHubAuthenticator.jupyterhub_api_token": tokens["gateway"],
+        "JupyterHubAuthenticator.jupyterhub_service_name": GATEWAY_SERVICE,
+        "Proxy.prefix": f"/services/{GATEWAY_SERVICE}",
+    }
+    gateway_kwargs = {"environment": s3_environment, "allowed_storage": [storage]}
+    if gateway_periods is None:
+        gateway = _start_gateway(
+            gateway_directory, gateway_config=hub_auth, **gateway_kwargs
+        )
+    else:
+        gateway = local.start(
+            gateway_directory,
+            gateway_config={**gateway_periods, **hub_auth},
+            owner_pid=os.getpid(),
+            **gateway_kwargs,
+        )
     hub_directory = os.path.join(directory, "hub")
     os.makedirs(hub_directory, exist_ok=True)
     config = os.path.join(hub_directory, "jupyterhub_config.py")
     with open(config, "w") as f:
         f.write(
-            _hub_config(hub_directory, ports, gateway, tokens, storage, storage_options)
+            _hub_config(
+                hub_directory,
+                ports,
+                gateway,
+                tokens,
+                storage,
+                storage_options,
+                service_interval,
+            )
         )
     log = open(os.path.join(hub_directory, "hub.log"), "wb")  # noqa: SIM115
     proc = subprocess.Popen(
