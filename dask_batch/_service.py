@@ -108,6 +108,7 @@ class JobKeeper:
         #: Sweeps done, and the time the last one ended (for health checks).
         self.sweeps = 0
         self.last_sweep: float | None = None
+        self._failing: dict[str, str] = {}
 
     async def sweep(self) -> dict[str, list[Any]]:
         """Check every live job once; returns each user's checked records."""
@@ -121,9 +122,17 @@ class JobKeeper:
                 checked[user] = list(await client.reconcile())
             except Exception as exc:
                 # One user's broken records or refused token must not stop
-                # the others' jobs from being kept.
-                logger.warning("Could not check the jobs of user %r: %s", user, exc)
+                # the others' jobs from being kept. Said once per new reason,
+                # not at every sweep.
+                level = (
+                    logging.DEBUG
+                    if self._failing.get(user) == str(exc)
+                    else logging.WARNING
+                )
+                logger.log(level, "Could not check the jobs of user %r: %s", user, exc)
+                self._failing[user] = str(exc)
                 continue
+            self._failing.pop(user, None)
             attempts = {r.id: r.attempt for r in live}
             for record in checked[user]:
                 acted = record.state is JobState.LOST or (

@@ -19,8 +19,8 @@ from hub import PASSWORD, http, running_hub
 
 from dask_batch import AuthenticationError, BatchClient, JobNotFoundError, JobState
 from dask_batch._gateway import BatchGateway
-from dask_batch._store import JobStore
-from dask_batch.testing import job_cluster_client, wait_for
+from dask_batch._store import STATE, JobStore
+from dask_batch.testing import job_cluster_client, wait_for, write_job_records
 
 DOCS = pathlib.Path(__file__).parent.parent / "docs" / "_static"
 
@@ -244,6 +244,10 @@ def test_the_service_retries_or_loses_jobs_with_nobody_looking(hub, laptop, tmp_
     finally:
         close(alice)  # nobody is looking from here on
     store = JobStore(hub.storage, hub.storage_options)
+    # A folder of someone who is no hub user, with a live job in it, does not
+    # stop the service from keeping alice's jobs.
+    (stray,) = write_job_records(store, "mallory", 1)
+    store.put_json("mallory", stray, STATE, {"state": "RUNNING"})
     record = wait_for(
         lambda: (r := store.read_record("alice", retried.id)).state.is_terminal and r,
         120,
@@ -259,7 +263,10 @@ def test_the_service_retries_or_loses_jobs_with_nobody_looking(hub, laptop, tmp_
     )
     assert record.state is JobState.LOST
     assert "never recorded an outcome" in record.message
-    assert "retried" in hub.log() or "attempt 2" in hub.log()
+    log = hub.log()
+    assert f"Job {retried.id} of user 'alice' is now PENDING (attempt 2)" in log
+    assert "Could not check the jobs of user 'mallory'" in log
+    assert log.count("Could not check the jobs of user 'mallory'") == 1
 
 
 def test_log_in_at_the_hub_open_the_service_and_cancel(hub, laptop, browser):
