@@ -136,16 +136,21 @@ def test_a_job_from_the_hub_is_fetched_from_a_laptop_and_back(hub, laptop):
         close(alice)
 
 
-def test_the_cli_in_a_hub_session_and_on_a_laptop(hub, laptop):
-    submitted = inside_the_hub(hub, "bob", "submit")
-    env = hub.session_environment("bob")
-    done = subprocess.run(
-        [sys.executable, "-m", "dask_batch.cli", "list"],
+def cli(env, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "dask_batch.cli", *args],
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_the_cli_in_a_hub_session_and_on_a_laptop(hub, laptop):
+    submitted = inside_the_hub(hub, "bob", "submit")
+    assert inside_the_hub(hub, "bob", "result", submitted["id"])["result"] == 5
+    env = hub.session_environment("bob")
+    done = cli(env, "list")
     assert done.returncode == 0, done.stderr
     assert submitted["id"] in done.stdout
     # The laptop: only the gateway address, the auth type and a token.
@@ -155,15 +160,16 @@ def test_the_cli_in_a_hub_session_and_on_a_laptop(hub, laptop):
         if k not in ("JUPYTERHUB_USER", "JUPYTERHUB_API_URL")
     }
     laptop_env.update(USER="laptop-login", LOGNAME="laptop-login")
-    done = subprocess.run(
-        [sys.executable, "-m", "dask_batch.cli", "status", submitted["id"]],
-        env=laptop_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = cli(laptop_env, "status", submitted["id"])
     assert done.returncode == 0, done.stderr
-    assert "SUCCEEDED" in done.stdout or "RUNNING" in done.stdout
+    assert "SUCCEEDED" in done.stdout
+    # alice, with bob's job id: not found, in her session and on her laptop.
+    alice_env = hub.session_environment("alice")
+    for stolen in (cli(alice_env, "status", submitted["id"]), cli(alice_env, "list")):
+        assert submitted["id"] not in stolen.stdout
+    done = cli(alice_env, "logs", submitted["id"])
+    assert done.returncode != 0
+    assert f"No job {submitted['id']!r}" in done.stderr
 
 
 def test_users_see_only_their_own_jobs_everywhere(hub, laptop):
