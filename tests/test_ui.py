@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import urllib.error
@@ -160,6 +161,10 @@ def test_every_api_endpoint(any_ui):
     assert "Content-Security-Policy" in headers
     status, record = ui.json(f"/api/v1/jobs/{ok.id}/cancel", method="POST")
     assert (status, record["state"]) == (200, "SUCCEEDED")  # already ended
+    # The page itself, rendered on the server (durations included).
+    status, _, html = ui.request("/?name=ok")
+    assert status == 200 and ok.id.encode() in html
+    assert re.search(rb'<td class="duration">\d+:\d\d</td>', html)
 
 
 def test_bad_ids_other_users_jobs_and_missing_tokens_are_refused(

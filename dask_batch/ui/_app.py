@@ -9,6 +9,7 @@ small script (served from here, no CDN) updates them from the same API.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hmac
 import json
 import os
@@ -296,6 +297,9 @@ def _helpers() -> dict[str, Any]:
         "states": [s.value for s in JobState],
         "format_time": format_time,
         "format_duration": format_duration,
+        "format_seconds": lambda s: (
+            "" if s is None else format_duration(datetime.timedelta(seconds=s))
+        ),
         "format_progress": format_progress,
         "json": json,
     }
