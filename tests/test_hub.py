@@ -20,7 +20,13 @@ from hub import PASSWORD, http, running_hub
 from dask_batch import AuthenticationError, BatchClient, JobNotFoundError, JobState
 from dask_batch._gateway import BatchGateway
 from dask_batch._store import STATE, JobStore
-from dask_batch.testing import job_cluster_client, wait_for, write_job_records
+from dask_batch.testing import (
+    gateway_clusters,
+    job_cluster_client,
+    main_processes,
+    wait_for,
+    write_job_records,
+)
 
 DOCS = pathlib.Path(__file__).parent.parent / "docs" / "_static"
 
@@ -70,6 +76,28 @@ def hub(tmp_path_factory, batch_s3_server):
         batch_s3_server.storage_options,
     ) as running:
         yield running
+
+
+@pytest.fixture(autouse=True)
+def _no_cluster_left(hub, request):
+    """Every cluster a test started has stopped after it (as the suite checks
+    for its basic-auth gateways): each user asks the hub's gateway."""
+    yield
+    for user in ("alice", "bob", "dora"):
+        with BatchGateway(
+            address=hub.gateway.address, auth=JupyterHubAuth(hub.token(user))
+        ) as gateway:
+            wait_for(
+                lambda gateway=gateway: not gateway.list_clusters(),
+                60,
+                f"{user}'s clusters to stop after {request.node.name}",
+            )
+            names = gateway_clusters(gateway)
+            wait_for(
+                lambda names=names: not main_processes(names),
+                30,
+                f"{user}'s main processes to exit after {request.node.name}",
+            )
 
 
 def laptop_client(hub, user, *, through_hub=False, token=None):
