@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import secrets
 import signal
@@ -107,6 +108,11 @@ async def serve_hub(announce: Callable[[str], Any] = print) -> None:
     from .._store import JobStore
     from ._hub import make_hub_app
 
+    if importlib.util.find_spec("jupyterhub") is None:
+        raise DaskBatchError(
+            "The hub service needs JupyterHub's service library: "
+            "pip install 'dask-batch[hub]'."
+        )
     hub = HubAPI.from_environment()
     storage = dask.config.get("batch.storage", None)
     if not storage or not dask.config.get("gateway.address", None):
@@ -163,9 +169,10 @@ def run(
     async def until_stopped() -> None:
         if hub:
             logging.basicConfig(
-                level=logging.INFO,
+                level=logging.WARNING,
                 format="[%(levelname)s %(asctime)s %(name)s] %(message)s",
             )
+            logging.getLogger("dask_batch").setLevel(logging.INFO)
             task = asyncio.ensure_future(serve_hub(announce))
         else:
             task = asyncio.ensure_future(
@@ -183,5 +190,11 @@ def run(
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    asyncio.run(until_stopped())
+    from .._exceptions import DaskBatchError
+
+    try:
+        asyncio.run(until_stopped())
+    except DaskBatchError as exc:  # configuration: say what to fix, no traceback
+        print(f"Error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     print("Jobs page stopped.", file=sys.stderr)
