@@ -35,10 +35,16 @@ from .local import _SECRETS, _SERVER, _SETTINGS, _pid_alive, _read, _write
 
 
 class LoopbackLocalBackend(WorkerEnvironmentWithoutJobKeys, UnsafeLocalBackend):
-    """UnsafeLocalBackend with schedulers bound to 127.0.0.1 only, and workers
-    that do not get the job's env key."""
+    """UnsafeLocalBackend whose schedulers, workers and dashboards listen on
+    127.0.0.1 only, and whose workers do not get the job's env key."""
 
     default_host = "127.0.0.1"
+
+    def get_worker_command(self, *args: Any, **kwargs: Any) -> list[str]:
+        # dask-gateway gives workers no --host: they would listen on every
+        # interface.
+        command: list[str] = super().get_worker_command(*args, **kwargs)
+        return [*command, "--host", self.default_host]
 
 
 def _free_port() -> int:

@@ -123,3 +123,39 @@ def test_gateway_with_an_owner_stops_when_the_owner_dies(tmp_path):
         30,
         f"the gateway {info.pid} to stop after its owner exited",
     )
+
+
+def waits_for(path):
+    import os
+    import time
+
+    while not os.path.exists(path):
+        time.sleep(0.05)
+    return "done"
+
+
+def test_every_socket_of_the_local_default_clusters_is_on_loopback(local_dir, tmp_path):
+    import psutil
+
+    from dask_batch.testing import job_cluster_client, main_processes, wait_for
+
+    go = tmp_path / "go"
+    with BatchClient() as batch:
+        job = batch.submit(waits_for, str(go), workers=2)
+        with job_cluster_client(batch, job.id) as client:
+            client.wait_for_workers(2, timeout=60)
+            pids = {client.run_on_scheduler(os.getpid), *client.run(os.getpid).values()}
+        name = batch.status(job.id).cluster_name
+        pids |= set(wait_for(lambda: main_processes([name]), 30, "main's process"))
+        listening = {
+            (pid, conn.laddr.ip, conn.laddr.port)
+            for pid in pids
+            for conn in psutil.Process(pid).net_connections(kind="inet")
+            if conn.status == psutil.CONN_LISTEN
+        }
+        # Scheduler (comm, dashboard, gateway API) and workers (comm,
+        # dashboard, nanny) all listen; each on 127.0.0.1 only.
+        assert len(listening) >= 5, listening
+        assert {ip for _, ip, _ in listening} == {"127.0.0.1"}, listening
+        go.touch()
+        assert job.result(timeout=60) == "done"
