@@ -22,6 +22,7 @@ import urllib.request
 from typing import Any
 
 from dask_gateway_server.app import DaskGateway
+from dask_gateway_server.backends.jobqueue.slurm import SlurmBackend
 from dask_gateway_server.backends.local import UnsafeLocalBackend
 from dask_gateway_server.utils import run_main
 from traitlets.config import Config
@@ -34,17 +35,33 @@ from .gateway_config import (
 from .local import _SECRETS, _SERVER, _SETTINGS, _pid_alive, _read, _write
 
 
-class LoopbackLocalBackend(WorkerEnvironmentWithoutJobKeys, UnsafeLocalBackend):
+class WorkersOnDefaultHost:
+    """Workers listen on the backend's ``default_host`` too: dask-gateway
+    gives them no ``--host``, so they would listen on every interface."""
+
+    default_host: str
+
+    def get_worker_command(self, *args: Any, **kwargs: Any) -> list[str]:
+        command: list[str] = super().get_worker_command(*args, **kwargs)  # type: ignore[misc]
+        return [*command, "--host", self.default_host]
+
+
+class LoopbackLocalBackend(
+    WorkersOnDefaultHost, WorkerEnvironmentWithoutJobKeys, UnsafeLocalBackend
+):
     """UnsafeLocalBackend whose schedulers, workers and dashboards listen on
     127.0.0.1 only, and whose workers do not get the job's env key."""
 
     default_host = "127.0.0.1"
 
-    def get_worker_command(self, *args: Any, **kwargs: Any) -> list[str]:
-        # dask-gateway gives workers no --host: they would listen on every
-        # interface.
-        command: list[str] = super().get_worker_command(*args, **kwargs)
-        return [*command, "--host", self.default_host]
+
+class LoopbackSlurmBackend(
+    WorkersOnDefaultHost, WorkerEnvironmentWithoutJobKeys, SlurmBackend
+):
+    """dask-gateway's SlurmBackend for a single-node Slurm on 127.0.0.1 (the
+    test suite's): schedulers, workers and dashboards on 127.0.0.1."""
+
+    default_host = "127.0.0.1"
 
 
 def _free_port() -> int:
