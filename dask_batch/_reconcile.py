@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import os
 import time
 from typing import Any
 
@@ -30,6 +31,40 @@ from ._store import SPEC, JobStore, dumps_json
 from ._validate import safe_link
 
 Reports = dict[str, ClusterReport | None]
+
+
+def local_write_denied(folder: str, user: str) -> str | None:
+    """Why Unix user ``user`` cannot write ``folder`` (None if it can, or if
+    that cannot be told from the mode bits)."""
+    import grp
+    import pwd
+    import stat
+
+    try:
+        account = pwd.getpwnam(user)
+        info = os.stat(folder)
+    except (KeyError, OSError):
+        return None
+    groups = {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+    groups.add(account.pw_gid)
+    mode = info.st_mode
+    if account.pw_uid == 0:
+        return None
+    if info.st_uid == account.pw_uid:
+        allowed = bool(mode & stat.S_IWUSR)
+    elif info.st_gid in groups:
+        allowed = bool(mode & stat.S_IWGRP)
+    else:
+        allowed = bool(mode & stat.S_IWOTH)
+    if allowed:
+        return None
+    owner = pwd.getpwuid(info.st_uid).pw_name if info.st_uid >= 0 else info.st_uid
+    return (
+        f"Its scheduler, running as Unix user {user!r}, cannot write {folder}: "
+        f"permission denied (owned by {owner}, mode {stat.S_IMODE(mode):o}). "
+        "Make the job storage writable by the job's user, or submit as the "
+        "account that owns it"
+    )
 
 
 async def live_records(store: JobStore, user: str) -> list[JobRecord]:
@@ -143,12 +178,15 @@ class Reconciler:
             if report is not None and status in ALIVE:
                 record.dashboard_link = safe_link(report.dashboard_link)
                 return None
-            return (
+            why = (
                 f"its cluster {record.cluster_name!r} is "
                 f"{status.name if status else 'unknown to the gateway'} but the job "
                 "never recorded an outcome (the scheduler died, or the cluster "
                 "was stopped before main reported)"
             )
+            if record.started is None and record.last_seen is None:
+                why += self._never_started_hint(record)
+            return why
         lost_after = parse_timedelta(dask.config.get("batch.lost-after"))
         # A retry on a new cluster is being requested since record.updated.
         since = record.updated if record.attempt > 1 else record.submitted
@@ -175,6 +213,22 @@ class Reconciler:
         if isinstance(spec, dict) and _signing.spec_is_signed(keys.job_key, spec):
             return spec, keys
         return None, keys
+
+    def _never_started_hint(self, record: JobRecord) -> str:
+        """Why a scheduler may have stopped before recording anything: it
+        could not write the job's folder (on a shared filesystem it runs as
+        the job user's own Unix account)."""
+        folder = self.store.job_path(self.user, record.id, "")
+        hint = (
+            f". Its scheduler never recorded the job as started: check that the "
+            f"job's side, running as user {self.user!r}, can write {folder}"
+        )
+        local = self.store.url.startswith("/") or self.store.url.startswith("file:")
+        if local:
+            denied = local_write_denied(folder.removeprefix("file://"), self.user)
+            if denied:
+                hint = f". {denied}"
+        return hint
 
     def _spec_the_gateway_kept(
         self, record: JobRecord, reports: Reports

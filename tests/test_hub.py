@@ -30,6 +30,8 @@ from dask_batch.testing import (
 
 DOCS = pathlib.Path(__file__).parent.parent / "docs" / "_static"
 
+pytestmark = pytest.mark.xdist_group("hub")
+
 INSIDE = textwrap.dedent(
     """
     import json, sys

@@ -4,15 +4,13 @@ a main that ignores SIGTERM, and jobs under their own Unix user."""
 
 from __future__ import annotations
 
-import os
 import pwd
-import signal
 
 import pytest
 from dask_gateway import BasicAuth
 from slurm import JOB_USER, running_slurm
 
-from dask_batch import BatchClient, JobFailedError, JobState
+from dask_batch import BatchClient, JobFailedError, JobLostError, JobState
 from dask_batch._gateway import BatchGateway
 from dask_batch.testing import (
     _gateway_environment,
@@ -85,16 +83,21 @@ def _nothing_left_on_the_node(slurm, request):
         lambda: not slurm.job_ids(), 60, f"squeue to be empty after {request.node.name}"
     )
     for user in ("root", JOB_USER):
-        batch = client_for(slurm, "memory://unused", user=user)
-        try:
-            names = gateway_clusters(batch.gateway)
+        with BatchGateway(
+            address=slurm.gateway.address,
+            auth=BasicAuth(user, slurm.gateway.password),
+        ) as gateway:
             wait_for(
-                lambda names=names: not main_processes(names),
-                30,
-                f"{user}'s main processes to exit after {request.node.name}",
+                lambda gateway=gateway: not gateway.list_clusters(),
+                60,
+                f"{user}'s clusters to stop after {request.node.name}",
             )
-        finally:
-            batch.gateway.close()
+            names = gateway_clusters(gateway)
+        wait_for(
+            lambda names=names: not main_processes(names),
+            30,
+            f"{user}'s main processes to exit after {request.node.name}",
+        )
 
 
 @pytest.fixture
@@ -115,5 +118,92 @@ def test_a_job_runs_in_the_scheduler_allocation(slurm, s3, mode):
         # The allocation is gone, the log is not.
         wait_for(lambda: not slurm.job_ids(), 60, "the Slurm jobs to end")
         assert "in the allocation" in batch.logs(job.id)
+    finally:
+        batch.gateway.close()
+
+
+def running(batch, job):
+    wait_for(lambda: batch.status(job.id).state is JobState.RUNNING, 120, "RUNNING")
+
+
+def test_cancel_ends_the_slurm_jobs(slurm, s3):
+    batch = client_for(slurm, *s3)
+    try:
+        job = batch.submit(sleeper, 600, workers=1)
+        running(batch, job)
+        wait_for(lambda: len(slurm.job_ids()) == 2, 60, "scheduler and worker jobs")
+        assert batch.cancel(job.id).state is JobState.CANCELLED
+        wait_for(lambda: not slurm.job_ids(), 60, "squeue to be empty after cancel")
+    finally:
+        batch.gateway.close()
+
+
+def test_a_timeout_fails_the_job_and_frees_the_allocation(slurm, s3):
+    batch = client_for(slurm, *s3)
+    try:
+        job = batch.submit(sleeper, 600, timeout="2s", workers=0)
+        with pytest.raises(JobFailedError, match="timed out: main ran longer"):
+            job.result(timeout=120)
+        wait_for(lambda: not slurm.job_ids(), 60, "squeue to be empty")
+    finally:
+        batch.gateway.close()
+
+
+def test_the_allocation_cancelled_from_outside(slurm, s3, tmp_path):
+    batch = client_for(slurm, *s3)
+    try:
+        job = batch.submit(sleeper, 600, workers=0)
+        running(batch, job)
+        (scheduler_job,) = slurm.job_ids()
+        slurm.run("scancel", scheduler_job)
+        record = wait_for(
+            lambda: (r := batch.status(job.id)).state.is_terminal and r,
+            120,
+            "the job to end after scancel",
+        )
+        # The runner records the stop when it sees SIGTERM; else it is LOST.
+        assert record.state in (JobState.FAILED, JobState.LOST), record
+        assert record.message
+    finally:
+        batch.gateway.close()
+
+
+def test_a_main_that_ignores_sigterm_is_killed_with_its_allocation(slurm, s3, tmp_path):
+    marker = tmp_path / "started"
+    batch = client_for(slurm, *s3)
+    try:
+        job = batch.submit(ignores_sigterm, str(marker), workers=0)
+        wait_for(marker.exists, 120, "main to start ignoring SIGTERM")
+        name = batch.status(job.id).cluster_name
+        (main,) = wait_for(lambda: main_processes([name]), 30, "main's process")
+        (scheduler_job,) = slurm.job_ids()
+        slurm.run("scancel", scheduler_job)
+        wait_for(lambda: not main_processes([name]), 60, f"main ({main}) to be killed")
+        wait_for(lambda: batch.status(job.id).state.is_terminal, 120, "the job to end")
+    finally:
+        batch.gateway.close()
+
+
+def test_jobs_run_as_their_unix_user(slurm, s3):
+    batch = client_for(slurm, *s3, user=JOB_USER)
+    try:
+        assert batch.user == JOB_USER
+        out = batch.submit(where_am_i, 1, workers=0).result(timeout=120)
+        assert out["uid"] == pwd.getpwnam(JOB_USER).pw_uid
+    finally:
+        batch.gateway.close()
+
+
+def test_storage_the_job_user_cannot_write_fails_at_once_naming_it(slurm, tmp_path):
+    # The client (root) made the folder; the job runs as JOB_USER.
+    batch = client_for(slurm, str(tmp_path / "jobs"), user=JOB_USER)
+    try:
+        job = batch.submit(sleeper, 1, workers=0)
+        with pytest.raises(JobLostError) as info:
+            job.result(timeout=60)  # not after minutes of retries
+        message = str(info.value)
+        assert f"running as Unix user '{JOB_USER}', cannot write" in message
+        assert f"{tmp_path}/jobs/{JOB_USER}/{job.id}" in message
+        assert "permission denied" in message
     finally:
         batch.gateway.close()
