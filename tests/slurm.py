@@ -111,7 +111,7 @@ SelectTypeParameters=CR_Core_Memory
 SchedulerParameters=batch_sched_delay=0
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
-KillWait=5
+KillWait=30
 StateSaveLocation={directory}/state
 SlurmdSpoolDir={directory}/spool
 SlurmctldPidFile={directory}/slurmctld.pid
@@ -256,6 +256,23 @@ def running_slurm(
                     "SlurmBackend.submit_command": commands["sbatch"],
                     "SlurmBackend.cancel_command": commands["scancel"],
                     "SlurmBackend.status_command": commands["squeue"],
+                    # exec: the scheduler is the batch step's own process,
+                    # so scancel's SIGTERM reaches it and it can record the
+                    # job's end (after sh exits, Slurm kills what is left).
+                    "SlurmClusterConfig.scheduler_cmd": [
+                        "exec",
+                        sys.executable,
+                        "-m",
+                        "distributed.cli.dask_scheduler",
+                        "--preload",
+                        "dask_batch.preload",
+                    ],
+                    "SlurmClusterConfig.worker_cmd": [
+                        "exec",
+                        sys.executable,
+                        "-m",
+                        "distributed.cli.dask_worker",
+                    ],
                     "SlurmClusterConfig.partition": PARTITION,
                     "SlurmClusterConfig.staging_directory": f"{staging}/{{username}}/",
                 },
