@@ -22,6 +22,7 @@ SCRIPTS = [
     "bench_scale.py",  # listing 10,000 jobs, local and S3
     "bench_ui.py",  # the jobs page with 10,000 jobs, log latency, server memory
     "bench_hub.py",  # the hub service: gateway noticing -> retry, nobody looking
+    "bench_slurm.py",  # start and end of a job on Slurm beside the local backend
     "bench_throughput.py",  # 1 GB result against raw pipe/cat
     "soak.py",  # faults, repeated
 ]

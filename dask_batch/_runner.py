@@ -90,6 +90,7 @@ class JobRunnerPlugin(SchedulerPlugin):
         self._task: asyncio.Task[None] | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._stopped_from_outside = False
+        self._retry_left = False
         self._finishing = False
         self._log_offset = 0
         self._log_index = 0
@@ -186,6 +187,9 @@ class JobRunnerPlugin(SchedulerPlugin):
         attempt = self._log_attempt = int(doc.get("attempt", 1))
         history = list(doc.get("attempts") or [])
         while True:
+            # A cluster stopped from outside (scancel, a wall-time limit, a
+            # node lost) with a retry left leaves the job to that retry.
+            self._retry_left = attempt <= int(spec.get("retries") or 0)
             outcome = await self._run_main(log_path, spec)
             if outcome.error is None or not self._should_retry(
                 spec, outcome.error, attempt
@@ -414,6 +418,13 @@ class JobRunnerPlugin(SchedulerPlugin):
                 logger.exception(
                     "dask-batch: final log upload of %s failed", self.job_id
                 )
+        if self._stopped_from_outside and self._retry_left and not outcome.succeeded:
+            logger.info(
+                "dask-batch: cluster stopped under job %s: left for a retry on a "
+                "new cluster",
+                self.job_id,
+            )
+            return
         fields: dict[str, Any]
         if outcome.succeeded:
             state = JobState.SUCCEEDED

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pwd
 
 import pytest
+from conftest import first_attempt_hangs
 from dask_gateway import BasicAuth
 from slurm import JOB_USER, running_slurm
 
@@ -211,5 +212,25 @@ def test_storage_the_job_user_cannot_write_fails_at_once_naming_it(slurm, tmp_pa
         assert f"running as Unix user '{JOB_USER}', cannot write" in message
         assert f"{tmp_path}/jobs/{JOB_USER}/{job.id}" in message
         assert "permission denied" in message
+    finally:
+        batch.gateway.close()
+
+
+def test_a_job_with_retries_runs_again_after_its_allocation_is_cancelled(
+    slurm, s3, tmp_path
+):
+    marker = tmp_path / "attempted"
+    batch = client_for(slurm, *s3)
+    try:
+        job = batch.submit(first_attempt_hangs, str(marker), retries=1, workers=0)
+        wait_for(marker.exists, 120, "the first attempt to start")
+        first = batch.status(job.id).cluster_name
+        (scheduler_job,) = slurm.job_ids()
+        slurm.run("scancel", scheduler_job)
+        # Waiting for the result is what starts the retry on a new cluster.
+        assert job.result(timeout=180) == "second attempt"
+        record = batch.status(job.id)
+        assert record.attempt == 2 and record.cluster_name != first
+        assert first in record.attempts[0]["error"]
     finally:
         batch.gateway.close()
