@@ -102,8 +102,11 @@ def _nothing_left_on_the_node(slurm, request):
 
 
 @pytest.fixture
-def s3(batch_s3_storage):
-    return batch_s3_storage
+def s3(batch_s3_storage, slurm):
+    """A fresh bucket, removed only once no scheduler of the test can still
+    write to it (autouse checks run after the bucket's own teardown)."""
+    yield batch_s3_storage
+    wait_for(lambda: not slurm.job_ids(), 60, "squeue to be empty")
 
 
 @pytest.mark.parametrize("mode", ["server", "client"])
