@@ -23,7 +23,6 @@ Target (issue 12): the retry within 60 s of the gateway noticing.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import statistics
@@ -34,6 +33,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
+from bench_scale import start_moto  # noqa: E402
 from dask_gateway import JupyterHubAuth  # noqa: E402
 from hub import running_hub  # noqa: E402
 
@@ -44,6 +44,7 @@ from dask_batch.testing import (  # noqa: E402
     S3Server,
     _gateway_environment,
     job_cluster_client,
+    stop_process,
     wait_for,
 )
 
@@ -57,16 +58,6 @@ def first_attempt_hangs(marker):
         path.write_text("first attempt")
         time.sleep(600)
     return "second attempt"
-
-
-def start_moto() -> tuple[S3Server, object]:
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    return S3Server(endpoint_url=f"http://{host}:{port}"), server
 
 
 def trial(hub, directory: str, number: int) -> dict[str, float]:
@@ -117,7 +108,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     trials = 1 if args.smoke else args.trials
     interval = "1s" if args.smoke else "10s"
-    s3, moto = start_moto()
+    moto, options = start_moto()  # its own process
+    s3 = S3Server(options["client_kwargs"]["endpoint_url"], "bench", "bench")
     import s3fs
 
     s3fs.S3FileSystem(**s3.storage_options).mkdir("bench-hub")
@@ -143,7 +135,7 @@ def main(argv=None):
                     flush=True,
                 )
     finally:
-        moto.stop()
+        stop_process(moto)
 
     def median(key):
         return statistics.median(r[key] for r in results)

@@ -18,7 +18,6 @@ one moto S3 bucket for both, and times per trial, alternating the backends:
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import statistics
 import sys
@@ -28,6 +27,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
+from bench_scale import start_moto  # noqa: E402
 from slurm import running_slurm  # noqa: E402
 
 import dask_batch.local  # noqa: E402
@@ -36,6 +36,7 @@ from dask_batch.testing import (  # noqa: E402
     S3Server,
     _gateway_environment,
     _start_gateway,
+    stop_process,
 )
 
 
@@ -44,16 +45,6 @@ def stamps():
 
     started = time.time()
     return {"started": started, "returned": time.time()}
-
-
-def start_moto() -> tuple[S3Server, object]:
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    return S3Server(endpoint_url=f"http://{host}:{port}"), server
 
 
 def trial(batch: BatchClient, gone) -> tuple[float, float]:
@@ -76,7 +67,8 @@ def main(argv=None):
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     trials = 1 if args.smoke else args.trials
-    s3, moto = start_moto()
+    moto, options = start_moto()  # its own process
+    s3 = S3Server(options["client_kwargs"]["endpoint_url"], "bench", "bench")
     import s3fs
 
     s3fs.S3FileSystem(**s3.storage_options).mkdir("bench-slurm")
@@ -110,7 +102,7 @@ def main(argv=None):
                     batch.gateway.close()
     finally:
         dask_batch.local.stop(local_dir)
-        moto.stop()
+        stop_process(moto)
     print(
         f"\nmedians over {trials} trials (submit -> main running / returned -> gone):"
     )

@@ -41,6 +41,7 @@ __all__ = [
     "gateway_clusters",
     "job_cluster_client",
     "main_processes",
+    "stop_process",
     "wait_for",
     "write_job_records",
 ]
@@ -129,6 +130,19 @@ def main_processes(cluster_names: Collection[str] | None = None) -> list[int]:
         if cluster is not None and (cluster_names is None or cluster in cluster_names):
             found.append(int(pid))
     return found
+
+
+def stop_process(proc: Any, timeout: float = 30) -> None:
+    """SIGTERM a ``subprocess.Popen``; SIGKILL it if it has not exited in
+    ``timeout`` seconds. Returns once it is gone."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def gateway_clusters(gateway: Any) -> set[str]:

@@ -46,9 +46,20 @@ def cluster_status(batch, name):
         return None
 
 
-def active_clusters(info) -> list:
-    with info.gateway() as gateway:
-        return gateway.list_clusters()
+def wait_until_nothing_left(gateway, what, clusters_timeout=30, mains_timeout=15):
+    """Wait until ``gateway`` (one user's view) lists no live cluster, and no
+    main process of any of its clusters is alive; ``what`` names them."""
+    wait_for(
+        lambda: not gateway.list_clusters(),
+        clusters_timeout,
+        f"every cluster of {what} to stop",
+    )
+    names = gateway_clusters(gateway)
+    wait_for(
+        lambda: not main_processes(names),
+        mains_timeout,
+        f"every main process of {what} to exit",
+    )
 
 
 GATEWAY_FIXTURES = (
@@ -95,18 +106,8 @@ def _nothing_left_behind(request):
     for fixture in GATEWAY_FIXTURES:
         if fixture in request.fixturenames:
             info = request.getfixturevalue(fixture)
-            wait_for(
-                lambda info=info: not active_clusters(info),
-                30,
-                f"every cluster of {fixture} to stop after {request.node.name}",
-            )
             with info.gateway() as gateway:
-                names = gateway_clusters(gateway)
-            wait_for(
-                lambda names=names: not main_processes(names),
-                15,
-                f"every main process of {fixture} to exit after {request.node.name}",
-            )
+                wait_until_nothing_left(gateway, f"{fixture} after {request.node.name}")
 
 
 @pytest.fixture(autouse=True)

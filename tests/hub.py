@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dask_batch import local
-from dask_batch.testing import _start_gateway, wait_for
+from dask_batch.testing import _start_gateway, stop_process, wait_for
 
 PASSWORD = "correct horse battery staple"
 GATEWAY_SERVICE = "dask-gateway"
@@ -299,11 +299,6 @@ def running_hub(
         wait_for(up, 60, "the hub, its proxy, the gateway and the dask-batch service")
         yield hub
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=30)
         log.close()
         local.stop(gateway_directory)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dask_batch import local
-from dask_batch.testing import _start_gateway, wait_for
+from dask_batch.testing import _start_gateway, stop_process, wait_for
 
 JOB_USER = "dask-batch-job"
 PARTITION = "batch"
@@ -286,10 +286,5 @@ def running_slurm(
         for job_id in slurm.job_ids():
             slurm.run("scancel", job_id)
         for daemon in reversed(daemons):
-            daemon.terminate()
-            try:
-                daemon.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+            stop_process(daemon, timeout=20)
         shutil.rmtree(directory, ignore_errors=True)

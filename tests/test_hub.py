@@ -13,7 +13,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import first_attempt_hangs
+from conftest import first_attempt_hangs, wait_until_nothing_left
 from dask_gateway import JupyterHubAuth
 from hub import PASSWORD, http, running_hub
 
@@ -21,9 +21,7 @@ from dask_batch import AuthenticationError, BatchClient, JobNotFoundError, JobSt
 from dask_batch._gateway import BatchGateway
 from dask_batch._store import STATE, JobStore
 from dask_batch.testing import (
-    gateway_clusters,
     job_cluster_client,
-    main_processes,
     wait_for,
     write_job_records,
 )
@@ -89,16 +87,8 @@ def _no_cluster_left(hub, request):
         with BatchGateway(
             address=hub.gateway.address, auth=JupyterHubAuth(hub.token(user))
         ) as gateway:
-            wait_for(
-                lambda gateway=gateway: not gateway.list_clusters(),
-                60,
-                f"{user}'s clusters to stop after {request.node.name}",
-            )
-            names = gateway_clusters(gateway)
-            wait_for(
-                lambda names=names: not main_processes(names),
-                30,
-                f"{user}'s main processes to exit after {request.node.name}",
+            wait_until_nothing_left(
+                gateway, f"{user} after {request.node.name}", 60, 30
             )
 
 

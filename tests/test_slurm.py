@@ -7,7 +7,7 @@ from __future__ import annotations
 import pwd
 
 import pytest
-from conftest import first_attempt_hangs
+from conftest import first_attempt_hangs, wait_until_nothing_left
 from dask_gateway import BasicAuth
 from slurm import JOB_USER, running_slurm
 
@@ -15,7 +15,6 @@ from dask_batch import BatchClient, JobFailedError, JobLostError, JobState
 from dask_batch._gateway import BatchGateway
 from dask_batch.testing import (
     _gateway_environment,
-    gateway_clusters,
     main_processes,
     wait_for,
 )
@@ -88,17 +87,9 @@ def _nothing_left_on_the_node(slurm, request):
             address=slurm.gateway.address,
             auth=BasicAuth(user, slurm.gateway.password),
         ) as gateway:
-            wait_for(
-                lambda gateway=gateway: not gateway.list_clusters(),
-                60,
-                f"{user}'s clusters to stop after {request.node.name}",
+            wait_until_nothing_left(
+                gateway, f"{user} after {request.node.name}", 60, 30
             )
-            names = gateway_clusters(gateway)
-        wait_for(
-            lambda names=names: not main_processes(names),
-            30,
-            f"{user}'s main processes to exit after {request.node.name}",
-        )
 
 
 @pytest.fixture
