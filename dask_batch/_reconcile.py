@@ -24,6 +24,7 @@ from dask.utils import parse_timedelta
 from dask_gateway.client import ClusterReport
 
 from . import _signing
+from ._backends import LocalBackend
 from ._display import JobList, ProgressDisplay
 from ._launcher import ALIVE, ClusterLauncher
 from ._records import JobRecord, JobState, to_iso, utcnow
@@ -92,25 +93,22 @@ class Reconciler:
     store : JobStore
     launcher : ClusterLauncher
     user : str
+
+    Attributes
+    ----------
     retry_from_gateway : bool
         Retry with the options the gateway kept for the job's failed cluster
         instead of the spec signed with the user's secret: for a service that
         acts for users without holding their secrets (server-side mode only).
         The new scheduler still checks the signed spec before main runs.
+        False unless that service sets it.
     """
 
-    def __init__(
-        self,
-        store: JobStore,
-        launcher: ClusterLauncher,
-        user: str,
-        *,
-        retry_from_gateway: bool = False,
-    ) -> None:
+    def __init__(self, store: JobStore, launcher: ClusterLauncher, user: str) -> None:
         self.store = store
         self.launcher = launcher
         self.user = user
-        self.retry_from_gateway = retry_from_gateway
+        self.retry_from_gateway = False
 
     async def status(self, job_id: str, *, retry: bool = False) -> JobRecord:
         """The job's record, checked against the gateway if it is live."""
@@ -223,9 +221,8 @@ class Reconciler:
             f". Its scheduler never recorded the job as started: check that the "
             f"job's side, running as user {self.user!r}, can write {folder}"
         )
-        local = self.store.url.startswith("/") or self.store.url.startswith("file:")
-        if local:
-            denied = local_write_denied(folder.removeprefix("file://"), self.user)
+        if isinstance(self.store.backend, LocalBackend):
+            denied = local_write_denied(folder, self.user)
             if denied:
                 hint = f". {denied}"
         return hint

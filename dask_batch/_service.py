@@ -119,7 +119,9 @@ class JobKeeper:
                 if not live:
                     continue  # no token minted, no gateway asked
                 client = await self.clients.client_for(user)
-                checked[user] = list(await client.reconcile())
+                # The records just read: the reconciler reads each again
+                # before it writes.
+                checked[user] = list(await client._reconciler.reconcile(live))
             except Exception as exc:
                 # One user's broken records or refused token must not stop
                 # the others' jobs from being kept. Said once per new reason,

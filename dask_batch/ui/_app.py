@@ -138,8 +138,10 @@ class Handler(tornado.web.RequestHandler):
         if _status_of(value) is None:
             super().log_exception(typ, value, tb)
 
-    def job_id(self, raw: str) -> str:
-        return check_job_id(raw)
+    async def job_client(self, raw: str) -> tuple[str, Any]:
+        """The job id of the URL, checked, and the client acting for its owner."""
+        job_id = check_job_id(raw)
+        return job_id, await self.client(job_id)
 
     def whole_number(self, name: str, default: int) -> int:
         text = self.get_query_argument(name, str(default))
@@ -185,8 +187,8 @@ class JobsAPI(Handler):
 
 class JobAPI(Handler):
     async def get(self, job_id: str) -> None:
-        job_id = self.job_id(job_id)
-        record = await (await self.client(job_id)).status(job_id)
+        job_id, batch = await self.job_client(job_id)
+        record = await batch.status(job_id)
         self.finish(record_json(record))
 
 
@@ -195,8 +197,7 @@ class LogsAPI(Handler):
     ``?follow=1`` until the job ends, or whole as a download."""
 
     async def get(self, job_id: str) -> None:
-        job_id = self.job_id(job_id)
-        batch = await self.client(job_id)
+        job_id, batch = await self.job_client(job_id)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         if self.get_query_argument("follow", ""):
             async for text in batch.logs(job_id, follow=True):
@@ -220,8 +221,7 @@ class LogsAPI(Handler):
 
 class ArtifactsAPI(Handler):
     async def get(self, job_id: str) -> None:
-        job_id = self.job_id(job_id)
-        batch = await self.client(job_id)
+        job_id, batch = await self.job_client(job_id)
         self.finish({"artifacts": await batch.artifacts(job_id)})
 
 
@@ -229,9 +229,8 @@ class ArtifactAPI(Handler):
     """One artifact, by a name the job's own listing holds."""
 
     async def get(self, job_id: str, name: str) -> None:
-        job_id = self.job_id(job_id)
+        job_id, batch = await self.job_client(job_id)
         name = check_relative_path(name, what="artifact", job_id=job_id)
-        batch = await self.client(job_id)
         if name not in await batch.artifacts(job_id):
             raise tornado.web.HTTPError(404, f"job {job_id} has no artifact {name!r}")
         store = batch.store
@@ -248,8 +247,8 @@ class ArtifactAPI(Handler):
 
 class CancelAPI(Handler):
     async def post(self, job_id: str) -> None:
-        job_id = self.job_id(job_id)
-        record = await (await self.client(job_id)).cancel(job_id)
+        job_id, batch = await self.job_client(job_id)
+        record = await batch.cancel(job_id)
         self.finish(record_json(record))
 
 
@@ -269,8 +268,7 @@ class JobsPage(Handler):
 
 class JobPage(Handler):
     async def get(self, job_id: str) -> None:
-        job_id = self.job_id(job_id)
-        batch = await self.client(job_id)
+        job_id, batch = await self.job_client(job_id)
         record = await batch.status(job_id)
         store, user = batch.store, batch.user
         self.render(
