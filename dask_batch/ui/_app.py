@@ -24,6 +24,7 @@ import tornado.web
 from .._display import STATE_COLOURS, format_duration, format_progress, format_time
 from .._exceptions import DaskBatchError, JobNotFoundError
 from .._records import JobRecord, JobState
+from .._store import SPEC
 from .._validate import InvalidNameError, check_job_id, check_relative_path, safe_link
 
 HERE = os.path.dirname(__file__)
@@ -284,7 +285,7 @@ class JobPage(Handler):
 
 def _spec_summary(batch: Any, job_id: str) -> dict[str, Any]:
     """What the job page shows of the spec: never env values, never keys."""
-    spec = batch.store.get_json(batch.user, job_id, "spec.json")
+    spec = batch.store.get_json(batch.user, job_id, SPEC)
     shown = ("cluster_options", "payload_bytes", "files_bytes", "memory_limit")
     return {k: spec.get(k) for k in shown if isinstance(spec, dict)}
 

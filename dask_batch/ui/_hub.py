@@ -27,6 +27,7 @@ from jupyterhub.services.auth import (
 
 from .._exceptions import AuthenticationError, JobNotFoundError
 from .._service import UserClients
+from .._store import SPEC
 from ._app import application
 
 logger = logging.getLogger("dask_batch.service")
@@ -45,7 +46,7 @@ class HubAccess(HubOAuthenticated):
 
     @property
     def user_label(self) -> str:
-        return str(self.current_user["name"])
+        return self.requester
 
     @property
     def requester(self) -> str:
@@ -63,7 +64,7 @@ class HubAccess(HubOAuthenticated):
         self._hub_auth_user_cache = model
         if model is not None:
             return
-        if self.request.path.startswith(self.settings["base"] + "api/"):
+        if self.request.path.startswith(self.base + "api/"):
             raise tornado.web.HTTPError(403, API_REFUSAL)
         self.redirect(self.get_login_url())
 
@@ -89,10 +90,10 @@ class HubAccess(HubOAuthenticated):
         # An admin reading another user's job: its owner is the user whose
         # folder holds it.
         store = own.store
-        if await asyncio.to_thread(store.exists, self.requester, job_id, "spec.json"):
+        if await asyncio.to_thread(store.exists, self.requester, job_id, SPEC):
             return own
         for user in await asyncio.to_thread(store.user_names):
-            if await asyncio.to_thread(store.exists, user, job_id, "spec.json"):
+            if await asyncio.to_thread(store.exists, user, job_id, SPEC):
                 if self.request.method != "GET":
                     raise tornado.web.HTTPError(
                         403, f"job {job_id} is {user}'s: only its owner may change it"
