@@ -37,7 +37,13 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from ._client import BatchClient
-    from ._context import CurrentJob, artifacts_path, current_job, report
+    from ._context import (
+        CurrentJob,
+        artifacts_dir,
+        artifacts_path,
+        current_job,
+        report,
+    )
     from ._job import Job
 
 # Imported on first use: ``dask`` loads this package's CLI entry point for every
@@ -48,6 +54,7 @@ _LAZY = {
     "BatchClient": "._client",
     "Job": "._job",
     "CurrentJob": "._context",
+    "artifacts_dir": "._context",
     "artifacts_path": "._context",
     "current_job": "._context",
     "report": "._context",
@@ -87,6 +94,7 @@ __all__ = [
     "SubmitError",
     "SubmitOptions",
     "__version__",
+    "artifacts_dir",
     "artifacts_path",
     "current_job",
     "report",

@@ -222,6 +222,8 @@ def _prepare(store: JobStore, launch: MainLaunch, env: dict[str, str]) -> Any:
             name=launch.name,
             artifacts_url=store.artifacts_url(launch.user, launch.job_id),
             storage_url=store.url,
+            artifacts_dir=launch.artifacts_dir,
+            mlflow_run_id=launch.mlflow_run_id,
         ),
     )
     os.makedirs(launch.workdir, exist_ok=True)

@@ -1,8 +1,8 @@
-"""What main can ask about its own job: ``current_job``, ``report``, ``artifacts_path``.
+"""What main can ask about its own job: ``current_job``, ``report``, artifacts.
 
 Set up by main's process (``dask_batch._child``) before main runs; outside a
 batch job ``current_job()`` is None, ``report`` does nothing and
-``artifacts_path`` raises.
+``artifacts_dir`` and ``artifacts_path`` raise.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import posixpath
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from ._records import to_iso, utcnow
 from ._store import PROGRESS, JobStore
 from ._validate import check_relative_path
 
-__all__ = ["CurrentJob", "artifacts_path", "current_job", "report"]
+__all__ = ["CurrentJob", "artifacts_dir", "artifacts_path", "current_job", "report"]
 
 # At most one progress write per interval; the last report is always written.
 REPORT_INTERVAL = 1.0
@@ -39,6 +40,11 @@ class CurrentJob:
         it works inside main (the storage options are set up for you).
     storage_url : str
         Root of the job storage.
+    artifacts_dir : str
+        Local folder whose files are stored as the job's artifacts
+        (:func:`artifacts_dir`).
+    mlflow_run_id : str
+        The job's MLflow run ("" if the job is not tracked).
     """
 
     id: str
@@ -46,6 +52,8 @@ class CurrentJob:
     name: str
     artifacts_url: str
     storage_url: str
+    artifacts_dir: str = ""
+    mlflow_run_id: str = ""
 
 
 class _Reporter:
@@ -55,6 +63,9 @@ class _Reporter:
         self.lock = threading.Lock()
         self.last_write = 0.0
         self.pending: dict[str, Any] | None = None
+        self.metric_step = 0
+        self.mlflow_client: Any = None
+        self.mlflow_failed = False
 
     def report(self, progress: float | None, message: str) -> None:
         doc = {"progress": progress, "message": message, "updated": to_iso(utcnow())}
@@ -71,8 +82,31 @@ class _Reporter:
     def _write(self) -> None:
         assert self.pending is not None
         self.store.put_json(self.job.user, self.job.id, PROGRESS, self.pending)
+        if self.job.mlflow_run_id and self.pending["progress"] is not None:
+            self._log_metric(float(self.pending["progress"]))
         self.pending = None
         self.last_write = time.monotonic()
+
+    def _log_metric(self, progress: float) -> None:
+        """Progress as the run's ``progress`` metric; MLflow trouble never stops main."""
+        if self.mlflow_failed:
+            return
+        try:
+            if self.mlflow_client is None:
+                from mlflow.tracking import MlflowClient
+
+                self.mlflow_client = MlflowClient()  # tracking URI: environment
+            self.mlflow_client.log_metric(
+                self.job.mlflow_run_id, "progress", progress, step=self.metric_step
+            )
+            self.metric_step += 1
+        except Exception as exc:
+            self.mlflow_failed = True
+            print(
+                f"dask-batch: job {self.job.id}: progress is not logged to MLflow "
+                f"run {self.job.mlflow_run_id} any more: {type(exc).__name__}: {exc}",
+                file=sys.stderr,
+            )
 
 
 _active: _Reporter | None = None
@@ -138,11 +172,53 @@ def report(progress: float | None = None, message: str = "") -> None:
         active.report(progress, str(message))
 
 
-def artifacts_path(*parts: str) -> str:
-    """fsspec URL under the job's artifacts prefix.
+def artifacts_dir(*parts: str) -> str:
+    """A local path in the job's artifacts folder, for libraries that want a path.
 
-    Files written there are listed by ``job.artifacts()`` and downloadable
-    with ``job.download_artifacts()`` or ``dask batch artifacts --download``.
+    Files main (or its subprocesses) writes below this folder are stored as
+    the job's artifacts when main ends, however it ends (an error, a
+    timeout, a cancel), and every ``batch.artifacts.sync-interval`` while it
+    runs, so a long job's checkpoints are safe. Regular files only (links
+    are not stored), at most ``batch.artifacts.limit`` in all. Parent
+    folders of the returned path are created.
+
+    Parameters
+    ----------
+    *parts : str
+        Path components below the folder; none: the folder itself.
+
+    Returns
+    -------
+    str
+        A local file system path.
+
+    Examples
+    --------
+    >>> torch.save(model.state_dict(), dask_batch.artifacts_dir("model.pt"))  # doctest: +SKIP
+    >>> fig.savefig(dask_batch.artifacts_dir("plots", "loss.png"))            # doctest: +SKIP
+    """
+    job = current_job()
+    if job is None or not job.artifacts_dir:
+        raise DaskBatchError(
+            "artifacts_dir() works only inside a batch job's main; use "
+            "Job.artifacts() from outside."
+        )
+    if not parts:
+        return job.artifacts_dir
+    relative = check_relative_path("/".join(parts), what="artifact path", job_id=job.id)
+    path = os.path.join(job.artifacts_dir, *relative.split("/"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path
+
+
+def artifacts_path(*parts: str) -> str:
+    """fsspec URL under the job's artifacts prefix (a URL, not a local path).
+
+    For writing with ``fsspec.open``; libraries that want a local path
+    (``torch.save``, ``to_netcdf``, ``savefig``, plain ``open``) write to
+    :func:`artifacts_dir` instead. Files written here are listed by
+    ``job.artifacts()`` and downloadable with ``job.download_artifacts()`` or
+    ``dask batch artifacts --download``.
 
     Parameters
     ----------

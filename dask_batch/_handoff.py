@@ -38,6 +38,8 @@ class MainLaunch:
     runner_pid: int
     outcome_path: str
     workdir: str
+    artifacts_dir: str = ""
+    mlflow_run_id: str = ""
     has_files: bool = False
     memory_limit: int | None = None
     env_key: str = field(default="", repr=False)

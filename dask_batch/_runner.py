@@ -29,8 +29,10 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 
 from . import _secrets, _signing
 from . import config as _config  # noqa: F401  (loads batch.* defaults)
+from ._artifacts import ArtifactSync
 from ._exceptions import ResultIntegrityError
 from ._handoff import MainLaunch, Outcome
+from ._mlflow_finish import RUN_STATUS, FinishRun
 from ._records import ErrorInfo, JobState, to_iso, utcnow
 from ._store import HEARTBEAT, SECRETS, SPEC, JobStore
 
@@ -38,6 +40,8 @@ logger = logging.getLogger("distributed.scheduler.dask_batch")
 
 # How main's process reports back to the runner (the log is not parsed).
 OUTCOME_FILE = "outcome.json"
+# The local folder of dask_batch.artifacts_dir(), in the runner's own directory.
+ARTIFACTS_DIR = "artifacts"
 
 
 def _describe_exit(returncode: int) -> str:
@@ -100,11 +104,16 @@ class JobRunnerPlugin(SchedulerPlugin):
             dask.config.get("batch.runner.log-chunk-size")
         )
         self._workdir: str | None = None
+        self._spec: dict[str, Any] = {}
+        self._job_env: dict[str, str] = {}  # main's env values, decrypted
+        self._artifact_sync: ArtifactSync | None = None
 
     # pickled to reach the scheduler in client-side mode: drop runtime state
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_task=None, _proc=None, _workdir=None, _log_lock=None)
+        state.update(
+            _task=None, _proc=None, _workdir=None, _log_lock=None, _artifact_sync=None
+        )
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -134,8 +143,10 @@ class JobRunnerPlugin(SchedulerPlugin):
         logger.info("dask-batch: cluster closing while job %s runs", self.job_id)
         await self._terminate_main()
         grace = parse_timedelta(dask.config.get("batch.runner.terminate-grace"))
+        # Tracked runs get the time to tell MLflow the job was killed.
+        wait = grace + (30 if self._spec.get("mlflow") else 5)
         try:
-            await asyncio.wait_for(asyncio.shield(task), timeout=grace + 5)
+            await asyncio.wait_for(asyncio.shield(task), timeout=wait)
         except (asyncio.TimeoutError, Exception):
             logger.exception("dask-batch: job %s did not finish cleanly", self.job_id)
             task.cancel()
@@ -149,6 +160,15 @@ class JobRunnerPlugin(SchedulerPlugin):
 
     async def _run(self) -> None:
         self._workdir = tempfile.mkdtemp(prefix=f"dask-batch-{self.job_id}-")
+        artifacts = os.path.join(self._workdir, ARTIFACTS_DIR)
+        os.mkdir(artifacts, 0o700)
+        self._artifact_sync = ArtifactSync(
+            self._store,
+            self.user,
+            self.job_id,
+            artifacts,
+            parse_bytes(dask.config.get("batch.artifacts.limit")),
+        )
         try:
             await self._run_job(os.path.join(self._workdir, "main.log"))
         finally:
@@ -157,7 +177,7 @@ class JobRunnerPlugin(SchedulerPlugin):
     async def _run_job(self, log_path: str) -> None:
         try:
             self._pause_idle_culler()
-            spec = await self._io(self._signed_spec)
+            spec = self._spec = await self._io(self._signed_spec)
             doc = await self._io(
                 self._store.transition,
                 self.user,
@@ -169,6 +189,7 @@ class JobRunnerPlugin(SchedulerPlugin):
             if doc["state"] != JobState.RUNNING.value:
                 # Cancelled before its cluster came up: do not run main.
                 logger.info("dask-batch: job %s is %s", self.job_id, doc["state"])
+                await self._end_tracked_run(doc["state"], "")
                 await self._shutdown_cluster()
                 return
             await self._scale(spec)
@@ -223,7 +244,8 @@ class JobRunnerPlugin(SchedulerPlugin):
         """
         spec = self._store.get_json(self.user, self.job_id, SPEC)
         token = self._store.get(self.user, self.job_id, SECRETS)
-        job_key = _secrets.unseal(self.env_key, token).job_key
+        secrets = _secrets.unseal(self.env_key, token)
+        job_key, self._job_env = secrets.job_key, secrets.env
         if not isinstance(spec, dict) or not _signing.spec_is_signed(job_key, spec):
             raise ResultIntegrityError(
                 f"the spec of job {self.job_id!r} is not signed with its key: it "
@@ -294,16 +316,23 @@ class JobRunnerPlugin(SchedulerPlugin):
             runner_pid=os.getpid(),
             outcome_path=os.path.join(workdir, OUTCOME_FILE),
             workdir=os.path.join(workdir, "work"),
+            artifacts_dir=os.path.join(workdir, ARTIFACTS_DIR),
+            mlflow_run_id=str((spec.get("mlflow") or {}).get("run_id") or ""),
             has_files=bool(spec.get("files_bytes")),
             memory_limit=spec.get("memory_limit"),
             env_key=self.env_key,
         )
 
-    async def _start_main(self, launch: MainLaunch, log_path: str) -> None:
+    @staticmethod
+    def _child_env() -> dict[str, str]:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         # main gets the decrypted values, not the key nor the gateway's token.
         for name in ("DASK_BATCH_SECRET_KEY", "DASK_GATEWAY_API_TOKEN"):
             env.pop(name, None)
+        return env
+
+    async def _start_main(self, launch: MainLaunch, log_path: str) -> None:
+        env = self._child_env()
         with open(log_path, "ab") as log:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -332,6 +361,7 @@ class JobRunnerPlugin(SchedulerPlugin):
         helpers = [
             asyncio.create_task(self._upload_logs_periodically(log_path)),
             asyncio.create_task(self._heartbeat_periodically()),
+            asyncio.create_task(self._sync_artifacts_periodically(log_path)),
         ]
         timeout = spec.get("timeout")
         try:
@@ -370,6 +400,25 @@ class JobRunnerPlugin(SchedulerPlugin):
             except Exception:
                 logger.warning("dask-batch: heartbeat not stored", exc_info=True)
             await asyncio.sleep(interval)
+
+    async def _sync_artifacts_periodically(self, log_path: str) -> None:
+        interval = parse_timedelta(dask.config.get("batch.artifacts.sync-interval"))
+        while True:
+            await asyncio.sleep(interval)
+            await self._sync_artifacts(log_path)
+
+    async def _sync_artifacts(self, log_path: str) -> None:
+        """Copy artifacts_dir() to storage; what was refused goes to the log."""
+        if self._artifact_sync is None:
+            return
+        try:
+            notes = await self._io(self._artifact_sync.sync)
+        except Exception as exc:
+            logger.warning("dask-batch: artifacts not synced", exc_info=True)
+            notes = [f"dask-batch: job {self.job_id}: artifacts not stored: {exc}"]
+        if notes:
+            with open(log_path, "ab") as log:
+                log.write("".join(f"{note}\n" for note in notes).encode())
 
     async def _upload_logs_periodically(self, log_path: str) -> None:
         interval = parse_timedelta(dask.config.get("batch.runner.log-upload-interval"))
@@ -410,7 +459,8 @@ class JobRunnerPlugin(SchedulerPlugin):
             await proc.wait()
 
     async def _finish(self, outcome: Outcome, log_path: str) -> None:
-        """Logs, then the final state, then stop the cluster: in that order."""
+        """Artifacts and logs, then the final state, then stop the cluster."""
+        await self._sync_artifacts(log_path)
         if os.path.exists(log_path):
             try:
                 await self._io(self._upload_log, log_path)
@@ -445,6 +495,14 @@ class JobRunnerPlugin(SchedulerPlugin):
                 )
                 error = ErrorInfo("ClusterStopped", message)
             fields = {"error": error.to_dict(), "message": message}
+        if self._spec.get("mlflow"):
+            # The MLflow run ends before the job's record does: whoever sees
+            # the job ended finds its run ended too.
+            expected = state.value
+            if self._stopped_from_outside:
+                current = await self._io(self._store.read_state, self.user, self.job_id)
+                expected = str(current.get("state") or expected)
+            await self._end_tracked_run(expected, log_path)
         try:
             await self._io(
                 self._store.transition, self.user, self.job_id, state, **fields
@@ -454,6 +512,59 @@ class JobRunnerPlugin(SchedulerPlugin):
 
         if not self._stopped_from_outside:
             await self._shutdown_cluster()
+
+    async def _end_tracked_run(self, state: str, log_path: str) -> None:
+        """Give the job's MLflow run its final status, log and artifacts."""
+        run_id = str((self._spec.get("mlflow") or {}).get("run_id") or "")
+        if not run_id:
+            return
+        finish = FinishRun(
+            run_id=run_id,
+            job_id=self.job_id,
+            user=self.user,
+            status=RUN_STATUS.get(state, "FAILED"),
+            log_path=log_path,
+            storage_url=self.storage_url,
+            storage_options=self.storage_options,
+        )
+        timeout = parse_timedelta(dask.config.get("batch.mlflow.finish-timeout"))
+        # The same environment as main's: the job's env values carry the
+        # tracking server's address and credentials.
+        env = dict(self._child_env(), **self._job_env)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "dask_batch._mlflow_finish",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+        )
+        try:
+            output, _ = await asyncio.wait_for(
+                proc.communicate(finish.to_json()), timeout=timeout
+            )
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            output = f"no answer from MLflow in {timeout:g} s".encode()
+        said = output.decode(errors="replace")[-2000:].strip()
+        if proc.returncode == 0:
+            logger.info("dask-batch: job %s: %s", self.job_id, said)
+            return
+        logger.warning("dask-batch: MLflow run %s not ended: %s", run_id, said)
+        if log_path and os.path.exists(log_path):
+            with open(log_path, "ab") as log:
+                log.write(
+                    f"dask-batch: the MLflow run {run_id} of job {self.job_id} "
+                    f"could not be given its final status {finish.status}: "
+                    f"{said}\n".encode()
+                )
+            try:
+                await self._io(self._upload_log, log_path)
+            except Exception:
+                logger.exception("dask-batch: log upload of %s failed", self.job_id)
 
     async def _shutdown_cluster(self) -> None:
         self._finishing = True  # the close() that follows is ours

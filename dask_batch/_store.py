@@ -41,7 +41,9 @@ import errno
 import hashlib
 import json
 import logging
+import os
 import posixpath
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
@@ -437,6 +439,23 @@ class JobStore(ListingIndex, JobLogs):
                 continue
             out[name] = int(info.get("size") or 0)
         return dict(sorted(out.items()))
+
+    def put_artifact(self, user: str, job_id: str, name: str, local: str) -> None:
+        """Copy the local file ``local`` to the artifact ``name``.
+
+        The file is opened without following links: one swapped for a link
+        after it was listed is refused.
+        """
+        name = check_relative_path(name, what="artifact", job_id=job_id)
+        remote = self.job_path(user, job_id, f"{ARTIFACTS}/{name}")
+
+        def copy() -> None:
+            fd = os.open(local, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as source, self.fs.open(remote, "wb") as out:
+                shutil.copyfileobj(source, out, 4 * 2**20)
+
+        with self._errors(f"store the artifact {name!r}", job_id):
+            self._retrying(copy)
 
     def get_artifact(self, user: str, job_id: str, name: str, local: str) -> None:
         """Copy the artifact ``name`` to the local path ``local``."""

@@ -336,7 +336,11 @@ def _start_gateway(
 def _gateway_environment(s3: S3Server) -> dict[str, str]:
     # Server-side mode: the scheduler's own credentials (dask config via env),
     # as workload identity would provide on a cloud deployment.
-    return {"DASK_BATCH__STORAGE_OPTIONS": repr(s3.storage_options)}
+    # A short artifacts sync interval: a test sees a running job's files.
+    return {
+        "DASK_BATCH__STORAGE_OPTIONS": repr(s3.storage_options),
+        "DASK_BATCH__ARTIFACTS__SYNC_INTERVAL": "1s",
+    }
 
 
 @pytest.fixture(scope="session")

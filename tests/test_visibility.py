@@ -130,6 +130,64 @@ def test_artifacts_round_trip_on_s3(batch_gateway, batch_s3_storage, tmp_path):
     gateway.close()
 
 
+def writes_local_artifacts():
+    import os
+
+    import dask_batch
+
+    with open(dask_batch.artifacts_dir("model.txt"), "w") as f:
+        f.write("weights")
+    with open(dask_batch.artifacts_dir("plots", "loss.csv"), "w") as f:
+        f.write("1,0.5\n")
+    os.symlink("/etc/hostname", dask_batch.artifacts_dir("hostname"))
+    return dask_batch.artifacts_dir()
+
+
+def test_artifacts_dir_files_are_stored_when_main_ends_and_links_are_not(
+    batch_client,
+):
+    job = batch_client.submit(writes_local_artifacts, workers=0)
+    folder = job.result(timeout=60)
+    assert folder.startswith("/") and "://" not in folder
+    assert job.artifacts() == {"model.txt": 7, "plots/loss.csv": 6}
+    assert "'hostname' is a link: not stored" in job.logs()
+
+
+def checkpoints_then_hangs():
+    import time
+
+    import fsspec
+
+    import dask_batch
+
+    with open(dask_batch.artifacts_dir("checkpoint.txt"), "w") as f:
+        f.write("epoch 1")
+    # The runner copies the folder while main runs: wait to see it in storage.
+    stored = dask_batch.artifacts_path("checkpoint.txt")
+    fs, path = fsspec.core.url_to_fs(stored)
+    deadline = time.monotonic() + 60
+    while not fs.exists(path):
+        assert time.monotonic() < deadline, "checkpoint not synced while running"
+        time.sleep(0.2)
+    print("checkpoint synced", flush=True)
+    with open(dask_batch.artifacts_dir("checkpoint.txt"), "w") as f:
+        f.write("epoch 2, written just before the timeout")
+    time.sleep(3600)
+
+
+def test_artifacts_dir_is_synced_while_running_and_after_a_timeout(batch_client):
+    job = batch_client.submit(checkpoints_then_hangs, workers=0, timeout=8)
+    with pytest.raises(dask_batch.JobFailedError, match="timed out"):
+        job.result(timeout=90)
+    assert "checkpoint synced" in job.logs()
+    assert job.artifacts() == {"checkpoint.txt": 40}
+
+
+def test_artifacts_dir_outside_a_job_explains():
+    with pytest.raises(dask_batch.DaskBatchError, match="inside a batch job"):
+        dask_batch.artifacts_dir("x")
+
+
 def digest(value):
     import hashlib
 
