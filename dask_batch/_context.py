@@ -88,7 +88,7 @@ class _Reporter:
         self.last_write = time.monotonic()
 
     def _log_metric(self, progress: float) -> None:
-        """Progress as the run's ``progress`` metric; MLflow trouble never stops main."""
+        """Log progress as the run's metric; MLflow trouble never stops main."""
         if self.mlflow_failed:
             return
         try:
@@ -194,8 +194,9 @@ def artifacts_dir(*parts: str) -> str:
 
     Examples
     --------
-    >>> torch.save(model.state_dict(), dask_batch.artifacts_dir("model.pt"))  # doctest: +SKIP
-    >>> fig.savefig(dask_batch.artifacts_dir("plots", "loss.png"))            # doctest: +SKIP
+    >>> path = dask_batch.artifacts_dir("model.pt")         # doctest: +SKIP
+    >>> torch.save(model.state_dict(), path)               # doctest: +SKIP
+    >>> fig.savefig(dask_batch.artifacts_dir("plots", "loss.png"))  # doctest: +SKIP
     """
     job = current_job()
     if job is None or not job.artifacts_dir:
