@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tarfile
 import threading
@@ -41,6 +42,10 @@ def _exit_with_parent(parent: int) -> None:
     # runner passes its pid: it may have died before this process got here.
     while os.getppid() == parent:
         time.sleep(0.5)
+    # The runner started this process as the leader of its own group: take
+    # what main started (a kernel, a command) down too.
+    if os.getpgid(0) == os.getpid():
+        os.killpg(0, signal.SIGKILL)
     os._exit(70)
 
 

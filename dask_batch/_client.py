@@ -10,6 +10,7 @@ each public method runs its coroutine through the gateway's own ``sync``.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -17,8 +18,9 @@ from typing import Any
 
 from dask_gateway import Gateway
 
-from . import _connection, _submission
+from . import _connection, _submission, _tracking
 from . import config as _config  # noqa: F401  (loads batch.* defaults)
+from ._exceptions import DaskBatchError
 from ._job import Job
 from ._launcher import ClusterLauncher
 from ._listing import JobLister
@@ -197,8 +199,8 @@ class BatchClient:
             Passed to ``func``, except the keywords that name a
             :class:`~dask_batch.SubmitOptions` field (``name``, ``workers``,
             ``adapt``, ``cluster_options``, ``env``, ``files``, ``timeout``,
-            ``idempotency_key``, ``retries``, ``retry_on``, ``memory_limit``),
-            which say how the job runs.
+            ``idempotency_key``, ``retries``, ``retry_on``, ``memory_limit``,
+            ``mlflow``), which say how the job runs.
         submit_options : SubmitOptions, optional
             The same options as one object; keywords override it.
 
@@ -297,13 +299,19 @@ class BatchClient:
         return self._submit(job_id, what, merged)
 
     def _submit(
-        self, job_id: str, target: _submission.Target, options: SubmitOptions
+        self,
+        job_id: str,
+        target: _submission.Target,
+        options: SubmitOptions,
+        tracking: _tracking.Tracking | None = None,
     ) -> Any:
+        if tracking is None:
+            tracking = _tracking.requested(job_id, options.mlflow, target.params)
         if self.user is not None:
             # Bad input fails here, before any record or cluster exists.
             submission = self._build(job_id, self.user, target, options)
-            return self.sync(self._start_job, submission)
-        return self._identify_and_start(job_id, target, options)
+            return self.sync(self._start_job, submission, tracking)
+        return self._identify_and_start(job_id, target, options, tracking)
 
     def _build(
         self, job_id: str, user: str, target: _submission.Target, options: SubmitOptions
@@ -312,13 +320,35 @@ class BatchClient:
         return _submission.build(job_id, user, artifacts, target, options)
 
     async def _identify_and_start(
-        self, job_id: str, target: _submission.Target, options: SubmitOptions
+        self,
+        job_id: str,
+        target: _submission.Target,
+        options: SubmitOptions,
+        tracking: _tracking.Tracking | None,
     ) -> Job:
         submission = self._build(job_id, await self.identify(), target, options)
-        return await self._start_job(submission)
+        return await self._start_job(submission, tracking)
 
-    async def _start_job(self, submission: _submission.Submission) -> Job:
-        return Job(self, await self._launcher.start_job(submission))
+    async def _start_job(
+        self,
+        submission: _submission.Submission,
+        tracking: _tracking.Tracking | None = None,
+    ) -> Job:
+        if tracking is None:
+            return Job(self, await self._launcher.start_job(submission))
+        assert self.user is not None
+        submission = await asyncio.to_thread(
+            _tracking.begin, submission, self.user, tracking, self.gateway.address
+        )
+        try:
+            job_id = await self._launcher.start_job(submission)
+        except DaskBatchError as exc:
+            # The run exists already: it says why the job never ran.
+            await asyncio.to_thread(_tracking.end_unsubmitted, submission, str(exc))
+            raise
+        if job_id != submission.job_id:  # an earlier submit with this key
+            await asyncio.to_thread(_tracking.discard, submission)
+        return Job(self, job_id)
 
     def status(self, job_id: str) -> Any:
         """The job's record, checked against the gateway.

@@ -50,6 +50,7 @@ class FinishRun:
     log_path: str
     storage_url: str
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
+    message: str = ""  # why a job that did not succeed ended
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self)).encode()
@@ -83,6 +84,8 @@ def main() -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()  # MLFLOW_TRACKING_URI and credentials: environment
+    if finish.message:
+        client.set_tag(finish.run_id, "dask_batch.error", finish.message[:5000])
     if finish.status == "KILLED":
         client.set_terminated(finish.run_id, finish.status)
     try:

@@ -70,6 +70,16 @@ class SubmitOptions:
         Address-space limit of main's process (``"4 GiB"``, at least 256 MiB):
         past it, allocations fail (``MemoryError``) and the job FAILS, instead
         of the scheduler's host running out of memory.
+    mlflow : bool or str, optional
+        Make the job an MLflow run (``pip install 'dask-batch[mlflow]'``):
+        True, or the name of its experiment (default
+        ``batch.mlflow.experiment``, one per user). The run is created at
+        submit with main's keyword arguments as params; main's process gets
+        ``MLFLOW_RUN_ID`` and the tracking server (``MLFLOW_TRACKING_URI``,
+        credentials as encrypted env values), ``dask_batch.report`` progress
+        is logged as the ``progress`` metric, and when the job ends its log
+        and artifacts are attached and the run is FINISHED, FAILED or
+        KILLED. Default ``batch.mlflow.enabled``.
 
     Examples
     --------
@@ -89,6 +99,7 @@ class SubmitOptions:
     retries: int = 0
     retry_on: Sequence[type[BaseException] | str] = ()
     memory_limit: int | str | None = None
+    mlflow: bool | str | None = None
 
     @classmethod
     def names(cls) -> frozenset[str]:

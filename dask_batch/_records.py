@@ -166,7 +166,8 @@ class JobRecord:
     progress_message : str
         The message of that report.
     kind : str
-        ``"function"``, ``"script"``, ``"module"`` or ``"notebook"``.
+        ``"function"``, ``"script"``, ``"module"``, ``"notebook"`` or
+        ``"command"`` (an MLflow project's entry point).
     target : str
         What runs: ``module.function``, the script or the notebook's name.
     env_names : list of str
@@ -194,6 +195,10 @@ class JobRecord:
         The qualified type name of the value main returned (``""`` if none).
     result_bytes : int or None
         The size of the stored result.
+    mlflow_run_id : str
+        The job's MLflow run ("" if the job is not tracked).
+    mlflow_url : str
+        The run's page in the MLflow UI (an http(s) tracking server), or "".
     """
 
     id: str
@@ -228,6 +233,8 @@ class JobRecord:
     result_hmac: str = ""
     result_type: str = ""
     result_bytes: int | None = None
+    mlflow_run_id: str = ""
+    mlflow_url: str = ""
 
     @property
     def duration(self) -> datetime.timedelta | None:
@@ -317,6 +324,8 @@ class JobRecord:
             result_hmac=_text(d.get("result_hmac")),
             result_type=_text(d.get("result_type")),
             result_bytes=_count(d.get("result_bytes")),
+            mlflow_run_id=_text(d.get("mlflow_run_id")),
+            mlflow_url=_web_link(d.get("mlflow_url")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -353,6 +362,8 @@ class JobRecord:
             "result_hmac": self.result_hmac,
             "result_type": self.result_type,
             "result_bytes": self.result_bytes,
+            "mlflow_run_id": self.mlflow_run_id,
+            "mlflow_url": self.mlflow_url,
         }
 
 
@@ -373,7 +384,16 @@ def _spec_fields(spec: dict[str, Any]) -> dict[str, Any]:
     )  # fmt: skip
     fields = {k: spec.get(k) for k in keys}
     fields["target"] = spec.get("function")
+    tracked = _document(spec.get("mlflow"))
+    fields["mlflow_run_id"] = tracked.get("run_id")
+    fields["mlflow_url"] = tracked.get("run_url")
     return fields
+
+
+def _web_link(value: Any) -> str:
+    # Shown as a link on the jobs page: http(s) only, never javascript: or data:.
+    text = _text(value)
+    return text if text.startswith(("http://", "https://")) else ""
 
 
 def _state_fields(state: dict[str, Any]) -> dict[str, Any]:

@@ -189,7 +189,8 @@ class JobRunnerPlugin(SchedulerPlugin):
             if doc["state"] != JobState.RUNNING.value:
                 # Cancelled before its cluster came up: do not run main.
                 logger.info("dask-batch: job %s is %s", self.job_id, doc["state"])
-                await self._end_tracked_run(doc["state"], "")
+                why = str(doc.get("message", ""))
+                await self._end_tracked_run(doc["state"], "", why)
                 await self._shutdown_cluster()
                 return
             await self._scale(spec)
@@ -342,6 +343,9 @@ class JobRunnerPlugin(SchedulerPlugin):
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
                 env=env,
+                # A group of its own: stopping main stops what it started (a
+                # notebook's kernel, a project's command) with it.
+                start_new_session=True,
             )
         assert self._proc.stdin is not None
         # Credentials go through a pipe, never the command line or environment.
@@ -379,6 +383,9 @@ class JobRunnerPlugin(SchedulerPlugin):
                 helper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await helper
+            # Whatever main started and left running goes with it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
         try:
             return Outcome.read(launch.outcome_path)
         except (OSError, ValueError, KeyError, TypeError):
@@ -449,13 +456,13 @@ class JobRunnerPlugin(SchedulerPlugin):
         if proc is None or proc.returncode is not None:
             return
         grace = parse_timedelta(dask.config.get("batch.runner.terminate-grace"))
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), timeout=grace)
         except asyncio.TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
 
     async def _finish(self, outcome: Outcome, log_path: str) -> None:
@@ -498,11 +505,12 @@ class JobRunnerPlugin(SchedulerPlugin):
         if self._spec.get("mlflow"):
             # The MLflow run ends before the job's record does: whoever sees
             # the job ended finds its run ended too.
-            expected = state.value
+            expected, why = state.value, str(fields.get("message") or "")
             if self._stopped_from_outside:
                 current = await self._io(self._store.read_state, self.user, self.job_id)
                 expected = str(current.get("state") or expected)
-            await self._end_tracked_run(expected, log_path)
+                why = str(current.get("message") or why)
+            await self._end_tracked_run(expected, log_path, why)
         try:
             await self._io(
                 self._store.transition, self.user, self.job_id, state, **fields
@@ -513,7 +521,7 @@ class JobRunnerPlugin(SchedulerPlugin):
         if not self._stopped_from_outside:
             await self._shutdown_cluster()
 
-    async def _end_tracked_run(self, state: str, log_path: str) -> None:
+    async def _end_tracked_run(self, state: str, log_path: str, message: str) -> None:
         """Give the job's MLflow run its final status, log and artifacts."""
         run_id = str((self._spec.get("mlflow") or {}).get("run_id") or "")
         if not run_id:
@@ -526,6 +534,7 @@ class JobRunnerPlugin(SchedulerPlugin):
             log_path=log_path,
             storage_url=self.storage_url,
             storage_options=self.storage_options,
+            message="" if state == JobState.SUCCEEDED.value else message,
         )
         timeout = parse_timedelta(dask.config.get("batch.mlflow.finish-timeout"))
         # The same environment as main's: the job's env values carry the

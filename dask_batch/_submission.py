@@ -8,6 +8,7 @@ storage (it reads the user's local files), so it is tested without either.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import tarfile
@@ -248,6 +249,7 @@ class Target:
     func: Callable[..., Any]
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def function_target(
@@ -261,7 +263,7 @@ def function_target(
         f"{getattr(func, '__qualname__', repr(func))}"
     )
     name = str(getattr(func, "__name__", "job"))
-    return Target("function", target, name, func, args, kwargs)
+    return Target("function", target, name, func, args, kwargs, dict(kwargs))
 
 
 def script_target(job_id: str, target: str, args: list[Any]) -> Target:
@@ -283,6 +285,17 @@ def script_target(job_id: str, target: str, args: list[Any]) -> Target:
     return Target("module", target, function, _targets.run_function, function_args, {})
 
 
+def command_target(
+    job_id: str, command: str, name: str, params: dict[str, Any]
+) -> Target:
+    """A shell command (an MLflow project's entry point) as main."""
+    if not isinstance(command, str) or not command.strip():
+        raise SubmitError.not_submitted(job_id, f"no command to run: {command!r}.")
+    return Target(
+        "command", command, name, _targets.run_command, (command,), {}, dict(params)
+    )
+
+
 def notebook_target(job_id: str, path: str, parameters: dict[str, Any]) -> Target:
     """A notebook executed by papermill as main."""
     for name in parameters:
@@ -292,7 +305,15 @@ def notebook_target(job_id: str, path: str, parameters: dict[str, Any]) -> Targe
             raise SubmitError.not_submitted(job_id, str(exc)) from None
     filename, source = read_source(job_id, path, "notebook")
     run_args = (filename, source, dict(parameters))
-    return Target("notebook", filename, filename, _targets.run_notebook, run_args, {})
+    return Target(
+        "notebook",
+        filename,
+        filename,
+        _targets.run_notebook,
+        run_args,
+        {},
+        dict(parameters),
+    )
 
 
 def build(

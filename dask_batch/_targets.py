@@ -1,4 +1,4 @@
-"""Mains for scripts, ``module:function`` targets and notebooks.
+"""Mains for scripts, ``module:function`` targets, notebooks and commands.
 
 These run in main's process on the cluster (pickled by reference: dask_batch
 is installed there), inside the job's working directory.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import runpy
+import subprocess
 import sys
 from typing import Any
 
@@ -25,6 +26,47 @@ class ScriptExit(DaskBatchError):
 
 class NotebookCellError(DaskBatchError):
     """A cell of a notebook job raised."""
+
+
+class CommandExit(DaskBatchError):
+    """A command job (an MLflow project's entry point) exited with non-zero status."""
+
+    def __init__(self, command: str, code: int) -> None:
+        self.code = code
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
+        super().__init__(f"the command {command!r} {how}")
+
+
+def _cluster_env() -> dict[str, str]:
+    """Env (dask config) with which ``distributed.Client()`` joins the job's cluster."""
+    from distributed import default_client
+
+    client = default_client()
+    security = client.security
+    env = {"DASK_SCHEDULER_ADDRESS": str(client.scheduler.address)}
+    if security.tls_ca_file:
+        env.update(
+            DASK_DISTRIBUTED__COMM__TLS__CA_FILE=str(security.tls_ca_file),
+            DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT=str(security.tls_client_cert),
+            DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY=str(security.tls_client_key),
+            DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION="True",
+        )
+    return env
+
+
+def run_command(command: str) -> None:
+    """Run a shell command in the working directory; its output is the job's log.
+
+    ``distributed.Client()`` in the command connects to the job's cluster. It
+    runs in main's process group: stopping the job stops it and whatever it
+    started.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    env = dict(os.environ, **_cluster_env())
+    code = subprocess.run(command, shell=True, check=False, env=env).returncode
+    if code != 0:
+        raise CommandExit(command, code)
 
 
 def run_script(filename: str, source: bytes, argv: list[str]) -> None:

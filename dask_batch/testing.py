@@ -145,6 +145,15 @@ def stop_process(proc: Any, timeout: float = 30) -> None:
         proc.wait()
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for servers that cannot take port 0."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def gateway_clusters(gateway: Any) -> set[str]:
     """Names of every cluster a ``dask_gateway.Gateway`` knows, stopped ones too."""
     every = ["pending", "running", "stopping", "stopped", "failed"]

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import textwrap
@@ -24,18 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dask_batch import local
-from dask_batch.testing import _start_gateway, stop_process, wait_for
+from dask_batch.testing import _start_gateway, free_port, stop_process, wait_for
 
 PASSWORD = "correct horse battery staple"
 GATEWAY_SERVICE = "dask-gateway"
 BATCH_SERVICE = "dask-batch"
 ADMIN_SCOPE = "custom:dask-batch:all-jobs"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http(url: str, *, token: str | None = None, method: str = "GET", body=None):

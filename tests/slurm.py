@@ -30,17 +30,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from dask_batch import local
-from dask_batch.testing import _start_gateway, stop_process, wait_for
+from dask_batch.testing import _start_gateway, free_port, stop_process, wait_for
 
 JOB_USER = "dask-batch-job"
 PARTITION = "batch"
 DAEMONS = ("munged", "slurmctld", "slurmd")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def missing() -> list[str]:
