@@ -23,7 +23,7 @@ import dask.config
 from dask.utils import parse_timedelta
 from dask_gateway.client import ClusterReport
 
-from . import _signing
+from . import _signing, _tracking
 from ._backends import LocalBackend
 from ._display import JobList, ProgressDisplay
 from ._launcher import ALIVE, ClusterLauncher
@@ -153,7 +153,12 @@ class Reconciler:
         await asyncio.to_thread(
             self.store.transition, self.user, record.id, JobState.LOST, message=why
         )
-        return await asyncio.to_thread(self.store.read_record, self.user, record.id)
+        lost = await asyncio.to_thread(self.store.read_record, self.user, record.id)
+        if lost.state is JobState.LOST and lost.mlflow_run_id:
+            await asyncio.to_thread(
+                _tracking.end_run, self.store, self.user, record.id, "FAILED", why
+            )
+        return lost
 
     def _why_lost(self, record: JobRecord, reports: Reports) -> str | None:
         """Why the live ``record`` can no longer end on its own; None if it can."""
@@ -328,15 +333,22 @@ class Reconciler:
     async def cancel(self, job_id: str) -> JobRecord:
         """Record CANCELLED (unless the job ended), then stop its cluster."""
         record = await asyncio.to_thread(self.store.read_record, self.user, job_id)
+        never_ran = record.state is JobState.PENDING
+        message = f"cancelled by {self.user}"
         if not record.state.is_terminal:
             await asyncio.to_thread(
                 self.store.transition,
                 self.user,
                 job_id,
                 JobState.CANCELLED,
-                message=f"cancelled by {self.user}",
+                message=message,
             )
         record = await asyncio.to_thread(self.store.read_record, self.user, job_id)
         if record.cluster_name:
             await self.launcher.stop(job_id, record.cluster_name)
+        if never_ran and record.state is JobState.CANCELLED and record.mlflow_run_id:
+            # No runner ends this run: its cluster may never have started.
+            await asyncio.to_thread(
+                _tracking.end_run, self.store, self.user, job_id, "KILLED", message
+            )
         return record

@@ -22,6 +22,7 @@ from typing import Any
 import dask.config
 
 from ._exceptions import SubmitError
+from ._store import SPEC, JobStore
 from ._submission import Submission
 
 logger = logging.getLogger("dask_batch")
@@ -254,6 +255,36 @@ def end_unsubmitted(submission: Submission, message: str) -> None:
             "marked FAILED: %s",
             run_id,
             submission.job_id,
+            exc,
+        )
+
+
+def end_run(store: JobStore, user: str, job_id: str, status: str, message: str) -> None:
+    """End the run of a job that ended where no runner could (LOST, cancelled
+    before its cluster ran), with this process's MLflow credentials."""
+    try:
+        spec = store.get_json(user, job_id, SPEC)
+        tracked = spec.get("mlflow") if isinstance(spec, dict) else None
+        if not isinstance(tracked, dict) or not tracked.get("run_id"):
+            return
+        run_id = str(tracked["run_id"])
+        # The record keeps the address without credentials; this process's
+        # own setting has them when it names the same server.
+        uri = str(tracked.get("tracking_uri") or "")
+        mine = os.environ.get("MLFLOW_TRACKING_URI", "")
+        if mine and redacted(mine) == uri:
+            uri = mine
+        client = _client(uri)
+        if client.get_run(run_id).info.status in ("FINISHED", "FAILED", "KILLED"):
+            return
+        client.set_tag(run_id, "dask_batch.error", message[:5000])
+        client.set_terminated(run_id, status)
+    except Exception as exc:
+        logger.warning(
+            "The MLflow run of job %s could not be marked %s (set "
+            "MLFLOW_TRACKING_URI and its credentials here): %s",
+            job_id,
+            status,
             exc,
         )
 

@@ -170,6 +170,17 @@ def main(ctx: click.Context, storage: str | None) -> None:
     help="Exception name of main to retry (e.g. ConnectionError). Repeatable.",
 )
 @click.option("--memory-limit", help="Address-space limit of main, e.g. 4GiB.")
+@click.option(
+    "--mlflow/--no-mlflow",
+    "mlflow",
+    default=None,
+    help="Make the job an MLflow run (default: batch.mlflow.enabled).",
+)
+@click.option(
+    "--mlflow-experiment",
+    metavar="NAME",
+    help="The MLflow experiment of the job's run (implies --mlflow).",
+)
 @click.option("--wait", is_flag=True, help="Wait for the job; exit with its status.")
 @click.option("--follow", is_flag=True, help="Stream the log until the job ends.")
 @click.pass_obj
@@ -189,6 +200,8 @@ def submit(
     retries: int,
     retry_on: tuple[str, ...],
     memory_limit: str | None,
+    mlflow: bool | None,
+    mlflow_experiment: str | None,
     wait: bool,
     follow: bool,
 ) -> None:
@@ -210,6 +223,7 @@ def submit(
         retries=retries,
         retry_on=list(retry_on),
         memory_limit=memory_limit,
+        mlflow=mlflow_experiment or mlflow,
     )
     batch = obj.client
     if target.endswith(".ipynb"):
@@ -287,6 +301,7 @@ def status(obj: _Context, job_id: str, as_json: bool) -> None:
         ("cluster", record.cluster_name or ""),
         ("dashboard", record.dashboard_link or ""),
         ("env", ", ".join(record.env_names)),
+        ("mlflow", " ".join(filter(None, [record.mlflow_run_id, record.mlflow_url]))),
         ("message", error_summary(record) or record.message),
     ]
     for key, value in lines:

@@ -16,7 +16,7 @@ from tracking import running_mlflow
 
 import dask_batch
 from dask_batch import BatchClient, JobState, SubmitError
-from dask_batch.testing import wait_for
+from dask_batch.testing import job_cluster_client, wait_for
 
 pytestmark = pytest.mark.xdist_group("mlflow")
 
@@ -136,6 +136,36 @@ def test_a_killed_main_process_fails_the_run_too(batch_client, tracked, tmp_path
     assert "about to die" in log
 
 
+def test_cancelling_a_pending_tracked_job_kills_its_run(batch_client, tracked):
+    job = batch_client.submit(trains, 1, mlflow=True, workers=0)
+    assert job.status().state is JobState.PENDING  # server side: no cluster yet
+    job.cancel()
+    run_id = job.status().mlflow_run_id
+    wait_for(
+        lambda: run_of(tracked, run_id).info.status == "KILLED",
+        60,
+        "the run of the cancelled job to be KILLED",
+    )
+
+
+def sleeps(seconds):
+    import time
+
+    time.sleep(seconds)
+
+
+def test_a_lost_job_fails_its_run(batch_client, tracked):
+    job = batch_client.submit(sleeps, 120, mlflow=True, workers=0)
+    wait_for(lambda: job.status().state is JobState.RUNNING, 60, "the job to run")
+    with job_cluster_client(batch_client, job.id) as client:
+        scheduler_pid = client.run_on_scheduler(os.getpid)
+    os.kill(scheduler_pid, signal.SIGKILL)
+    wait_for(lambda: job.status().state is JobState.LOST, 60, "the job to be LOST")
+    run = run_of(tracked, job.status().mlflow_run_id)
+    assert run.info.status == "FAILED"
+    assert job.status().cluster_name in run.data.tags["dask_batch.error"]
+
+
 def test_an_unreachable_tracking_server_submits_nothing(batch_client, monkeypatch):
     from dask_batch.testing import free_port
 
@@ -198,6 +228,7 @@ def mlflow_run(batch_gateway, tracked, tmp_path):
         return proc.returncode, output
 
     run.start = start
+    run.env = env
     run.client = lambda: BatchClient(gateway=batch_gateway.gateway(), storage=storage)
     return run
 
@@ -294,6 +325,43 @@ def test_a_failing_project_fails_its_run_and_its_job(mlflow_run, tracked, tmp_pa
     assert "exited with 1" in run.data.tags["dask_batch.error"]
     log = read_artifact(tracked, run.info.run_id, "dask-batch/job.log", tmp_path)
     assert "ValueError: alpha must be positive" in log
+
+
+def test_a_project_run_that_does_not_wait(mlflow_run, tracked, tmp_path):
+    project = tmp_path / "failing"
+    project.mkdir()
+    (project / "MLproject").write_text(FAILING)
+    (project / "check.py").write_text(CHECK)
+    config = '{"workers": 0, "wait": false}'
+    code, output = mlflow_run(project, "--backend-config", config)
+    assert code == 0, output  # submitted: not waited for
+    job_id = job_id_in(output)
+    with mlflow_run.client() as batch:
+        assert batch.wait(job_id, timeout=90).state is JobState.FAILED
+        run_id = batch.status(job_id).mlflow_run_id
+        batch.gateway.close()
+    assert run_of(tracked, run_id).info.status == "FAILED"
+
+
+def test_the_cli_submits_tracked_jobs(mlflow_run, tracked, tmp_path):
+    script = tmp_path / "fit.py"
+    script.write_text("import mlflow\nmlflow.log_metric('score', 0.9)\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "dask_batch.cli", "submit", str(script),
+         "--workers", "0", "--mlflow-experiment", "from-cli", "--wait"],
+        env=mlflow_run.env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.split()[0]
+    status = subprocess.run(
+        [sys.executable, "-m", "dask_batch.cli", "status", job_id],
+        env=mlflow_run.env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    run_id = status.stdout.split("mlflow:", 1)[1].split()[0]
+    run = run_of(tracked, run_id)
+    assert (run.info.status, run.data.metrics) == ("FINISHED", {"score": 0.9})
+    experiment = tracked.client().get_experiment(run.info.experiment_id)
+    assert experiment.name == "from-cli"
 
 
 SLOW = textwrap.dedent(

@@ -386,6 +386,7 @@ def test_one_broken_record_or_index_entry_never_breaks_a_listing(batch_client):
     planted = {
         "id": good[0], "user": user, "name": "job-0", "submitted": "2026-01-01",
         "state": entry["state"], "surprise": 1, "dashboard_link": "javascript:x()",
+        "mlflow_run_id": "r1", "mlflow_url": "javascript:steal()",
     }  # fmt: skip
     pack = gzip.compress(json.dumps({"version": 1, "jobs": [planted]}).encode())
     store.backend.put_whole(f"{store.index_path(user)}/{good[0]}-1-abc.json.gz", pack)
@@ -393,6 +394,7 @@ def test_one_broken_record_or_index_entry_never_breaks_a_listing(batch_client):
         listed = batch_client.jobs()
     assert sorted(r.id for r in listed) == sorted(good)
     assert "javascript:" not in listed._repr_html_()
+    assert [r.mlflow_url for r in listed if r.mlflow_run_id == "r1"] == [""]
 
 
 def test_the_local_default_is_private(tmp_path):
