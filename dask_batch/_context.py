@@ -7,6 +7,7 @@ batch job ``current_job()`` is None, ``report`` does nothing and
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import os
@@ -130,6 +131,8 @@ def _from_environment() -> _Reporter | None:
         job = CurrentJob(**json.loads(described))
         # Storage options arrive through fsspec's FSSPEC_<PROTOCOL> variables.
         _active = _Reporter(JobStore(job.storage_url), job)
+        # A subprocess's last report is kept too (writes are rate-limited).
+        atexit.register(_active.flush)
     return _active
 
 
