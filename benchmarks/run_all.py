@@ -23,6 +23,7 @@ SCRIPTS = [
     "bench_ui.py",  # the jobs page with 10,000 jobs, log latency, server memory
     "bench_hub.py",  # the hub service: gateway noticing -> retry, nobody looking
     "bench_slurm.py",  # start and end of a job on Slurm beside the local backend
+    "bench_mlflow.py",  # what tracking a job in MLflow costs, beside untracked
     "bench_throughput.py",  # 1 GB result against raw pipe/cat
     "soak.py",  # faults, repeated
 ]

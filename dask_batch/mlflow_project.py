@@ -180,6 +180,37 @@ class DaskBatchBackend(AbstractBackend):
         tracking_uri: str,
         experiment_id: str,
     ) -> DaskBatchSubmittedRun:
+        """Submit the project's entry point as a batch job in a new MLflow run.
+
+        Parameters
+        ----------
+        project_uri : str
+            A local folder or a Git URI with an ``MLproject`` file.
+        entry_point : str
+            The entry point (``main``).
+        params : dict
+            Its parameters (``-P name=value``).
+        version : str or None
+            A Git commit or branch, for Git projects.
+        backend_config : dict
+            Submit options, ``storage``, ``mode`` and ``wait`` (see the
+            module's documentation), with MLflow's own keys.
+        tracking_uri : str
+            The tracking server the run is made on.
+        experiment_id : str
+            The run's experiment.
+
+        Returns
+        -------
+        DaskBatchSubmittedRun
+
+        Raises
+        ------
+        mlflow.exceptions.ExecutionException
+            The project cannot run on dask-batch, the job could not be
+            submitted, or (when waiting) it did not succeed; the message names
+            the job and its state.
+        """
         options, client_args, wait = _split_config(backend_config)
         env_manager = (backend_config or {}).get(PROJECT_ENV_MANAGER)
         if env_manager not in (None, "local"):

@@ -99,6 +99,27 @@ def test_a_tracked_job_is_a_run_with_params_metrics_tags_log_and_artifacts(
     assert "trained 3 epochs" in log
 
 
+def test_the_jobs_page_links_the_run(batch_gateway, tracked, tmp_path):
+    from test_ui import UI
+
+    ui = UI(batch_gateway, str(tmp_path / "jobs"))
+    try:
+        job = ui.batch.submit(trains, 1, mlflow=True, workers=0)
+        ui.batch.wait(job.id, timeout=90)
+        record = ui.batch.status(job.id)
+        status, _, html = ui.request(f"/jobs/{job.id}")
+        assert status == 200
+        assert f'<a href="{record.mlflow_url}"'.encode() in html
+        assert record.mlflow_run_id.encode() in html
+        api = ui.json(f"/api/v1/jobs/{job.id}")[1]
+        assert (api["mlflow_run_id"], api["mlflow_url"]) == (
+            record.mlflow_run_id,
+            record.mlflow_url,
+        )
+    finally:
+        ui.close()
+
+
 def test_tracking_credentials_travel_encrypted_never_in_records(batch_client, tracked):
     job = batch_client.submit(trains, 1, mlflow="shared-experiment", workers=0)
     run_id = job.result(timeout=90)
