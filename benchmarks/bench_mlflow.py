@@ -4,8 +4,9 @@
     python benchmarks/bench_mlflow.py --smoke      # one quick pass (CI)
 
 Starts the test suite's MLflow tracking server (tests/tracking.py: SQLite,
-proxied artifacts, basic auth) and a local gateway (server-side mode, local
-job storage), and times per trial, alternating untracked and tracked jobs
+proxied artifacts; without the basic-auth app, whose password hash on every
+request would be what is measured) and a local gateway (server-side mode,
+local job storage), and times per trial, alternating untracked and tracked jobs
 (``mlflow=True``; main logs one metric in both, to a local file when
 untracked, so main does the same work):
 
@@ -67,7 +68,7 @@ def main(argv=None):
     trials = 1 if args.smoke else args.trials
     directory = tempfile.mkdtemp(prefix="dask-batch-bench-mlflow-")
     figures: dict[bool, list[tuple[float, float, float]]] = {False: [], True: []}
-    with running_mlflow(directory) as server:
+    with running_mlflow(directory, auth=False) as server:
         os.environ.update(server.environment())
         gateway_dir = os.path.join(directory, "gateway")
         info = _start_gateway(gateway_dir)
