@@ -195,7 +195,7 @@ def test_real_dask_batch_subprocess(cli_env, script):
     assert [r["id"] for r in json.loads(listing.stdout)] == [job_id]
 
 
-def test_dask_commands_and_the_runner_do_not_import_the_client():
+def test_dask_commands_and_the_runner_do_not_import_the_client_nor_mlflow():
     # dask loads our entry point for every `dask` command (`dask worker` too),
     # and the scheduler imports the runner: dask_gateway and aiohttp are the
     # client's, and would slow the start-up of both.
@@ -210,12 +210,16 @@ def test_dask_commands_and_the_runner_do_not_import_the_client():
                 "dask_batch._reconcile",
                 "dask_gateway",
                 "aiohttp",
+                "mlflow",
             }
             & set(sys.modules)
         )
         assert not heavy, heavy
         from dask_batch import BatchClient
         assert "dask_gateway" in sys.modules
+        # MLflow is imported only by a job that is tracked.
+        import dask_batch._child, dask_batch._tracking, dask_batch.ui
+        assert "mlflow" not in sys.modules
         """
     )
     subprocess.run([sys.executable, "-c", code], check=True)
