@@ -57,13 +57,17 @@ def _cluster_env() -> dict[str, str]:
 def run_command(command: str) -> None:
     """Run a shell command in the working directory; its output is the job's log.
 
-    ``distributed.Client()`` in the command connects to the job's cluster. It
-    runs in main's process group: stopping the job stops it and whatever it
-    started.
+    ``python`` in the command is the Python that runs main, and
+    ``distributed.Client()`` in it connects to the job's cluster. It runs in
+    main's process group: stopping the job stops it and whatever it started.
     """
     sys.stdout.flush()
     sys.stderr.flush()
     env = dict(os.environ, **_cluster_env())
+    # `python` in the command is the job's own Python, as in an activated
+    # environment, whatever the scheduler's PATH says.
+    bin_dir = os.path.dirname(sys.executable)
+    env["PATH"] = os.pathsep.join(filter(None, [bin_dir, env.get("PATH", "")]))
     code = subprocess.run(command, shell=True, check=False, env=env).returncode
     if code != 0:
         raise CommandExit(command, code)

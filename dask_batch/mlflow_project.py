@@ -253,8 +253,14 @@ class DaskBatchBackend(AbstractBackend):
             flush=True,
         )
         submitted = DaskBatchSubmittedRun(run_id, job.id, batch)
-        if wait and not submitted.wait():
-            raise ExecutionException(submitted.describe())
+        if wait:
+            if not submitted.wait():
+                raise ExecutionException(submitted.describe())
+            print(
+                f"dask-batch: job {job.id} SUCCEEDED; MLflow run {run_id} FINISHED.",
+                file=sys.stderr,
+                flush=True,
+            )
         return submitted
 
 

@@ -322,6 +322,7 @@ FAILING = textwrap.dedent(
 CHECK = textwrap.dedent(
     """
     import sys
+    print("python:", sys.executable, flush=True)
     alpha = float(sys.argv[1])
     if alpha < 0:
         raise ValueError(f"alpha must be positive, got {alpha}")
@@ -334,7 +335,9 @@ def test_a_failing_project_fails_its_run_and_its_job(mlflow_run, tracked, tmp_pa
     project.mkdir()
     (project / "MLproject").write_text(FAILING)
     (project / "check.py").write_text(CHECK)
-    code, output = mlflow_run(project, "--backend-config", '{"workers": 0}')
+    # A PATH without this Python: `python` in the command is still the job's.
+    config = {"workers": 0, "env": {"PATH": "/usr/bin:/bin"}}
+    code, output = mlflow_run(project, "--backend-config", json.dumps(config))
     assert code == 1, output
     job_id = job_id_in(output)
     assert f"Job {job_id}" in output and "ended FAILED" in output
@@ -343,7 +346,9 @@ def test_a_failing_project_fails_its_run_and_its_job(mlflow_run, tracked, tmp_pa
         record = batch.status(job_id)
         assert record.state is JobState.FAILED
         assert "exited with 1" in record.message
-        assert "ValueError: alpha must be positive, got -1.0" in batch.logs(job_id)
+        log = batch.logs(job_id)
+        assert "ValueError: alpha must be positive, got -1.0" in log
+        assert f"python: {sys.executable}" in log
         batch.gateway.close()
     run = run_of(tracked, record.mlflow_run_id)
     assert run.info.status == "FAILED"
