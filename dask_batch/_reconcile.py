@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import logging
 import os
 import time
 from typing import Any
@@ -26,10 +27,13 @@ from dask_gateway.client import ClusterReport
 from . import _signing, _tracking
 from ._backends import LocalBackend
 from ._display import JobList, ProgressDisplay
+from ._exceptions import MissingSecretError
 from ._launcher import ALIVE, ClusterLauncher
 from ._records import JobRecord, JobState, to_iso, utcnow
 from ._store import SPEC, JobStore, dumps_json
 from ._validate import safe_link
+
+logger = logging.getLogger("dask_batch")
 
 Reports = dict[str, ClusterReport | None]
 
@@ -155,10 +159,30 @@ class Reconciler:
         )
         lost = await asyncio.to_thread(self.store.read_record, self.user, record.id)
         if lost.state is JobState.LOST and lost.mlflow_run_id:
-            await asyncio.to_thread(
-                _tracking.end_run, self.store, self.user, record.id, "FAILED", why
-            )
+            await self._end_tracked_run(record.id, "FAILED", why)
         return lost
+
+    async def _end_tracked_run(self, job_id: str, status: str, message: str) -> None:
+        """End the MLflow run of a job that no runner will end.
+
+        Only from the job's spec as the user signed it (the run and its
+        server are never taken from storage unchecked), so not by the hub
+        service, which holds no user's secret: the user's next client does.
+        """
+        if self.retry_from_gateway:
+            return
+        try:
+            spec, _ = await self._signed_spec(job_id)
+        except MissingSecretError:
+            spec = None
+        if spec is None:
+            logger.warning(
+                "The MLflow run of job %s is left as it is: its spec is not signed "
+                "with your key here.",
+                job_id,
+            )
+            return
+        await asyncio.to_thread(_tracking.end_run, spec, status, message)
 
     def _why_lost(self, record: JobRecord, reports: Reports) -> str | None:
         """Why the live ``record`` can no longer end on its own; None if it can."""
@@ -348,7 +372,5 @@ class Reconciler:
             await self.launcher.stop(job_id, record.cluster_name)
         if never_ran and record.state is JobState.CANCELLED and record.mlflow_run_id:
             # No runner ends this run: its cluster may never have started.
-            await asyncio.to_thread(
-                _tracking.end_run, self.store, self.user, job_id, "KILLED", message
-            )
+            await self._end_tracked_run(job_id, "KILLED", message)
         return record

@@ -22,7 +22,6 @@ from typing import Any
 import dask.config
 
 from ._exceptions import SubmitError
-from ._store import SPEC, JobStore
 from ._submission import Submission
 
 logger = logging.getLogger("dask_batch")
@@ -259,22 +258,33 @@ def end_unsubmitted(submission: Submission, message: str) -> None:
         )
 
 
-def end_run(store: JobStore, user: str, job_id: str, status: str, message: str) -> None:
+def end_run(spec: Mapping[str, Any], status: str, message: str) -> None:
     """End the run of a job that ended where no runner could (LOST, cancelled
-    before its cluster ran), with this process's MLflow credentials."""
+    before its cluster ran), with this process's own MLflow settings.
+
+    ``spec`` must be the job's spec as its submitter signed it. The run is
+    ended only on this process's own tracking server: a spec naming another
+    server gets nothing, so that no credentials of this process ever go to
+    an address read from storage.
+    """
+    tracked = spec.get("mlflow")
+    if not isinstance(tracked, Mapping) or not tracked.get("run_id"):
+        return
+    job_id = str(spec.get("id") or "")
+    run_id = str(tracked["run_id"])
     try:
-        spec = store.get_json(user, job_id, SPEC)
-        tracked = spec.get("mlflow") if isinstance(spec, dict) else None
-        if not isinstance(tracked, dict) or not tracked.get("run_id"):
+        mine = tracking_uri()
+        if redacted(mine) != str(tracked.get("tracking_uri") or ""):
+            logger.warning(
+                "The MLflow run %s of job %s is on %s, not on this process's "
+                "tracking server %s: it is left as it is.",
+                run_id,
+                job_id,
+                tracked.get("tracking_uri"),
+                redacted(mine),
+            )
             return
-        run_id = str(tracked["run_id"])
-        # The record keeps the address without credentials; this process's
-        # own setting has them when it names the same server.
-        uri = str(tracked.get("tracking_uri") or "")
-        mine = os.environ.get("MLFLOW_TRACKING_URI", "")
-        if mine and redacted(mine) == uri:
-            uri = mine
-        client = _client(uri)
+        client = _client(mine)
         if client.get_run(run_id).info.status in ("FINISHED", "FAILED", "KILLED"):
             return
         client.set_tag(run_id, "dask_batch.error", message[:5000])

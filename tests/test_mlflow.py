@@ -187,6 +187,55 @@ def test_a_lost_job_fails_its_run(batch_client, tracked):
     assert job.status().cluster_name in run.data.tags["dask_batch.error"]
 
 
+@pytest.fixture
+def listener():
+    """An HTTP server on 127.0.0.1 that records every request it gets."""
+    import http.server
+    import threading
+
+    seen = []
+
+    class Record(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Authorization")))
+            self.send_response(404)
+            self.end_headers()
+
+        do_POST = do_PATCH = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Record)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    thread.join()
+    server.server_close()
+
+
+def test_a_rewritten_spec_never_sends_mlflow_credentials_elsewhere(
+    batch_client, tracked, listener, caplog
+):
+    from dask_batch import _tracking
+    from dask_batch._store import SPEC
+
+    elsewhere, seen = listener
+    store, user = batch_client.store, batch_client.user
+    job = batch_client.submit(trains, 1, mlflow=True, workers=0)
+    spec = store.get_json(user, job.id, SPEC)
+    spec["mlflow"]["tracking_uri"] = elsewhere  # by whoever can write the storage
+    store.put_json(user, job.id, SPEC, spec)
+    job.cancel()  # a PENDING job's run is ended by the client: not this one
+    assert "not signed with your key" in caplog.text
+    # A signed spec naming another server gets nothing either.
+    named = {"id": job.id, "mlflow": {"run_id": "r1", "tracking_uri": elsewhere}}
+    _tracking.end_run(named, "FAILED", "lost")
+    assert "left as it is" in caplog.text
+    assert seen == []
+
+
 def test_an_unreachable_tracking_server_submits_nothing(batch_client, monkeypatch):
     from dask_batch.testing import free_port
 
