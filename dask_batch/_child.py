@@ -1,6 +1,8 @@
 """Main's process: ``python -m dask_batch._child``, started by the job runner.
 
-Reads its :class:`~dask_batch._handoff.MainLaunch` (JSON, from stdin), loads
+Imports what every main needs, then reads its
+:class:`~dask_batch._handoff.MainLaunch` (JSON, from stdin; in server-side
+mode it is started while the scheduler starts, and waits there), loads
 and checks the payload, connects a default Dask client to its own scheduler
 over the cluster's TLS, runs main, stores the result or the error, and
 reports an :class:`~dask_batch._handoff.Outcome` in a small file for the
@@ -25,10 +27,12 @@ from typing import Any, NoReturn
 import dask.config
 import fsspec
 from dask.utils import format_bytes, parse_bytes
+from distributed import Client
+from distributed.security import Security
 
 from . import _context, _secrets
 from ._exceptions import ResultIntegrityError
-from ._handoff import MainLaunch, Outcome
+from ._handoff import ENV_RUNNER_PID, MainLaunch, Outcome
 from ._pickling import dumps_result
 from ._records import ErrorInfo
 from ._signing import loads_verified, sign
@@ -141,9 +145,6 @@ def _load_main(
 
 
 def _connect(launch: MainLaunch) -> Any:
-    from distributed import Client
-    from distributed.security import Security
-
     if launch.tls_ca_file:
         security = Security(
             tls_ca_file=launch.tls_ca_file,
@@ -284,10 +285,15 @@ def _run(store: JobStore, launch: MainLaunch) -> tuple[Any, str]:
 
 
 def main() -> None:
-    launch = MainLaunch.from_json(sys.stdin.buffer.read())
-    threading.Thread(
-        target=_exit_with_parent, args=(launch.runner_pid,), daemon=True
-    ).start()
+    # Watch the scheduler from the start: a process started early may wait
+    # here a while, and must not outlive it. Its pid comes from the runner:
+    # had it died before this line, getppid() would name another process.
+    parent = int(os.environ.pop(ENV_RUNNER_PID, "0") or os.getppid())
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    data = sys.stdin.buffer.read()
+    if not data:
+        return  # the job is not to run (cancelled before its cluster came up)
+    launch = MainLaunch.from_json(data)
     store = JobStore(
         launch.storage_url, launch.storage_options, retry_for=launch.storage_retry_for
     )

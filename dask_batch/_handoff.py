@@ -19,6 +19,9 @@ from typing import Any
 
 from ._records import ErrorInfo
 
+#: The runner's pid, in main's environment: main's process exits with it.
+ENV_RUNNER_PID = "DASK_BATCH_RUNNER_PID"
+
 
 @dataclass(frozen=True)
 class MainLaunch:
@@ -35,7 +38,6 @@ class MainLaunch:
     tls_ca_file: str | None
     tls_cert: str | None
     tls_key: str | None
-    runner_pid: int
     outcome_path: str
     workdir: str
     artifacts_dir: str = ""

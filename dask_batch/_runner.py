@@ -19,7 +19,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 from typing import Any
 
@@ -33,6 +32,15 @@ from ._artifacts import ArtifactSync
 from ._exceptions import ResultIntegrityError
 from ._handoff import MainLaunch, Outcome
 from ._mlflow_finish import RUN_STATUS, FinishRun
+from ._prewarm import (
+    ARTIFACTS_DIR,
+    LOG_FILE,
+    MainProcess,
+    child_env,
+    make_workdir,
+    spawn_main,
+)
+from ._prewarm import take as take_prewarmed
 from ._records import ErrorInfo, JobState, to_iso, utcnow
 from ._store import HEARTBEAT, SECRETS, SPEC, JobStore
 
@@ -40,8 +48,6 @@ logger = logging.getLogger("distributed.scheduler.dask_batch")
 
 # How main's process reports back to the runner (the log is not parsed).
 OUTCOME_FILE = "outcome.json"
-# The local folder of dask_batch.artifacts_dir(), in the runner's own directory.
-ARTIFACTS_DIR = "artifacts"
 
 
 def _describe_exit(returncode: int) -> str:
@@ -92,7 +98,8 @@ class JobRunnerPlugin(SchedulerPlugin):
         self.storage_options = storage_options or {}
         self.payload_signature = payload_signature
         self._task: asyncio.Task[None] | None = None
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: MainProcess | None = None
+        self._waiting_main: MainProcess | None = None  # started early, not launched
         self._stopped_from_outside = False
         self._retry_left = False
         self._finishing = False
@@ -112,7 +119,12 @@ class JobRunnerPlugin(SchedulerPlugin):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.update(
-            _task=None, _proc=None, _workdir=None, _log_lock=None, _artifact_sync=None
+            _task=None,
+            _proc=None,
+            _waiting_main=None,
+            _workdir=None,
+            _log_lock=None,
+            _artifact_sync=None,
         )
         return state
 
@@ -159,9 +171,14 @@ class JobRunnerPlugin(SchedulerPlugin):
         return self.scheduler.services.get("gateway")
 
     async def _run(self) -> None:
-        self._workdir = tempfile.mkdtemp(prefix=f"dask-batch-{self.job_id}-")
+        prewarmed = take_prewarmed(self.job_id)
+        if prewarmed is not None:
+            # Started when the scheduler imported the preload: its imports
+            # are done or under way.
+            self._workdir, self._waiting_main = prewarmed.workdir, prewarmed.main
+        else:
+            self._workdir = await self._io(make_workdir, self.job_id)
         artifacts = os.path.join(self._workdir, ARTIFACTS_DIR)
-        os.mkdir(artifacts, 0o700)
         self._artifact_sync = ArtifactSync(
             self._store,
             self.user,
@@ -170,8 +187,11 @@ class JobRunnerPlugin(SchedulerPlugin):
             parse_bytes(dask.config.get("batch.artifacts.limit")),
         )
         try:
-            await self._run_job(os.path.join(self._workdir, "main.log"))
+            await self._run_job(os.path.join(self._workdir, LOG_FILE))
         finally:
+            if self._waiting_main is not None:  # main must not run after all
+                waiting, self._waiting_main = self._waiting_main, None
+                await self._io(waiting.discard)
             shutil.rmtree(self._workdir, ignore_errors=True)
 
     async def _run_job(self, log_path: str) -> None:
@@ -314,7 +334,6 @@ class JobRunnerPlugin(SchedulerPlugin):
             tls_ca_file=ca,
             tls_cert=cert,
             tls_key=key,
-            runner_pid=os.getpid(),
             outcome_path=os.path.join(workdir, OUTCOME_FILE),
             workdir=os.path.join(workdir, "work"),
             artifacts_dir=os.path.join(workdir, ARTIFACTS_DIR),
@@ -324,37 +343,14 @@ class JobRunnerPlugin(SchedulerPlugin):
             env_key=self.env_key,
         )
 
-    @staticmethod
-    def _child_env() -> dict[str, str]:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        # main gets the decrypted values, not the key nor the gateway's token.
-        for name in ("DASK_BATCH_SECRET_KEY", "DASK_GATEWAY_API_TOKEN"):
-            env.pop(name, None)
-        return env
-
     async def _start_main(self, launch: MainLaunch, log_path: str) -> None:
-        env = self._child_env()
-        with open(log_path, "ab") as log:
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "dask_batch._child",
-                stdin=asyncio.subprocess.PIPE,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                env=env,
-                # A group of its own: stopping main stops what it started (a
-                # notebook's kernel, a project's command) with it.
-                start_new_session=True,
-            )
-        assert self._proc.stdin is not None
+        main, self._waiting_main = self._waiting_main, None
+        if main is None:
+            main = MainProcess(spawn_main(log_path))
+        self._proc = main
         # Credentials go through a pipe, never the command line or environment.
-        self._proc.stdin.write(launch.to_json())
-        await self._proc.stdin.drain()
-        self._proc.stdin.close()
-        logger.info(
-            "dask-batch: job %s main started, pid %d", self.job_id, self._proc.pid
-        )
+        main.launch(launch.to_json())
+        logger.info("dask-batch: job %s main started, pid %d", self.job_id, main.pid)
 
     async def _run_main(self, log_path: str, spec: dict[str, Any]) -> Outcome:
         launch = self._launch(spec)
@@ -384,8 +380,7 @@ class JobRunnerPlugin(SchedulerPlugin):
                 with contextlib.suppress(asyncio.CancelledError):
                     await helper
             # Whatever main started and left running goes with it.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.signal_group(signal.SIGKILL)
         try:
             return Outcome.read(launch.outcome_path)
         except (OSError, ValueError, KeyError, TypeError):
@@ -456,13 +451,11 @@ class JobRunnerPlugin(SchedulerPlugin):
         if proc is None or proc.returncode is not None:
             return
         grace = parse_timedelta(dask.config.get("batch.runner.terminate-grace"))
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGTERM)
+        proc.signal_group(signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), timeout=grace)
         except asyncio.TimeoutError:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            proc.signal_group(signal.SIGKILL)
             await proc.wait()
 
     async def _finish(self, outcome: Outcome, log_path: str) -> None:
@@ -539,7 +532,7 @@ class JobRunnerPlugin(SchedulerPlugin):
         timeout = parse_timedelta(dask.config.get("batch.mlflow.finish-timeout"))
         # The same environment as main's: the job's env values carry the
         # tracking server's address and credentials.
-        env = dict(self._child_env(), **self._job_env)
+        env = dict(child_env(), **self._job_env)
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

@@ -25,6 +25,7 @@ from typing import Any
 
 import dask.config
 
+from . import _prewarm
 from . import config as _config  # noqa: F401  (loads batch.* defaults)
 from ._runner import JobRunnerPlugin
 
@@ -35,6 +36,16 @@ ENV_STORAGE = "DASK_BATCH_STORAGE"
 ENV_USER = "DASK_BATCH_USER"
 ENV_DIGEST = "DASK_BATCH_PAYLOAD_DIGEST"
 ENV_SECRET_KEY = "DASK_BATCH_SECRET_KEY"
+
+
+# The scheduler imports its preloads when it is built, well before it
+# listens and starts its plugins: main's process starts now, and its imports
+# overlap the scheduler's start-up (see dask_batch._prewarm).
+if os.environ.get(ENV_JOB_ID) and dask.config.get("batch.runner.start-main-early"):
+    try:
+        _prewarm.start(os.environ[ENV_JOB_ID])
+    except Exception:
+        logger.exception("dask-batch: main's process not started early")
 
 
 def dask_setup(scheduler: Any) -> None:
@@ -51,6 +62,7 @@ def dask_setup(scheduler: Any) -> None:
             job_id,
             ", ".join(missing),
         )
+        _prewarm.discard()
         return
     plugin = JobRunnerPlugin(
         job_id=job_id,
