@@ -24,6 +24,7 @@ SCRIPTS = [
     "bench_hub.py",  # the hub service: gateway noticing -> retry, nobody looking
     "bench_slurm.py",  # start and end of a job on Slurm beside the local backend
     "bench_mlflow.py",  # what tracking a job in MLflow costs, beside untracked
+    "bench_start.py",  # main started early vs after the runner, vs a bare cluster
     "bench_throughput.py",  # 1 GB result against raw pipe/cat
     "soak.py",  # faults, repeated
 ]

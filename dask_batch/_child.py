@@ -288,7 +288,7 @@ def main() -> None:
     # Watch the scheduler from the start: a process started early may wait
     # here a while, and must not outlive it. Its pid comes from the runner:
     # had it died before this line, getppid() would name another process.
-    parent = int(os.environ.pop(ENV_RUNNER_PID, "0") or os.getppid())
+    parent = int(os.environ.pop(ENV_RUNNER_PID, "") or os.getppid())
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     data = sys.stdin.buffer.read()
     if not data:

@@ -205,7 +205,6 @@ def run_main_process(
         tls_ca_file=None,
         tls_cert=None,
         tls_key=None,
-        runner_pid=os.getpid(),
         outcome_path=str(tmp_path / "outcome.json"),
         workdir=str(tmp_path / "work"),
         env_key=keys.env_key,

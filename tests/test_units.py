@@ -253,7 +253,6 @@ def test_handoff_documents_round_trip(tmp_path):
         tls_ca_file=None,
         tls_cert=None,
         tls_key=None,
-        runner_pid=1,
         outcome_path=str(tmp_path / "o.json"),
         workdir=str(tmp_path),
         env_key="k",
