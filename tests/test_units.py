@@ -264,3 +264,41 @@ def test_handoff_documents_round_trip(tmp_path):
     assert Outcome.read(launch.outcome_path) == failed
     assert failed.error == ErrorInfo("ProcessExit", "killed", "", -9)
     assert ErrorInfo.from_dict(failed.error.to_dict()) == failed.error
+
+
+def test_the_pages_listing_cache_shares_one_listing_and_forgets_on_cancel():
+    import asyncio
+
+    from dask_batch.ui._app import ListingCache
+
+    calls = []
+
+    async def listing(n):
+        calls.append(n)
+        await asyncio.sleep(0.05)
+        if n == "boom":
+            raise RuntimeError("storage down")
+        return [n]
+
+    async def scenario():
+        cache = ListingCache(ttl=60)
+        # Concurrent requests for the same query wait for one listing.
+        same = await asyncio.gather(
+            *(cache.get(("alice", "q"), lambda: listing("a")) for _ in range(5))
+        )
+        assert same == [["a"]] * 5 and calls == ["a"]
+        assert await cache.get(("alice", "q"), lambda: listing("again")) == ["a"]
+        assert await cache.get(("bob", "q"), lambda: listing("b")) == ["b"]
+        cache.forget("alice")  # a cancel: alice's next listing is fresh
+        assert await cache.get(("alice", "q"), lambda: listing("c")) == ["c"]
+        assert await cache.get(("bob", "q"), lambda: listing("x")) == ["b"]
+        # An error is not kept.
+        with pytest.raises(RuntimeError, match="storage down"):
+            await cache.get(("carol", "q"), lambda: listing("boom"))
+        assert await cache.get(("carol", "q"), lambda: listing("d")) == ["d"]
+        expiring = ListingCache(ttl=0)
+        await expiring.get(("k",), lambda: listing("e1"))
+        assert await expiring.get(("k",), lambda: listing("e2")) == ["e2"]
+
+    asyncio.run(scenario())
+    assert calls == ["a", "b", "c", "boom", "d", "e1", "e2"]

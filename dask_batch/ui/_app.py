@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import hmac
 import json
 import os
 import posixpath
 import re
 import secrets
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode
 
+import dask.config
 import tornado.web
+from dask.utils import parse_timedelta
 
 from .._display import STATE_COLOURS, format_duration, format_progress, format_time
 from .._exceptions import DaskBatchError, JobNotFoundError
@@ -44,6 +49,46 @@ def _status_of(exc: BaseException | None) -> int | None:
         if isinstance(exc, kind):
             return status
     return 502 if isinstance(exc, DaskBatchError) else None
+
+
+class ListingCache:
+    """Listings shared by the requests that ask the same within ``ttl`` seconds.
+
+    A page polled by many browsers, or an API under load, costs one listing
+    per query and user per ``ttl`` (``batch.ui.listing-ttl``), not one per
+    request; requests that arrive while it is being made wait for it rather
+    than making their own. A cancel drops its user's listings at once.
+    """
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._entries: dict[tuple[Any, ...], tuple[float, asyncio.Future[Any]]] = {}
+
+    async def get(
+        self, key: tuple[Any, ...], make: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        now = time.monotonic()
+        self._prune(now)
+        entry = self._entries.get(key)
+        if entry is None or (entry[1].done() and entry[0] <= now):
+            entry = self._entries[key] = (now + self.ttl, asyncio.ensure_future(make()))
+        future = entry[1]
+        try:
+            return await asyncio.shield(future)
+        except BaseException:
+            if self._entries.get(key) is entry and future.done():
+                del self._entries[key]  # an error is not kept
+            raise
+
+    def forget(self, owner: Any) -> None:
+        """Drop the listings of ``owner`` (the first part of their keys)."""
+        for key in [k for k in self._entries if k[0] == owner]:
+            del self._entries[key]
+
+    def _prune(self, now: float) -> None:
+        for key, (expires, future) in list(self._entries.items()):
+            if future.done() and expires <= now:
+                del self._entries[key]
 
 
 def record_json(record: JobRecord) -> dict[str, Any]:
@@ -168,8 +213,11 @@ class Handler(tornado.web.RequestHandler):
         args = self.listing_args()
         offset, limit = args.pop("offset"), args.pop("limit")
         records = []
+        cache: ListingCache = self.settings["listings"]
         for batch in await self.listing_clients():
-            records += await batch.jobs(limit=offset + limit + 1, **args)
+            query = {**args, "limit": offset + limit + 1}
+            key = (id(batch), batch.user, json.dumps(query, sort_keys=True))
+            records += await cache.get(key, functools.partial(batch.jobs, **query))
         if len(records) > offset + limit + 1:  # several users' jobs, merged
             records.sort(key=lambda r: r.submitted, reverse=True)
         page = records[offset : offset + limit]
@@ -250,6 +298,7 @@ class CancelAPI(Handler):
     async def post(self, job_id: str) -> None:
         job_id, batch = await self.job_client(job_id)
         record = await batch.cancel(job_id)
+        self.settings["listings"].forget(id(batch))
         self.finish(record_json(record))
 
 
@@ -332,6 +381,7 @@ def application(
     return tornado.web.Application(
         handlers + settings.pop("extra_handlers", []),
         base=base,
+        listings=ListingCache(parse_timedelta(dask.config.get("batch.ui.listing-ttl"))),
         xsrf_cookies=True,
         xsrf_cookie_kwargs={"httponly": False, "samesite": "Strict", "path": base},
         template_path=os.path.join(HERE, "templates"),
