@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from ._exceptions import DaskBatchError
 from ._records import to_iso, utcnow
@@ -201,15 +201,11 @@ def artifacts_dir(*parts: str) -> str:
     >>> torch.save(model.state_dict(), path)               # doctest: +SKIP
     >>> fig.savefig(dask_batch.artifacts_dir("plots", "loss.png"))  # doctest: +SKIP
     """
-    job = current_job()
-    if job is None or not job.artifacts_dir:
-        raise DaskBatchError(
-            "artifacts_dir() works only inside a batch job's main; use "
-            "Job.artifacts() from outside."
-        )
-    if not parts:
+    job, relative = _artifact_parts("artifacts_dir", parts)
+    if not job.artifacts_dir:  # no runner keeps this job's local files
+        _outside("artifacts_dir")
+    if not relative:
         return job.artifacts_dir
-    relative = check_relative_path("/".join(parts), what="artifact path", job_id=job.id)
     path = os.path.join(job.artifacts_dir, *relative.split("/"))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     return path
@@ -235,13 +231,25 @@ def artifacts_path(*parts: str) -> str:
     >>> with fsspec.open(dask_batch.artifacts_path("model.pkl"), "wb") as f:
     ...     pickle.dump(model, f)
     """
+    job, relative = _artifact_parts("artifacts_path", parts)
+    if not relative:
+        return job.artifacts_url
+    return posixpath.join(job.artifacts_url, relative)
+
+
+def _outside(function: str) -> NoReturn:
+    raise DaskBatchError(
+        f"{function}() works only inside a batch job's main; use "
+        "Job.artifacts() from outside."
+    )
+
+
+def _artifact_parts(function: str, parts: tuple[str, ...]) -> tuple[CurrentJob, str]:
+    """The current job, and ``parts`` as a checked relative path ("" if none)."""
     job = current_job()
     if job is None:
-        raise DaskBatchError(
-            "artifacts_path() works only inside a batch job's main; use "
-            "Job.artifacts() from outside."
-        )
+        _outside(function)
     if not parts:
-        return job.artifacts_url
+        return job, ""
     relative = check_relative_path("/".join(parts), what="artifact path", job_id=job.id)
-    return posixpath.join(job.artifacts_url, relative)
+    return job, relative

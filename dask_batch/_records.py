@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._validate import safe_link
+
 __all__ = ["TERMINAL_STATES", "ErrorInfo", "JobRecord", "JobState", "new_job_id"]
 
 
@@ -325,7 +327,8 @@ class JobRecord:
             result_type=_text(d.get("result_type")),
             result_bytes=_count(d.get("result_bytes")),
             mlflow_run_id=_text(d.get("mlflow_run_id")),
-            mlflow_url=_web_link(d.get("mlflow_url")),
+            # Shown as a link on the jobs page: never javascript: or data:.
+            mlflow_url=safe_link(d.get("mlflow_url")) or "",
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -388,12 +391,6 @@ def _spec_fields(spec: dict[str, Any]) -> dict[str, Any]:
     fields["mlflow_run_id"] = tracked.get("run_id")
     fields["mlflow_url"] = tracked.get("run_url")
     return fields
-
-
-def _web_link(value: Any) -> str:
-    # Shown as a link on the jobs page: http(s) only, never javascript: or data:.
-    text = _text(value)
-    return text if text.startswith(("http://", "https://")) else ""
 
 
 def _state_fields(state: dict[str, Any]) -> dict[str, Any]:

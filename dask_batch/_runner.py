@@ -50,6 +50,13 @@ logger = logging.getLogger("distributed.scheduler.dask_batch")
 OUTCOME_FILE = "outcome.json"
 
 
+def _note_in_log(log_path: str, *lines: str) -> None:
+    """Add the runner's own lines to main's log (uploaded with main's output)."""
+    if lines:
+        with open(log_path, "ab") as log:
+            log.write("".join(f"{line}\n" for line in lines).encode())
+
+
 def _describe_exit(returncode: int) -> str:
     if returncode < 0:
         try:
@@ -156,7 +163,7 @@ class JobRunnerPlugin(SchedulerPlugin):
         await self._terminate_main()
         grace = parse_timedelta(dask.config.get("batch.runner.terminate-grace"))
         # Tracked runs get the time to tell MLflow the job was killed.
-        wait = grace + (30 if self._spec.get("mlflow") else 5)
+        wait = grace + (30 if self._mlflow_run_id else 5)
         try:
             await asyncio.wait_for(asyncio.shield(task), timeout=wait)
         except (asyncio.TimeoutError, Exception):
@@ -166,6 +173,11 @@ class JobRunnerPlugin(SchedulerPlugin):
     # -- the job -----------------------------------------------------------------
     async def _io(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(func, *args, **kwargs)
+
+    @property
+    def _mlflow_run_id(self) -> str:
+        """The job's MLflow run, from its signed spec ("" if not tracked)."""
+        return str((self._spec.get("mlflow") or {}).get("run_id") or "")
 
     def _gateway_service(self) -> Any:
         return self.scheduler.services.get("gateway")
@@ -240,11 +252,11 @@ class JobRunnerPlugin(SchedulerPlugin):
             error = outcome.error
             history.append({"attempt": attempt, "error": error.type})
             attempt += 1
-            with open(log_path, "ab") as log:
-                log.write(
-                    f"dask-batch: attempt {attempt} of job {self.job_id} after "
-                    f"{error.type}: {error.message}\n".encode()
-                )
+            _note_in_log(
+                log_path,
+                f"dask-batch: attempt {attempt} of job {self.job_id} after "
+                f"{error.type}: {error.message}",
+            )
             message = f"attempt {attempt} after {error.type}"
             await self._io(
                 self._store.begin_attempt,
@@ -337,7 +349,7 @@ class JobRunnerPlugin(SchedulerPlugin):
             outcome_path=os.path.join(workdir, OUTCOME_FILE),
             workdir=os.path.join(workdir, "work"),
             artifacts_dir=os.path.join(workdir, ARTIFACTS_DIR),
-            mlflow_run_id=str((spec.get("mlflow") or {}).get("run_id") or ""),
+            mlflow_run_id=self._mlflow_run_id,
             has_files=bool(spec.get("files_bytes")),
             memory_limit=spec.get("memory_limit"),
             env_key=self.env_key,
@@ -418,9 +430,7 @@ class JobRunnerPlugin(SchedulerPlugin):
         except Exception as exc:
             logger.warning("dask-batch: artifacts not synced", exc_info=True)
             notes = [f"dask-batch: job {self.job_id}: artifacts not stored: {exc}"]
-        if notes:
-            with open(log_path, "ab") as log:
-                log.write("".join(f"{note}\n" for note in notes).encode())
+        _note_in_log(log_path, *notes)
 
     async def _upload_logs_periodically(self, log_path: str) -> None:
         interval = parse_timedelta(dask.config.get("batch.runner.log-upload-interval"))
@@ -495,7 +505,7 @@ class JobRunnerPlugin(SchedulerPlugin):
                 )
                 error = ErrorInfo("ClusterStopped", message)
             fields = {"error": error.to_dict(), "message": message}
-        if self._spec.get("mlflow"):
+        if self._mlflow_run_id:
             # The MLflow run ends before the job's record does: whoever sees
             # the job ended finds its run ended too.
             expected, why = state.value, str(fields.get("message") or "")
@@ -516,7 +526,7 @@ class JobRunnerPlugin(SchedulerPlugin):
 
     async def _end_tracked_run(self, state: str, log_path: str, message: str) -> None:
         """Give the job's MLflow run its final status, log and artifacts."""
-        run_id = str((self._spec.get("mlflow") or {}).get("run_id") or "")
+        run_id = self._mlflow_run_id
         if not run_id:
             return
         finish = FinishRun(
@@ -557,12 +567,11 @@ class JobRunnerPlugin(SchedulerPlugin):
             return
         logger.warning("dask-batch: MLflow run %s not ended: %s", run_id, said)
         if log_path and os.path.exists(log_path):
-            with open(log_path, "ab") as log:
-                log.write(
-                    f"dask-batch: the MLflow run {run_id} of job {self.job_id} "
-                    f"could not be given its final status {finish.status}: "
-                    f"{said}\n".encode()
-                )
+            _note_in_log(
+                log_path,
+                f"dask-batch: the MLflow run {run_id} of job {self.job_id} "
+                f"could not be given its final status {finish.status}: {said}",
+            )
             try:
                 await self._io(self._upload_log, log_path)
             except Exception:

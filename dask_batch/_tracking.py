@@ -239,6 +239,19 @@ def _log_params(client: Any, run_id: str, params: Mapping[str, str]) -> None:
     client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
 
 
+def terminate(client: Any, run_id: str, status: str, message: str) -> None:
+    """End a run that is still running with ``status``, and why in a tag.
+
+    A run that has ended already is left as it is.
+    """
+    from mlflow.entities import RunStatus
+
+    if RunStatus.is_terminated(client.get_run(run_id).info.status):
+        return
+    client.set_tag(run_id, "dask_batch.error", message[:5000])
+    client.set_terminated(run_id, status)
+
+
 def end_unsubmitted(submission: Submission, message: str) -> None:
     """Mark the run of a job that could not be launched FAILED, with why."""
     run_id = (submission.spec.get("mlflow") or {}).get("run_id")
@@ -246,8 +259,7 @@ def end_unsubmitted(submission: Submission, message: str) -> None:
         return
     try:
         client = _client(submission.env_values["MLFLOW_TRACKING_URI"])
-        client.set_tag(run_id, "dask_batch.error", message[:5000])
-        client.set_terminated(run_id, "FAILED")
+        terminate(client, run_id, "FAILED", message)
     except Exception as exc:
         logger.warning(
             "The MLflow run %s of job %s, which was not submitted, could not be "
@@ -284,11 +296,7 @@ def end_run(spec: Mapping[str, Any], status: str, message: str) -> None:
                 redacted(mine),
             )
             return
-        client = _client(mine)
-        if client.get_run(run_id).info.status in ("FINISHED", "FAILED", "KILLED"):
-            return
-        client.set_tag(run_id, "dask_batch.error", message[:5000])
-        client.set_terminated(run_id, status)
+        terminate(_client(mine), run_id, status, message)
     except Exception as exc:
         logger.warning(
             "The MLflow run of job %s could not be marked %s (set "

@@ -47,7 +47,7 @@ from ._exceptions import DaskBatchError
 from ._options import SubmitOptions
 from ._records import JobState, new_job_id
 from ._submission import command_target
-from ._tracking import Tracking
+from ._tracking import Tracking, terminate
 
 __all__ = ["DaskBatchBackend", "DaskBatchSubmittedRun"]
 
@@ -244,7 +244,8 @@ class DaskBatchBackend(AbstractBackend):
                 Tracking(run_id=run_id, tracking_uri=tracking_uri),
             )
         except DaskBatchError as exc:
-            _fail_run(tracking_uri, run_id, str(exc))
+            client = MlflowClient(tracking_uri=tracking_uri)
+            terminate(client, run_id, "FAILED", str(exc))
             raise ExecutionException(f"dask-batch: {exc}") from exc
         print(
             f"dask-batch: MLflow run {run_id} runs as job {job.id}; "
@@ -262,11 +263,3 @@ class DaskBatchBackend(AbstractBackend):
                 flush=True,
             )
         return submitted
-
-
-def _fail_run(tracking_uri: str, run_id: str, message: str) -> None:
-    client = MlflowClient(tracking_uri=tracking_uri)
-    if RunStatus.is_terminated(client.get_run(run_id).info.status):
-        return
-    client.set_tag(run_id, "dask_batch.error", message[:5000])
-    client.set_terminated(run_id, "FAILED")

@@ -68,9 +68,9 @@ class ListingCache:
         self, key: tuple[Any, ...], make: Callable[[], Awaitable[Any]]
     ) -> Any:
         now = time.monotonic()
-        self._prune(now)
+        self._prune(now)  # what is left is fresh, or still being made
         entry = self._entries.get(key)
-        if entry is None or (entry[1].done() and entry[0] <= now):
+        if entry is None:
             entry = self._entries[key] = (now + self.ttl, asyncio.ensure_future(make()))
         future = entry[1]
         try:
@@ -216,6 +216,7 @@ class Handler(tornado.web.RequestHandler):
         cache: ListingCache = self.settings["listings"]
         for batch in await self.listing_clients():
             query = {**args, "limit": offset + limit + 1}
+            # The user too: a client's id may be reused by another user's.
             key = (id(batch), batch.user, json.dumps(query, sort_keys=True))
             records += await cache.get(key, functools.partial(batch.jobs, **query))
         if len(records) > offset + limit + 1:  # several users' jobs, merged
