@@ -22,7 +22,6 @@ Target (issue 12): the retry within 60 s of the gateway noticing.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import statistics
@@ -34,6 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 from bench_scale import start_moto  # noqa: E402
+from bench_visibility import trials  # noqa: E402
 from dask_gateway import JupyterHubAuth  # noqa: E402
 from hub import running_hub  # noqa: E402
 
@@ -102,12 +102,8 @@ def trial(hub, directory: str, number: int) -> dict[str, float]:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=3)
-    parser.add_argument("--smoke", action="store_true")
-    args = parser.parse_args(argv)
-    trials = 1 if args.smoke else args.trials
-    interval = "1s" if args.smoke else "10s"
+    count, smoke = trials(argv, __doc__.splitlines()[0], default=3)
+    interval = "1s" if smoke else "10s"
     moto, options = start_moto()  # its own process
     s3 = S3Server(options["client_kwargs"]["endpoint_url"], "bench", "bench")
     import s3fs
@@ -123,9 +119,9 @@ def main(argv=None):
             s3.storage_options,
             service_interval=interval,
             # Smoke: the suite's fast periods; else dask-gateway's defaults.
-            gateway_periods=None if args.smoke else {},
+            gateway_periods=None if smoke else {},
         ) as hub:
-            for number in range(trials):
+            for number in range(count):
                 results.append(trial(hub, directory, number))
                 r = results[-1]
                 print(

@@ -18,7 +18,6 @@ untracked, so main does the same work):
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -28,6 +27,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
+from bench_visibility import trials  # noqa: E402
 from tracking import running_mlflow  # noqa: E402
 
 import dask_batch.local  # noqa: E402
@@ -61,11 +61,7 @@ def trial(batch: BatchClient, tracked: bool) -> tuple[float, float, float]:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=5)
-    parser.add_argument("--smoke", action="store_true")
-    args = parser.parse_args(argv)
-    trials = 1 if args.smoke else args.trials
+    count, _ = trials(argv, __doc__.splitlines()[0], default=5)
     directory = tempfile.mkdtemp(prefix="dask-batch-bench-mlflow-")
     figures: dict[bool, list[tuple[float, float, float]]] = {False: [], True: []}
     with running_mlflow(directory, auth=False) as server:
@@ -78,13 +74,13 @@ def main(argv=None):
             ) as batch:
                 for tracked in (False, True):  # warm-up: imports, experiment
                     trial(batch, tracked)
-                for _ in range(trials):
+                for _ in range(count):
                     for tracked in (False, True):
                         figures[tracked].append(trial(batch, tracked))
                 batch.gateway.close()
         finally:
             dask_batch.local.stop(gateway_dir)
-    print(f"MLflow tracking, {trials} trial(s) each, medians (seconds):")
+    print(f"MLflow tracking, {count} trial(s) each, medians (seconds):")
     print(f"{'':28}{'untracked':>10}{'tracked':>10}{'ratio':>8}")
     names = ["submit() call", "submit -> main running", "main returned -> final"]
     for index, name in enumerate(names):

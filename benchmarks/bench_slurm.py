@@ -17,7 +17,6 @@ one moto S3 bucket for both, and times per trial, alternating the backends:
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -28,6 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 from bench_scale import start_moto  # noqa: E402
+from bench_visibility import trials  # noqa: E402
 from slurm import running_slurm  # noqa: E402
 
 import dask_batch.local  # noqa: E402
@@ -62,11 +62,7 @@ def stopped(batch: BatchClient, name: str) -> bool:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=5)
-    parser.add_argument("--smoke", action="store_true")
-    args = parser.parse_args(argv)
-    trials = 1 if args.smoke else args.trials
+    count, _ = trials(argv, __doc__.splitlines()[0], default=5)
     moto, options = start_moto()  # its own process
     s3 = S3Server(options["client_kwargs"]["endpoint_url"], "bench", "bench")
     import s3fs
@@ -88,7 +84,7 @@ def main(argv=None):
                 BatchClient(gateway=slurm.gateway.gateway(), storage=storage[0],
                             storage_options=storage[1]) as on_slurm,
             ):  # fmt: skip
-                for _ in range(trials):
+                for _ in range(count):
                     figures["local"].append(trial(on_local, stopped))
                     figures["slurm"].append(trial(on_slurm, slurm_gone))
                     print(
@@ -103,9 +99,7 @@ def main(argv=None):
     finally:
         dask_batch.local.stop(local_dir)
         stop_process(moto)
-    print(
-        f"\nmedians over {trials} trials (submit -> main running / returned -> gone):"
-    )
+    print(f"\nmedians over {count} trials (submit -> main running / returned -> gone):")
     for backend, rows in figures.items():
         start = statistics.median(r[0] for r in rows)
         end = statistics.median(r[1] for r in rows)

@@ -13,12 +13,12 @@ running). The ratios to the bare cluster are what the early start is for.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import tempfile
 import time
 
+from bench_visibility import trials  # this directory is on sys.path when run
 from dask_gateway.client import ClusterStatus
 
 import dask_batch.local
@@ -55,11 +55,7 @@ def job(batch: BatchClient) -> float:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--smoke", action="store_true")
-    args = parser.parse_args(argv)
-    trials = 1 if args.smoke else args.trials
+    count, _ = trials(argv, __doc__.splitlines()[0], default=10)
     directory = tempfile.mkdtemp(prefix="dask-batch-bench-start-")
     dirs = {early: os.path.join(directory, f"early-{early}") for early in (1, 0)}
     infos = {}
@@ -78,7 +74,7 @@ def main(argv=None):
         figures: dict[str, list[float]] = {"bare": [], "early": [], "late": []}
         for batch in clients.values():  # warm-up: imports, caches
             job(batch)
-        for _ in range(trials):
+        for _ in range(count):
             figures["bare"].append(bare(clients[1].gateway))
             figures["early"].append(job(clients[1]))
             figures["late"].append(job(clients[0]))
@@ -88,7 +84,7 @@ def main(argv=None):
         for path in dirs.values():
             dask_batch.local.stop(path)
     median = {k: statistics.median(v) for k, v in figures.items()}
-    print(f"## Main starting with the cluster ({trials} trials, medians)\n")
+    print(f"## Main starting with the cluster ({count} trials, medians)\n")
     print("| measure | median | / bare cluster |")
     print("|---|---|---|")
     print(f"| bare cluster: new_cluster() -> running | {median['bare']:.3f} s | 1.00 |")

@@ -67,6 +67,15 @@ def sizes(argv, description, *, jobs, repeat):
     return args.jobs, args.repeat, False
 
 
+def trials(argv, description, *, default):
+    """``(trials, smoke)`` from ``--trials`` and ``--smoke`` (one trial)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--trials", type=int, default=default)
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args(argv)
+    return (1 if args.smoke else args.trials), args.smoke
+
+
 def main(argv=None):
     count, repeat, smoke = sizes(argv, __doc__.splitlines()[0], jobs=1000, repeat=5)
     lines, interval = (5, 0.2) if smoke else (60, 0.25)
