@@ -59,12 +59,14 @@ class ArtifactSync:
             said once): links, special files, bad names, files past the limit.
         """
         notes: list[str] = []
+        kept = sum(size for size, _ in self._copied.values())
         for name, path, info in self._files(notes):
             seen = (info.st_size, info.st_mtime_ns)
-            if self._copied.get(name) == seen:
+            before = self._copied.get(name)
+            if before == seen:
                 continue
-            kept = sum(size for n, (size, _) in self._copied.items() if n != name)
-            if kept + info.st_size > self.limit:
+            others = kept - (before[0] if before else 0)
+            if others + info.st_size > self.limit:
                 self._note(
                     notes,
                     name,
@@ -75,6 +77,7 @@ class ArtifactSync:
                 continue
             self.store.put_artifact(self.user, self.job_id, name, path)
             self._copied[name] = seen
+            kept = others + info.st_size
         return notes
 
     def _files(self, notes: list[str]) -> list[tuple[str, str, os.stat_result]]:

@@ -302,3 +302,25 @@ def test_the_pages_listing_cache_shares_one_listing_and_forgets_on_cancel():
 
     asyncio.run(scenario())
     assert calls == ["a", "b", "c", "boom", "d", "e1", "e2"]
+
+
+def test_artifact_sync_copies_changes_and_keeps_within_its_limit(tmp_path):
+    from dask_batch._artifacts import ArtifactSync
+    from dask_batch._store import JobStore
+
+    store = JobStore(str(tmp_path / "jobs"))
+    job_id = "20260101-000000-000-0badc0de"
+    folder = tmp_path / "artifacts"
+    folder.mkdir()
+    sync = ArtifactSync(store, "alice", job_id, str(folder), limit=10)
+    (folder / "a.txt").write_bytes(b"123456")
+    (folder / "b.txt").write_bytes(b"abcdef")
+    notes = sync.sync()
+    assert store.artifacts("alice", job_id) == {"a.txt": 6}
+    assert len(notes) == 1 and "'b.txt' (6 B) not stored" in notes[0]
+    assert "batch.artifacts.limit (10 B)" in notes[0]
+    assert sync.sync() == []  # said once
+    # A file that shrinks makes room; its own old size does not count twice.
+    (folder / "a.txt").write_bytes(b"12")
+    sync.sync()
+    assert store.artifacts("alice", job_id) == {"a.txt": 2, "b.txt": 6}
