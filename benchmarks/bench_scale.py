@@ -1,24 +1,22 @@
-"""Listing at scale: jobs() and `dask batch list` with 10,000 job records.
+"""Listing at scale: the newest 50 and the last hour at 1,000 to 100,000 jobs.
 
-    python benchmarks/bench_scale.py              # the figures in docs/benchmarks.md
-    python benchmarks/bench_scale.py --smoke      # one quick pass (CI), no targets
+    python benchmarks/bench_scale.py            # the figures in docs/benchmarks.md
+    python benchmarks/bench_scale.py --smoke    # 100 and 1,000 jobs, once (CI)
 
-Fills local storage and a moto S3 server (its own process, as a real endpoint
-would be) with finished jobs, then times, side by side:
+Fills local storage and a moto S3 server (its own process, see
+filled_moto.py) with finished jobs, one every five minutes up to now, with
+the job catalog as runners and listings leave it. Then, side by side for
+each size:
 
-- a first listing of records without the index, which reads every record one
-  by one (6 small objects per job) and packs them into the listing index, and
-  the listing after it;
-- listings of 10,000 jobs as runners leave them (records and index packs);
-- `dask batch list` in a new process (newest 50, and all jobs), with that
-  process's peak resident memory, beside `dask --help`: dask's CLI imports
-  distributed to load its own subcommands before it runs ours, a floor that
-  `dask batch list` cannot go under; and the stand-alone `dask-batch list`.
+- ``jobs(limit=50)`` and ``jobs(since="1h")``, in process: their cost must
+  not grow with the history (the ratio to the smallest size);
+- at the largest size, `dask batch list` in a new process (newest 50, and
+  every job with ``--limit``) beside `dask --help` (dask's CLI start-up: the
+  floor), with the peak resident memory of each, and a full ``jobs()``, which
+  reads every job prefix (the reconciliation);
+- the first listing of a store from before the catalog (``--cold-jobs``
+  records without index or markers), which migrates it, and the next one.
 
-Runners add each job that ends to the index, so the 10,000 jobs are written
-with the index as runners leave it. Records without it (jobs from before the
-index) are timed apart, on ``--cold-jobs`` jobs on S3: per-job reads cost
-~6 ms a piece on moto, minutes for 10,000 jobs.
 Everything runs on 127.0.0.1.
 """
 
@@ -27,26 +25,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 from bench_visibility import timed  # this directory is on sys.path when run
 
 import dask_batch.local
 from dask_batch import BatchClient
-from dask_batch.testing import wait_for, write_job_records
+from dask_batch.testing import write_job_records
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+JOB_EVERY_MINUTES = 5
 
 # Runs `dask ...` (dask's own CLI, which loads every `dask_cli` entry point:
 # distributed's scheduler, worker, ssh and spec commands, and ours) and reports
 # its peak resident memory (kB) on stderr at exit: the high-water mark of its
 # own memory (VmHWM). ru_maxrss would not do: a child started with vfork + exec
-# inherits the parent's RSS as its maximum, which made an earlier run report
-# this benchmark's own 220 MB.
+# inherits the parent's RSS as its maximum.
 DASK_CLI_WITH_PEAK_RSS = (
     "import atexit, sys; atexit.register(lambda: sys.stderr.write("
     "'peak_rss_kb=' + [l.split()[1] for l in open('/proc/self/status') "
@@ -55,30 +53,50 @@ DASK_CLI_WITH_PEAK_RSS = (
 )
 
 
-def start_moto():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+class FilledMoto:
+    """filled_moto.py in its own process: a moto endpoint we can fill fast."""
 
-    def answers():
-        try:
-            with urllib.request.urlopen(f"{url}/moto-api/", timeout=1):
-                return True
-        except OSError:
-            return False
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "filled_moto.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        url = self._answer()["url"]
+        self.options = {
+            "key": "bench",
+            "secret": "bench",
+            "client_kwargs": {"endpoint_url": url},
+        }
 
-    wait_for(answers, 60, f"moto to answer on {url}")
-    return proc, {
-        "key": "bench",
-        "secret": "bench",
-        "client_kwargs": {"endpoint_url": url},
-    }
+    def fill(self, storage, user, count, *, indexed):
+        order = dict(
+            storage=storage,
+            options=self.options,
+            user=user,
+            count=count,
+            days=days_of(count),
+            indexed=indexed,
+        )
+        self.proc.stdin.write(json.dumps(order) + "\n")
+        self.proc.stdin.flush()
+        return self._answer()["seconds"]
+
+    def _answer(self):
+        """The next JSON line on its stdout (moto prints a greeting first)."""
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                return json.loads(line)
+        raise RuntimeError("filled_moto.py ended without answering")
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+def days_of(count):
+    return count * JOB_EVERY_MINUTES / 1440
 
 
 def dask_cli(env, *args):
@@ -96,108 +114,146 @@ def dask_cli(env, *args):
     return elapsed, peak_kb / 1024
 
 
-def measure(name, gateway, info, storage, options, count, cold_count, repeat):
-    rows = {}
-    # Records without the index (jobs that ended before it existed): the
-    # first listing reads each one and packs them.
-    cold = BatchClient(
-        gateway=gateway, storage=f"{storage}-cold", storage_options=options
-    )
-    write_job_records(cold.store, cold.user, cold_count)
-    t0 = time.perf_counter()
-    assert len(cold.jobs()) == cold_count
-    rows[f"first listing, {cold_count} jobs without index (per-job reads)"] = (
-        time.perf_counter() - t0
-    )
-    rows[f"second listing, {cold_count} jobs (packed by the first)"] = timed(
-        cold.jobs, repeat
-    )
+def fill(kind, batch, moto, count, indexed):
+    if kind == "local":
+        t0 = time.perf_counter()
+        write_job_records(
+            batch.store, batch.user, count, days=days_of(count), indexed=indexed
+        )
+        return time.perf_counter() - t0
+    return moto.fill(batch.store.url, batch.user, count, indexed=indexed)
 
-    batch = BatchClient(gateway=gateway, storage=storage, storage_options=options)
-    t0 = time.perf_counter()
-    write_job_records(batch.store, batch.user, count, indexed=True)
-    fill = time.perf_counter() - t0
-    assert len(batch.jobs()) == count
-    rows[f"`jobs()`, all {count} (index as runners leave it)"] = timed(
-        batch.jobs, repeat
-    )
-    rows[f"`jobs(limit=50)`, newest of {count}"] = timed(
-        lambda: batch.jobs(limit=50), repeat
-    )
+
+def windows(kind, gateway, storage, options, moto, sizes, repeat):
+    """Newest 50 and the last hour at each size: {size: (newest, hour)}."""
+    rows = {}
+    for count in sizes:
+        url = f"{storage}/n{count}"
+        with BatchClient(gateway=gateway, storage=url, storage_options=options) as b:
+            seconds = fill(kind, b, moto, count, indexed=True)
+            newest = b.jobs(limit=50)  # settles the packs once
+            assert len(newest) == 50, len(newest)
+            hour = b.jobs(since="1h")
+            assert 0 < len(hour) <= 60 // JOB_EVERY_MINUTES + 1, len(hour)
+            rows[count] = (
+                timed(lambda b=b: b.jobs(limit=50), repeat),
+                timed(lambda b=b: b.jobs(since="1h"), repeat),
+            )
+        print(f"{kind}: {count} jobs filled in {seconds:.1f} s", flush=True)
+    return rows
+
+
+def largest(kind, gateway, info, storage, options, count, repeat):
+    """The CLI and a full listing at ``count`` jobs (already filled)."""
+    url = f"{storage}/n{count}"
+    rows = {}
     env = dict(
         os.environ,
         **info.environment(),
-        DASK_BATCH__STORAGE=batch.store.url,
+        DASK_BATCH__STORAGE=url,
         DASK_BATCH__STORAGE_OPTIONS=json.dumps(options),
     )
-    # Interleaved, so that a noisy moment of the VM falls on all of them.
     commands = {
-        "`dask --help` (dask's CLI start-up: the floor)": ["--help"],
+        "`dask --help` (the floor)": ["--help"],
         "`dask batch list` (newest 50)": ["batch", "list"],
         f"`dask batch list --limit {count}`": ["batch", "list", "--limit", str(count)],
     }
     runs: dict[str, list[tuple[float, float]]] = {label: [] for label in commands}
-    for _ in range(repeat):
+    for _ in range(repeat):  # interleaved: a noisy moment falls on all of them
         for label, args in commands.items():
             runs[label].append(dask_cli(env, *args))
     for label in commands:
-        rows[label] = statistics.median(r[0] for r in runs[label])
-    rows["`dask-batch list` (newest 50; the stand-alone command)"] = timed(
-        lambda: subprocess.run(
-            [sys.executable, "-m", "dask_batch.cli", "list"],
-            env=env,
-            check=True,
-            capture_output=True,
-        ),
-        repeat,
-    )
-    peak = max(r[1] for r in runs[f"`dask batch list --limit {count}`"])
-    print(f"\n### {name}: {count} jobs (filled in {fill:.1f} s)\n")
-    print("| measure | time |\n|---|---|")
-    for label, seconds in rows.items():
-        print(f"| {label} | {seconds:.3f} s |")
-    print(f"| peak RSS of `dask batch list --limit {count}` | {peak:.0f} MB |")
+        rows[label] = (
+            statistics.median(r[0] for r in runs[label]),
+            max(r[1] for r in runs[label]),
+        )
+    with BatchClient(gateway=gateway, storage=url, storage_options=options) as b:
+        t0 = time.perf_counter()
+        assert len(b.jobs()) == count
+        rows[f"`jobs()`, all {count} (reads every job prefix)"] = (
+            time.perf_counter() - t0,
+            None,
+        )
+    return rows
+
+
+def migration(kind, gateway, storage, options, moto, count):
+    url = f"{storage}/cold{count}"
+    with BatchClient(gateway=gateway, storage=url, storage_options=options) as b:
+        fill(kind, b, moto, count, indexed=False)
+        t0 = time.perf_counter()
+        assert len(b.jobs(limit=50)) == 50
+        first = time.perf_counter() - t0
+        second = timed(lambda: b.jobs(limit=50), 1)
+    return first, second
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=10_000)
-    parser.add_argument("--cold-jobs", type=int, default=1_000)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--cold-jobs", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--local-only", action="store_true", help="skip S3")
     args = parser.parse_args(argv)
-    count = 30 if args.smoke else args.jobs
-    cold_count = 10 if args.smoke else args.cold_jobs
+    sizes = [100, 1000] if args.smoke else [int(s) for s in args.sizes.split(",")]
+    cold = 100 if args.smoke else args.cold_jobs
     repeat = 1 if args.smoke else args.repeat
 
     directory = tempfile.mkdtemp(prefix="dask-batch-bench-")
     info = dask_batch.local.start(directory)
     moto = None
+    stores = {"local": (os.path.join(directory, "jobs"), {})}
     try:
-        with info.gateway() as gateway:
-            local_root = os.path.join(directory, "jobs")
-            measure("local", gateway, info, local_root, {}, count, count, repeat)
-            if args.local_only:
-                return
+        if not args.local_only:
             import s3fs
 
-            moto, s3_options = start_moto()
-            s3fs.S3FileSystem(**s3_options).mkdir("bench-jobs")
-            measure(
-                "S3 (moto)",
-                gateway,
-                info,
-                "s3://bench-jobs/jobs",
-                s3_options,
-                count,
-                cold_count,
-                repeat,
-            )
+            moto = FilledMoto()
+            s3fs.S3FileSystem(**moto.options).mkdir("bench-jobs")
+            stores["S3 (moto)"] = ("s3://bench-jobs/jobs", moto.options)
+        results = {}
+        with info.gateway() as gateway:
+            for kind, (storage, options) in stores.items():
+                results[kind] = (
+                    windows(kind, gateway, storage, options, moto, sizes, repeat),
+                    largest(kind, gateway, info, storage, options, sizes[-1], repeat),
+                    migration(kind, gateway, storage, options, moto, cold),
+                )
+        kinds = list(results)
+        print("\n### Newest 50 and the last hour, by history\n")
+        print("| jobs | " + " | ".join(f"{k}: newest 50 | {k}: since 1h" for k in kinds))
+        print("|---" * (1 + 2 * len(kinds)) + "|")
+        for count in sizes:
+            cells = []
+            for kind in kinds:
+                newest, hour = results[kind][0][count]
+                cells += [f"{newest:.3f} s", f"{hour:.3f} s"]
+            print(f"| {count:,} | " + " | ".join(cells) + " |")
+        cells = []
+        for kind in kinds:
+            rows = results[kind][0]
+            for column in (0, 1):
+                cells.append(f"{rows[sizes[-1]][column] / rows[sizes[0]][column]:.2f}x")
+        print(f"| ratio {sizes[-1]:,} / {sizes[0]:,} | " + " | ".join(cells) + " |")
+        print(f"\n### At {sizes[-1]:,} jobs\n")
+        print("| measure | " + " | ".join(kinds) + " |")
+        print("|---" * (1 + len(kinds)) + "|")
+        for label in results[kinds[0]][1]:
+            cells = []
+            for kind in kinds:
+                seconds, peak = results[kind][1][label]
+                cells.append(
+                    f"{seconds:.3f} s" + (f", {peak:.0f} MB peak" if peak else "")
+                )
+            print(f"| {label} | " + " | ".join(cells) + " |")
+        cells = [f"{results[k][2][0]:.3f} s, then {results[k][2][1]:.3f} s" for k in kinds]
+        print(
+            f"| first listing of {cold:,} jobs from before the catalog (migrates), "
+            "then the next | " + " | ".join(cells) + " |"
+        )
     finally:
         if moto is not None:
-            moto.terminate()
-            moto.wait(30)
+            moto.close()
         dask_batch.local.stop(directory)
 
 

@@ -150,6 +150,8 @@ class ClusterLauncher:
         store.put_json(self.user, job_id, SPEC, spec)
         pending = {"state": JobState.PENDING.value, "updated": spec["submitted"]}
         store.put_json(self.user, job_id, STATE, pending)
+        # After the spec: a marker always names a job that has a record.
+        store.mark_live(self.user, job_id)
 
     async def launch(
         self, job_id: str, spec: dict[str, Any], env_key: str, attempt: int = 1

@@ -75,13 +75,17 @@ def local_write_denied(folder: str, user: str) -> str | None:
 async def live_records(store: JobStore, user: str) -> list[JobRecord]:
     """The user's jobs that have not ended, as stored (no gateway request).
 
-    Ended jobs are in the listing index; only the others are read.
+    With a complete job catalog only the jobs marked live are read; in a
+    store from before it, every job that is not in the listing index.
     """
-    ids = await asyncio.to_thread(store.job_ids, user)
-    index, _ = await asyncio.to_thread(store.read_index, user)
-    records = await asyncio.to_thread(
-        store.read_records, user, [i for i in ids if i not in index]
-    )
+    catalog = await asyncio.to_thread(store.catalog, user)
+    if catalog.complete:
+        ids = sorted(catalog.live, reverse=True)
+    else:
+        every_id = await asyncio.to_thread(store.job_ids, user)
+        index = await asyncio.to_thread(store.read_index, user, catalog.packs)
+        ids = [i for i in every_id if i not in index]
+    records = await asyncio.to_thread(store.read_records, user, ids)
     return [
         r
         for r in records.values()

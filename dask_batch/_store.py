@@ -19,12 +19,12 @@ Layout, one prefix per user and job::
                            secrets.bin    env values for main, encrypted
                            files.tar.gz   files uploaded as main's working directory
                            artifacts/...  files main wrote to artifacts_path()
-    {root}/{user}/.index/{newest}-{count}-{random}.json.gz
+    {root}/{user}/.index/...               the job catalog: live markers and
                                           packs of terminal records, for listing
     {root}/{user}/.idempotency/{sha256 of the key}.json
                                           which job an idempotency key started
 
-The listing index is described in :mod:`dask_batch._index`.
+The job catalog is described in :mod:`dask_batch._index`.
 
 Every object is serialised in memory and written whole (see
 :mod:`dask_batch._backends`), so no reader ever sees half a record. A terminal
@@ -382,9 +382,10 @@ class JobStore(ListingIndex, JobLogs):
             return []
 
     def delete_job(self, user: str, job_id: str) -> None:
-        """Remove everything stored for a job."""
+        """Remove everything stored for a job, then its live marker."""
         with self._errors("delete the records", job_id):
             self.fs.rm(self.job_path(user, job_id), recursive=True)
+        self.forget_live(user, [job_id])
 
     # -- results: streamed, hashed while they move ----------------------------------
     def put_pieces(

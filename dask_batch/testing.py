@@ -48,18 +48,28 @@ __all__ = [
 
 
 def write_job_records(
-    store: Any, user: str, count: int, *, days: float = 30, indexed: bool = False
+    store: Any,
+    user: str,
+    count: int,
+    *,
+    days: float = 30,
+    indexed: bool = False,
+    pack_size: int | None = None,
+    put: Callable[[dict[str, bytes]], Any] | None = None,
 ) -> list[str]:
     """Fill ``store`` with ``count`` finished jobs of ``user``.
 
     Jobs are spread over the last ``days`` days; every tenth FAILED, the rest
     SUCCEEDED, named ``job-0`` to ``job-6``. Written in one concurrent batch,
-    with the listing index as runners leave it if ``indexed`` (packs of
-    ``SMALL_PACK`` entries), else without. Returns the ids, oldest first.
+    with a complete job catalog as runners and listings leave it if
+    ``indexed`` (packs of ``pack_size`` entries, or ``LARGE_PACK``), else
+    as a store from before the catalog. The job objects are written by
+    ``put`` (default: the store's filesystem), given ``{path: bytes}``.
+    Returns the ids, oldest first.
     """
     import datetime
 
-    from ._index import SMALL_PACK, index_entry
+    from ._index import LARGE_PACK, index_entry
     from ._records import JobRecord, new_job_id, to_iso, utcnow
     from ._store import SPEC, STATE, dumps_json
 
@@ -90,9 +100,12 @@ def write_job_records(
         objects[store.job_path(user, job_id, STATE)] = dumps_json(state)
         if indexed:
             entries.append(index_entry(JobRecord.from_documents(spec, state, None)))
-    store.fs.pipe(objects)
-    for first in range(0, len(entries), SMALL_PACK):
-        store.write_index(user, entries[first : first + SMALL_PACK])
+    items = list(objects.items())
+    for first in range(0, len(items), 20_000):  # bounded memory in flight
+        (put or store.fs.pipe)(dict(items[first : first + 20_000]))
+    if indexed:
+        store.write_index(user, entries, split=pack_size or LARGE_PACK)
+        store.mark_complete(user)
     return ids
 
 

@@ -1,7 +1,10 @@
-"""The listing index: terminal records packed for listing, records stay the truth."""
+"""The job catalog: live markers and packs of ended jobs; records stay the truth."""
 
 from __future__ import annotations
 
+import gzip
+import itertools
+import json
 import logging
 import os
 import pathlib
@@ -9,17 +12,34 @@ import pathlib
 import pytest
 
 from dask_batch import BatchClient, JobState
+from dask_batch._index import CATALOG, LARGE_PACK, LIVE_PREFIX, SMALL_PACK, parse_pack
 from dask_batch._listing import MAX_INDEX_PACKS as _MAX_INDEX_PACKS
+from dask_batch._records import new_job_id
 from dask_batch._store import STATE
 from dask_batch.testing import wait_for, write_job_records
 
 
-def packs(batch):
+def index_names(batch):
     store = batch.store
     try:
-        return store.fs.ls(store.index_path(batch.user), detail=False)
+        names = store.fs.ls(store.index_path(batch.user), detail=False)
     except FileNotFoundError:
         return []
+    return sorted(os.path.basename(n.rstrip("/")) for n in names)
+
+
+def packs(batch):
+    return [n for n in index_names(batch) if n.endswith(".json.gz")]
+
+
+def live_markers(batch):
+    return {n[len(LIVE_PREFIX) :] for n in index_names(batch) if n.startswith("live-")}
+
+
+def drop_states(batch, ids):
+    """Remove the per-job state objects: only the index can answer now."""
+    for job_id in ids:
+        batch.store.fs.rm_file(batch.store.job_path(batch.user, job_id, STATE))
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -40,13 +60,13 @@ def test_a_listing_packs_finished_jobs_and_later_listings_read_the_pack(any_batc
     first = batch.jobs()
     assert [r.id for r in first] == ids[::-1]
     assert len(packs(batch)) == 1
-    # From now on the pack answers: the per-job state objects are not read.
-    for job_id in ids:
-        batch.store.fs.rm_file(batch.store.job_path(batch.user, job_id, STATE))
+    assert CATALOG in index_names(batch)  # the first full listing completed it
+    drop_states(batch, ids)
     second = batch.jobs()
     assert [r.to_dict() for r in second] == [r.to_dict() for r in first]
     assert len(batch.jobs(state="FAILED")) == 4
     assert [r.id for r in batch.jobs(name="job-3", limit=2)] == [ids[38], ids[31]]
+    assert [r.id for r in batch.jobs(limit=3)] == ids[:-4:-1]
     assert len(packs(batch)) == 1  # nothing new to pack
 
 
@@ -64,76 +84,149 @@ def test_the_runner_packs_its_job_when_it_ends_and_cancel_packs_too(
     go = tmp_path / "go"
     job = batch_client.submit(sleep_until_exists, str(go), workers=0)
     cancelled = batch_client.submit(sleep_until_exists, str(go), workers=0)
+    assert live_markers(batch_client) == {job.id, cancelled.id}
     wait_for(
         lambda: batch_client.status(job.id).state is JobState.RUNNING, 60, "RUNNING"
     )
-    assert JobState.RUNNING in [r.state for r in batch_client.jobs()]
+    assert JobState.RUNNING in [r.state for r in batch_client.jobs(limit=5)]
     assert packs(batch_client) == []  # a live job is never packed
     batch_client.cancel(cancelled.id)
     go.touch()
     assert job.result(timeout=60) == "done"
     store = batch_client.store
-    entries, _ = store.read_index(batch_client.user)
-    assert set(entries) == {job.id, cancelled.id}
+    assert set(store.read_index(batch_client.user)) == {job.id, cancelled.id}
+    assert live_markers(batch_client) == set()
     # Packed as the record reads, so listings need not read the record.
-    for j in (job, cancelled):
-        store.fs.rm_file(store.job_path(batch_client.user, j.id, STATE))
-    listed = {r.id: r.to_dict() for r in batch_client.jobs()}
-    assert listed == {j.id: j.status().to_dict() for j in (job, cancelled)}
-    assert listed[cancelled.id]["state"] == "CANCELLED"
+    drop_states(batch_client, [job.id, cancelled.id])
+    for listed in (batch_client.jobs(), batch_client.jobs(limit=5, since="1h")):
+        by_id = {r.id: r.to_dict() for r in listed}
+        assert by_id == {j.id: j.status().to_dict() for j in (job, cancelled)}
+        assert by_id[cancelled.id]["state"] == "CANCELLED"
 
 
-def test_a_damaged_pack_is_ignored_with_a_warning(batch_client, caplog):
+def test_a_damaged_pack_is_ignored_with_a_warning_and_replaced(batch_client, caplog):
     ids = write_job_records(batch_client.store, batch_client.user, 10)
     batch_client.jobs()
     [pack] = packs(batch_client)
-    pathlib.Path(pack).write_bytes(b"not gzip")
-    with caplog.at_level(logging.WARNING, logger="dask_batch.store"):
-        listed = batch_client.jobs()
-    assert [r.id for r in listed] == ids[::-1]
-    assert "Ignoring damaged job index pack" in caplog.text
-    assert len(packs(batch_client)) == 2  # the records, packed again
+    index = pathlib.Path(batch_client.store.index_path(batch_client.user))
+    for listing in (batch_client.jobs, lambda: batch_client.jobs(limit=50)):
+        (index / pack).write_bytes(b"not gzip")
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="dask_batch.store"):
+            listed = listing()
+        assert [r.id for r in listed] == ids[::-1]
+        assert "Ignoring damaged job index pack" in caplog.text
+        # Its jobs were read one by one and packed again; it is gone.
+        [pack] = packs(batch_client)
+        assert batch_client.store.read_index(batch_client.user).keys() == set(ids)
 
 
-def test_packs_are_merged_and_forget_deleted_jobs(batch_client):
-    store, user = batch_client.store, batch_client.user
-    ids = []
-    for _ in range(_MAX_INDEX_PACKS):
-        ids += write_job_records(store, user, 3)
-        batch_client.jobs()
-    assert len(packs(batch_client)) == _MAX_INDEX_PACKS
-    store.fs.rm(store.job_path(user, ids[0]), recursive=True)
-    ids += write_job_records(store, user, 3)
-    listed = batch_client.jobs()
-    [merged] = packs(batch_client)
-    assert sorted(r.id for r in listed) == sorted(ids[1:])
-    # The merged pack alone answers, without the deleted job.
-    for job_id in ids[1:]:
-        store.fs.rm_file(store.job_path(user, job_id, STATE))
-    assert [r.to_dict() for r in batch_client.jobs()] == [r.to_dict() for r in listed]
-    assert os.path.basename(merged).startswith(f"{max(ids)}-{len(ids) - 1}-")
-
-
-def test_packs_left_by_runners_are_merged_by_a_listing_with_nothing_new(batch_client):
-    from dask_batch._index import SMALL_PACK
-
+def test_small_packs_left_by_runners_are_merged_by_a_windowed_listing(batch_client):
     store, user = batch_client.store, batch_client.user
     count = SMALL_PACK * _MAX_INDEX_PACKS + 1  # one more pack than allowed
-    ids = write_job_records(store, user, count, indexed=True)
+    assert count == 2 * LARGE_PACK + 1
+    ids = write_job_records(store, user, count, indexed=True, pack_size=SMALL_PACK)
     assert len(packs(batch_client)) == _MAX_INDEX_PACKS + 1
-    assert len(batch_client.jobs()) == count
-    [merged] = packs(batch_client)
-    assert os.path.basename(merged).startswith(f"{ids[-1]}-{count}-")
-
-
-def test_a_merge_that_keeps_no_job_removes_the_packs(batch_client):
-    from dask_batch._index import SMALL_PACK
-
-    store, user = batch_client.store, batch_client.user
-    ids = write_job_records(
-        store, user, SMALL_PACK * _MAX_INDEX_PACKS + 1, indexed=True
+    assert [r.id for r in batch_client.jobs(limit=50)] == ids[:-51:-1]
+    merged = sorted(
+        (parse_pack(n) for n in packs(batch_client)), key=lambda p: p.oldest
     )
-    for job_id in ids:  # the jobs are deleted by hand; their packs stay
+    # Cut by id into packs that merges leave alone, and the newest remainder.
+    assert [p.count for p in merged] == [LARGE_PACK, LARGE_PACK, 1]
+    assert (merged[0].oldest, merged[-1].newest) == (ids[0], ids[-1])
+    assert all(a.newest < b.oldest for a, b in itertools.pairwise(merged))
+
+
+def test_jobs_deleted_by_hand_leave_listings_and_packs(batch_client):
+    store, user = batch_client.store, batch_client.user
+    ids = write_job_records(store, user, 20, indexed=True)
+    for job_id in (ids[0], ids[-1]):
+        store.fs.rm(store.job_path(user, job_id), recursive=True)
+    # A full listing reads every prefix, and rewrites the pack without them.
+    assert [r.id for r in batch_client.jobs()] == ids[-2:0:-1]
+    assert store.read_index(user).keys() == set(ids[1:-1])
+    assert [r.id for r in batch_client.jobs(limit=5)] == ids[-2:-7:-1]
+    for job_id in ids[1:-1]:
         store.fs.rm(store.job_path(user, job_id), recursive=True)
     assert batch_client.jobs() == []
     assert packs(batch_client) == []
+
+
+def test_a_window_reads_only_the_packs_that_can_hold_its_jobs(
+    batch_client, caplog, monkeypatch
+):
+    store, user = batch_client.store, batch_client.user
+    monkeypatch.setattr("dask_batch._listing.LARGE_PACK", 20)  # none to merge
+    ids = write_job_records(store, user, 300, days=30, indexed=True, pack_size=20)
+    names = sorted(packs(batch_client), key=lambda n: parse_pack(n).newest)
+    assert len(names) == 15
+    index = pathlib.Path(store.index_path(user))
+    for name in names[:10]:  # the packs of the oldest 20 days are unreadable
+        (index / name).write_bytes(b"not gzip")
+    with caplog.at_level(logging.WARNING, logger="dask_batch.store"):
+        assert [r.id for r in batch_client.jobs(limit=50)] == ids[:-51:-1]
+        recent = batch_client.jobs(since="5d")
+        assert caplog.text == ""  # the damaged packs were never read
+        # Five days of jobs 2.4 h apart: the newest 50, give or take one.
+        assert [r.id for r in recent] == ids[::-1][: len(recent)]
+        assert 49 <= len(recent) <= 51
+        # A window that reaches them reads them, and falls back on the records.
+        older = batch_client.jobs(since="25d")
+        assert [r.id for r in older] == ids[::-1][: len(older)]
+        assert 249 <= len(older) <= 251
+    assert "Ignoring damaged job index pack" in caplog.text
+
+
+def test_a_store_from_before_the_catalog_is_migrated_by_its_first_listing(
+    batch_client, tmp_path
+):
+    from dask_batch._index import index_entry
+
+    store, user = batch_client.store, batch_client.user
+    old = write_job_records(store, user, 30)
+    # Ten of them in a pack of the first layout, as earlier versions named it.
+    entries = [index_entry(store.read_record(user, i)) for i in old[:10]]
+    document = gzip.compress(json.dumps({"version": 1, "jobs": entries}).encode())
+    store.backend.put_whole(
+        store.index_path(user, f"{old[9]}-10-0123abcd.json.gz"), document
+    )
+    go = tmp_path / "go"
+    live = batch_client.submit(sleep_until_exists, str(go), workers=0)
+    try:
+        # An earlier client kept no catalog: no marker, no catalog.json.
+        store.forget_live(user, [live.id])
+        assert CATALOG not in index_names(batch_client)
+        expected = [live.id, *old[::-1]]
+        assert [r.id for r in batch_client.jobs(limit=50)] == expected
+        assert CATALOG in index_names(batch_client)
+        assert live_markers(batch_client) == {live.id}
+        assert all(parse_pack(n).oldest for n in packs(batch_client))
+        # From now on the catalog answers windowed listings.
+        drop_states(batch_client, old)
+        assert [r.id for r in batch_client.jobs(limit=50)] == expected
+        assert [r.id for r in batch_client.jobs(since="1h")] == [live.id]
+    finally:
+        go.touch()
+    assert live.result(timeout=60) == "done"
+    assert live_markers(batch_client) == set()
+
+
+def test_planted_catalog_names_never_list_a_job(batch_client):
+    from dask_batch._index import index_entry
+
+    store, user = batch_client.store, batch_client.user
+    ids = write_job_records(store, user, 5, indexed=True)
+    index = pathlib.Path(store.index_path(user))
+    nobody = new_job_id()
+    for name in (f"{LIVE_PREFIX}{nobody}", "live-..", "pack-x-1-a.json.gz"):
+        (index / name).write_bytes(b"")
+    # A pack whose name claims one job, holding another with a forged state.
+    forged = index_entry(store.read_record(user, ids[4]))
+    forged["state"] = "FAILED" if forged["state"] == "SUCCEEDED" else "SUCCEEDED"
+    document = gzip.compress(json.dumps({"version": 1, "jobs": [forged]}).encode())
+    (index / f"pack-{ids[0]}-{ids[0]}-1-00000000.json.gz").write_bytes(document)
+    true = {r.id: r.state for r in batch_client.jobs()}
+    listed = batch_client.jobs(limit=50)
+    assert [r.id for r in listed] == ids[::-1]
+    assert {r.id: r.state for r in listed} == true
+    assert nobody not in live_markers(batch_client)  # the stale marker went

@@ -108,11 +108,17 @@ def test_any_index_entry_gives_a_record_or_a_value_error(entry):
 @fast
 @given(pack=st.binary(max_size=64) | json_values.map(lambda v: json.dumps(v).encode()))
 def test_any_index_pack_is_read_or_skipped(store, pack):
-    path = f"{store.index_path(USER)}/{JOB}-1-00000000.json.gz"
-    for data in (pack, gzip.compress(pack)):
-        store.backend.put_whole(path, data)
-        entries, packs_read = store.read_index(USER, [path])
-        assert isinstance(entries, dict) and set(packs_read) <= {path}
+    from dask_batch._index import parse_pack
+
+    for name in (f"{JOB}-1-00000000.json.gz", f"pack-{JOB}-{JOB}-1-0.json.gz"):
+        path = store.index_path(USER, name)
+        for data in (pack, gzip.compress(pack)):
+            store.backend.put_whole(path, data)
+            read = store.read_packs(USER, [parse_pack(path)])
+            for _, records in read:
+                assert all(
+                    r.id == JOB and r.state.is_terminal for r in records.values()
+                )
 
 
 @fast
