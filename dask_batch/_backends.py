@@ -12,6 +12,7 @@ Shared by client and scheduler side: imports neither.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import os
 import posixpath
@@ -37,6 +38,16 @@ class ObjectStoreBackend:
 
     def __init__(self, fs: fsspec.AbstractFileSystem) -> None:
         self.fs = fs
+        #: Passed to ``cat``/``cat_file`` for small objects (records, packs).
+        #: s3fs first asks for an object's size to read big ones in parallel
+        #: parts; for a missing object that HEAD falls back to a LIST. One
+        #: GET is all a record needs.
+        self.small_reads: dict[str, Any] = {}
+        cat_file = getattr(fs, "_cat_file", None)
+        if cat_file is not None:
+            with contextlib.suppress(TypeError, ValueError):
+                if "max_concurrency" in inspect.signature(cat_file).parameters:
+                    self.small_reads = {"max_concurrency": 1}
 
     def put_whole(self, path: str, data: bytes) -> None:
         self.fs.pipe_file(path, data)

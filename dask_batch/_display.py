@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import html
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ._records import JobRecord, JobState
@@ -64,12 +64,24 @@ def row(record: JobRecord) -> dict[str, str]:
     }
 
 
-def text_table(records: Iterable[JobRecord]) -> str:
-    rows = [row(r) for r in records]
-    widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in COLUMNS}
-    lines = ["  ".join(c.upper().ljust(widths[c]) for c in COLUMNS).rstrip()]
-    lines += ["  ".join(r[c].ljust(widths[c]) for c in COLUMNS).rstrip() for r in rows]
-    return "\n".join(lines)
+def text_lines(records: Sequence[JobRecord]) -> Iterator[str]:
+    """The lines of a text table of ``records``, made one at a time.
+
+    Two passes (column widths, then lines), so that a table of 100,000 jobs
+    never holds all its cells at once.
+    """
+    widths = {c: len(c) for c in COLUMNS}
+    for record in records:
+        for c, text in row(record).items():
+            widths[c] = max(widths[c], len(text))
+    yield "  ".join(c.upper().ljust(widths[c]) for c in COLUMNS).rstrip()
+    for record in records:
+        cells = row(record)
+        yield "  ".join(cells[c].ljust(widths[c]) for c in COLUMNS).rstrip()
+
+
+def text_table(records: Sequence[JobRecord]) -> str:
+    return "\n".join(text_lines(records))
 
 
 def _state_badge(state: JobState) -> str:
@@ -116,6 +128,10 @@ class JobList(list[JobRecord]):
 
     def to_text(self) -> str:
         return text_table(self)
+
+    def text_lines(self) -> Iterator[str]:
+        """The text table a line at a time (for very long listings)."""
+        return text_lines(self)
 
 
 class ProgressDisplay:

@@ -329,7 +329,9 @@ class JobStore(ListingIndex, JobLogs):
         """Read one object; FileNotFoundError if it does not exist."""
         path = self.job_path(user, job_id, name)
         with self._errors(f"read {name}", job_id, answers=(FileNotFoundError,)):
-            return bytes(self._retrying(self.fs.cat_file, path))
+            return bytes(
+                self._retrying(self.fs.cat_file, path, **self.backend.small_reads)
+            )
 
     def get_many(self, paths: list[str], job_id: str | None = None) -> dict[str, bytes]:
         """Read many objects at once (concurrently on async filesystems).
@@ -339,7 +341,9 @@ class JobStore(ListingIndex, JobLogs):
         if not paths:
             return {}
         with self._errors("read records", job_id):
-            out = self._retrying(self.fs.cat, paths, on_error="return")
+            out = self._retrying(
+                self.fs.cat, paths, on_error="return", **self.backend.small_reads
+            )
             if not isinstance(out, dict):  # one path: fsspec returns the bytes
                 out = {paths[0]: out}
             found = {}

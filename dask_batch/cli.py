@@ -8,6 +8,7 @@ control sequences: a job's output must not drive the user's terminal.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from typing import Any, NoReturn
@@ -89,8 +90,11 @@ def _echo_records(records: Any, as_json: bool) -> None:
     """A table of records, or a JSON list of them."""
     if as_json:
         click.echo(json.dumps([_record_dict(r) for r in records], indent=1))
-    else:
-        click.echo(strip_control(records.to_text()))
+        return
+    # In blocks of lines: a listing of 100,000 jobs never becomes one string.
+    lines = records.text_lines()
+    while block := list(itertools.islice(lines, 1000)):
+        click.echo(strip_control("\n".join(block)))
 
 
 def _exit_status(record: JobRecord) -> int:
