@@ -125,22 +125,39 @@ def fill(kind, batch, moto, count, indexed):
 
 
 def windows(kind, gateway, storage, options, moto, sizes, repeat):
-    """Newest 50 and the last hour at each size: {size: (newest, hour)}."""
-    rows = {}
+    """Newest 50 and the last hour at each size: {size: (newest, hour)}.
+
+    Every size is filled first and then timed in turn, repeat after repeat,
+    so that all sizes meet the same storage: moto scans every key of the
+    bucket for each LIST, whatever its prefix (see ``floor``).
+    """
+    clients = {}
     for count in sizes:
         url = f"{storage}/n{count}"
-        with BatchClient(gateway=gateway, storage=url, storage_options=options) as b:
-            seconds = fill(kind, b, moto, count, indexed=True)
-            newest = b.jobs(limit=50)  # settles the packs once
-            assert len(newest) == 50, len(newest)
-            hour = b.jobs(since="1h")
-            assert 0 < len(hour) <= 60 // JOB_EVERY_MINUTES + 1, len(hour)
-            rows[count] = (
-                timed(lambda b=b: b.jobs(limit=50), repeat),
-                timed(lambda b=b: b.jobs(since="1h"), repeat),
-            )
+        b = BatchClient(gateway=gateway, storage=url, storage_options=options)
+        seconds = fill(kind, b, moto, count, indexed=True)
         print(f"{kind}: {count} jobs filled in {seconds:.1f} s", flush=True)
-    return rows
+        newest = b.jobs(limit=50)  # settles the packs once
+        assert len(newest) == 50, len(newest)
+        hour = b.jobs(since="1h")
+        assert 0 < len(hour) <= 60 // JOB_EVERY_MINUTES + 1, len(hour)
+        clients[count] = b
+    store = clients[sizes[0]].store
+    fs, tiny = store.fs, f"{store.root}-floor"
+    fs.pipe_file(f"{tiny}/one", b"")
+    runs = {count: ([], []) for count in sizes}
+    floor = []
+    try:
+        for _ in range(repeat):
+            floor.append(timed(lambda: fs.ls(tiny, refresh=True), 1))
+            for count, b in clients.items():
+                runs[count][0].append(timed(lambda b=b: b.jobs(limit=50), 1))
+                runs[count][1].append(timed(lambda b=b: b.jobs(since="1h"), 1))
+    finally:
+        for b in clients.values():
+            b.close()
+    rows = {c: tuple(statistics.median(r) for r in runs[c]) for c in sizes}
+    return rows, statistics.median(floor)
 
 
 def largest(kind, gateway, info, storage, options, count, repeat):
@@ -221,20 +238,27 @@ def main(argv=None):
                 )
         kinds = list(results)
         print("\n### Newest 50 and the last hour, by history\n")
-        print("| jobs | " + " | ".join(f"{k}: newest 50 | {k}: since 1h" for k in kinds))
+        heads = [f"{k}: newest 50 | {k}: since 1h" for k in kinds]
+        print("| jobs | " + " | ".join(heads) + " |")
         print("|---" * (1 + 2 * len(kinds)) + "|")
         for count in sizes:
             cells = []
             for kind in kinds:
-                newest, hour = results[kind][0][count]
+                newest, hour = results[kind][0][0][count]
                 cells += [f"{newest:.3f} s", f"{hour:.3f} s"]
             print(f"| {count:,} | " + " | ".join(cells) + " |")
         cells = []
         for kind in kinds:
-            rows = results[kind][0]
+            rows = results[kind][0][0]
             for column in (0, 1):
                 cells.append(f"{rows[sizes[-1]][column] / rows[sizes[0]][column]:.2f}x")
         print(f"| ratio {sizes[-1]:,} / {sizes[0]:,} | " + " | ".join(cells) + " |")
+        cells = [cell for k in kinds for cell in (f"{results[k][0][1]:.3f} s", "")]
+        print(
+            "| one LIST of a one-object prefix (the floor) | "
+            + " | ".join(cells)
+            + " |"
+        )
         print(f"\n### At {sizes[-1]:,} jobs\n")
         print("| measure | " + " | ".join(kinds) + " |")
         print("|---" * (1 + len(kinds)) + "|")
@@ -246,7 +270,9 @@ def main(argv=None):
                     f"{seconds:.3f} s" + (f", {peak:.0f} MB peak" if peak else "")
                 )
             print(f"| {label} | " + " | ".join(cells) + " |")
-        cells = [f"{results[k][2][0]:.3f} s, then {results[k][2][1]:.3f} s" for k in kinds]
+        cells = [
+            f"{results[k][2][0]:.3f} s, then {results[k][2][1]:.3f} s" for k in kinds
+        ]
         print(
             f"| first listing of {cold:,} jobs from before the catalog (migrates), "
             "then the next | " + " | ".join(cells) + " |"

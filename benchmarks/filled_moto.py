@@ -30,17 +30,18 @@ def main() -> None:
     server.start()
     host, port = server.get_host_and_port()
     print(json.dumps({"url": f"http://{host}:{port}"}), flush=True)
+    backend = moto.backends.get_backend("s3")["123456789012"]["global"]
+
+    def put(objects: dict[str, bytes]) -> None:
+        for path, data in objects.items():
+            bucket, key = path.split("/", 1)
+            backend.put_object(bucket, key, data)
+
     for line in sys.stdin:
         if not line.strip():
             continue
         order = json.loads(line)
         store = JobStore(order["storage"], order["options"])
-        backend = moto.backends.get_backend("s3")["123456789012"]["global"]
-
-        def put(objects: dict[str, bytes]) -> None:
-            for path, data in objects.items():
-                bucket, key = path.split("/", 1)
-                backend.put_object(bucket, key, data)
 
         t0 = time.perf_counter()
         write_job_records(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dask_gateway import Gateway
 from dask_gateway.client import ClusterReport, ClusterStatus, GatewayClusterError
@@ -27,9 +27,10 @@ from ._exceptions import (
     not_submitted_message,
 )
 from ._records import ErrorInfo, JobState, to_iso, utcnow
-from ._runner import JobRunnerPlugin
 from ._store import CLUSTER, FILES, PAYLOAD, SECRETS, SPEC, STATE, JobStore
-from ._submission import Submission
+
+if TYPE_CHECKING:
+    from ._submission import Submission
 
 logger = logging.getLogger("dask_batch")
 
@@ -205,8 +206,11 @@ class ClusterLauncher:
     async def _install_runner(
         self, job_id: str, cluster_name: str, spec: dict[str, Any], env_key: str
     ) -> None:
+        # Client mode only: listings and the command line need not import them.
         from distributed.core import rpc
         from distributed.protocol.pickle import dumps
+
+        from ._runner import JobRunnerPlugin
 
         try:
             report = await self.gateway._wait_for_start(cluster_name)

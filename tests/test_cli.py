@@ -223,6 +223,11 @@ def test_dask_commands_and_the_runner_do_not_import_the_client_nor_mlflow():
         """
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+    # Nor does the client import the scheduler side (client mode only needs it).
+    client_only = (
+        "import sys, dask_batch._client; assert 'dask_batch._runner' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", client_only], check=True)
 
 
 def test_reconcile_marks_jobs_whose_submitter_died_lost(run, cli_env):
