@@ -8,6 +8,9 @@ control sequences: a job's output must not drive the user's terminal.
 
 from __future__ import annotations
 
+import atexit
+import functools
+import gc
 import itertools
 import json
 import sys
@@ -69,6 +72,19 @@ class _Context:
             self._client.close()
 
 
+@functools.cache
+def _quick_exit() -> None:
+    """Spare the process the garbage collector's last pass over every object.
+
+    At exit the interpreter collects once more, walking the objects of every
+    module that distributed, dask_gateway and aiohttp brought in: ~0.1 s of a
+    0.5 s `dask batch list`. Frozen objects are skipped by that pass; they
+    are still freed, streams flushed and atexit handlers run as usual, and
+    the client is closed before this runs.
+    """
+    atexit.register(gc.freeze)
+
+
 def _key_value(values: tuple[str, ...], what: str) -> dict[str, Any]:
     out = {}
     for item in values:
@@ -117,6 +133,7 @@ def _exit_status(record: JobRecord) -> int:
 @click.pass_context
 def main(ctx: click.Context, storage: str | None) -> None:
     """Batch jobs on Dask Gateway: submit, follow, fetch results."""
+    _quick_exit()
     context = _Context(storage)
     ctx.obj = context
     ctx.call_on_close(context.close)
