@@ -1,13 +1,22 @@
 """Main's process, started while the scheduler starts (server-side mode).
 
 Importing the scheduler preload (which the scheduler does when it is built,
-before it listens) starts ``python -m dask_batch._child`` at once: its
-interpreter and imports (distributed, the job storage, cloudpickle) overlap
-the scheduler's own start-up and the runner's checks, and it waits on stdin
-for its :class:`~dask_batch._handoff.MainLaunch`. The runner adopts it for
-main's first attempt; a job that must not run (cancelled before its cluster
-came up, a spec that fails its check) closes its stdin, and it exits without
+before it listens) starts main's process at once, and it waits on stdin for
+its :class:`~dask_batch._handoff.MainLaunch`. The runner adopts it for main's
+first attempt; a job that must not run (cancelled before its cluster came
+up, a spec that fails its check) closes its stdin, and it exits without
 running anything.
+
+At that moment the scheduler's process is one thread that has imported
+distributed, so main's process is forked from it (``batch.runner.fork-main``):
+it starts with those imports done, where a new interpreter spends ~0.35 s of
+CPU on them, which on a small machine running many jobs is most of what a
+job costs beyond its cluster. The forked process drops what belongs to the
+scheduler (signal handlers and their wakeup fd, atexit handlers, stdio, the
+secret key) before it runs anything, and never returns into the scheduler's
+code: it ends with ``os._exit`` after doing what an interpreter does at exit.
+Where forking is not safe (other threads are running) or is turned off,
+``python -m dask_batch._child`` is started instead, as later attempts are.
 
 Scheduler side: imports nothing from the client or CLI modules.
 """
@@ -15,14 +24,22 @@ Scheduler side: imports nothing from the client or CLI modules.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import io
+import logging
 import os
+import select
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import traceback
 from dataclasses import dataclass
 from typing import IO, Any
+
+import dask.config
 
 from ._handoff import ENV_RUNNER_PID
 
@@ -63,16 +80,168 @@ def spawn_main(log_path: str) -> subprocess.Popen[bytes]:
         )
 
 
+class ForkedProcess:
+    """A forked child, with the part of ``subprocess.Popen`` the runner uses."""
+
+    def __init__(self, pid: int, stdin: IO[bytes]) -> None:
+        self.pid = pid
+        self.stdin: IO[bytes] | None = stdin
+        self.returncode: int | None = None
+        self._reaping = threading.Lock()  # poll() and wait() may race
+
+    def _reap(self, block: bool) -> None:
+        try:
+            pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:  # reaped by the other caller meanwhile
+            return
+        if pid:
+            self.returncode = os.waitstatus_to_exitcode(status)
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self._reaping.acquire(blocking=False):
+            try:
+                if self.returncode is None:
+                    self._reap(block=False)
+            finally:
+                self._reaping.release()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if timeout is not None and self.returncode is None:
+            with contextlib.closing(_PidFd(self.pid)) as pidfd:
+                if not pidfd.ready(timeout):
+                    raise subprocess.TimeoutExpired(["main"], timeout)
+        with self._reaping:
+            if self.returncode is None:
+                self._reap(block=True)
+        assert self.returncode is not None
+        return self.returncode
+
+
+class _PidFd:
+    """Waits for a process to end without reaping it (Linux pidfd)."""
+
+    def __init__(self, pid: int) -> None:
+        self.fd = os.pidfd_open(pid)
+
+    def ready(self, timeout: float) -> bool:
+        return bool(select.select([self.fd], [], [], timeout)[0])
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+# What `ps -o comm` and /proc/PID/comm show for a forked main's process (its
+# command line stays the scheduler's).
+MAIN_PROCESS_NAME = "dask-batch-main"
+
+
+def _name_process(name: str) -> None:
+    """Set this process's name as the kernel shows it (Linux; else nothing)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        pr_set_name = 15
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_name, name.encode(), 0, 0, 0)
+
+
+def can_fork() -> bool:
+    """Whether main's process may be forked from this one now."""
+    return (
+        hasattr(os, "pidfd_open")
+        and threading.active_count() == 1
+        and bool(dask.config.get("batch.runner.fork-main"))
+    )
+
+
+def fork_main(log_path: str) -> ForkedProcess:
+    """Fork main's process from this one-threaded scheduler process.
+
+    The child waits on stdin for its launch, as ``python -m dask_batch._child``
+    does; its output goes to ``log_path``.
+    """
+    env = child_env()
+    read_end, write_end = os.pipe()
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()  # else the child would write the parent's buffer too
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's coverage is not collected
+        _become_main(read_end, write_end, log, env)
+    os.close(read_end)
+    os.close(log)
+    return ForkedProcess(pid, os.fdopen(write_end, "wb"))
+
+
+def _become_main(read_end: int, write_end: int, log: int, env: dict[str, str]) -> None:
+    """In the forked child: shed the scheduler, run main, and exit."""
+    code = 1
+    try:
+        _name_process(MAIN_PROCESS_NAME)
+        os.setsid()  # a group of its own, as spawn_main gives
+        # The scheduler's handlers write the signal to its event loop's
+        # wakeup fd, which this process shares: main's signals are its own.
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        atexit._clear()  # the scheduler's, not main's
+        os.dup2(read_end, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        for fd in (read_end, write_end, log):
+            os.close(fd)
+        os.environ.clear()
+        os.environ.update(env)
+        # Unbuffered, as PYTHONUNBUFFERED gives a new interpreter: the log
+        # is read while main runs.
+        sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", False)))
+        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", False), write_through=True)
+        sys.stderr = io.TextIOWrapper(
+            io.FileIO(2, "w", False), write_through=True, errors="backslashreplace"
+        )
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.setStream(sys.stderr)
+        from . import _child
+
+        sys.argv = [_child.__file__]
+        try:
+            _child.main()
+            code = 0
+        except SystemExit as exc:
+            if isinstance(exc.code, int) or exc.code is None:
+                code = exc.code or 0
+            else:  # sys.exit("message"), as an interpreter prints it
+                print(exc.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+        # What the interpreter does at exit: wait for main's threads, run
+        # its atexit handlers, flush.
+        for thread in threading.enumerate():
+            if thread is not threading.current_thread() and not thread.daemon:
+                thread.join()
+        atexit._run_exitfuncs()
+        logging.shutdown()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(int(code))
+
+
 class MainProcess:
     """Main's process as the runner drives it.
 
     Parameters
     ----------
-    popen : subprocess.Popen
-        Started by :func:`spawn_main`, waiting for its launch on stdin.
+    popen : subprocess.Popen or ForkedProcess
+        Started by :func:`spawn_main` or :func:`fork_main`, waiting for its
+        launch on stdin.
     """
 
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes] | ForkedProcess) -> None:
         self.popen = popen
         self.pid = popen.pid
 
@@ -126,7 +295,8 @@ def start(job_id: str) -> None:
     if _prewarmed is not None:
         return
     workdir = make_workdir(job_id)
-    popen = spawn_main(os.path.join(workdir, LOG_FILE))
+    log_path = os.path.join(workdir, LOG_FILE)
+    popen = fork_main(log_path) if can_fork() else spawn_main(log_path)
     _prewarmed = Prewarmed(job_id, workdir, MainProcess(popen))
 
 

@@ -35,6 +35,8 @@ from typing import Any
 
 import pytest
 
+from ._prewarm import MAIN_PROCESS_NAME
+
 __all__ = [
     "CuttableProxy",
     "S3Server",
@@ -113,8 +115,11 @@ def _cluster_of(pid: str) -> str | None:
     """The gateway cluster a live main process belongs to (None if not main)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"dask_batch._child" not in f.read():
-                return None
+            spawned = b"dask_batch._child" in f.read()
+        with open(f"/proc/{pid}/comm") as f:
+            forked = f.read().strip() == MAIN_PROCESS_NAME
+        if not (spawned or forked):
+            return None
         with open(f"/proc/{pid}/stat") as f:
             if f.read().split(")")[-1].split()[0] == "Z":
                 return None
@@ -128,7 +133,8 @@ def _cluster_of(pid: str) -> str | None:
 
 
 def main_processes(cluster_names: Collection[str] | None = None) -> list[int]:
-    """PIDs of live main processes (``python -m dask_batch._child``).
+    """PIDs of live main processes (``python -m dask_batch._child``, or
+    forked from the scheduler and named ``dask-batch-main``).
 
     Only those of the given gateway clusters (main inherits the scheduler's
     ``DASK_GATEWAY_CLUSTER_NAME``), so that a check sees what its own test

@@ -1,0 +1,75 @@
+"""Main's process forked from the scheduler: it sheds the scheduler, and ends
+like an interpreter would."""
+
+from __future__ import annotations
+
+import pytest
+
+from dask_batch import JobState
+
+
+def describe_process():
+    import os
+    import signal
+
+    with open(f"/proc/{os.getpid()}/comm") as f:
+        name = f.read().strip()
+    return {
+        "name": name,
+        "own_session": os.getsid(0) == os.getpid(),
+        "wakeup_fd": signal.set_wakeup_fd(-1),
+        "sigterm": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,
+        "secrets": sorted(
+            n
+            for n in ("DASK_BATCH_SECRET_KEY", "DASK_GATEWAY_API_TOKEN")
+            if n in os.environ
+        ),
+        "parent_is_scheduler": "dask_scheduler"
+        in open(f"/proc/{os.getppid()}/cmdline").read(),
+    }
+
+
+def test_main_is_forked_from_the_scheduler_and_sheds_its_state(batch_client):
+    job = batch_client.submit(describe_process, workers=0)
+    assert job.result(timeout=60) == {
+        "name": "dask-batch-main",  # what ps and main_processes() see
+        "own_session": True,  # stopping main's group never reaches the scheduler
+        "wakeup_fd": -1,  # the scheduler's signal wakeup fd is not main's
+        "sigterm": True,
+        "secrets": [],
+        "parent_is_scheduler": True,
+    }
+
+
+def leave_a_thread_and_an_atexit_handler():
+    import atexit
+    import threading
+    import time
+
+    atexit.register(print, "atexit handler ran", flush=True)
+
+    def late():
+        # Still running when main returns: only joining it lets it finish.
+        time.sleep(1)
+        print("thread finished", flush=True)
+
+    threading.Thread(target=late).start()  # not a daemon
+    return "done"
+
+
+def test_a_forked_main_ends_like_an_interpreter(batch_client):
+    job = batch_client.submit(leave_a_thread_and_an_atexit_handler, workers=0)
+    assert job.result(timeout=60) == "done"
+    log = "".join(job.logs())
+    assert "thread finished" in log
+    assert "atexit handler ran" in log
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_a_forked_main_that_exits_early_is_reported(batch_client, code):
+    import os
+
+    job = batch_client.submit(os._exit, code, workers=0)
+    record = job.wait(timeout=60)
+    assert record.state is JobState.FAILED
+    assert f"exited with code {code}" in record.message
