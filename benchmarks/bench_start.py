@@ -1,14 +1,21 @@
-"""Main starting with the cluster: main's process started early, or after the runner.
+"""Main starting with the cluster: main's process forked early, spawned early, or late.
 
-    python benchmarks/bench_start.py --trials 10   # the figures in docs/benchmarks.md
-    python benchmarks/bench_start.py --smoke       # one quick pass (CI)
+    python benchmarks/bench_start.py --trials 10 --many 20   # docs/benchmarks.md
+    python benchmarks/bench_start.py --smoke                 # one quick pass (CI)
 
-Two local gateways in server-side mode, the same but for
-``batch.runner.start-main-early`` (true on one, false on the other), and
-local job storage. Per trial, alternating: a bare cluster on the first
-gateway (``new_cluster()`` until the gateway reports it running, then
-stopped), and a job on each gateway (``submit()`` called -> main's first line
-running). The ratios to the bare cluster are what the early start is for.
+Three local gateways in server-side mode that differ only in how main's
+process starts: forked from the scheduler at preload time (the default),
+spawned at preload time (``batch.runner.fork-main: false``), or spawned after
+the runner's checks (``batch.runner.start-main-early: false``); local job
+storage. Per trial, alternating: a bare cluster (``new_cluster()`` until the
+gateway reports it running, then stopped), and a job on each gateway
+(``submit()`` called -> main's first line running), one cluster at a time.
+
+Then ``--many`` at once, on the first two gateways and as bare clusters:
+all submitted together, until every cluster is STOPPED (a job's cluster
+stops itself once main's result is stored; bare clusters are stopped as
+soon as all run). What a job costs beyond its cluster is the difference,
+per job.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ import statistics
 import tempfile
 import time
 
-from bench_visibility import trials  # this directory is on sys.path when run
+from bench_core import stopped_at, wait_all  # this directory is on sys.path
+from bench_visibility import trials
 from dask_gateway.client import ClusterStatus
 
 import dask_batch.local
@@ -54,30 +62,72 @@ def job(batch: BatchClient) -> float:
     return started - t0
 
 
+def bare_many(gateway, count) -> float:
+    """``count`` bare clusters at once: submitted -> all running -> all stopped."""
+    t0 = time.time()
+    names = [gateway.submit() for _ in range(count)]
+    wait_all(gateway, names, ClusterStatus.RUNNING)
+    for name in names:
+        gateway.stop_cluster(name)
+    wait_all(gateway, names, ClusterStatus.STOPPED)
+    return time.time() - t0
+
+
+def jobs_many(batch: BatchClient, count) -> float:
+    """``count`` jobs at once: submitted -> every result -> every cluster stopped."""
+    t0 = time.time()
+    jobs = [batch.submit(started_at, workers=0) for _ in range(count)]
+    for j in jobs:
+        j.result(timeout=600)
+    names = [j.status().cluster_name for j in jobs]
+    return max(stopped_at(batch.gateway, name) for name in names) - t0
+
+
+# How main's process starts, as the three gateways are configured.
+WAYS = {
+    "forked": {},
+    "spawned": {"DASK_BATCH__RUNNER__FORK_MAIN": "false"},
+    "late": {"DASK_BATCH__RUNNER__START_MAIN_EARLY": "false"},
+}
+WHAT = {
+    "forked": "main's process forked from the scheduler early (default)",
+    "spawned": "main's process spawned early (`fork-main: false`)",
+    "late": "main's process spawned after the runner's checks",
+}
+
+
 def main(argv=None):
-    count, _ = trials(argv, __doc__.splitlines()[0], default=10)
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--many", type=int, default=20)
+    known, rest = parser.parse_known_args(argv)
+    count, smoke = trials(rest, __doc__.splitlines()[0], default=10)
+    many = 2 if smoke else known.many
     directory = tempfile.mkdtemp(prefix="dask-batch-bench-start-")
-    dirs = {early: os.path.join(directory, f"early-{early}") for early in (1, 0)}
-    infos = {}
+    dirs = {way: os.path.join(directory, way) for way in WAYS}
     try:
-        for early, path in dirs.items():
-            flag = "true" if early else "false"
-            infos[early] = _start_gateway(
-                path, environment={"DASK_BATCH__RUNNER__START_MAIN_EARLY": flag}
-            )
+        infos = {
+            way: _start_gateway(dirs[way], environment=env) for way, env in WAYS.items()
+        }
         clients = {
-            early: BatchClient(
+            way: BatchClient(
                 gateway=info.gateway(), storage=os.path.join(directory, "jobs")
             )
-            for early, info in infos.items()
+            for way, info in infos.items()
         }
-        figures: dict[str, list[float]] = {"bare": [], "early": [], "late": []}
+        figures: dict[str, list[float]] = {"bare": [], **{w: [] for w in WAYS}}
         for batch in clients.values():  # warm-up: imports, caches
             job(batch)
         for _ in range(count):
-            figures["bare"].append(bare(clients[1].gateway))
-            figures["early"].append(job(clients[1]))
-            figures["late"].append(job(clients[0]))
+            figures["bare"].append(bare(clients["forked"].gateway))
+            for way, batch in clients.items():
+                figures[way].append(job(batch))
+        at_once = {
+            "bare": bare_many(clients["forked"].gateway, many),
+            "forked": jobs_many(clients["forked"], many),
+            "spawned": jobs_many(clients["spawned"], many),
+        }
         for batch in clients.values():
             batch.gateway.close()
     finally:
@@ -88,12 +138,18 @@ def main(argv=None):
     print("| measure | median | / bare cluster |")
     print("|---|---|---|")
     print(f"| bare cluster: new_cluster() -> running | {median['bare']:.3f} s | 1.00 |")
-    for key, what in (("early", "start-main-early"), ("late", "main after runner")):
+    for way in WAYS:
         print(
-            f"| job, {what}: submit() -> main running | {median[key]:.3f} s | "
-            f"{median[key] / median['bare']:.2f} |"
+            f"| job, {WHAT[way]}: submit() -> main running | {median[way]:.3f} s | "
+            f"{median[way] / median['bare']:.2f} |"
         )
-    print(f"\nearly / late: {median['early'] / median['late']:.2f}")
+    print(f"\n## {many} at once, until every cluster is stopped\n")
+    print("| measure | seconds | per job beyond a bare cluster |")
+    print("|---|---|---|")
+    print(f"| {many} bare clusters | {at_once['bare']:.1f} s | |")
+    for way in ("forked", "spawned"):
+        extra = (at_once[way] - at_once["bare"]) / many
+        print(f"| {many} jobs, {WHAT[way]} | {at_once[way]:.1f} s | {extra:+.3f} s |")
 
 
 if __name__ == "__main__":

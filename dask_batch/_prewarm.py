@@ -49,13 +49,40 @@ LOG_FILE = "main.log"
 ARTIFACTS_DIR = "artifacts"
 
 
+# Main gets the decrypted values, not the key nor the gateway's token.
+WITHHELD = ("DASK_BATCH_SECRET_KEY", "DASK_GATEWAY_API_TOKEN")
+
+
 def child_env() -> dict[str, str]:
     """Main's environment: the scheduler's, less what main must not hold."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{ENV_RUNNER_PID: str(os.getpid())})
-    # main gets the decrypted values, not the key nor the gateway's token.
-    for name in ("DASK_BATCH_SECRET_KEY", "DASK_GATEWAY_API_TOKEN"):
+    for name in WITHHELD:
         env.pop(name, None)
     return env
+
+
+def _scrub_initial_environment(names: tuple[str, ...]) -> None:
+    """Blank the values of ``names`` in the environment the process began with.
+
+    A forked process keeps its parent's initial environment block, which the
+    kernel shows as ``/proc/self/environ`` whatever ``os.environ`` says now;
+    the withheld values are overwritten in this process's copy of it.
+    """
+    import ctypes
+
+    with open("/proc/self/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    start, end = int(fields[47]), int(fields[48])  # env_start, env_end
+    block = ctypes.string_at(start, end - start)
+    for name in names:
+        key = name.encode() + b"="
+        at = block.find(key)
+        while at != -1:
+            if at == 0 or block[at - 1] == 0:
+                value = at + len(key)
+                length = block.find(b"\0", value) - value
+                ctypes.memset(start + value, ord("*"), max(length, 0))
+            at = block.find(key, at + 1)
 
 
 def make_workdir(job_id: str) -> str:
@@ -194,6 +221,7 @@ def _become_main(read_end: int, write_end: int, log: int, env: dict[str, str]) -
             os.close(fd)
         os.environ.clear()
         os.environ.update(env)
+        _scrub_initial_environment(WITHHELD)
         # Unbuffered, as PYTHONUNBUFFERED gives a new interpreter: the log
         # is read while main runs.
         sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", False)))

@@ -24,6 +24,15 @@ def describe_process():
             for n in ("DASK_BATCH_SECRET_KEY", "DASK_GATEWAY_API_TOKEN")
             if n in os.environ
         ),
+        # The environment the process began with, as the kernel shows it.
+        "initial": {
+            k: v
+            for k, _, v in (
+                e.partition(b"=")
+                for e in open("/proc/self/environ", "rb").read().split(b"\0")
+            )
+            if k in (b"DASK_BATCH_SECRET_KEY", b"DASK_GATEWAY_API_TOKEN")
+        },
         "parent_is_scheduler": "dask_scheduler"
         in open(f"/proc/{os.getppid()}/cmdline").read(),
     }
@@ -31,7 +40,12 @@ def describe_process():
 
 def test_main_is_forked_from_the_scheduler_and_sheds_its_state(batch_client):
     job = batch_client.submit(describe_process, workers=0)
-    assert job.result(timeout=60) == {
+    found = job.result(timeout=60)
+    # Inherited from the scheduler's start, with the values overwritten.
+    initial = found.pop("initial")
+    assert initial.keys() == {b"DASK_BATCH_SECRET_KEY", b"DASK_GATEWAY_API_TOKEN"}
+    assert all(set(v) == {ord("*")} for v in initial.values()), initial
+    assert found == {
         "name": "dask-batch-main",  # what ps and main_processes() see
         "own_session": True,  # stopping main's group never reaches the scheduler
         "wakeup_fd": -1,  # the scheduler's signal wakeup fd is not main's
