@@ -4,7 +4,9 @@
 on the gateway with a short-lived token the hub issues for that user (see
 ``_hub``). :class:`JobKeeper` sweeps every user's live jobs on a fixed period,
 with nobody looking: a job whose cluster died is retried on a new cluster when
-its ``retries=`` allows, else recorded LOST.
+its ``retries=`` allows, else recorded LOST. Less often it makes a full
+listing of each user's jobs, which keeps the job catalog true (jobs deleted
+from storage leave it, stores from before it are migrated).
 
 What the service can never do: read env values or unpickle results. It holds
 no user's secret, so it cannot open the sealed env values nor check a result's
@@ -98,13 +100,21 @@ class JobKeeper:
     """
 
     def __init__(
-        self, store: JobStore, clients: UserClients, interval: float | str | None = None
+        self,
+        store: JobStore,
+        clients: UserClients,
+        interval: float | str | None = None,
+        catalog_interval: float | str | None = None,
     ) -> None:
         self.store = store
         self.clients = clients
         if interval is None:
             interval = dask.config.get("batch.service.interval")
         self.interval = parse_timedelta(interval)
+        if catalog_interval is None:
+            catalog_interval = dask.config.get("batch.service.catalog-interval")
+        self.catalog_interval = parse_timedelta(catalog_interval)
+        self._catalog_checked: dict[str, float] = {}  # user -> time.monotonic()
         #: Sweeps done, and the time the last one ended (for health checks).
         self.sweeps = 0
         self.last_sweep: float | None = None
@@ -116,12 +126,21 @@ class JobKeeper:
         for user in await asyncio.to_thread(self.store.user_names):
             try:
                 live = await live_records(self.store, user)
-                if not live:
+                last = self._catalog_checked.get(user)
+                due = last is None or time.monotonic() - last >= self.catalog_interval
+                if not live and not due:
                     continue  # no token minted, no gateway asked
                 client = await self.clients.client_for(user)
                 # The records just read: the reconciler reads each again
                 # before it writes.
-                checked[user] = list(await client._reconciler.reconcile(live))
+                checked[user] = (
+                    list(await client._reconciler.reconcile(live)) if live else []
+                )
+                if due:
+                    # A full listing reads every job prefix: the catalog
+                    # forgets jobs deleted from storage with nobody looking.
+                    await client.jobs()
+                    self._catalog_checked[user] = time.monotonic()
             except Exception as exc:
                 # One user's broken records or refused token must not stop
                 # the others' jobs from being kept. Said once per new reason,

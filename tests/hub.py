@@ -131,6 +131,7 @@ def _hub_config(
         "DASK_BATCH__STORAGE": storage,
         "DASK_BATCH__STORAGE_OPTIONS": repr(storage_options),
         "DASK_BATCH__SERVICE__INTERVAL": service_interval,
+        "DASK_BATCH__SERVICE__CATALOG_INTERVAL": "2s",
         "XDG_CONFIG_HOME": os.path.join(directory, "service-config"),
     }
     settings = {
