@@ -25,7 +25,7 @@ import statistics
 import tempfile
 import time
 
-from bench_core import stopped_at, wait_all  # this directory is on sys.path
+from bench_core import bare_many, stopped_at  # this directory is on sys.path
 from bench_visibility import trials
 from dask_gateway.client import ClusterStatus
 
@@ -60,17 +60,6 @@ def job(batch: BatchClient) -> float:
     ):
         time.sleep(0.02)  # one cluster at a time: nothing else on the machine
     return started - t0
-
-
-def bare_many(gateway, count) -> float:
-    """``count`` bare clusters at once: submitted -> all running -> all stopped."""
-    t0 = time.time()
-    names = [gateway.submit() for _ in range(count)]
-    wait_all(gateway, names, ClusterStatus.RUNNING)
-    for name in names:
-        gateway.stop_cluster(name)
-    wait_all(gateway, names, ClusterStatus.STOPPED)
-    return time.time() - t0
 
 
 def jobs_many(batch: BatchClient, count) -> float:

@@ -116,7 +116,7 @@ class JobLister:
         packed: list[tuple[Pack, dict[str, JobRecord]]] = []
         ended: dict[str, JobRecord] = {}
         batch = len(unread) if limit is None else 1
-        while unread:
+        while True:
             round_, unread = unread[:batch], unread[batch:]
             found = await asyncio.to_thread(self.store.read_packs, self.user, round_)
             if len(found) < len(round_):
@@ -127,12 +127,10 @@ class JobLister:
             batch *= 2  # the newest pack usually answers; else widen fast
             # Ids newer than every unread pack are settled: no pack left can
             # hold one of them.
-            if unread and self._count(ended, live, bounds, keep, unread[0].newest) >= (
-                limit or 0
-            ):
+            frontier = unread[0].newest if unread else None
+            out = self._merge(ended, live, bounds, keep, limit, frontier)
+            if not unread or (limit is not None and len(out) >= limit):
                 break
-        frontier = unread[0].newest if unread else None
-        out = self._merge(ended, live, bounds, keep, limit, frontier)
         newly_final = [
             index_entry(r)
             for i, r in live.items()
@@ -141,23 +139,6 @@ class JobLister:
         stale = [i for i in live_ids if i in ended or live.get(i, True) is None]
         await self._maintain(catalog, packed, newly_final, stale)
         return out
-
-    @staticmethod
-    def _count(
-        ended: dict[str, JobRecord],
-        live: dict[str, JobRecord | None],
-        bounds: tuple[str | None, str | None],
-        keep: Keep,
-        frontier: str,
-    ) -> int:
-        """How many listed jobs are newer than ``frontier``."""
-        ids = {i for i in ended if i > frontier and in_window(i, *bounds)}
-        ids.update(i for i, r in live.items() if r is not None and i > frontier)
-        return sum(
-            1
-            for i in ids
-            if (r := ended.get(i) or live.get(i)) and keep(r.name, r.state.value)
-        )
 
     @staticmethod
     def _merge(
