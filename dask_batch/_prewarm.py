@@ -222,6 +222,10 @@ def _become_main(read_end: int, write_end: int, log: int, env: dict[str, str]) -
         os.environ.clear()
         os.environ.update(env)
         _scrub_initial_environment(WITHHELD)
+        # dask read its configuration from the scheduler's environment, where
+        # DASK_BATCH_SECRET_KEY became `batch_secret_key`: read it again from
+        # main's, as a new interpreter would.
+        dask.config.refresh()
         # Unbuffered, as PYTHONUNBUFFERED gives a new interpreter: the log
         # is read while main runs.
         sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", False)))

@@ -12,6 +12,8 @@ def describe_process():
     import os
     import signal
 
+    import dask.config
+
     with open(f"/proc/{os.getpid()}/comm") as f:
         name = f.read().strip()
     return {
@@ -23,6 +25,12 @@ def describe_process():
             n
             for n in ("DASK_BATCH_SECRET_KEY", "DASK_GATEWAY_API_TOKEN")
             if n in os.environ
+        ),
+        # dask reads DASK_* variables into its configuration.
+        "secrets_in_config": sorted(
+            k
+            for k in ("batch_secret_key", "gateway_api_token")
+            if dask.config.get(k, None) is not None
         ),
         # The environment the process began with, as the kernel shows it.
         "initial": {
@@ -51,6 +59,7 @@ def test_main_is_forked_from_the_scheduler_and_sheds_its_state(batch_client):
         "wakeup_fd": -1,  # the scheduler's signal wakeup fd is not main's
         "sigterm": True,
         "secrets": [],
+        "secrets_in_config": [],
         "parent_is_scheduler": True,
     }
 
