@@ -95,6 +95,15 @@ class FilledMoto:
         self.proc.wait(30)
 
 
+def start_moto():
+    """A moto S3 server in its own process: the process and s3fs options.
+
+    The other benchmarks' endpoint; stop it with ``terminate()``.
+    """
+    moto = FilledMoto()
+    return moto.proc, moto.options
+
+
 def days_of(count):
     return count * JOB_EVERY_MINUTES / 1440
 
