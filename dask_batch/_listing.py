@@ -136,7 +136,16 @@ class JobLister:
             for i, r in live.items()
             if r is not None and r.state.is_terminal and i not in ended
         ]
-        stale = [i for i in live_ids if i in ended or live.get(i, True) is None]
+        # A marker goes only when the job's own record says it ended (or is
+        # gone): a pack entry alone, which anyone who can write the folder
+        # could forge, never hides a live job from the service's sweeps.
+        stale = []
+        for job_id in live_ids:
+            if job_id not in live:
+                continue  # a broken record: kept, and said so
+            record = live[job_id]
+            if record is None or (record.state.is_terminal and job_id in ended):
+                stale.append(job_id)
         await self._maintain(catalog, packed, newly_final, stale)
         return out
 
@@ -179,7 +188,10 @@ class JobLister:
         ended: dict[str, JobRecord] = {}
         for _, found in packed:
             ended.update(found)
-        read = await self._read_live([i for i in every_id if i not in ended])
+        # Marked jobs are read even when packed: see the markers in _windowed.
+        read = await self._read_live(
+            [i for i in every_id if i not in ended or i in catalog.live]
+        )
         out = []
         for job_id in every_id:
             record = ended.get(job_id) or read.get(job_id)
@@ -194,8 +206,8 @@ class JobLister:
         live = {i for i, r in read.items() if r is not None and not r.state.is_terminal}
         newly_final = [
             index_entry(r)
-            for r in read.values()
-            if r is not None and r.state.is_terminal
+            for i, r in read.items()
+            if r is not None and r.state.is_terminal and i not in ended
         ]
         await self._maintain(
             catalog,

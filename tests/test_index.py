@@ -230,3 +230,35 @@ def test_planted_catalog_names_never_list_a_job(batch_client):
     assert [r.id for r in listed] == ids[::-1]
     assert {r.id: r.state for r in listed} == true
     assert nobody not in live_markers(batch_client)  # the stale marker went
+
+
+def test_a_forged_pack_entry_never_hides_a_live_job_from_the_service(
+    batch_client, tmp_path
+):
+    import asyncio
+
+    from dask_batch._index import index_entry
+    from dask_batch._reconcile import live_records
+
+    store, user = batch_client.store, batch_client.user
+    go = tmp_path / "go"
+    job = batch_client.submit(sleep_until_exists, str(go), workers=0)
+    try:
+        wait_for(lambda: job.status().state is JobState.RUNNING, 60, "RUNNING")
+        # Someone who can write the folder claims the job ended.
+        forged = index_entry(job.status())
+        forged["state"] = "SUCCEEDED"
+        document = gzip.compress(json.dumps({"version": 1, "jobs": [forged]}).encode())
+        name = f"pack-{job.id}-{job.id}-1-00000000.json.gz"
+        store.backend.put_whole(store.index_path(user, name), document)
+        batch_client.jobs(limit=10)
+        batch_client.jobs()
+        # Its record says RUNNING: the marker stays, and the service's sweep
+        # (which reads the marked jobs) still checks it.
+        assert job.id in live_markers(batch_client)
+        swept = asyncio.run(live_records(store, user))
+        assert [r.id for r in swept] == [job.id]
+    finally:
+        go.touch()
+    assert job.result(timeout=60) == "done"
+    assert live_markers(batch_client) == set()
