@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,7 @@ CATALOG_VERSION = 2
 SMALL_PACK = 256  # packs that ending jobs extend; listings merge the rest
 LARGE_PACK = 1024  # packs that merges leave alone: a window reads few entries
 _ID_LENGTH = len("20261126-081530-123-3f9a1c2b")
+_COUNT = re.compile(r"^[0-9]{1,9}$")  # ASCII digits: str.isdigit takes "²"
 # Record fields that most jobs share (a few names, one user): kept once, they
 # take a quarter less memory in a listing of 100,000 jobs.
 _REPEATED_TEXTS = ("user", "name", "kind", "target", "mode", "message")
@@ -102,7 +104,7 @@ def parse_pack(path: str) -> Pack | None:
     if new_layout:
         stem = stem[len(PACK_PREFIX) :]
     parts = stem.rsplit("-", 2)
-    if len(parts) != 3 or not parts[1].isdigit():
+    if len(parts) != 3 or not _COUNT.match(parts[1]):
         return None
     ids, count = parts[0], int(parts[1])
     if new_layout:
@@ -120,10 +122,6 @@ class Catalog:
     packs: list[Pack] = field(default_factory=list)
     live: set[str] = field(default_factory=set)
     complete: bool = False  # catalog.json exists: every live job has a marker
-
-    @property
-    def first_layout(self) -> list[Pack]:
-        return [p for p in self.packs if p.oldest is None]
 
 
 class ListingIndex(StoreParts):

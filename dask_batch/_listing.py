@@ -268,23 +268,22 @@ class JobLister:
         logged, and a read-only user still gets the listing.
         """
         store, user = self.store, self.user
+        read = {p.path: found for p, found in packed}
         replaces = []
         if existing is not None:
             # First-layout packs, packs holding deleted jobs, and damaged packs
             # (whose jobs this listing read one by one).
-            read_ok = {p.path: found for p, found in packed}
             replaces = [
                 p
                 for p in catalog.packs
                 if p.oldest is None
-                or p.path not in read_ok
-                or not existing.issuperset(read_ok[p.path])
+                or p.path not in read
+                or not existing.issuperset(read[p.path])
             ]
         small = [p for p in catalog.packs if p.count < LARGE_PACK]
         if len(small) + bool(newly_final) > MAX_INDEX_PACKS:
             replaces += [p for p in small if p not in replaces]
         try:
-            read = {p.path: found for p, found in packed}
             missing = [p for p in replaces if p.path not in read and existing is None]
             for p, found in await asyncio.to_thread(store.read_packs, user, missing):
                 read[p.path] = found

@@ -218,7 +218,13 @@ def test_planted_catalog_names_never_list_a_job(batch_client):
     ids = write_job_records(store, user, 5, indexed=True)
     index = pathlib.Path(store.index_path(user))
     nobody = new_job_id()
-    for name in (f"{LIVE_PREFIX}{nobody}", "live-..", "pack-x-1-a.json.gz"):
+    planted = (
+        f"{LIVE_PREFIX}{nobody}",
+        "live-..",
+        "pack-x-1-a.json.gz",
+        f"pack-{ids[0]}-{ids[0]}-\u00b2-a.json.gz",  # a digit to isdigit(), not int()
+    )
+    for name in planted:
         (index / name).write_bytes(b"")
     # A pack whose name claims one job, holding another with a forged state.
     forged = index_entry(store.read_record(user, ids[4]))
