@@ -299,7 +299,11 @@ class JobLister:
                 await asyncio.to_thread(store.write_index, user, pack, replaces)
             for job_id in new_live:
                 await asyncio.to_thread(store.mark_live, user, job_id)
-            ended = stale + [e["id"] for e in newly_final]
+            # Only markers the catalog listed: a migration packs thousands of
+            # jobs that never had one, and each removal is a request.
+            ended = [
+                i for i in stale + [e["id"] for e in newly_final] if i in catalog.live
+            ]
             if ended:
                 await asyncio.to_thread(store.forget_live, user, ended)
             if existing is not None and not catalog.complete:
