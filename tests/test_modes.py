@@ -6,8 +6,11 @@ import os
 
 import pytest
 import s3fs
+from conftest import cluster_status
+from dask_gateway.client import ClusterStatus
 
 from dask_batch import BatchClient, DaskBatchError, JobFailedError, JobState
+from dask_batch.testing import wait_for
 
 
 def whoami():
@@ -112,6 +115,14 @@ def test_client_side_env_values_travel_over_tls_only(plain_client, batch_s3_stor
     secret = "tls-only-" + os.urandom(8).hex()
     job = plain_client.submit(env_digest, "TOKEN", env={"TOKEN": secret}, workers=0)
     assert job.result(timeout=60) == hashlib.sha256(secret.encode()).hexdigest()
+    # The runner's last writes (the job catalog: a pack replaced, the live
+    # marker removed) come before its cluster stops: read a settled store.
+    name = job.status().cluster_name
+    wait_for(
+        lambda: cluster_status(plain_client, name) in (ClusterStatus.STOPPED, None),
+        60,
+        f"the cluster of job {job.id} to stop",
+    )
     url, options = batch_s3_storage
     fs = s3fs.S3FileSystem(**options)
     for path in fs.find(url):

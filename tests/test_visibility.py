@@ -9,6 +9,8 @@ import textwrap
 
 import nbformat
 import pytest
+from conftest import cluster_status
+from dask_gateway.client import ClusterStatus
 
 import dask_batch
 from dask_batch import JobFailedError, JobState
@@ -221,6 +223,16 @@ def test_env_values_reach_main_and_never_storage_or_listings(batch_client, monke
     job2 = batch_client.submit(reads_env, "COPIED_VAR", env=["COPIED_VAR"], workers=0)
     assert job2.result(timeout=60) == {"COPIED_VAR": digest(copied)}
     assert job.status().env_names == ["API_TOKEN", "COPIED_VAR"]
+    # The runners' last writes (the job catalog: packs replaced, live markers
+    # removed) come before their clusters stop: read a settled store.
+    for name in (job.status().cluster_name, job2.status().cluster_name):
+        wait_for(
+            lambda name=name: (
+                cluster_status(batch_client, name) in (ClusterStatus.STOPPED, None)
+            ),
+            60,
+            f"cluster {name} to stop",
+        )
 
     root = pathlib.Path(batch_client.store.root)
     stored = [p for p in root.rglob("*") if p.is_file()]
