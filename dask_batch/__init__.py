@@ -30,6 +30,7 @@ from ._exceptions import (
     ResultIntegrityError,
     StorageError,
     SubmitError,
+    TasksFailedError,
 )
 from ._options import SubmitOptions
 from ._records import ErrorInfo, JobRecord, JobState
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
         report,
     )
     from ._job import Job
+    from ._pipeline import Pipeline, Step
+    from ._tasks import TaskRecord
 
 # Imported on first use: ``dask`` loads this package's CLI entry point for every
 # ``dask`` command (``dask worker``, ``dask scheduler``), and the scheduler-side
@@ -58,6 +61,9 @@ _LAZY = {
     "artifacts_path": "._context",
     "current_job": "._context",
     "report": "._context",
+    "Step": "._pipeline",
+    "Pipeline": "._pipeline",
+    "TaskRecord": "._tasks",
 }
 
 
@@ -89,10 +95,14 @@ __all__ = [
     "JobRecord",
     "JobState",
     "MissingSecretError",
+    "Pipeline",
     "ResultIntegrityError",
+    "Step",
     "StorageError",
     "SubmitError",
     "SubmitOptions",
+    "TaskRecord",
+    "TasksFailedError",
     "__version__",
     "artifacts_dir",
     "artifacts_path",

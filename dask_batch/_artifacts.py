@@ -80,6 +80,12 @@ class ArtifactSync:
             kept = others + info.st_size
         return notes
 
+    def adopt(self) -> None:
+        """Count the folder's files as stored as they are now (copied there
+        from storage), so that they are not uploaded again."""
+        for name, _, info in self._files([]):
+            self._copied[name] = (info.st_size, info.st_mtime_ns)
+
     def _files(self, notes: list[str]) -> list[tuple[str, str, os.stat_result]]:
         found = []
         for root, dirs, files in os.walk(self.directory):  # links are not followed

@@ -35,8 +35,9 @@ from ._exceptions import ResultIntegrityError
 from ._handoff import ENV_RUNNER_PID, MainLaunch, Outcome
 from ._pickling import dumps_result
 from ._records import ErrorInfo
-from ._signing import loads_verified, sign
+from ._signing import changed_in_storage, loads_verified, sign
 from ._store import ERROR, FILES, PAYLOAD, RESULT, SECRETS, JobStore
+from ._tasks import task_path
 from ._validate import InvalidNameError, check_relative_path
 
 
@@ -80,7 +81,7 @@ def _fail(
         file=sys.stderr,
     )
     try:
-        store.put_json(launch.user, launch.job_id, ERROR, error.to_dict())
+        store.put_json(launch.user, launch.job_id, launch.own(ERROR), error.to_dict())
     finally:
         Outcome(False, error=error).write(launch.outcome_path)
     sys.exit(1)
@@ -214,6 +215,66 @@ def _unpack_files(store: JobStore, launch: MainLaunch) -> None:
                 shutil.copyfileobj(source, out)
 
 
+def _artifacts_url(store: JobStore, launch: MainLaunch) -> str:
+    """The job's artifacts prefix; a task's own folder below it for a task."""
+    url = store.artifacts_url(launch.user, launch.job_id)
+    return f"{url}/{launch.task}" if launch.task else url
+
+
+def _select_task(
+    store: JobStore, launch: MainLaunch, job_key: str, payload: Any
+) -> tuple[Any, tuple, dict]:
+    """This task's main from a pipeline's or array's table, upstream values in."""
+    _, (table,), _ = payload
+    try:
+        func, args, kwargs = table[launch.task]
+    except (KeyError, TypeError, ValueError):
+        _fail(
+            store,
+            launch,
+            ErrorInfo(
+                "IntegrityError",
+                f"job {launch.job_id!r} has no step {launch.task!r} in its payload",
+            ),
+        )
+    if launch.pass_upstream:
+        kwargs = dict(kwargs, upstream=_upstream_values(store, launch, job_key))
+    return func, args, kwargs
+
+
+def _upstream_values(store: JobStore, launch: MainLaunch, job_key: str) -> dict:
+    """The values the upstream tasks returned, each checked before loading.
+
+    The digest and signature come from the runner, which read them from the
+    upstream tasks' own reports: a result changed in storage is refused.
+    """
+    values = {}
+    for name, expected in launch.upstream.items():
+        try:
+            stream, buffers, found, signature = store.get_result(
+                launch.user, launch.job_id, job_key, name=task_path(name, RESULT)
+            )
+            if found != expected.get("digest"):
+                raise changed_in_storage(launch.job_id)
+            values[name] = loads_verified(
+                launch.job_id,
+                f"result of step {name!r}",
+                stream,
+                signature,
+                str(expected.get("hmac") or ""),
+                buffers,
+            )
+        except Exception as exc:
+            _fail(
+                store,
+                launch,
+                exc,
+                message=f"the result of step {name!r} of job {launch.job_id!r} "
+                f"cannot be handed to step {launch.task!r}: {exc}",
+            )
+    return values
+
+
 def _prepare(store: JobStore, launch: MainLaunch, env: dict[str, str]) -> Any:
     """Storage, working directory, files, env values and logging for main.
 
@@ -226,10 +287,14 @@ def _prepare(store: JobStore, launch: MainLaunch, env: dict[str, str]) -> Any:
             id=launch.job_id,
             user=launch.user,
             name=launch.name,
-            artifacts_url=store.artifacts_url(launch.user, launch.job_id),
+            artifacts_url=_artifacts_url(store, launch),
             storage_url=store.url,
             artifacts_dir=launch.artifacts_dir,
             mlflow_run_id=launch.mlflow_run_id,
+            task=launch.task,
+            array_index=launch.array_index,
+            params=dict(launch.params),
+            upstream=dict(launch.upstream_dirs),
         ),
     )
     os.makedirs(launch.workdir, exist_ok=True)
@@ -238,6 +303,10 @@ def _prepare(store: JobStore, launch: MainLaunch, env: dict[str, str]) -> Any:
         _unpack_files(store, launch)
     os.environ.update(env)
     os.environ["DASK_BATCH_JOB_ID"] = launch.job_id
+    if launch.task:
+        os.environ["DASK_BATCH_TASK"] = launch.task
+    if launch.array_index is not None:
+        os.environ["DASK_BATCH_ARRAY_INDEX"] = str(launch.array_index)
     # main's logging.info(...) goes to the job's log like its prints.
     logging.basicConfig(
         level=logging.INFO,
@@ -254,6 +323,10 @@ def _run(store: JobStore, launch: MainLaunch) -> tuple[Any, str]:
     """
     secrets = _open_secrets(store, launch)
     func, args, kwargs = _load_main(store, launch, secrets.job_key)
+    if launch.task:
+        func, args, kwargs = _select_task(
+            store, launch, secrets.job_key, (func, args, kwargs)
+        )
     try:
         reporter = _prepare(store, launch, secrets.env)
     except Exception as exc:
@@ -312,7 +385,7 @@ def main() -> None:
     kind = type(result)
     del result  # the pieces hold what is needed of it
     result_digest, signature = store.put_pieces(
-        launch.user, launch.job_id, RESULT, pieces, job_key
+        launch.user, launch.job_id, launch.own(RESULT), pieces, job_key
     )
     Outcome(
         True,

@@ -11,6 +11,7 @@ each public method runs its coroutine through the gateway's own ``sync``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -18,17 +19,19 @@ from typing import Any
 
 from dask_gateway import Gateway
 
-from . import _connection, _submission, _tracking
+from . import _connection, _pipeline, _submission, _tracking
 from . import config as _config  # noqa: F401  (loads batch.* defaults)
-from ._exceptions import DaskBatchError
+from ._exceptions import DaskBatchError, SubmitError
 from ._job import Job
 from ._launcher import ClusterLauncher
 from ._listing import JobLister
 from ._options import SubmitOptions
 from ._outputs import JobOutputs
+from ._pipeline import Step
 from ._reconcile import Reconciler
 from ._records import JobState, new_job_id
-from ._validate import check_user
+from ._tasks import TASK_KINDS, check_task_name
+from ._validate import check_job_id, check_user
 
 __all__ = ["BatchClient", "Job"]
 
@@ -232,6 +235,7 @@ class BatchClient:
         target: str | os.PathLike[str],
         args: Sequence[str] = (),
         *,
+        array: str | None = None,
         submit_options: SubmitOptions | None = None,
         **options: Any,
     ) -> Any:
@@ -247,6 +251,12 @@ class BatchClient:
         args : list of str
             Command-line arguments of the script, or positional arguments of
             the function.
+        array : str, optional
+            Run it once per index, as an array job, in Slurm's syntax:
+            ``"0-99%10"`` is indices 0 to 99, at most 10 at once (default
+            ``batch.tasks.max-parallel``); also ``"1,3,5"`` and ``"0-10:2"``.
+            Each run reads its index from ``DASK_BATCH_ARRAY_INDEX`` (or
+            ``dask_batch.current_job().array_index``).
         submit_options : SubmitOptions, optional
             How the job runs; ``**options`` (its fields as keywords) win.
 
@@ -258,11 +268,205 @@ class BatchClient:
         --------
         >>> batch.submit_script("train.py", ["--epochs", "10"], files=["data/"])
         >>> batch.submit_script("mypkg.jobs:nightly", ["2026-11-26"])
+        >>> batch.submit_script("fold.py", array="0-9%4")
         """
         merged = SubmitOptions.merge(submit_options, options)
         job_id = new_job_id()
         what = _submission.script_target(job_id, os.fspath(target), list(args))
+        if array is not None:
+            table, tasks, limit = _pipeline.build_script_array(job_id, what, array)
+            what = _submission.Target(
+                "array",
+                what.target,
+                what.default_name,
+                None,
+                (table,),
+                {},
+                tasks=tasks,
+                max_parallel=limit,
+            )
         return self._submit(job_id, what, merged)
+
+    def map(
+        self,
+        func: Callable[..., Any],
+        items: Iterable[Any],
+        /,
+        *,
+        max_parallel: int | None = None,
+        submit_options: SubmitOptions | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run ``func(item, **kwargs)`` for every item, as one array job.
+
+        The elements share the job's cluster: each runs in its own process
+        beside the scheduler, at most ``max_parallel`` at once, with the
+        cluster's workers as its default Dask client. ``result()`` returns
+        their values in order. Retries (``retry_on``), the timeout and the
+        memory limit apply to each element; cancelling the job cancels every
+        element.
+
+        Parameters
+        ----------
+        func : callable
+        items : iterable
+            One element per item; ``current_job().array_index`` is its index.
+        max_parallel : int, optional
+            Elements that run at once. Default ``batch.tasks.max-parallel``.
+        submit_options, **kwargs
+            Submit options (``name``, ``workers``, ``timeout``, ...) as for
+            :meth:`submit`; other keywords go to ``func``.
+
+        Returns
+        -------
+        Job
+
+        Examples
+        --------
+        >>> job = batch.map(score, range(100), max_parallel=10, workers=4)
+        >>> job.result()[:3]                                  # doctest: +SKIP
+        [0.91, 0.88, 0.93]
+        """
+        options, func_kwargs = SubmitOptions.split(submit_options, kwargs)
+        job_id = new_job_id()
+        limit = _pipeline.check_max_parallel(job_id, max_parallel)
+        table, tasks, target = _pipeline.build_function_array(
+            job_id, func, list(items), func_kwargs
+        )
+        name = str(getattr(func, "__name__", "array"))
+        what = _submission.Target(
+            "array",
+            target,
+            name,
+            None,
+            (table,),
+            {},
+            params=dict(func_kwargs),
+            tasks=tasks,
+            max_parallel=limit,
+        )
+        return self._submit(job_id, what, options)
+
+    def submit_pipeline(
+        self,
+        steps: Iterable[Step] | str | os.PathLike[str],
+        *,
+        max_parallel: int | None = None,
+        fail_fast: bool | None = None,
+        resume: str | Job | None = None,
+        submit_options: SubmitOptions | None = None,
+        **options: Any,
+    ) -> Any:
+        """Run a pipeline: a DAG of steps, on one cluster, as one job.
+
+        Steps run in dependency order, independent ones at the same time
+        (each in its own process beside the scheduler, sharing the cluster's
+        workers). A function step that takes an ``upstream`` argument gets
+        the values its upstream steps returned, by name; every step finds
+        the files its upstream steps kept in ``current_job().upstream``. A
+        failing step cancels the steps below it; independent branches
+        finish, unless ``fail_fast``.
+
+        Parameters
+        ----------
+        steps : list of Step, or path
+            The steps, or a pipeline YAML file (see the docs for its format;
+            its ``options`` are submit options, which arguments override).
+        max_parallel : int, optional
+            Steps that run at once. Default: the file's, else
+            ``batch.tasks.max-parallel``.
+        fail_fast : bool, optional
+            Stop every step at the first failure. Default: the file's, else
+            False.
+        resume : str or Job, optional
+            An earlier run of this pipeline: steps whose code, parameters and
+            upstream steps are unchanged (same content digest) and that
+            SUCCEEDED there are not run again; their results and files are
+            taken over.
+        submit_options, **options
+            As for :meth:`submit_script`.
+
+        Returns
+        -------
+        Job
+            ``result()`` is a dict of each step's value by name.
+
+        Examples
+        --------
+        >>> from dask_batch import Step
+        >>> job = batch.submit_pipeline(
+        ...     [Step(load), Step("clean.py", upstream=["load"])], workers=2
+        ... )
+        >>> job = batch.submit_pipeline("pipeline.yaml", resume=job)
+        """
+        job_id = new_job_id()
+        name = None
+        if isinstance(steps, (str, os.PathLike)):
+            pipeline = _pipeline.load_pipeline(steps, job_id)
+            try:
+                from_file = SubmitOptions.merge(submit_options, pipeline.options)
+            except TypeError as exc:
+                raise SubmitError.not_submitted(job_id, str(exc)) from None
+            submit_options = from_file
+            steps, name = pipeline.steps, pipeline.name
+            max_parallel = (
+                pipeline.max_parallel if max_parallel is None else max_parallel
+            )
+            fail_fast = pipeline.fail_fast if fail_fast is None else fail_fast
+        merged = SubmitOptions.merge(submit_options, options)
+        limit = _pipeline.check_max_parallel(job_id, max_parallel)
+        table, tasks = _pipeline.build_pipeline(job_id, steps)
+        what = _submission.Target(
+            "pipeline",
+            ", ".join(t.name for t in tasks),
+            name or "pipeline",
+            None,
+            (table,),
+            {},
+            tasks=tasks,
+            max_parallel=limit,
+            fail_fast=bool(fail_fast),
+        )
+        if resume is not None:
+            earlier = resume.id if isinstance(resume, Job) else str(resume)
+            return self.sync(self._resume_and_submit, job_id, what, merged, earlier)
+        return self._submit(job_id, what, merged)
+
+    async def _resume_and_submit(
+        self,
+        job_id: str,
+        target: _submission.Target,
+        options: SubmitOptions,
+        earlier: str,
+    ) -> Job:
+        tasks = await asyncio.to_thread(
+            self._outputs.reusable, check_job_id(earlier), target.tasks
+        )
+        target = dataclasses.replace(target, tasks=tasks)
+        tracking = _tracking.requested(job_id, options.mlflow, target.params)
+        assert self.user is not None
+        submission = self._build(job_id, self.user, target, options)
+        return await self._start_job(submission, tracking)
+
+    def tasks(self, job_id: str) -> Any:
+        """The steps of a pipeline job, or the elements of an array job.
+
+        Returns
+        -------
+        list of TaskRecord
+            Each with its state, times, attempt, message, error and latest
+            progress report; ``[]`` for a plain job.
+
+        Examples
+        --------
+        >>> [(t.name, t.state.value) for t in batch.tasks(job.id)]  # doctest: +SKIP
+        [('load', 'SUCCEEDED'), ('clean', 'RUNNING')]
+        """
+
+        async def read() -> list[Any]:
+            return await asyncio.to_thread(self._outputs.tasks, job_id)
+
+        return self.sync(read)
 
     def submit_notebook(
         self,
@@ -375,7 +579,13 @@ class BatchClient:
         >>> batch.status(job.id).state     # doctest: +SKIP
         <JobState.SUCCEEDED: 'SUCCEEDED'>
         """
-        return self.sync(self._reconciler.status, job_id)
+        return self.sync(self._status, job_id)
+
+    async def _status(self, job_id: str) -> Any:
+        record = await self._reconciler.status(job_id)
+        if record.kind in TASK_KINDS:
+            record.tasks = await asyncio.to_thread(self._outputs.tasks, job_id)
+        return record
 
     def jobs(
         self,
@@ -468,20 +678,35 @@ class BatchClient:
         return self.sync(self._reconciler.wait, job_id, timeout, progress)
 
     def result(
-        self, job_id: str, timeout: float | str | None = None, progress: bool = False
+        self,
+        job_id: str,
+        timeout: float | str | None = None,
+        progress: bool = False,
+        *,
+        partial: bool = False,
     ) -> Any:
         """Wait for the job (as :meth:`wait`) and return the value main returned.
+
+        For an array job, the elements' values in order; for a pipeline, a
+        dict of each step's value by name.
 
         Parameters
         ----------
         job_id, timeout, progress
             As for :meth:`wait`.
+        partial : bool
+            For an array or pipeline job: return what there is, with a
+            :class:`JobFailedError` in place of each value that is missing,
+            instead of raising.
 
         Raises
         ------
         JobFailedError
             Main raised or its process died: carries the remote type,
             message, traceback and the end of the log.
+        TasksFailedError
+            Steps or elements did not succeed: ``.failed`` says which and
+            why, ``.partial`` holds the others' values.
         JobCancelledError, JobLostError, JobNotFoundError
         ResultIntegrityError
             The stored result was changed after its runner recorded it.
@@ -492,9 +717,9 @@ class BatchClient:
         --------
         >>> BatchClient().result("20261126-081530-123-3f9a1c2b")  # doctest: +SKIP
         """
-        return self.sync(self._outputs.result, job_id, timeout, progress)
+        return self.sync(self._outputs.result, job_id, timeout, progress, partial)
 
-    def logs(self, job_id: str, *, follow: bool = False) -> Any:
+    def logs(self, job_id: str, *, follow: bool = False, task: str = "") -> Any:
         """The captured stdout, stderr and logging output of main.
 
         Available while the job runs (appended to storage every
@@ -508,6 +733,10 @@ class BatchClient:
             Instead of the log so far, return an iterator over new log text
             as it arrives, ending when the job has ended (an async iterator
             with ``asynchronous=True``).
+        task : str, optional
+            The log of one step of a pipeline (its name) or one element of
+            an array (its index); default: the job's own log, where the
+            runner notes how each step ended.
 
         Returns
         -------
@@ -519,11 +748,12 @@ class BatchClient:
         >>> for text in batch.logs(job.id, follow=True):   # doctest: +SKIP
         ...     print(text, end="")
         """
+        task = check_task_name(str(task), job_id=job_id) if task != "" else ""
         if follow:
             if self.asynchronous:
-                return self._outputs.follow(job_id)
-            return self._outputs.follow_sync(job_id, self.sync)
-        return self.sync(self._outputs.logs, job_id)
+                return self._outputs.follow(job_id, task)
+            return self._outputs.follow_sync(job_id, self.sync, task)
+        return self.sync(self._outputs.logs, job_id, task)
 
     def artifacts(self, job_id: str) -> Any:
         """Files main wrote under ``dask_batch.artifacts_path()``.

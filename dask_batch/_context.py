@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 from ._exceptions import DaskBatchError
 from ._records import to_iso, utcnow
 from ._store import PROGRESS, JobStore
+from ._tasks import task_path
 from ._validate import check_relative_path
 
 __all__ = ["CurrentJob", "artifacts_dir", "artifacts_path", "current_job", "report"]
@@ -46,6 +47,16 @@ class CurrentJob:
         (:func:`artifacts_dir`).
     mlflow_run_id : str
         The job's MLflow run ("" if the job is not tracked).
+    task : str
+        In a pipeline, the step's name; in an array, the element's index as
+        text ("" in a plain job).
+    array_index : int or None
+        The element's index in an array job (also ``DASK_BATCH_ARRAY_INDEX``).
+    params : dict
+        The step's parameters (a pipeline step's ``params``).
+    upstream : dict
+        Each upstream step's name, mapped to the local folder of the files
+        it kept (its ``artifacts_dir()``), for steps of a pipeline.
     """
 
     id: str
@@ -55,6 +66,10 @@ class CurrentJob:
     storage_url: str
     artifacts_dir: str = ""
     mlflow_run_id: str = ""
+    task: str = ""
+    array_index: int | None = None
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    upstream: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 class _Reporter:
@@ -82,7 +97,8 @@ class _Reporter:
 
     def _write(self) -> None:
         assert self.pending is not None
-        self.store.put_json(self.job.user, self.job.id, PROGRESS, self.pending)
+        name = task_path(self.job.task, PROGRESS) if self.job.task else PROGRESS
+        self.store.put_json(self.job.user, self.job.id, name, self.pending)
         if self.job.mlflow_run_id and self.pending["progress"] is not None:
             self._log_metric(float(self.pending["progress"]))
         self.pending = None

@@ -6,6 +6,7 @@
     ├── JobNotFoundError (KeyError)       unknown job id
     ├── JobError                          a job ended without a result
     │   ├── JobFailedError                main raised, or its process died
+    │   │   └── TasksFailedError          steps of a pipeline or array elements failed
     │   ├── JobCancelledError             the job was cancelled
     │   └── JobLostError                  the cluster vanished mid-job
     ├── SubmitError (ValueError)          bad input to submit: nothing was created
@@ -37,6 +38,7 @@ __all__ = [
     "ResultIntegrityError",
     "StorageError",
     "SubmitError",
+    "TasksFailedError",
 ]
 
 
@@ -128,6 +130,39 @@ class JobFailedError(JobError):
             error.get("traceback", ""),
             log_tail,
         )
+
+
+class TasksFailedError(JobFailedError):
+    """Steps of a pipeline, or elements of an array, did not succeed.
+
+    Attributes
+    ----------
+    failed : dict
+        Each step name (or element index) that did not succeed, mapped to
+        why: ``"FAILED: ValueError: ..."``, or ``"CANCELLED: not run: ..."``.
+    partial : dict
+        The values of the steps (or elements) that succeeded, by name (or
+        index): the partial result.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        failed: dict[Any, str],
+        partial: dict[Any, Any],
+        what: str = "steps",
+    ) -> None:
+        self.failed = failed
+        self.partial = partial
+        total = len(failed) + len(partial)
+        shown = "; ".join(f"{k}: {v}" for k, v in list(failed.items())[:5])
+        more = f"; and {len(failed) - 5} more" if len(failed) > 5 else ""
+        message = (
+            f"{len(failed)} of {total} {what} did not succeed ({shown}{more}). "
+            f"The others' values are in this error's .partial, or "
+            f"result({job_id!r}, partial=True)"
+        )
+        super().__init__(job_id, "TasksFailed", message)
 
 
 class JobCancelledError(JobError):

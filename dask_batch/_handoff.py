@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._records import ErrorInfo
+from ._tasks import task_path
 
 #: The runner's pid, in main's environment: main's process exits with it.
 ENV_RUNNER_PID = "DASK_BATCH_RUNNER_PID"
@@ -45,6 +46,20 @@ class MainLaunch:
     has_files: bool = False
     memory_limit: int | None = None
     env_key: str = field(default="", repr=False)
+    # A task of a pipeline or array job (see dask_batch._tasks): its name,
+    # its index in an array, its parameters, whether main takes the upstream
+    # results as `upstream=`, the digest and signature of each upstream
+    # result, and the local folder of the files each upstream task kept.
+    task: str = ""
+    array_index: int | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    pass_upstream: bool = False
+    upstream: dict[str, dict[str, str]] = field(default_factory=dict)
+    upstream_dirs: dict[str, str] = field(default_factory=dict)
+
+    def own(self, name: str) -> str:
+        """Where this launch keeps ``name`` (a result, an error) in the job's folder."""
+        return task_path(self.task, name) if self.task else name
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self)).encode()

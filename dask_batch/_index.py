@@ -68,7 +68,7 @@ def index_entry(record: JobRecord) -> dict[str, Any]:
     return {
         k: v
         for k, v in record.to_dict().items()
-        if k in required or v not in (None, "", [])
+        if k in required or (v not in (None, "", [], {}) and k != "tasks")
     }
 
 

@@ -2,8 +2,9 @@
 
 Layout: ``{root}/{user}/{job_id}/logs/AAAANNNNNNNN``, the attempt then the
 chunk number, so names sort as the output was written and attempts never
-overwrite each other. Chunks are never rewritten. Readers take at most what
-they were asked for from the end, so a huge log costs no more than that.
+overwrite each other (a task of a pipeline or array: ``tasks/{task}/logs/``).
+Chunks are never rewritten. Readers take at most what they were asked for
+from the end, so a huge log costs no more than that.
 
 Shared by client and scheduler side: imports neither.
 """
@@ -13,35 +14,59 @@ from __future__ import annotations
 import posixpath
 
 from ._store_parts import StoreParts
+from ._tasks import task_path
 
 LOGS = "logs"
 _TAIL_BYTES = 64 * 2**10  # read for the end of a failed job's log
 
 
+def _logs_folder(task: str) -> str:
+    return task_path(task, LOGS) if task else LOGS
+
+
 class JobLogs(StoreParts):
-    """The log methods of :class:`~dask_batch._store.JobStore` (a mixin)."""
+    """The log methods of :class:`~dask_batch._store.JobStore` (a mixin).
+
+    Each takes ``task``: the log of one task of a pipeline or array job
+    ("": the job's own log).
+    """
 
     def put_log_chunk(
-        self, user: str, job_id: str, attempt: int, index: int, data: bytes
+        self,
+        user: str,
+        job_id: str,
+        attempt: int,
+        index: int,
+        data: bytes,
+        *,
+        task: str = "",
     ) -> None:
         # Names sort as numbers do: by cluster attempt, then by chunk.
-        self.put(user, job_id, f"{LOGS}/{attempt:04d}{index:08d}", data)
+        name = f"{_logs_folder(task)}/{attempt:04d}{index:08d}"
+        self.put(user, job_id, name, data)
 
-    def log_chunks(self, user: str, job_id: str) -> list[str]:
+    def log_chunks(self, user: str, job_id: str, *, task: str = "") -> list[str]:
         """Paths of the stored log chunks, in order."""
-        found = self._names(self.job_path(user, job_id, LOGS), "list the log", job_id)
+        folder = self.job_path(user, job_id, _logs_folder(task))
+        found = self._names(folder, "list the log", job_id)
         chunks = [p for p in found if posixpath.basename(p).isdigit()]
         return sorted(self.fs._strip_protocol(p) for p in chunks)
 
     def read_logs(
-        self, user: str, job_id: str, start: int = 0, limit: int | None = None
+        self,
+        user: str,
+        job_id: str,
+        start: int = 0,
+        limit: int | None = None,
+        *,
+        task: str = "",
     ) -> tuple[bytes, int]:
         """Log bytes from chunk ``start`` on, and the index of the next chunk.
 
         With ``limit``, at most that many bytes: the end of the log, read a
         chunk at a time from the last one.
         """
-        chunks = self.log_chunks(user, job_id)[start:]
+        chunks = self.log_chunks(user, job_id, task=task)[start:]
         if limit is None:
             blobs = self.get_many(chunks, job_id)
             return b"".join(blobs.get(p, b"") for p in chunks), start + len(chunks)
@@ -61,8 +86,8 @@ class JobLogs(StoreParts):
             wanted -= size - first
         return b"".join(reversed(pieces))
 
-    def log_tail(self, user: str, job_id: str, lines: int) -> str:
+    def log_tail(self, user: str, job_id: str, lines: int, *, task: str = "") -> str:
         """The last ``lines`` lines of the log, from at most its last 64 KiB."""
-        data, _ = self.read_logs(user, job_id, limit=_TAIL_BYTES)
+        data, _ = self.read_logs(user, job_id, limit=_TAIL_BYTES, task=task)
         text = data.decode(errors="replace")
         return "\n".join(line[-1000:] for line in text.splitlines()[-lines:])

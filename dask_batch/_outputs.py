@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import dataclasses
+import hmac
 import os
 from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any
@@ -23,10 +25,15 @@ from ._exceptions import (
     JobFailedError,
     JobLostError,
     JobNotFoundError,
+    ResultIntegrityError,
+    SubmitError,
+    TasksFailedError,
 )
 from ._reconcile import Reconciler
 from ._records import JobRecord, JobState
-from ._store import SPEC, JobStore
+from ._store import RESULT, SPEC, JobStore
+from ._streams import RESULT_DIGEST_PREFIX, digest_signature
+from ._tasks import TASK_KINDS, TaskRecord, TaskSpec, task_path, task_specs
 from ._validate import InvalidNameError
 
 LOG_TAIL_LINES = 20
@@ -50,14 +57,23 @@ class JobOutputs:
         self.reconciler = reconciler
 
     async def result(
-        self, job_id: str, timeout: float | str | None, progress: bool = False
+        self,
+        job_id: str,
+        timeout: float | str | None,
+        progress: bool = False,
+        partial: bool = False,
     ) -> Any:
         """Wait for the job; the value main returned, or the job's error."""
         record = await self.reconciler.wait(job_id, timeout, progress)
-        return await self.outcome(record)
+        return await self.outcome(record, partial=partial)
 
-    async def outcome(self, record: JobRecord) -> Any:
+    async def outcome(self, record: JobRecord, *, partial: bool = False) -> Any:
         """The value main returned, for a terminal ``record``; else its error."""
+        if record.kind in TASK_KINDS and record.state in (
+            JobState.SUCCEEDED,
+            JobState.FAILED,
+        ):
+            return await asyncio.to_thread(self._task_values, record, partial)
         if record.state is JobState.SUCCEEDED:
             return await asyncio.to_thread(self._load_result, record)
         job_id = record.id
@@ -98,6 +114,102 @@ class JobOutputs:
             job_id, "result", stream, signature, record.result_hmac, buffers
         )
 
+    def tasks(self, job_id: str) -> list[TaskRecord]:
+        """The steps or elements of a pipeline or array job, as they went."""
+        return self.store.read_tasks(self.user, job_id)
+
+    def reusable(self, earlier: str, tasks: list[TaskSpec]) -> list[TaskSpec]:
+        """``tasks``, each marked to take over the outputs of ``earlier`` where
+        the same task (same digest) SUCCEEDED there.
+
+        The earlier job's spec must be signed with its key, and each result
+        taken over must carry its signature: what a resumed pipeline reuses
+        is what that job's own steps produced.
+        """
+        store = self.store
+        store.read_record(self.user, earlier)  # JobNotFoundError if unknown
+        spec = store.get_json(self.user, earlier, SPEC)
+        secret = _signing.user_secret(job_id=earlier)
+        key = _signing.job_keys(secret, earlier).job_key
+        if not isinstance(spec, dict) or not _signing.spec_is_signed(key, spec):
+            raise ResultIntegrityError(
+                f"the spec of job {earlier!r} is not signed with its key: it was "
+                "changed in storage. Resume from another job, or run every step.",
+                job_id=earlier,
+            )
+        before = {t.name: t for t in task_specs(spec, earlier)}
+        if not before:
+            raise SubmitError.not_submitted(
+                earlier, "it is not a pipeline job, so there are no steps to reuse."
+            )
+        went = {r.name: r for r in store.read_tasks(self.user, earlier)}
+        out = []
+        for task in tasks:
+            old, record = before.get(task.name), went.get(task.name)
+            same = (
+                old is not None
+                and record is not None
+                and old.digest == task.digest
+                and record.state is JobState.SUCCEEDED
+                and record.result_digest.startswith(RESULT_DIGEST_PREFIX)
+                and hmac.compare_digest(
+                    digest_signature(key, record.result_digest), record.result_hmac
+                )
+            )
+            if same:
+                assert record is not None
+                reuse = {
+                    "job": earlier,
+                    "result_digest": record.result_digest,
+                    "result_type": record.result_type,
+                    "result_bytes": record.result_bytes,
+                }
+                task = dataclasses.replace(task, reuse=reuse)
+            out.append(task)
+        return out
+
+    def _task_values(self, record: JobRecord, partial: bool) -> Any:
+        """An array's values in order, or a pipeline's by step name.
+
+        Each is unpickled only if its main process signed it with the job's
+        key. Without ``partial``, a task that did not succeed raises
+        TasksFailedError, which carries the others' values.
+        """
+        job_id = record.id
+        tasks = self.store.read_tasks(self.user, job_id)
+        is_array = record.kind == "array"
+        job_key = ""
+        values: dict[Any, Any] = {}
+        failed: dict[Any, str] = {}
+        for task in tasks:
+            key = task.index if is_array else task.name
+            if task.state is not JobState.SUCCEEDED:
+                why = task.message or (task.error or {}).get("message", "")
+                failed[key] = f"{task.state.value}: {why}"
+                continue
+            if not job_key:
+                secret = _signing.user_secret(job_id=job_id)
+                job_key = _signing.job_keys(secret, job_id).job_key
+            stream, buffers, found, signature = self.store.get_result(
+                self.user, job_id, job_key, name=task_path(task.name, RESULT)
+            )
+            if found != task.result_digest:
+                raise _signing.changed_in_storage(job_id)
+            what = f"result of element {key}" if is_array else f"result of step {key!r}"
+            values[key] = _signing.loads_verified(
+                job_id, what, stream, signature, task.result_hmac, buffers
+            )
+        if failed and not partial:
+            raise TasksFailedError(
+                job_id, failed, values, "elements" if is_array else "steps"
+            )
+        if partial:
+            for key, why in failed.items():
+                values[key] = JobFailedError(job_id, f"task {key}", why)
+        if is_array:
+            return [values[t.index] for t in tasks]
+        return {t.name: values[t.name] for t in tasks}
+
     def _load_unsigned(self, record: JobRecord) -> Any:
         """A result stored before dask-batch signed results: refused by default."""
         _signing.check_unsigned_allowed(record.id, self.store.url)  # before reading
@@ -106,10 +218,10 @@ class JobOutputs:
             record.id, self.store.url, stream, found, record.result_digest, buffers
         )
 
-    async def logs(self, job_id: str) -> str:
+    async def logs(self, job_id: str, task: str = "") -> str:
         """The log so far, or its end when it is over ``batch.logs-limit``."""
         limit = parse_bytes(dask.config.get("batch.logs-limit"))
-        data, _ = await self._read_logs(job_id, 0, limit + 1)
+        data, _ = await self._read_logs(job_id, 0, limit + 1, task)
         if len(data) <= limit:
             return data.decode(errors="replace")
         # Start at a whole character: skip UTF-8 continuation bytes.
@@ -125,29 +237,35 @@ class JobOutputs:
         )
 
     async def _read_logs(
-        self, job_id: str, index: int, limit: int | None = None
+        self, job_id: str, index: int, limit: int | None = None, task: str = ""
     ) -> tuple[bytes, int]:
         """Log bytes from chunk ``index`` on, and the next chunk's index."""
 
         def read() -> tuple[bytes, int]:
-            data, next_index = self.store.read_logs(self.user, job_id, index, limit)
+            data, next_index = self.store.read_logs(
+                self.user, job_id, index, limit, task=task
+            )
             if next_index == 0 and not self.store.exists(self.user, job_id, SPEC):
                 raise JobNotFoundError(job_id, self.store.url)
             return data, next_index
 
         return await asyncio.to_thread(read)
 
-    async def _follow_step(self, job_id: str, index: int) -> tuple[bytes, int, bool]:
+    async def _follow_step(
+        self, job_id: str, index: int, task: str = ""
+    ) -> tuple[bytes, int, bool]:
         """New log bytes, the next chunk index, and whether the job has ended."""
         ended = (await self.reconciler.status(job_id)).state.is_terminal
         # Read after the state: the runner stores the last log before the
         # final state, so nothing printed is missed once ended is seen.
-        data, index = await self._read_logs(job_id, index)
+        data, index = await self._read_logs(job_id, index, task=task)
         return data, index, ended
 
-    def follow_sync(self, job_id: str, sync: Callable[..., Any]) -> Iterator[str]:
+    def follow_sync(
+        self, job_id: str, sync: Callable[..., Any], task: str = ""
+    ) -> Iterator[str]:
         """:meth:`follow` for sync callers; ``sync`` runs a coroutine to its end."""
-        stream = self.follow(job_id)
+        stream = self.follow(job_id, task)
         try:
             while True:
                 try:
@@ -157,14 +275,14 @@ class JobOutputs:
         finally:
             sync(stream.aclose)
 
-    async def follow(self, job_id: str) -> AsyncGenerator[str, None]:
+    async def follow(self, job_id: str, task: str = "") -> AsyncGenerator[str, None]:
         """Log text as it arrives, until the job ends."""
         # Chunks are cut by size: a character may start in one and end in
         # the next, so text is decoded across chunk boundaries.
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         index, ended = 0, False
         while not ended:
-            data, index, ended = await self._follow_step(job_id, index)
+            data, index, ended = await self._follow_step(job_id, index, task)
             text = decoder.decode(data, final=ended)
             if text:
                 yield text

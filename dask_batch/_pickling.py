@@ -69,6 +69,18 @@ def dumps_payload(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> b
         return cloudpickle.dumps((func, args, kwargs))
 
 
+def dumps_task_table(table: dict[str, tuple[Any, tuple[Any, ...], dict]]) -> bytes:
+    """Pickle the mains of a pipeline's or array's tasks as one payload.
+
+    Stored as ``(None, (table,), {})``: a task's main process picks its own
+    ``(func, args, kwargs)`` by name. Objects shared between tasks (an
+    array's function, a script's source) are pickled once.
+    """
+    objects = [o for func, args, kwargs in table.values() for o in (func, *args)]
+    with pickled_by_value(local_modules(*objects)):
+        return cloudpickle.dumps((None, (table,), {}))
+
+
 # Stored results: a frame, the pickle, then its out-of-band buffers (pickle
 # protocol 5), so that a large NumPy array or bytes-like value is written from
 # and read into its own memory, never copied into one big blob.

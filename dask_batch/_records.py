@@ -201,6 +201,11 @@ class JobRecord:
         The job's MLflow run ("" if the job is not tracked).
     mlflow_url : str
         The run's page in the MLflow UI (an http(s) tracking server), or "".
+    task_counts : dict
+        For a pipeline or array job, how many of its steps or elements are in
+        each state (``{"SUCCEEDED": 12, "RUNNING": 4}``); empty otherwise.
+    tasks : list of TaskRecord or None
+        Each step or element, as ``status()`` reads it (not kept in listings).
     """
 
     id: str
@@ -237,6 +242,8 @@ class JobRecord:
     result_bytes: int | None = None
     mlflow_run_id: str = ""
     mlflow_url: str = ""
+    task_counts: dict[str, int] = field(default_factory=dict)
+    tasks: list[Any] | None = field(default=None, compare=False)
 
     @property
     def duration(self) -> datetime.timedelta | None:
@@ -277,6 +284,7 @@ class JobRecord:
                 or _document(cluster).get("cluster_name"),
                 "progress": _document(progress).get("progress"),
                 "progress_message": _document(progress).get("message", ""),
+                "task_counts": _document(progress).get("tasks"),
                 "last_seen": _document(heartbeat).get("time"),
             }
         )
@@ -329,6 +337,7 @@ class JobRecord:
             mlflow_run_id=_text(d.get("mlflow_run_id")),
             # Shown as a link on the jobs page: never javascript: or data:.
             mlflow_url=safe_link(d.get("mlflow_url")) or "",
+            task_counts=_task_counts(d.get("task_counts")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -367,7 +376,24 @@ class JobRecord:
             "result_bytes": self.result_bytes,
             "mlflow_run_id": self.mlflow_run_id,
             "mlflow_url": self.mlflow_url,
+            "task_counts": self.task_counts,
+            **(
+                {"tasks": [t.to_dict() for t in self.tasks]}
+                if self.tasks is not None
+                else {}
+            ),
         }
+
+
+def _task_counts(value: Any) -> dict[str, int]:
+    """Counts per state, known states and whole numbers only."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        state.value: value[state.value]
+        for state in JobState
+        if _count(value.get(state.value)) is not None
+    }
 
 
 def _document(value: Any) -> dict[str, Any]:

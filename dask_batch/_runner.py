@@ -19,7 +19,6 @@ import os
 import shutil
 import signal
 import sys
-import threading
 from typing import Any
 
 import dask.config
@@ -42,29 +41,23 @@ from ._prewarm import (
 )
 from ._prewarm import take as take_prewarmed
 from ._records import ErrorInfo, JobState, to_iso, utcnow
-from ._store import HEARTBEAT, SECRETS, SPEC, JobStore
+from ._store import ARTIFACTS, HEARTBEAT, SECRETS, SPEC, JobStore
+from ._taskrun import (
+    LogUpload,
+    TaskGraph,
+    describe_exit,
+    graph_settings,
+    note_in_log,
+    result_name,
+    terminate,
+)
+from ._tasks import TaskSpec, task_specs
+from ._validate import check_job_id
 
 logger = logging.getLogger("distributed.scheduler.dask_batch")
 
 # How main's process reports back to the runner (the log is not parsed).
 OUTCOME_FILE = "outcome.json"
-
-
-def _note_in_log(log_path: str, *lines: str) -> None:
-    """Add the runner's own lines to main's log (uploaded with main's output)."""
-    if lines:
-        with open(log_path, "ab") as log:
-            log.write("".join(f"{line}\n" for line in lines).encode())
-
-
-def _describe_exit(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"main's process was killed by {name}"
-    return f"main's process exited with code {returncode} before reporting a result"
 
 
 class JobRunnerPlugin(SchedulerPlugin):
@@ -110,16 +103,12 @@ class JobRunnerPlugin(SchedulerPlugin):
         self._stopped_from_outside = False
         self._retry_left = False
         self._finishing = False
-        self._log_offset = 0
-        self._log_index = 0
-        self._log_attempt = 1  # chunk names start with it: attempts never clash
-        self._log_lock = threading.Lock()
-        self._log_chunk_bytes = parse_bytes(
-            dask.config.get("batch.runner.log-chunk-size")
-        )
+        self._log: LogUpload | None = None  # main's log, to storage
+        self._graph: TaskGraph | None = None  # the tasks of a pipeline or array
         self._workdir: str | None = None
         self._spec: dict[str, Any] = {}
         self._job_env: dict[str, str] = {}  # main's env values, decrypted
+        self._job_key = ""  # from secrets.bin: signs results
         self._artifact_sync: ArtifactSync | None = None
 
     # pickled to reach the scheduler in client-side mode: drop runtime state
@@ -130,14 +119,12 @@ class JobRunnerPlugin(SchedulerPlugin):
             _proc=None,
             _waiting_main=None,
             _workdir=None,
-            _log_lock=None,
+            _job_key="",
+            _log=None,
+            _graph=None,
             _artifact_sync=None,
         )
         return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._log_lock = threading.Lock()
 
     async def start(self, scheduler: Any) -> None:
         # Client.register_plugin waits for start(): return at once.
@@ -190,6 +177,14 @@ class JobRunnerPlugin(SchedulerPlugin):
             self._workdir, self._waiting_main = prewarmed.workdir, prewarmed.main
         else:
             self._workdir = await self._io(make_workdir, self.job_id)
+        log_path = os.path.join(self._workdir, LOG_FILE)
+        self._log = LogUpload(
+            self._store,
+            self.user,
+            self.job_id,
+            log_path,
+            parse_bytes(dask.config.get("batch.runner.log-chunk-size")),
+        )
         artifacts = os.path.join(self._workdir, ARTIFACTS_DIR)
         self._artifact_sync = ArtifactSync(
             self._store,
@@ -199,7 +194,7 @@ class JobRunnerPlugin(SchedulerPlugin):
             parse_bytes(dask.config.get("batch.artifacts.limit")),
         )
         try:
-            await self._run_job(os.path.join(self._workdir, LOG_FILE))
+            await self._run_job(log_path)
         finally:
             if self._waiting_main is not None:  # main must not run after all
                 waiting, self._waiting_main = self._waiting_main, None
@@ -226,7 +221,10 @@ class JobRunnerPlugin(SchedulerPlugin):
                 await self._shutdown_cluster()
                 return
             await self._scale(spec)
-            outcome = await self._run_attempts(log_path, spec, doc)
+            if spec.get("tasks"):
+                outcome = await self._run_graph(log_path, spec, doc)
+            else:
+                outcome = await self._run_attempts(log_path, spec, doc)
         except Exception as exc:
             logger.exception("dask-batch: job %s could not start", self.job_id)
             outcome = Outcome.failure(
@@ -238,7 +236,9 @@ class JobRunnerPlugin(SchedulerPlugin):
         self, log_path: str, spec: dict[str, Any], doc: dict[str, Any]
     ) -> Outcome:
         """Run main, again in this cluster for the errors listed in retry_on."""
-        attempt = self._log_attempt = int(doc.get("attempt", 1))
+        attempt = int(doc.get("attempt", 1))
+        assert self._log is not None
+        self._log.attempt = attempt
         history = list(doc.get("attempts") or [])
         while True:
             # A cluster stopped from outside (scancel, a wall-time limit, a
@@ -252,7 +252,7 @@ class JobRunnerPlugin(SchedulerPlugin):
             error = outcome.error
             history.append({"attempt": attempt, "error": error.type})
             attempt += 1
-            _note_in_log(
+            note_in_log(
                 log_path,
                 f"dask-batch: attempt {attempt} of job {self.job_id} after "
                 f"{error.type}: {error.message}",
@@ -268,6 +268,81 @@ class JobRunnerPlugin(SchedulerPlugin):
                 new_cluster=False,
             )
 
+    async def _run_graph(
+        self, log_path: str, spec: dict[str, Any], doc: dict[str, Any]
+    ) -> Outcome:
+        """Run the tasks of a pipeline or array job, each in its own process."""
+        attempt = int(doc.get("attempt", 1))
+        assert self._log is not None and self._workdir is not None
+        self._log.attempt = attempt
+        self._retry_left = attempt <= int(spec.get("retries") or 0)
+        # The job's discarded early process: each task gets its own.
+        if self._waiting_main is not None:
+            waiting, self._waiting_main = self._waiting_main, None
+            await self._io(waiting.discard)
+        graph = self._graph = TaskGraph(
+            self._store,
+            self.user,
+            self.job_id,
+            task_specs(spec, self.job_id),
+            graph_settings(spec, dask.config.get),
+            self._launch(spec),
+            self._workdir,
+            log_path,
+            reuse=self._take_over,
+        )
+        helpers = [
+            asyncio.create_task(self._upload_logs_periodically(log_path)),
+            asyncio.create_task(self._heartbeat_periodically()),
+            asyncio.create_task(self._sync_artifacts_periodically(log_path)),
+        ]
+        try:
+            return await graph.run()
+        finally:
+            for helper in helpers:
+                helper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await helper
+
+    def _take_over(self, task: TaskSpec, local_dir: str) -> dict[str, Any]:
+        """Copy the outputs of ``task`` from the earlier job the spec names.
+
+        The submitter checked the earlier result's signature and put its
+        digest in this job's signed spec; the copy is read back and must
+        match it, and is signed with this job's key.
+        """
+        assert task.reuse is not None
+        earlier = check_job_id(task.reuse.get("job"))
+        name = result_name(task.name)
+        store = self._store
+        store.fs.copy(
+            store.job_path(self.user, earlier, name),
+            store.job_path(self.user, self.job_id, name),
+        )
+        _, _, found, signature = store.get_result(
+            self.user, self.job_id, self._job_key, name=name
+        )
+        if found != task.reuse.get("result_digest"):
+            raise ResultIntegrityError(
+                f"the result of step {task.name!r} of job {earlier} changed "
+                "after it was checked",
+                job_id=self.job_id,
+            )
+        source = store.job_path(self.user, earlier, f"{ARTIFACTS}/{task.name}")
+        if store.fs.exists(source):
+            target = store.job_path(self.user, self.job_id, f"{ARTIFACTS}/{task.name}")
+            store.fs.copy(source, target, recursive=True)
+            store.fs.get(source + "/", local_dir + "/", recursive=True)
+            # The files in the folder that downstream steps read are stored.
+            if self._artifact_sync is not None:
+                self._artifact_sync.adopt()
+        return {
+            "result_digest": found,
+            "result_hmac": signature,
+            "result_type": str(task.reuse.get("result_type") or ""),
+            "result_bytes": task.reuse.get("result_bytes"),
+        }
+
     def _signed_spec(self) -> dict[str, Any]:
         """The job's spec, refused unless the submitter's job key signed it.
 
@@ -279,6 +354,7 @@ class JobRunnerPlugin(SchedulerPlugin):
         token = self._store.get(self.user, self.job_id, SECRETS)
         secrets = _secrets.unseal(self.env_key, token)
         job_key, self._job_env = secrets.job_key, secrets.env
+        self._job_key = job_key
         if not isinstance(spec, dict) or not _signing.spec_is_signed(job_key, spec):
             raise ResultIntegrityError(
                 f"the spec of job {self.job_id!r} is not signed with its key: it "
@@ -397,7 +473,7 @@ class JobRunnerPlugin(SchedulerPlugin):
             return Outcome.read(launch.outcome_path)
         except (OSError, ValueError, KeyError, TypeError):
             return Outcome.failure(
-                "ProcessExit", _describe_exit(returncode), returncode=returncode
+                "ProcessExit", describe_exit(returncode), returncode=returncode
             )
 
     async def _heartbeat_periodically(self) -> None:
@@ -430,7 +506,7 @@ class JobRunnerPlugin(SchedulerPlugin):
         except Exception as exc:
             logger.warning("dask-batch: artifacts not synced", exc_info=True)
             notes = [f"dask-batch: job {self.job_id}: artifacts not stored: {exc}"]
-        _note_in_log(log_path, *notes)
+        note_in_log(log_path, *notes)
 
     async def _upload_logs_periodically(self, log_path: str) -> None:
         interval = parse_timedelta(dask.config.get("batch.runner.log-upload-interval"))
@@ -442,31 +518,19 @@ class JobRunnerPlugin(SchedulerPlugin):
                 logger.warning("dask-batch: log upload failed", exc_info=True)
 
     def _upload_log(self, log_path: str) -> None:
-        """Append what main printed since the last call, as new chunk objects.
-
-        Never rewrites what is stored and never holds more than one chunk in
-        memory, however much main prints.
-        """
-        with self._log_lock, open(log_path, "rb") as f:
-            f.seek(self._log_offset)
-            while data := f.read(self._log_chunk_bytes):
-                self._store.put_log_chunk(
-                    self.user, self.job_id, self._log_attempt, self._log_index, data
-                )
-                self._log_index += 1
-                self._log_offset += len(data)
+        """Append what the job's log gained since the last call."""
+        if self._log is not None:
+            self._log.upload()
 
     async def _terminate_main(self) -> None:
+        if self._graph is not None:
+            await self._graph.stop("the job was cancelled, or its cluster stopped")
         proc = self._proc
-        if proc is None or proc.returncode is not None:
+        if proc is None:
             return
-        grace = parse_timedelta(dask.config.get("batch.runner.terminate-grace"))
-        proc.signal_group(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), timeout=grace)
-        except asyncio.TimeoutError:
-            proc.signal_group(signal.SIGKILL)
-            await proc.wait()
+        await terminate(
+            proc, parse_timedelta(dask.config.get("batch.runner.terminate-grace"))
+        )
 
     async def _finish(self, outcome: Outcome, log_path: str) -> None:
         """Artifacts and logs, then the final state, then stop the cluster."""
@@ -567,7 +631,7 @@ class JobRunnerPlugin(SchedulerPlugin):
             return
         logger.warning("dask-batch: MLflow run %s not ended: %s", run_id, said)
         if log_path and os.path.exists(log_path):
-            _note_in_log(
+            note_in_log(
                 log_path,
                 f"dask-batch: the MLflow run {run_id} of job {self.job_id} "
                 f"could not be given its final status {finish.status}: {said}",

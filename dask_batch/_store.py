@@ -64,6 +64,7 @@ from ._index import ListingIndex
 from ._logs import JobLogs
 from ._pickling import ResultBuffer
 from ._records import JobRecord, JobState, to_iso, utcnow
+from ._tasks import TASKS_DOC, TaskRecord, read_task_records, task_specs
 from ._validate import (
     InvalidNameError,
     check_job_id,
@@ -408,10 +409,15 @@ class JobStore(ListingIndex, JobLogs):
             )
 
     def get_result(
-        self, user: str, job_id: str, hmac_key: str | None = None
+        self,
+        user: str,
+        job_id: str,
+        hmac_key: str | None = None,
+        *,
+        name: str = RESULT,
     ) -> tuple[bytes, list[ResultBuffer], str, str]:
         """Read a stored result: the pickle, its buffers, digest and HMAC."""
-        path = self.job_path(user, job_id, RESULT)
+        path = self.job_path(user, job_id, name)
         with self._errors("read the result", job_id, answers=(FileNotFoundError,)):
             return self._retrying(_streams.read_result, self.fs, path, job_id, hmac_key)
 
@@ -517,6 +523,33 @@ class JobStore(ListingIndex, JobLogs):
                     job_id=job_id,
                 )
         return out
+
+    def read_tasks(self, user: str, job_id: str) -> list[TaskRecord]:
+        """The tasks of a pipeline or array job as they went ([] for a plain job).
+
+        The tasks shown are those the job's spec declares; ``tasks.json``
+        (written by the runner) says how each went.
+        """
+        try:
+            spec = self.get_json(user, job_id, SPEC)
+        except FileNotFoundError:
+            raise JobNotFoundError(job_id, self.url) from None
+        _check_identity(spec, user, job_id)
+        try:
+            declared = task_specs(spec, job_id)
+        except (InvalidNameError, KeyError, TypeError, ValueError) as exc:
+            raise CorruptRecordError(
+                f"The steps in the record of job {job_id!r} cannot be read "
+                f"({exc}): it was changed in storage.",
+                job_id=job_id,
+            ) from None
+        if not declared:
+            return []
+        try:
+            doc = self.get_json(user, job_id, TASKS_DOC)
+        except (FileNotFoundError, CorruptRecordError):
+            doc = None  # not written yet, or damaged: every task as declared
+        return read_task_records(declared, doc)
 
     def read_record(self, user: str, job_id: str) -> JobRecord:
         record = self.read_records(user, [job_id])[job_id]

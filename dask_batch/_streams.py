@@ -88,6 +88,12 @@ class StreamHasher:
         self.pool.shutdown(cancel_futures=True)
 
 
+def digest_signature(key: str, digest: str) -> str:
+    """The HMAC that :class:`StreamHasher` gives a result with this digest."""
+    value = bytes.fromhex(digest.removeprefix(RESULT_DIGEST_PREFIX))
+    return hmac.new(key.encode(), value, hashlib.sha256).hexdigest()
+
+
 def write_pieces(
     backend: ObjectStoreBackend,
     path: str,

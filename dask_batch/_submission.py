@@ -22,8 +22,9 @@ from dask.utils import format_bytes, parse_bytes, parse_timedelta
 from . import _targets
 from ._exceptions import SubmitError
 from ._options import SubmitOptions
-from ._pickling import dumps_payload
+from ._pickling import dumps_payload, dumps_task_table
 from ._store import digest
+from ._tasks import TaskSpec
 from ._validate import InvalidNameError, check_parameter_name
 
 _MIN_MEMORY_LIMIT = 256 * 2**20
@@ -205,11 +206,21 @@ def pack_files(job_id: str, files: Any) -> bytes:
 
 
 def pickle_payload(
-    job_id: str, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict
+    job_id: str,
+    func: Callable[..., Any] | None,
+    args: tuple[Any, ...],
+    kwargs: dict,
 ) -> bytes:
-    """cloudpickle of ``(func, args, kwargs)``, within ``batch.payload-limit``."""
+    """cloudpickle of ``(func, args, kwargs)``, within ``batch.payload-limit``.
+
+    With ``func`` None, ``args`` is ``(table,)``: the mains of a pipeline's
+    or an array's tasks by name.
+    """
     try:
-        payload = dumps_payload(func, args, kwargs)
+        if func is None:
+            payload = dumps_task_table(args[0])
+        else:
+            payload = dumps_payload(func, args, kwargs)
     except Exception as exc:
         raise SubmitError.not_submitted(
             job_id,
@@ -246,10 +257,14 @@ class Target:
     kind: str
     target: str
     default_name: str
-    func: Callable[..., Any]
+    func: Callable[..., Any] | None
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # A pipeline or array: its declared tasks (func is None, args the table).
+    tasks: list[TaskSpec] = dataclasses.field(default_factory=list)
+    max_parallel: int | None = None
+    fail_fast: bool = False
 
 
 def function_target(
@@ -351,4 +366,10 @@ def build(
         "retry_on": retry_names,
         "memory_limit": memory_limit,
     }
+    if target.tasks:
+        spec.update(
+            tasks=[t.to_dict() for t in target.tasks],
+            max_parallel=target.max_parallel,
+            fail_fast=target.fail_fast,
+        )
     return Submission(job_id, spec, payload, env_values, archive)

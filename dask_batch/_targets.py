@@ -109,8 +109,13 @@ def run_notebook(filename: str, source: bytes, parameters: dict[str, Any]) -> st
     import fsspec
     import papermill
 
-    from ._context import artifacts_path
+    from ._context import artifacts_path, current_job
 
+    job = current_job()
+    if job is not None and job.task and "upstream" not in parameters:
+        # A pipeline step, as in Ploomber: `upstream` maps each upstream step
+        # to the folder of the files it kept.
+        parameters = dict(parameters, upstream=dict(job.upstream))
     name = os.path.basename(filename)
     with open(name, "wb") as f:
         f.write(source)
