@@ -84,6 +84,33 @@ def text_table(records: Sequence[JobRecord]) -> str:
     return "\n".join(text_lines(records))
 
 
+def task_lines(tasks: Sequence[Any]) -> Iterator[str]:
+    """The steps of a pipeline, or the elements of an array, as a table."""
+    header = ("task", "state", "upstream", "attempt", "duration", "progress/message")
+    rows = []
+    for task in tasks:
+        progress = ""
+        if task.progress is not None:
+            progress = f"{task.progress:.0%} {task.progress_message}".strip()
+        note = task.message or progress
+        if task.state is JobState.FAILED and task.error:
+            note = f"{task.error.get('type', '')}: {task.error.get('message', '')}"
+        rows.append(
+            (
+                task.name,
+                task.state.value,
+                ",".join(task.upstream),
+                str(task.attempt or ""),
+                format_duration(task.duration),
+                note.splitlines()[0][:120] if note else "",
+            )
+        )
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for r in [header, *rows]:
+        cells = [c.ljust(w) for c, w in zip(r, widths, strict=False)]
+        yield "  ".join([*cells, r[-1]]).rstrip()
+
+
 def _state_badge(state: JobState) -> str:
     return (
         f'<span style="color: white; background: {STATE_COLOURS[state]}; '

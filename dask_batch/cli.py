@@ -202,6 +202,29 @@ def main(ctx: click.Context, storage: str | None) -> None:
     metavar="NAME",
     help="The MLflow experiment of the job's run (implies --mlflow).",
 )
+@click.option(
+    "--array",
+    metavar="INDICES",
+    help="Run the script once per index, as one array job: 0-99, 0-99%10 (at "
+    "most 10 at once), 1,3,5 or 0-10:2. Each reads DASK_BATCH_ARRAY_INDEX.",
+)
+@click.option(
+    "--max-parallel",
+    type=int,
+    help="Pipeline steps that run at once (default: the file's, else "
+    "batch.tasks.max-parallel).",
+)
+@click.option(
+    "--fail-fast",
+    is_flag=True,
+    default=None,
+    help="Stop a pipeline at its first failure.",
+)
+@click.option(
+    "--resume",
+    metavar="JOB_ID",
+    help="Re-run only the pipeline steps that changed since that pipeline job.",
+)
 @click.option("--wait", is_flag=True, help="Wait for the job; exit with its status.")
 @click.option("--follow", is_flag=True, help="Stream the log until the job ends.")
 @click.pass_obj
@@ -223,15 +246,27 @@ def submit(
     memory_limit: str | None,
     mlflow: bool | None,
     mlflow_experiment: str | None,
+    array: str | None,
+    max_parallel: int | None,
+    fail_fast: bool | None,
+    resume: str | None,
     wait: bool,
     follow: bool,
 ) -> None:
     """Submit TARGET as a batch job and print its id.
 
     TARGET is a script (train.py, run as __main__ with ARGS as sys.argv), a
-    package.module:function (called with ARGS), or a notebook (analysis.ipynb,
-    executed with papermill; parameters with -p NAME VALUE).
+    package.module:function (called with ARGS), a notebook (analysis.ipynb,
+    executed with papermill; parameters with -p NAME VALUE), or a pipeline
+    (pipeline.yaml: steps that run in dependency order on one cluster).
     """
+    is_pipeline = target.endswith((".yaml", ".yml"))
+    if not is_pipeline and (max_parallel or fail_fast or resume):
+        raise click.UsageError(
+            "--max-parallel, --fail-fast and --resume are for pipelines"
+        )
+    if array is not None and (is_pipeline or target.endswith(".ipynb")):
+        raise click.UsageError("--array is for scripts and package.module:function")
     options = SubmitOptions(
         name=name,
         workers=workers,
@@ -247,7 +282,17 @@ def submit(
         mlflow=mlflow_experiment or mlflow,
     )
     batch = obj.client
-    if target.endswith(".ipynb"):
+    if is_pipeline:
+        if args or parameters:
+            raise click.UsageError("a pipeline takes its params from its file")
+        job = batch.submit_pipeline(
+            target,
+            max_parallel=max_parallel,
+            fail_fast=fail_fast,
+            resume=resume,
+            submit_options=options,
+        )
+    elif target.endswith(".ipynb"):
         if args:
             raise click.UsageError("notebooks take -p NAME VALUE, not arguments")
         params = {k: yaml.safe_load(v) for k, v in parameters}
@@ -255,7 +300,9 @@ def submit(
     else:
         if parameters:
             raise click.UsageError("-p/--parameter is for notebooks")
-        job = batch.submit_script(target, list(args), submit_options=options)
+        job = batch.submit_script(
+            target, list(args), array=array, submit_options=options
+        )
     click.echo(job.id)
     if follow:
         for text in job.logs(follow=True):
@@ -328,6 +375,12 @@ def status(obj: _Context, job_id: str, as_json: bool) -> None:
     for key, value in lines:
         if value:
             click.echo(f"{key + ':':<11}{strip_control(value)}")
+    if record.tasks:
+        from ._display import task_lines
+
+        click.echo("")
+        for line in task_lines(record.tasks):
+            click.echo(strip_control(line))
 
 
 @main.command()
@@ -335,14 +388,20 @@ def status(obj: _Context, job_id: str, as_json: bool) -> None:
 @click.option(
     "-f", "--follow", is_flag=True, help="Stream new output until the job ends."
 )
+@click.option(
+    "--task",
+    default="",
+    metavar="NAME",
+    help="The log of one pipeline step (its name) or array element (its index).",
+)
 @click.pass_obj
-def logs(obj: _Context, job_id: str, follow: bool) -> None:
+def logs(obj: _Context, job_id: str, follow: bool, task: str) -> None:
     """Print main's output (stdout, stderr, logging)."""
     if follow:
-        for text in obj.client.logs(job_id, follow=True):
+        for text in obj.client.logs(job_id, follow=True, task=task):
             click.echo(strip_control(text), nl=False)
     else:
-        click.echo(strip_control(obj.client.logs(job_id)), nl=False)
+        click.echo(strip_control(obj.client.logs(job_id, task=task)), nl=False)
 
 
 @main.command()

@@ -141,14 +141,20 @@ def main_processes(cluster_names: Collection[str] | None = None) -> list[int]:
     started and not another test run's jobs on the same machine; every one
     on the host if ``cluster_names`` is None.
     """
-    found = []
+    found: dict[int, int] = {}  # pid -> parent pid
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         cluster = _cluster_of(pid)
         if cluster is not None and (cluster_names is None or cluster in cluster_names):
-            found.append(int(pid))
-    return found
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    found[int(pid)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue  # exited while we looked
+    # A process main forked for a helper command (a library looking for a
+    # shared library, say) looks like main until it executes the command.
+    return [pid for pid, parent in found.items() if parent not in found]
 
 
 def stop_process(proc: Any, timeout: float = 30) -> None:

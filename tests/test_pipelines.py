@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import textwrap
 
 import nbformat
@@ -16,7 +18,7 @@ from dask_batch import (
     SubmitError,
     TasksFailedError,
 )
-from dask_batch.testing import wait_for
+from dask_batch.testing import main_processes, wait_for
 
 
 def load(n):
@@ -179,3 +181,173 @@ def test_a_cycle_or_an_unknown_step_is_refused_before_anything_exists(
     with pytest.raises(SubmitError, match="is not allowed"):
         batch_client.submit_pipeline([Step(load, name="../escape")])
     assert batch_client.jobs() == []
+
+
+def square_slowly(x):
+    import time
+
+    import dask_batch
+
+    time.sleep(0.5)  # the elements' lifetimes overlap: the limit is what holds
+    if x == 7:
+        raise ValueError("seven is unlucky")
+    assert dask_batch.current_job().array_index == x
+    return x * x
+
+
+def max_overlap(tasks):
+    """The most tasks that were running at one moment, from their times."""
+    events = sorted(
+        [(t.started, 1) for t in tasks] + [(t.finished, -1) for t in tasks],
+        key=lambda e: (e[0], e[1]),
+    )
+    running = most = 0
+    for _, change in events:
+        running += change
+        most = max(most, running)
+    return most
+
+
+def test_an_array_of_20_runs_at_most_4_at_once_and_names_its_failure(
+    batch_client,
+):
+    job = batch_client.map(square_slowly, range(20), max_parallel=4, workers=0)
+    seen = set()
+    most = 0
+
+    def ended():
+        nonlocal most
+        record = batch_client.status(job.id)
+        if record.cluster_name:
+            seen.add(record.cluster_name)
+            # A scan of /proc is not a snapshot: one process may end and the
+            # next start while it reads. Those found by two scans in a row
+            # were all alive at the moment between them.
+            together = set(main_processes(seen)) & set(main_processes(seen))
+            most = max(most, len(together))
+        return record.state.is_terminal
+
+    wait_for(ended, 240, "the array to end", interval=0.02)
+    assert 2 <= most <= 4, most  # processes seen beside the scheduler
+    with pytest.raises(TasksFailedError) as raised:
+        job.result()
+    error = raised.value
+    assert list(error.failed) == [7]
+    assert "ValueError: seven is unlucky" in error.failed[7]
+    assert "1 of 20 elements did not succeed" in str(error)
+    assert error.partial == {i: i * i for i in range(20) if i != 7}
+    values = job.client.result(job.id, partial=True)
+    assert values[:7] == [i * i for i in range(7)]
+    assert isinstance(values[7], JobFailedError)
+    record = batch_client.status(job.id)
+    assert record.kind == "array"
+    assert record.task_counts == {"SUCCEEDED": 19, "FAILED": 1}
+    assert [t.index for t in record.tasks] == list(range(20))
+    assert max_overlap(record.tasks) <= 4
+    # One entry in the listing, with its counts.
+    (listed,) = batch_client.jobs()
+    assert listed.id == job.id and listed.task_counts == record.task_counts
+    assert "19/20 succeeded, 1 failed" in listed.progress_message
+
+
+def flaky_once(marker_dir):
+    import dask_batch
+
+    marker = os.path.join(marker_dir, str(dask_batch.current_job().array_index))
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise ConnectionError("first try of this element")
+    return "ok"
+
+
+def test_retries_and_timeouts_apply_to_each_element(batch_client, tmp_path):
+    job = batch_client.map(
+        flaky_once,
+        [str(tmp_path)] * 3,
+        retries=1,
+        retry_on=[ConnectionError],
+        workers=0,
+    )
+    assert job.result(timeout=120) == ["ok"] * 3
+    assert [t.attempt for t in batch_client.tasks(job.id)] == [2, 2, 2]
+    slow = batch_client.map(slow_ok, [str(tmp_path / "never")], timeout=1, workers=0)
+    with pytest.raises(TasksFailedError, match="timed out"):
+        slow.result(timeout=120)
+
+
+def test_cancelling_an_array_cancels_every_element(batch_client, tmp_path):
+    job = batch_client.map(
+        slow_ok, [str(tmp_path / "never")] * 6, max_parallel=2, workers=0
+    )
+    wait_for(
+        lambda: batch_client.status(job.id).task_counts.get("RUNNING") == 2,
+        120,
+        "two elements to run",
+    )
+    batch_client.cancel(job.id)
+    record = batch_client.wait(job.id, timeout=120)
+    assert record.state is JobState.CANCELLED
+    tasks = wait_for(
+        lambda: (t := batch_client.tasks(job.id))
+        and all(x.state is JobState.CANCELLED for x in t)
+        and t,
+        60,
+        "every element to be recorded CANCELLED",
+    )
+    assert len(tasks) == 6
+
+
+ARRAY_SCRIPT = textwrap.dedent(
+    """
+    import os
+    import dask_batch
+    index = int(os.environ["DASK_BATCH_ARRAY_INDEX"])
+    assert dask_batch.current_job().array_index == index
+    print("element", index, "of", os.environ["DASK_BATCH_JOB_ID"])
+    """
+)
+
+
+def test_dask_batch_submit_array_runs_a_script_per_index(batch_gateway, tmp_path):
+    script = tmp_path / "fold.py"
+    script.write_text(ARRAY_SCRIPT)
+    env = {
+        **os.environ,
+        **batch_gateway.environment(),
+        "DASK_BATCH__STORAGE": str(tmp_path / "jobs"),
+    }
+    command = [sys.executable, "-m", "dask", "batch", "submit", str(script)]
+    done = subprocess.run(
+        [*command, "--array", "1,3-5%2", "--workers", "0", "--wait"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.split()[0]
+    status = subprocess.run(
+        [sys.executable, "-m", "dask", "batch", "status", job_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "4/4 succeeded" in status
+    assert [line.split()[:2] for line in status.splitlines()[-4:]] == [
+        [str(i), "SUCCEEDED"] for i in (1, 3, 4, 5)
+    ]
+    log = subprocess.run(
+        [sys.executable, "-m", "dask", "batch", "logs", job_id, "--task", "4"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert f"element 4 of {job_id}" in log
+    bad = subprocess.run(
+        [*command, "--array", "0-3%0"], env=env, capture_output=True, text=True
+    )
+    assert bad.returncode != 0 and "limit" in bad.stderr
