@@ -145,9 +145,7 @@ def test_a_failing_step_stops_its_dependants_not_an_independent_branch(
     ]
     job = batch_client.submit_pipeline(steps, workers=0)
     wait_for(
-        lambda: any(
-            t.state is JobState.FAILED for t in batch_client.tasks(job.id)
-        ),
+        lambda: any(t.state is JobState.FAILED for t in batch_client.tasks(job.id)),
         120,
         "the broken step to fail",
     )
@@ -288,9 +286,11 @@ def test_cancelling_an_array_cancels_every_element(batch_client, tmp_path):
     record = batch_client.wait(job.id, timeout=120)
     assert record.state is JobState.CANCELLED
     tasks = wait_for(
-        lambda: (t := batch_client.tasks(job.id))
-        and all(x.state is JobState.CANCELLED for x in t)
-        and t,
+        lambda: (
+            (t := batch_client.tasks(job.id))
+            and all(x.state is JobState.CANCELLED for x in t)
+            and t
+        ),
         60,
         "every element to be recorded CANCELLED",
     )
@@ -351,3 +351,176 @@ def test_dask_batch_submit_array_runs_a_script_per_index(batch_gateway, tmp_path
         [*command, "--array", "0-3%0"], env=env, capture_output=True, text=True
     )
     assert bad.returncode != 0 and "limit" in bad.stderr
+
+
+def make_data(size):
+    import dask_batch
+
+    with open(dask_batch.artifacts_dir("data.txt"), "w") as f:
+        f.write("x" * size)
+    return size
+
+
+def measure(upstream, scale):
+    import dask_batch
+
+    folder = dask_batch.current_job().upstream["make_data"]
+    with open(os.path.join(folder, "data.txt")) as f:
+        return len(f.read()) * scale
+
+
+def independent(tag):
+    return tag
+
+
+def resumable(scale):
+    return [
+        Step(make_data, params={"size": 3}),
+        Step(measure, upstream=["make_data"], params={"scale": scale}),
+        Step(independent, params={"tag": "same"}),
+    ]
+
+
+def test_a_resumed_pipeline_reruns_only_the_changed_step(batch_client):
+    first = batch_client.submit_pipeline(resumable(1), workers=0)
+    assert first.result(timeout=120) == {
+        "make_data": 3,
+        "measure": 3,
+        "independent": "same",
+    }
+    again = batch_client.submit_pipeline(resumable(10), workers=0, resume=first)
+    assert again.result(timeout=120) == {
+        "make_data": 3,
+        "measure": 30,
+        "independent": "same",
+    }
+    steps = {t.name: t for t in batch_client.tasks(again.id)}
+    assert steps["make_data"].reused_from == first.id
+    assert steps["independent"].reused_from == first.id
+    assert steps["measure"].reused_from == ""
+    assert steps["measure"].attempt == 1
+    assert "make_data/data.txt" in batch_client.artifacts(again.id)
+    # Resuming the resumed run with nothing changed runs nothing.
+    third = batch_client.submit_pipeline(resumable(10), workers=0, resume=again)
+    assert third.result(timeout=120)["measure"] == 30
+    assert all(t.reused_from == again.id for t in batch_client.tasks(third.id))
+
+
+def test_a_resumed_pipeline_reruns_a_step_whose_stored_result_was_changed(
+    batch_client,
+):
+    from dask_batch._tasks import task_path
+
+    first = batch_client.submit_pipeline(resumable(1), workers=0)
+    first.result(timeout=120)
+    store = batch_client.store
+    path = store.job_path(
+        batch_client.user, first.id, task_path("make_data", "result.pkl")
+    )
+    data = store.fs.cat_file(path)
+    store.fs.pipe_file(path, data[:-1] + bytes([data[-1] ^ 1]))
+    again = batch_client.submit_pipeline(resumable(1), workers=0, resume=first)
+    assert again.result(timeout=120)["make_data"] == 3
+    steps = {t.name: t for t in batch_client.tasks(again.id)}
+    assert steps["make_data"].reused_from == ""  # run again, not taken over
+    assert steps["independent"].reused_from == first.id
+    assert "cannot be taken over" in batch_client.logs(again.id)
+
+
+PIPELINE_YAML = textwrap.dedent(
+    """
+    name: nightly
+    max_parallel: 2
+    options:
+      workers: 0
+    steps:
+      - source: double.py
+        name: double
+        args: [--fast]
+        params: {k: 1}
+        upstream: [seed]
+      - source: math:factorial
+        name: seed
+        args: [3]
+      - source: report.ipynb
+        upstream: [double]
+        params: {factor: 3}
+    """
+)
+
+
+def test_dask_batch_submit_runs_a_pipeline_yaml(batch_gateway, tmp_path):
+    (tmp_path / "double.py").write_text(
+        DOUBLE_SCRIPT.replace(
+            'os.path.join(job.upstream["load"], "numbers.json")',
+            '"/dev/null"',
+        ).replace("json.load(f)", "[1, 2]")
+    )
+    write_notebook(
+        tmp_path / "report.ipynb",
+        "import json, os\n"
+        "doubled = json.load(open(os.path.join(upstream['double'], 'doubled.json')))\n"
+        "print('report', sum(doubled) * factor)",
+    )
+    (tmp_path / "pipeline.yaml").write_text(PIPELINE_YAML)
+    env = {
+        **os.environ,
+        **batch_gateway.environment(),
+        "DASK_BATCH__STORAGE": str(tmp_path / "jobs"),
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dask",
+            "batch",
+            "submit",
+            str(tmp_path / "pipeline.yaml"),
+            "--wait",
+        ],
+        env=env,
+        cwd="/",  # sources are found beside the file, wherever it runs from
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.split()[0]
+    status = subprocess.run(
+        [sys.executable, "-m", "dask", "batch", "status", job_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "nightly" in status
+    rows = [line.split()[:3] for line in status.splitlines()[-3:]]
+    assert rows == [
+        ["seed", "SUCCEEDED", "1"],
+        ["double", "SUCCEEDED", "seed"],
+        ["report", "SUCCEEDED", "double"],
+    ]
+    log = subprocess.run(
+        [sys.executable, "-m", "dask", "batch", "logs", job_id, "--task", "report"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "report 18" in log
+
+
+def test_a_bad_pipeline_file_is_refused_with_what_to_fix(batch_client, tmp_path):
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("steps:\n  - source: a.py\n    upstrem: [b]\n")
+    with pytest.raises(SubmitError, match="unknown keys.*upstrem"):
+        batch_client.submit_pipeline(str(path))
+    path.write_text("steps: 3\n")
+    with pytest.raises(SubmitError, match="needs a list of steps"):
+        batch_client.submit_pipeline(str(path))
+    path.write_text("steps:\n  - source: missing.py\n")
+    with pytest.raises(SubmitError, match="missing.py"):
+        batch_client.submit_pipeline(str(path))
+    assert batch_client.jobs() == []
