@@ -31,10 +31,11 @@ from distributed import Client
 from distributed.security import Security
 
 from . import _context, _secrets
+from ._deps import JobResult, job_value, substitute
 from ._exceptions import ResultIntegrityError
 from ._handoff import ENV_RUNNER_PID, MainLaunch, Outcome
 from ._pickling import dumps_result
-from ._records import ErrorInfo
+from ._records import ErrorInfo, JobState
 from ._signing import changed_in_storage, loads_verified, sign
 from ._store import ERROR, FILES, PAYLOAD, RESULT, SECRETS, JobStore
 from ._tasks import task_path
@@ -275,6 +276,42 @@ def _upstream_values(store: JobStore, launch: MainLaunch, job_key: str) -> dict:
     return values
 
 
+def _upstream_job_values(
+    store: JobStore,
+    launch: MainLaunch,
+    secrets: _secrets.JobSecrets,
+    args: tuple,
+    kwargs: dict,
+) -> tuple[tuple, dict]:
+    """main's arguments with each upstream Job replaced by the value it
+    returned, checked with that job's key before it is loaded."""
+    values: dict[str, Any] = {}
+
+    def value(placeholder: JobResult) -> Any:
+        upstream = placeholder.job_id
+        if upstream not in values:
+            try:
+                key = secrets.upstream_keys[upstream]
+                record = store.read_record(launch.user, upstream)
+                if record.state is not JobState.SUCCEEDED:
+                    raise ValueError(f"it is {record.state.value}")
+                values[upstream] = job_value(store, record, key)
+            except Exception as exc:
+                _fail(
+                    store,
+                    launch,
+                    exc,
+                    message=f"the result of job {upstream!r}, an argument of job "
+                    f"{launch.job_id!r}, cannot be loaded: {exc}",
+                )
+        return values[upstream]
+
+    return (
+        substitute(args, JobResult, value),
+        substitute(kwargs, JobResult, value),
+    )
+
+
 def _prepare(store: JobStore, launch: MainLaunch, env: dict[str, str]) -> Any:
     """Storage, working directory, files, env values and logging for main.
 
@@ -327,6 +364,8 @@ def _run(store: JobStore, launch: MainLaunch) -> tuple[Any, str]:
         func, args, kwargs = _select_task(
             store, launch, secrets.job_key, (func, args, kwargs)
         )
+    if secrets.upstream_keys:
+        args, kwargs = _upstream_job_values(store, launch, secrets, args, kwargs)
     try:
         reporter = _prepare(store, launch, secrets.env)
     except Exception as exc:

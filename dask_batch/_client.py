@@ -21,6 +21,7 @@ from dask_gateway import Gateway
 
 from . import _connection, _pipeline, _submission, _tracking
 from . import config as _config  # noqa: F401  (loads batch.* defaults)
+from ._deps import JobResult, substitute
 from ._exceptions import DaskBatchError, SubmitError
 from ._job import Job
 from ._launcher import ClusterLauncher
@@ -203,7 +204,9 @@ class BatchClient:
             :class:`~dask_batch.SubmitOptions` field (``name``, ``workers``,
             ``adapt``, ``cluster_options``, ``env``, ``files``, ``timeout``,
             ``idempotency_key``, ``retries``, ``retry_on``, ``memory_limit``,
-            ``mlflow``), which say how the job runs.
+            ``mlflow``, ``after``), which say how the job runs. A
+            :class:`Job` among them (also inside lists, tuples and dicts) is
+            replaced by the value its main returned: this job waits for it.
         submit_options : SubmitOptions, optional
             The same options as one object; keywords override it.
 
@@ -224,10 +227,24 @@ class BatchClient:
         >>> job = batch.submit(train, 10, lr=0.1, name="train", workers=4)
         >>> job.id
         '20261126-081530-123-3f9a1c2b'
+        >>> report = batch.submit(summarise, job)    # runs after train, on its value
+        >>> tidy = batch.submit(cleanup, after=[job, report])
         """
         options, main_kwargs = SubmitOptions.split(submit_options, kwargs)
         job_id = new_job_id()
+        upstream: list[str] = []
+
+        def placeholder(job: Job) -> JobResult:
+            upstream.append(job.id)
+            return JobResult(job.id)
+
+        args = substitute(args, Job, placeholder)
+        main_kwargs = substitute(main_kwargs, Job, placeholder)
         target = _submission.function_target(job_id, func, args, main_kwargs)
+        if upstream:
+            target = dataclasses.replace(
+                target, upstream_values=list(dict.fromkeys(upstream))
+            )
         return self._submit(job_id, target, options)
 
     def submit_script(
@@ -539,7 +556,11 @@ class BatchClient:
         tracking: _tracking.Tracking | None = None,
     ) -> Job:
         if tracking is None:
-            return Job(self, await self._launcher.start_job(submission))
+            job = Job(self, await self._launcher.start_job(submission))
+            if submission.spec.get("after") and job.id == submission.job_id:
+                # Its upstream jobs may have ended already.
+                await self._reconciler.status(job.id, retry=True)
+            return job
         assert self.user is not None
         submission = await asyncio.to_thread(
             _tracking.begin, submission, self.user, tracking, self.gateway.address

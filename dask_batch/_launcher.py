@@ -20,6 +20,7 @@ from dask_gateway.client import ClusterReport, ClusterStatus, GatewayClusterErro
 from dask_gateway.options import Options
 
 from . import _secrets, _signing
+from ._deps import AFTER_DIR, seal_env_key
 from ._exceptions import (
     DaskBatchError,
     StorageError,
@@ -116,10 +117,24 @@ class ClusterLauncher:
         spec["payload_signature"] = _signing.sign(keys.job_key, submission.payload)
         spec["has_secrets"] = True
         spec = _signing.sign_spec(keys.job_key, spec)
-        secrets = _secrets.JobSecrets(submission.env_values, keys.job_key)
+        after = list(spec.get("after") or [])
+        upstream = {u: _signing.job_keys(secret, u) for u in after}
+        secrets = _secrets.JobSecrets(
+            submission.env_values,
+            keys.job_key,
+            {u: upstream[u].job_key for u in spec.get("upstream_values") or []},
+        )
         token = _secrets.seal(secrets, keys.env_key)
+        # A service that holds no secret starts a waiting job with the env
+        # key the gateway reports for an upstream job's cluster.
+        unlocks = {
+            u: seal_env_key(keys.env_key, job_id, k.env_key)
+            for u, k in upstream.items()
+        }
         try:
-            await asyncio.to_thread(self._write_records, submission, spec, token)
+            await asyncio.to_thread(
+                self._write_records, submission, spec, token, unlocks
+            )
         except StorageError as exc:
             reason = (
                 f"no cluster was requested, as its records cannot be written: {exc}"
@@ -134,11 +149,16 @@ class ClusterLauncher:
             )
             if owner != job_id:
                 return str(owner)
-        await self.launch(job_id, spec, keys.env_key)
+        if not after:
+            await self.launch(job_id, spec, keys.env_key)
         return job_id
 
     def _write_records(
-        self, submission: Submission, spec: dict[str, Any], token: bytes
+        self,
+        submission: Submission,
+        spec: dict[str, Any],
+        token: bytes,
+        unlocks: dict[str, bytes],
     ) -> None:
         # The payload goes first: if storage is unusable, this fails with
         # nothing written and no cluster requested.
@@ -148,8 +168,12 @@ class ClusterLauncher:
             store.put(self.user, job_id, FILES, submission.archive)
         if token:
             store.put(self.user, job_id, SECRETS, token)
+        for upstream, sealed in unlocks.items():
+            store.put(self.user, job_id, f"{AFTER_DIR}/{upstream}.bin", sealed)
         store.put_json(self.user, job_id, SPEC, spec)
         pending = {"state": JobState.PENDING.value, "updated": spec["submitted"]}
+        if unlocks:
+            pending["message"] = f"waiting for {', '.join(unlocks)}"
         store.put_json(self.user, job_id, STATE, pending)
         # After the spec: a marker always names a job that has a record.
         store.mark_live(self.user, job_id)

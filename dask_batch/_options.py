@@ -80,6 +80,12 @@ class SubmitOptions:
         is logged as the ``progress`` metric, and when the job ends its log
         and artifacts are attached and the run is FINISHED, FAILED or
         KILLED. Default ``batch.mlflow.enabled``.
+    after : list of Job or job ids
+        Jobs this one waits for: it stays PENDING ("waiting for ...") with
+        no cluster until every one of them SUCCEEDED, and is CANCELLED with
+        the reason if one of them fails, is cancelled or is lost. A
+        :class:`~dask_batch.Job` passed among main's arguments is waited for
+        too, and replaced by the value its main returned.
 
     Examples
     --------
@@ -100,6 +106,7 @@ class SubmitOptions:
     retry_on: Sequence[type[BaseException] | str] = ()
     memory_limit: int | str | None = None
     mlflow: bool | str | None = None
+    after: Sequence[Any] = ()
 
     @classmethod
     def names(cls) -> frozenset[str]:

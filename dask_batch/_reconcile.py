@@ -7,12 +7,16 @@ writing LOST when the cluster is gone and no retry is left. A job whose
 cluster died with a retry left is shown as awaiting that retry; the retry
 itself starts only when someone asked to see the job finish (``wait``,
 ``result``) or to reconcile (``BatchClient.reconcile``, ``dask batch
-reconcile``), which call ``check`` with ``retry=True``.
+reconcile``), which call ``check`` with ``retry=True``. The same holds for a
+job that waits for other jobs (``after=``): a read says it is ready; a waiter,
+a reconcile or a service starts it. An upstream job that did not succeed
+cancels it, whoever looks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -26,8 +30,9 @@ from dask_gateway.client import ClusterReport
 
 from . import _signing, _tracking
 from ._backends import LocalBackend
+from ._deps import AFTER_DIR, open_env_key
 from ._display import JobList, ProgressDisplay
-from ._exceptions import MissingSecretError
+from ._exceptions import DaskBatchError, MissingSecretError
 from ._launcher import ALIVE, ClusterLauncher
 from ._records import JobRecord, JobState, to_iso, utcnow
 from ._store import SPEC, JobStore, dumps_json
@@ -130,6 +135,8 @@ class Reconciler:
         self, record: JobRecord, reports: Reports, *, retry: bool = False
     ) -> JobRecord:
         """``record`` as it really is: alive, awaiting a retry, retried, or LOST."""
+        if self._is_waiting(record):
+            return await self._check_waiting(record, retry)
         why = self._why_lost(record, reports)
         if why is None:
             return record
@@ -219,8 +226,10 @@ class Reconciler:
                 why += self._never_started_hint(record)
             return why
         lost_after = parse_timedelta(dask.config.get("batch.lost-after"))
-        # A retry on a new cluster is being requested since record.updated.
-        since = record.updated if record.attempt > 1 else record.submitted
+        # A retry on a new cluster, or a waiting job's first cluster, is
+        # being requested since record.updated.
+        requested = record.attempt > 1 or record.released is not None
+        since = record.updated if requested else record.submitted
         if (utcnow() - (since or record.submitted)).total_seconds() < lost_after:
             return None
         return (
@@ -281,6 +290,133 @@ class Reconciler:
             "payload_signature": options["batch_payload_digest"],
         }
         return spec, str(options["batch_secret_key"])
+
+    @staticmethod
+    def _is_waiting(record: JobRecord) -> bool:
+        """A job that waits for its upstream jobs, with no cluster asked for."""
+        return (
+            bool(record.after)
+            and record.state is JobState.PENDING
+            and record.released is None
+            and not record.cluster_name
+        )
+
+    async def _check_waiting(self, record: JobRecord, act: bool) -> JobRecord:
+        """Whether a waiting job can start, must be cancelled, or still waits.
+
+        Only ``act`` (a waiter, a reconcile, a service) starts its cluster; a
+        read says it is ready. An upstream job that did not succeed cancels
+        it at once, whoever looks, as a lost cluster is recorded LOST.
+        """
+        upstream = await asyncio.to_thread(
+            self.store.read_records, self.user, record.after
+        )
+        waiting = []
+        for job_id in record.after:
+            found = upstream.get(job_id)
+            if isinstance(found, Exception) or found is None:
+                return await self._cancel_waiting(
+                    record, f"not run: upstream job {job_id} cannot be read ({found})"
+                )
+            if found.state.is_terminal and found.state is not JobState.SUCCEEDED:
+                why = f": {found.message}" if found.message else ""
+                return await self._cancel_waiting(
+                    record,
+                    f"not run: upstream job {job_id} {found.state.value}{why}",
+                )
+            if not found.state.is_terminal:
+                if act and self._is_waiting(found):
+                    # A chain: whoever waits for its end starts its links.
+                    found = await self._check_waiting(found, act)
+                waiting.append(f"{job_id} ({found.state.value})")
+        if waiting:
+            return dataclasses.replace(
+                record, message=f"waiting for {', '.join(waiting)}"
+            )
+        ready = "its upstream jobs SUCCEEDED"
+        if not act:
+            return dataclasses.replace(
+                record,
+                message=f"{ready}: it starts when waited for (result(), wait()) "
+                "or reconciled, or at the service's next sweep",
+            )
+        if self.retry_from_gateway:
+            spec, env_key = await self._spec_from_upstream(record, upstream)
+        else:
+            spec, keys = await self._signed_spec(record.id)
+            env_key = keys.env_key
+        if spec is None:
+            return dataclasses.replace(
+                record,
+                message=f"{ready}; it starts when its owner's client waits for it "
+                "or reconciles (no upstream cluster's options to start it with)",
+            )
+        claim = dumps_json({"attempt": 1, "after": ready, "time": to_iso(utcnow())})
+        if await asyncio.to_thread(
+            self.store.put_create, self.user, record.id, "attempts/0001.json", claim
+        ):
+            # Recorded before the cluster is asked for: a launcher that dies
+            # in between leaves a job that is judged LOST, not one that waits.
+            await asyncio.to_thread(
+                self.store.transition,
+                self.user,
+                record.id,
+                JobState.PENDING,
+                released=to_iso(utcnow()),
+                message=f"{ready}: starting",
+            )
+            with contextlib.suppress(DaskBatchError):  # recorded FAILED
+                await self.launcher.launch(record.id, spec, env_key)
+        return await asyncio.to_thread(self.store.read_record, self.user, record.id)
+
+    async def _cancel_waiting(self, record: JobRecord, why: str) -> JobRecord:
+        await asyncio.to_thread(
+            self.store.transition, self.user, record.id, JobState.CANCELLED, message=why
+        )
+        return await asyncio.to_thread(self.store.read_record, self.user, record.id)
+
+    async def _spec_from_upstream(
+        self, record: JobRecord, upstream: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, str]:
+        """What starting a waiting job needs, for a service without the secret.
+
+        Its env key was sealed at submit with each upstream job's env key;
+        the gateway (never storage) reports that key among the options of the
+        upstream job's cluster. The new scheduler checks the job's signed
+        spec before main runs, so what storage says here is checked there.
+        """
+        spec = await asyncio.to_thread(self.store.get_json, self.user, record.id, SPEC)
+        if not isinstance(spec, dict) or spec.get("mode") != "server":
+            return None, ""
+        names = {
+            r.cluster_name: r.id
+            for r in upstream.values()
+            if isinstance(r, JobRecord) and r.cluster_name
+        }
+        reports = await self.launcher.reports(list(names))
+        for name, upstream_id in names.items():
+            report = reports.get(name)
+            options = dict(report.options or {}) if report is not None else {}
+            if options.get("batch_job_id") != upstream_id:
+                continue
+            try:
+                token = await asyncio.to_thread(
+                    self.store.get,
+                    self.user,
+                    record.id,
+                    f"{AFTER_DIR}/{upstream_id}.bin",
+                )
+                env_key = open_env_key(
+                    token, record.id, str(options.get("batch_secret_key"))
+                )
+            except Exception:
+                continue  # not sealed with this key: try another upstream job
+            return {
+                "mode": "server",
+                "cluster_options": dict(spec.get("cluster_options") or {}),
+                "payload_signature": str(spec.get("payload_signature") or ""),
+            }, env_key
+        return None, ""
 
     @staticmethod
     def _awaiting_retry(record: JobRecord, why: str) -> JobRecord:

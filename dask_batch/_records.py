@@ -206,6 +206,10 @@ class JobRecord:
         each state (``{"SUCCEEDED": 12, "RUNNING": 4}``); empty otherwise.
     tasks : list of TaskRecord or None
         Each step or element, as ``status()`` reads it (not kept in listings).
+    after : list of str
+        The jobs this one waits for (``after=``, or Jobs passed to main).
+    released : datetime or None
+        When its upstream jobs had all SUCCEEDED and its cluster was asked for.
     """
 
     id: str
@@ -244,6 +248,8 @@ class JobRecord:
     mlflow_url: str = ""
     task_counts: dict[str, int] = field(default_factory=dict)
     tasks: list[Any] | None = field(default=None, compare=False)
+    after: list[str] = field(default_factory=list)
+    released: datetime.datetime | None = None
 
     @property
     def duration(self) -> datetime.timedelta | None:
@@ -338,6 +344,8 @@ class JobRecord:
             # Shown as a link on the jobs page: never javascript: or data:.
             mlflow_url=safe_link(d.get("mlflow_url")) or "",
             task_counts=_task_counts(d.get("task_counts")),
+            after=[a for a in d.get("after") or [] if isinstance(a, str)],
+            released=_time(d.get("released")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -377,6 +385,8 @@ class JobRecord:
             "mlflow_run_id": self.mlflow_run_id,
             "mlflow_url": self.mlflow_url,
             "task_counts": self.task_counts,
+            "after": self.after,
+            "released": to_iso(self.released),
             **(
                 {"tasks": [t.to_dict() for t in self.tasks]}
                 if self.tasks is not None
@@ -409,7 +419,7 @@ def _spec_fields(spec: dict[str, Any]) -> dict[str, Any]:
     keys = (
         "id", "user", "name", "submitted", "gateway_address", "workers", "adapt",
         "payload_digest", "mode", "kind", "env_names", "artifacts_url", "timeout",
-        "retries",
+        "retries", "after",
     )  # fmt: skip
     fields = {k: spec.get(k) for k in keys}
     fields["target"] = spec.get("function")
@@ -423,6 +433,7 @@ def _state_fields(state: dict[str, Any]) -> dict[str, Any]:
     keys = (
         "state", "started", "finished", "message", "error", "attempt", "attempts",
         "updated", "result_digest", "result_hmac", "result_type", "result_bytes",
+        "released",
     )  # fmt: skip
     fields = {k: state.get(k) for k in keys}
     fields["state"] = state.get("state", JobState.PENDING.value)

@@ -23,17 +23,25 @@ class JobSecrets:
     job_key : str
         The job's signing key: main's process checks the payload with it and
         signs the result.
+    upstream_keys : dict of str to str
+        The job keys of the jobs whose results main takes as arguments, by
+        job id: main's process checks those results with them.
     """
 
     env: dict[str, str] = field(default_factory=dict)
     job_key: str = field(default="", repr=False)
+    upstream_keys: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 def seal(secrets: JobSecrets, env_key: str) -> bytes:
     """Encrypt ``secrets`` with the job's env key."""
     from cryptography.fernet import Fernet
 
-    document = {"env": secrets.env, "job_key": secrets.job_key}
+    document = {
+        "env": secrets.env,
+        "job_key": secrets.job_key,
+        "upstream_keys": secrets.upstream_keys,
+    }
     return Fernet(env_key).encrypt(json.dumps(document).encode())
 
 
@@ -45,4 +53,7 @@ def unseal(env_key: str, token: bytes) -> JobSecrets:
     return JobSecrets(
         env={str(k): str(v) for k, v in dict(document.get("env") or {}).items()},
         job_key=str(document.get("job_key") or ""),
+        upstream_keys={
+            str(k): str(v) for k, v in dict(document.get("upstream_keys") or {}).items()
+        },
     )

@@ -25,7 +25,7 @@ from ._options import SubmitOptions
 from ._pickling import dumps_payload, dumps_task_table
 from ._store import digest
 from ._tasks import TaskSpec
-from ._validate import InvalidNameError, check_parameter_name
+from ._validate import JOB_ID, InvalidNameError, check_parameter_name
 
 _MIN_MEMORY_LIMIT = 256 * 2**20
 
@@ -265,6 +265,8 @@ class Target:
     tasks: list[TaskSpec] = dataclasses.field(default_factory=list)
     max_parallel: int | None = None
     fail_fast: bool = False
+    # Jobs whose results main takes as arguments (JobResult placeholders).
+    upstream_values: list[str] = dataclasses.field(default_factory=list)
 
 
 def function_target(
@@ -331,6 +333,24 @@ def notebook_target(job_id: str, path: str, parameters: dict[str, Any]) -> Targe
     )
 
 
+def check_after(job_id: str, after: Any, found: list[str]) -> list[str]:
+    """The ids of the jobs to wait for: ``after`` (Jobs or ids) and ``found``."""
+    if isinstance(after, str) or hasattr(after, "id"):
+        after = [after]
+    ids: list[str] = []
+    for entry in [*list(after or ()), *found]:
+        job = getattr(entry, "id", entry)
+        if not isinstance(job, str) or not JOB_ID.match(job):
+            raise SubmitError.not_submitted(
+                job_id, f"after= takes Jobs or job ids, got {entry!r}."
+            )
+        if job not in ids:
+            ids.append(job)
+    if job_id in ids:
+        raise SubmitError.not_submitted(job_id, "a job cannot wait for itself.")
+    return ids
+
+
 def build(
     job_id: str,
     user: str,
@@ -339,6 +359,7 @@ def build(
     options: SubmitOptions,
 ) -> Submission:
     """Check ``options`` and pack ``target``; raises SubmitError on bad input."""
+    after = check_after(job_id, options.after, target.upstream_values)
     workers, adapt = check_scaling(job_id, options.workers, options.adapt)
     timeout = check_timeout(job_id, options.timeout)
     retry_names = check_retries(job_id, options.retries, options.retry_on)
@@ -366,6 +387,8 @@ def build(
         "retry_on": retry_names,
         "memory_limit": memory_limit,
     }
+    if after:
+        spec.update(after=after, upstream_values=list(target.upstream_values))
     if target.tasks:
         spec.update(
             tasks=[t.to_dict() for t in target.tasks],

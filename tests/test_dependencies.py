@@ -1,0 +1,73 @@
+"""Jobs that wait for other jobs, on a real local gateway."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from dask_batch import JobCancelledError, JobState, SubmitError
+from dask_batch.testing import gateway_clusters
+
+
+def add(a, b):
+    return a + b
+
+
+def pair(a, b):
+    return (a, b)
+
+
+def wait_for_file(path):
+    import time
+
+    deadline = time.monotonic() + 120
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return "released"
+
+
+def broken():
+    raise RuntimeError("upstream broke")
+
+
+def test_a_chain_of_three_jobs_passes_results_along(batch_client, tmp_path):
+    gate = tmp_path / "go"
+    before = gateway_clusters(batch_client.gateway)
+    first = batch_client.submit(wait_for_file, str(gate), workers=0)
+    second = batch_client.submit(add, first, "!", workers=0)
+    third = batch_client.submit(pair, second, {"again": second}, after=[first])
+    for job in (second, third):
+        record = batch_client.status(job.id)
+        assert record.state is JobState.PENDING
+        assert record.message.startswith("waiting for ")
+        assert record.cluster_name is None
+    assert first.id in batch_client.status(second.id).message
+    assert batch_client.status(third.id).after == [first.id, second.id]
+    # No cluster is started while a job waits: only the first job's exists.
+    assert len(gateway_clusters(batch_client.gateway) - before) == 1
+    gate.touch()
+    # Waiting for the last link starts the ones before it too.
+    assert third.result(timeout=240) == ("released!", {"again": "released!"})
+    assert second.status().released is not None
+    assert len(gateway_clusters(batch_client.gateway) - before) == 3
+
+
+def test_a_broken_upstream_cancels_its_dependant_with_the_reason(batch_client):
+    before = gateway_clusters(batch_client.gateway)
+    upstream = batch_client.submit(broken, workers=0)
+    dependant = batch_client.submit(add, upstream, 1, workers=0)
+    below = batch_client.submit(add, 1, 2, after=[dependant], workers=0)
+    with pytest.raises(JobCancelledError, match=f"upstream job {upstream.id} FAILED"):
+        dependant.result(timeout=240)
+    record = batch_client.wait(below.id, timeout=60)
+    assert record.state is JobState.CANCELLED
+    assert f"upstream job {dependant.id} CANCELLED" in record.message
+    # Neither ever had a cluster.
+    assert len(gateway_clusters(batch_client.gateway) - before) == 1
+
+
+def test_after_refuses_what_is_not_a_job(batch_client):
+    with pytest.raises(SubmitError, match="after= takes Jobs or job ids"):
+        batch_client.submit(add, 1, 2, after=["../../etc"])
+    assert batch_client.jobs() == []
