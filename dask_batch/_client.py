@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from dask_gateway import Gateway
 
-from . import _connection, _pipeline, _submission, _tracking
+from . import _connection, _pipeline, _schedules, _submission, _tracking
 from . import config as _config  # noqa: F401  (loads batch.* defaults)
 from ._deps import JobResult, substitute
 from ._exceptions import DaskBatchError, SubmitError
@@ -31,10 +32,13 @@ from ._outputs import JobOutputs
 from ._pipeline import Step
 from ._reconcile import Reconciler
 from ._records import JobState, new_job_id
+from ._schedules import Schedules
 from ._tasks import TASK_KINDS, check_task_name
 from ._validate import check_job_id, check_user
 
 __all__ = ["BatchClient", "Job"]
+
+logger = logging.getLogger("dask_batch")
 
 
 class BatchClient:
@@ -95,6 +99,7 @@ class BatchClient:
         self._reconciler = Reconciler(self.store, self._launcher, "")
         self._lister = JobLister(self.store, "", self._reconciler)
         self._outputs = JobOutputs(self.store, "", self._reconciler)
+        self._schedules = Schedules(self.store, self._launcher, "")
         if not self.asynchronous:
             try:
                 self.gateway.sync(self.identify)
@@ -141,7 +146,14 @@ class BatchClient:
                 self.gateway, self._launcher.server_options, self._requested_user
             )
             user = check_user(user)
-            for part in (self._launcher, self._reconciler, self._lister, self._outputs):
+            parts = (
+                self._launcher,
+                self._reconciler,
+                self._lister,
+                self._outputs,
+                self._schedules,
+            )
+            for part in parts:
                 part.user = user
             self.user = user
         return self.user
@@ -464,6 +476,142 @@ class BatchClient:
         assert self.user is not None
         submission = self._build(job_id, self.user, target, options)
         return await self._start_job(submission, tracking)
+
+    def schedule(
+        self,
+        target: Callable[..., Any] | str | os.PathLike[str],
+        /,
+        *args: Any,
+        cron: str,
+        timezone: str = "UTC",
+        overlap: str = "skip",
+        submit_options: SubmitOptions | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Submit ``target`` as a job at each time of ``cron``.
+
+        Runs are ordinary jobs (listed, waited for, fetched as any other),
+        each naming its schedule (``JobRecord.schedule``). They are submitted
+        by the JupyterHub service or, on the embedded local default, by the
+        local gateway's own background process; ``fire_schedules()`` (or
+        ``dask batch schedule fire``) submits what is due from any client.
+
+        Parameters
+        ----------
+        target : callable or str
+            A function (called with ``*args`` and the keywords that are not
+            submit options), a script (``nightly.py``, with ``*args`` as its
+            command line), a notebook or ``package.module:function``.
+        cron : str
+            When, in cron syntax (``"0 2 * * *"``: 02:00 every day); a sixth
+            field gives seconds.
+        timezone : str
+            The time zone of ``cron`` (``"Europe/Paris"``). Default UTC.
+        overlap : {"skip", "queue"}
+            A due time while the last run still goes is skipped (and recorded
+            in the history), or queued until it ends.
+        submit_options, **kwargs
+            How each run runs, as for :meth:`submit`.
+
+        Returns
+        -------
+        Schedule
+            With its id and next due time.
+
+        Examples
+        --------
+        >>> s = batch.schedule(refresh, "s3://bucket/raw", cron="0 2 * * *",
+        ...                    name="nightly", workers=4)
+        >>> batch.schedule("report.ipynb", cron="0 8 * * 1-5")
+        """
+        options, main_kwargs = SubmitOptions.split(submit_options, kwargs)
+        schedule_id = new_job_id()
+        if callable(target):
+            what = _submission.function_target(schedule_id, target, args, main_kwargs)
+        elif os.fspath(target).endswith(".ipynb"):
+            path = os.fspath(target)
+            what = _submission.notebook_target(schedule_id, path, main_kwargs)
+        else:
+            what = _submission.script_target(schedule_id, os.fspath(target), list(args))
+        _schedules.check_cron(schedule_id, cron, timezone)
+
+        async def add() -> Any:
+            user = await self.identify()
+            await self._launcher.check_cluster_options(
+                schedule_id, dict(options.cluster_options or {})
+            )
+            submission = self._build(schedule_id, user, what, options)
+            return await asyncio.to_thread(
+                self._schedules.add,
+                submission,
+                cron,
+                timezone=timezone,
+                overlap=overlap,
+            )
+
+        return self.sync(add)
+
+    def schedules(self) -> Any:
+        """Your schedules, newest first, each with its history and next run.
+
+        A schedule that your key did not sign (planted, or changed in
+        storage) is left out: it never runs.
+
+        Returns
+        -------
+        list of Schedule
+        """
+
+        async def read() -> list[Any]:
+            found = []
+            for schedule_id in await asyncio.to_thread(self._schedules.ids):
+                try:
+                    found.append(
+                        await asyncio.to_thread(self._schedules.describe, schedule_id)
+                    )
+                except DaskBatchError as exc:
+                    logger.warning("%s", exc)
+            return found
+
+        return self.sync(read)
+
+    def schedule_history(self, schedule_id: str) -> Any:
+        """A schedule's due times so far, newest first (list of ScheduleRun)."""
+
+        async def read() -> Any:
+            return (
+                await asyncio.to_thread(self._schedules.describe, schedule_id)
+            ).history
+
+        return self.sync(read)
+
+    def pause_schedule(self, schedule_id: str) -> Any:
+        """Stop submitting runs until :meth:`resume_schedule`; returns the Schedule."""
+        return self.sync(
+            asyncio.to_thread, self._schedules.set_paused, schedule_id, True
+        )
+
+    def resume_schedule(self, schedule_id: str) -> Any:
+        """Submit runs again from the next due time (paused times are not caught up)."""
+        return self.sync(
+            asyncio.to_thread, self._schedules.set_paused, schedule_id, False
+        )
+
+    def delete_schedule(self, schedule_id: str) -> Any:
+        """Remove a schedule; the jobs it submitted stay."""
+        return self.sync(asyncio.to_thread, self._schedules.delete, schedule_id)
+
+    def fire_schedules(self) -> Any:
+        """Submit the runs of your schedules that are due now.
+
+        The hub service and the local gateway do this on their own; call it
+        (or ``dask batch schedule fire``, say from cron) where neither runs.
+
+        Returns
+        -------
+        list of ScheduleRun
+        """
+        return self.sync(self._schedules.fire_due)
 
     def tasks(self, job_id: str) -> Any:
         """The steps of a pipeline job, or the elements of an array job.

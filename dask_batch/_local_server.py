@@ -21,6 +21,7 @@ import time
 import urllib.request
 from typing import Any
 
+import dask.config
 from dask_gateway_server.app import DaskGateway
 from dask_gateway_server.backends.jobqueue.slurm import SlurmBackend
 from dask_gateway_server.backends.local import UnsafeLocalBackend
@@ -162,16 +163,56 @@ async def _serve(
         )
         ready = True
         gateway.log.info("dask-batch local gateway ready at %s", address)
+        keeper = asyncio.create_task(
+            _keep_jobs(gateway, directory, address, proxy_address)
+        )
         owner = settings.get("owner_pid")
         while owner is None or _pid_alive(owner):
             await asyncio.sleep(1.0 if owner else 3600)
         gateway.log.warning("Owner process %d is gone, shutting down", owner)
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
     finally:
         if ready:
             os.remove(server_file)
         else:
             _write(server_file, {"failed": launch_id})
         await gateway.cleanup()
+
+
+async def _keep_jobs(
+    gateway: DaskGateway, directory: str, address: str, proxy_address: str
+) -> None:
+    """Keep the jobs of the default storage with nobody looking.
+
+    Every ``batch.local.keeper-interval``: jobs whose upstream jobs ended are
+    started or cancelled, jobs whose cluster died are retried or recorded
+    LOST, and due schedules submit their runs. This process runs as the
+    user who started it, with that user's secret, as a client would.
+    """
+    from dask.utils import parse_timedelta
+    from dask_gateway import BasicAuth
+
+    from ._gateway import BatchGateway
+    from ._local_keeper import LocalKeeper
+
+    interval = parse_timedelta(dask.config.get("batch.local.keeper-interval"))
+    if not interval:
+        return
+    secrets = _read(os.path.join(directory, _SECRETS))
+    keeper = LocalKeeper(
+        lambda: BatchGateway(
+            address=address,
+            proxy_address=proxy_address,
+            auth=BasicAuth(secrets["username"], secrets["password"]),
+            asynchronous=True,
+        ),
+        os.path.join(directory, "jobs"),
+        interval,
+        gateway.log,
+    )
+    await keeper.run()
 
 
 def _detach() -> None:

@@ -210,6 +210,8 @@ class JobRecord:
         The jobs this one waits for (``after=``, or Jobs passed to main).
     released : datetime or None
         When its upstream jobs had all SUCCEEDED and its cluster was asked for.
+    schedule : str
+        The schedule that submitted this job ("" if none).
     """
 
     id: str
@@ -250,6 +252,7 @@ class JobRecord:
     tasks: list[Any] | None = field(default=None, compare=False)
     after: list[str] = field(default_factory=list)
     released: datetime.datetime | None = None
+    schedule: str = ""
 
     @property
     def duration(self) -> datetime.timedelta | None:
@@ -346,6 +349,7 @@ class JobRecord:
             task_counts=_task_counts(d.get("task_counts")),
             after=[a for a in d.get("after") or [] if isinstance(a, str)],
             released=_time(d.get("released")),
+            schedule=_text(d.get("schedule")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -387,6 +391,7 @@ class JobRecord:
             "task_counts": self.task_counts,
             "after": self.after,
             "released": to_iso(self.released),
+            "schedule": self.schedule,
             **(
                 {"tasks": [t.to_dict() for t in self.tasks]}
                 if self.tasks is not None
@@ -419,7 +424,7 @@ def _spec_fields(spec: dict[str, Any]) -> dict[str, Any]:
     keys = (
         "id", "user", "name", "submitted", "gateway_address", "workers", "adapt",
         "payload_digest", "mode", "kind", "env_names", "artifacts_url", "timeout",
-        "retries", "after",
+        "retries", "after", "schedule",
     )  # fmt: skip
     fields = {k: spec.get(k) for k in keys}
     fields["target"] = spec.get("function")

@@ -1,0 +1,538 @@
+"""Schedules: submit a job at each time of a cron expression.
+
+A schedule lives beside its owner's jobs, in ``{root}/{user}/.schedules/{id}/``:
+
+- ``schedule.json``: the cron expression, how overlaps are handled, whether it
+  is paused, and the template of its runs' spec, signed with the schedule's
+  key (derived, as a job's, from the owner's secret and the schedule id);
+- ``payload.pkl``, ``files.tar.gz``, ``secrets.bin``: what each run gets,
+  the payload signed and the env values sealed with the schedule's keys;
+- ``runs/{time}.json``: one per due time, created once (whoever fires first
+  wins): the run's job id, or why it was skipped or is queued.
+
+Whoever fires a schedule checks its signature with the owner's secret: a
+schedule planted by someone who can write the storage never runs. Each run
+is an ordinary job (its own id and keys), whose record names its schedule.
+Times missed while nobody was firing are caught up once, not once each.
+
+Client side: the local gateway's keeper and any client of the owner fire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import json
+import logging
+import posixpath
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import _secrets, _signing
+from ._exceptions import DaskBatchError, JobNotFoundError, SubmitError
+from ._records import from_iso, new_job_id, to_iso, utcnow
+from ._store import FILES, PAYLOAD, SECRETS, JobStore, digest, dumps_json
+from ._submission import Submission
+from ._validate import check_job_id
+
+__all__ = ["Schedule", "ScheduleRun"]
+
+logger = logging.getLogger("dask_batch")
+
+SCHEDULES = ".schedules"
+SCHEDULE_DOC = "schedule.json"
+RUNS = "runs"
+OVERLAPS = ("skip", "queue")
+
+
+def check_cron(schedule_id: str, cron: Any, timezone: Any = "UTC") -> None:
+    """Refuse what croniter cannot read, and unknown time zones."""
+    from croniter import croniter
+
+    if not isinstance(cron, str) or not croniter.is_valid(cron):
+        raise SubmitError.not_submitted(
+            schedule_id,
+            f"{cron!r} is not a cron expression (five fields: minute hour "
+            "day-of-month month day-of-week, such as '0 2 * * *'; a sixth "
+            "field gives seconds).",
+        )
+    _zone(schedule_id, timezone)
+
+
+def _zone(schedule_id: str, name: Any) -> datetime.tzinfo:
+    import zoneinfo
+
+    try:
+        return zoneinfo.ZoneInfo(str(name))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise SubmitError.not_submitted(
+            schedule_id, f"unknown time zone {name!r} (use names such as 'UTC')."
+        ) from None
+
+
+@dataclass(frozen=True)
+class ScheduleRun:
+    """One due time of a schedule.
+
+    Attributes
+    ----------
+    time : datetime
+        The due time.
+    job_id : str
+        The job submitted for it ("" if skipped or queued).
+    outcome : str
+        ``"submitted"``, ``"skipped"``, ``"queued"`` or ``"failed"``.
+    message : str
+        Why it was skipped, or times missed before it.
+    """
+
+    time: datetime.datetime
+    job_id: str = ""
+    outcome: str = "submitted"
+    message: str = ""
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> ScheduleRun:
+        if not isinstance(doc, dict):
+            raise TypeError("a run entry is not a JSON object")
+        when = from_iso(doc.get("time"))
+        if when is None:
+            raise ValueError("a run entry has no time")
+        job_id = doc.get("job_id") or ""
+        return cls(
+            time=when,
+            job_id=check_job_id(job_id) if job_id else "",
+            outcome=str(doc.get("outcome") or "submitted"),
+            message=str(doc.get("message") or "")[:1000],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "time": to_iso(self.time),
+            "job_id": self.job_id,
+            "outcome": self.outcome,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A schedule, as its owner signed it.
+
+    Attributes
+    ----------
+    id, user, name : str
+    cron : str
+        When runs are due (croniter syntax, in ``timezone``).
+    timezone : str
+    overlap : str
+        ``"skip"``: a due time while the last run is still going is skipped
+        (and recorded); ``"queue"``: it runs when the last run ends.
+    paused : bool
+    created : datetime
+    target : str
+        What each run runs.
+    spec : dict
+        The template of each run's spec.
+    history : list of ScheduleRun
+        Due times so far, newest first (filled by ``schedules()``).
+    next_run : datetime or None
+        The next due time (None while paused).
+    """
+
+    id: str
+    user: str
+    name: str
+    cron: str
+    timezone: str
+    overlap: str
+    paused: bool
+    created: datetime.datetime
+    target: str
+    spec: dict[str, Any]
+    payload_signature: str
+    files_digest: str
+    history: tuple[ScheduleRun, ...] = ()
+    next_run: datetime.datetime | None = None
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "user": self.user,
+            "name": self.name,
+            "cron": self.cron,
+            "timezone": self.timezone,
+            "overlap": self.overlap,
+            "paused": self.paused,
+            "created": to_iso(self.created),
+            "target": self.target,
+            "spec": self.spec,
+            "payload_signature": self.payload_signature,
+            "files_digest": self.files_digest,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly, with history and next run."""
+        return {
+            **{k: v for k, v in self.to_document().items() if k != "spec"},
+            "kind": self.spec.get("kind", ""),
+            "history": [r.to_dict() for r in self.history],
+            "next_run": to_iso(self.next_run),
+        }
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> Schedule:
+        created = from_iso(doc.get("created"))
+        if created is None:
+            raise ValueError("a schedule has no creation time")
+        spec = doc.get("spec")
+        if not isinstance(spec, dict):
+            raise TypeError("a schedule has no run template")
+        return cls(
+            id=check_job_id(doc.get("id")),
+            user=str(doc["user"]),
+            name=str(doc.get("name") or ""),
+            cron=str(doc["cron"]),
+            timezone=str(doc.get("timezone") or "UTC"),
+            overlap=str(doc.get("overlap") or "skip"),
+            paused=doc.get("paused") is True,
+            created=created,
+            target=str(doc.get("target") or ""),
+            spec=spec,
+            payload_signature=str(doc.get("payload_signature") or ""),
+            files_digest=str(doc.get("files_digest") or ""),
+        )
+
+    def due_times(
+        self, after: datetime.datetime, until: datetime.datetime
+    ) -> list[datetime.datetime]:
+        """Due times in ``(after, until]``, at most 1000 (the newest)."""
+        from croniter import croniter
+
+        zone = _zone(self.id, self.timezone)
+        times: list[datetime.datetime] = []
+        it = croniter(self.cron, after.astimezone(zone))
+        while True:
+            when = it.get_next(datetime.datetime)
+            if when > until:
+                return times
+            times.append(when.astimezone(datetime.timezone.utc))
+            if len(times) > 1000:
+                times.pop(0)
+
+    def following(self, after: datetime.datetime) -> datetime.datetime:
+        from croniter import croniter
+
+        zone = _zone(self.id, self.timezone)
+        when = croniter(self.cron, after.astimezone(zone)).get_next(datetime.datetime)
+        return when.astimezone(datetime.timezone.utc)
+
+
+def _run_name(when: datetime.datetime) -> str:
+    return when.astimezone(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.json")
+
+
+class Schedules:
+    """One user's schedules in a store: add, list, pause, resume, delete, fire.
+
+    Parameters
+    ----------
+    store : JobStore
+    launcher : ClusterLauncher
+        Submits each run as an ordinary job (``start_job``).
+    user : str
+    clock : callable, optional
+        The current time (UTC); tests drive it.
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        launcher: Any,
+        user: str,
+        clock: Callable[[], datetime.datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.launcher = launcher
+        self.user = user
+        self.clock = clock
+
+    # -- storage -----------------------------------------------------------------
+    def _path(self, schedule_id: str, name: str = "") -> str:
+        base = posixpath.join(
+            self.store.user_path(self.user), SCHEDULES, check_job_id(schedule_id)
+        )
+        return posixpath.join(base, name) if name else base
+
+    def _put(self, schedule_id: str, name: str, data: bytes) -> None:
+        with self.store._errors(f"write schedule {name}", schedule_id):
+            self.store.backend.put_whole(self._path(schedule_id, name), data)
+
+    def _get(self, schedule_id: str, name: str) -> bytes:
+        path = self._path(schedule_id, name)
+        with self.store._errors(
+            f"read schedule {name}", schedule_id, answers=(FileNotFoundError,)
+        ):
+            return bytes(self.store.fs.cat_file(path))
+
+    def ids(self) -> list[str]:
+        folder = posixpath.join(self.store.user_path(self.user), SCHEDULES)
+        names = self.store._names(folder, "list the schedules")
+        found = []
+        for name in names:
+            base = posixpath.basename(name.rstrip("/"))
+            try:
+                found.append(check_job_id(base))
+            except JobNotFoundError:
+                continue  # not a schedule's folder: planted, or left over
+        return sorted(found, reverse=True)
+
+    # -- the owner's side ----------------------------------------------------------
+    def _keys(self, schedule_id: str) -> _signing.JobKeys:
+        secret = _signing.user_secret(create=True, job_id=schedule_id)
+        return _signing.job_keys(secret, schedule_id)
+
+    def add(
+        self,
+        submission: Submission,
+        cron: str,
+        *,
+        timezone: str = "UTC",
+        overlap: str = "skip",
+    ) -> Schedule:
+        """Store a schedule whose runs are ``submission`` (its id the schedule's)."""
+        schedule_id = submission.job_id
+        check_cron(schedule_id, cron, timezone)
+        if overlap not in OVERLAPS:
+            raise SubmitError.not_submitted(
+                schedule_id, f"overlap must be 'skip' or 'queue', got {overlap!r}."
+            )
+        keys = self._keys(schedule_id)
+        spec = dict(submission.spec)
+        schedule = Schedule(
+            id=schedule_id,
+            user=self.user,
+            name=str(spec.get("name") or ""),
+            cron=cron,
+            timezone=timezone,
+            overlap=overlap,
+            paused=False,
+            created=self.clock(),
+            target=str(spec.get("function") or ""),
+            spec=spec,
+            payload_signature=_signing.sign(keys.job_key, submission.payload),
+            files_digest=digest(submission.archive) if submission.archive else "",
+        )
+        sealed = _secrets.seal(
+            _secrets.JobSecrets(submission.env_values, keys.job_key), keys.env_key
+        )
+        self._put(schedule_id, PAYLOAD, submission.payload)
+        if submission.archive:
+            self._put(schedule_id, FILES, submission.archive)
+        self._put(schedule_id, SECRETS, sealed)
+        self._write(schedule, keys)
+        return dataclasses.replace(schedule, next_run=schedule.following(self.clock()))
+
+    def _write(self, schedule: Schedule, keys: _signing.JobKeys) -> None:
+        signed = _signing.sign_spec(keys.job_key, schedule.to_document())
+        self._put(schedule.id, SCHEDULE_DOC, dumps_json(signed))
+
+    def read(self, schedule_id: str) -> Schedule:
+        """The schedule, if its owner's key signed it; else an error naming it."""
+        try:
+            doc = json.loads(self._get(schedule_id, SCHEDULE_DOC))
+        except FileNotFoundError:
+            raise JobNotFoundError(
+                schedule_id, self.store.url, reason="no such schedule"
+            ) from None
+        except ValueError:
+            doc = None
+        keys = self._keys(schedule_id)
+        if not isinstance(doc, dict) or not _signing.spec_is_signed(keys.job_key, doc):
+            raise DaskBatchError(
+                f"Schedule {schedule_id!r} is not signed with your key: it was "
+                "written or changed in storage by someone else, and never runs. "
+                "Delete it (`dask batch schedule delete`) and add it again.",
+                job_id=schedule_id,
+            )
+        schedule = Schedule.from_document(doc)
+        if schedule.id != schedule_id or schedule.user != self.user:
+            raise DaskBatchError(
+                f"Schedule {schedule_id!r} describes another schedule or user: it "
+                "was copied in storage. It never runs.",
+                job_id=schedule_id,
+            )
+        return schedule
+
+    def history(self, schedule_id: str, limit: int = 100) -> list[ScheduleRun]:
+        """The schedule's due times so far, newest first."""
+        names = self.store._names(self._path(schedule_id, RUNS), "list the runs")
+        names = sorted((posixpath.basename(n) for n in names), reverse=True)[:limit]
+        paths = [self._path(schedule_id, f"{RUNS}/{n}") for n in names]
+        blobs = self.store.get_many(paths, schedule_id)
+        runs = []
+        for path in paths:
+            try:
+                runs.append(ScheduleRun.from_dict(json.loads(blobs[path])))
+            except (KeyError, TypeError, ValueError, JobNotFoundError):
+                continue  # damaged or planted: not part of the history
+        return runs
+
+    def describe(self, schedule_id: str) -> Schedule:
+        """The schedule with its history and next due time."""
+        schedule = self.read(schedule_id)
+        history = tuple(self.history(schedule_id))
+        last = history[0].time if history else schedule.created
+        return dataclasses.replace(
+            schedule,
+            history=history,
+            next_run=None if schedule.paused else schedule.following(last),
+        )
+
+    def set_paused(self, schedule_id: str, paused: bool) -> Schedule:
+        schedule = dataclasses.replace(self.read(schedule_id), paused=paused)
+        if not paused:
+            # Times that passed while paused are not caught up.
+            marker = ScheduleRun(self.clock(), outcome="resumed", message="resumed")
+            self._record(schedule_id, marker, create=False)
+        self._write(schedule, self._keys(schedule_id))
+        return self.describe(schedule_id)
+
+    def delete(self, schedule_id: str) -> None:
+        """Remove the schedule; its runs, ordinary jobs, stay."""
+        path = self._path(schedule_id)
+        with self.store._errors("delete the schedule", schedule_id):
+            if not self.store.fs.exists(path):
+                raise JobNotFoundError(
+                    schedule_id, self.store.url, reason="no such schedule"
+                )
+            self.store.fs.rm(path, recursive=True)
+
+    # -- firing --------------------------------------------------------------------
+    def _record(self, schedule_id: str, run: ScheduleRun, *, create: bool) -> bool:
+        path = self._path(schedule_id, f"{RUNS}/{_run_name(run.time)}")
+        data = json.dumps(run.to_dict()).encode()
+        if create:
+            return self.store._create(path, data, "record a run", schedule_id)
+        with self.store._errors("record a run", schedule_id):
+            self.store.backend.put_whole(path, data)
+        return True
+
+    async def fire_due(self) -> list[ScheduleRun]:
+        """Submit the runs now due for every schedule of the user."""
+        fired = []
+        for schedule_id in await asyncio.to_thread(self.ids):
+            try:
+                fired.extend(await self.fire(schedule_id))
+            except DaskBatchError as exc:
+                # One broken or planted schedule does not stop the others.
+                logger.warning("Schedule %s not fired: %s", schedule_id, exc)
+        return fired
+
+    async def fire(self, schedule_id: str) -> list[ScheduleRun]:
+        """Submit the run now due for one schedule (at most one per call)."""
+        schedule = await asyncio.to_thread(self.read, schedule_id)
+        history = await asyncio.to_thread(self.history, schedule_id, 20)
+        done: list[ScheduleRun] = []
+        queued = [r for r in history if r.outcome == "queued"]
+        if queued:
+            run = await self._start_queued(schedule, queued[-1], history)
+            return [run] if run else []
+        if schedule.paused:
+            return []
+        now = self.clock()
+        last = history[0].time if history else schedule.created
+        due = schedule.due_times(last, now)
+        if not due:
+            return []
+        when = due[-1]
+        missed = len(due) - 1
+        message = (
+            f"caught up once for {missed + 1} due times since {to_iso(due[0])}"
+            if missed
+            else ""
+        )
+        previous = next((r for r in history if r.job_id), None)
+        going = await self._still_going(previous)
+        if going:
+            outcome = "queued" if schedule.overlap == "queue" else "skipped"
+            note = f"the run {previous.job_id} is still {going}"  # type: ignore[union-attr]
+            run = ScheduleRun(
+                when, outcome=outcome, message=f"{note}. {message}".strip()
+            )
+            if await asyncio.to_thread(self._record, schedule_id, run, create=True):
+                done.append(run)
+            return done
+        claim = ScheduleRun(when, outcome="starting", message=message)
+        if not await asyncio.to_thread(self._record, schedule_id, claim, create=True):
+            return done  # someone else fired it
+        done.append(await self._submit_run(schedule, when, message))
+        return done
+
+    async def _still_going(self, run: ScheduleRun | None) -> str:
+        if run is None:
+            return ""
+        try:
+            record = await asyncio.to_thread(
+                self.store.read_record, self.user, run.job_id
+            )
+        except DaskBatchError:
+            return ""
+        return "" if record.state.is_terminal else record.state.value
+
+    async def _start_queued(
+        self, schedule: Schedule, run: ScheduleRun, history: list[ScheduleRun]
+    ) -> ScheduleRun | None:
+        previous = next((r for r in history if r.job_id), None)
+        if await self._still_going(previous):
+            return None
+        return await self._submit_run(schedule, run.time, run.message)
+
+    async def _submit_run(
+        self, schedule: Schedule, when: datetime.datetime, message: str
+    ) -> ScheduleRun:
+        """Submit the run due at ``when`` as a new job, and record it."""
+        try:
+            submission = await asyncio.to_thread(self._run_submission, schedule, when)
+            job_id = await self.launcher.start_job(submission)
+            run = ScheduleRun(when, job_id=job_id, message=message)
+        except DaskBatchError as exc:
+            run = ScheduleRun(when, outcome="failed", message=str(exc)[:1000])
+        await asyncio.to_thread(self._record, schedule.id, run, create=False)
+        return run
+
+    def _run_submission(
+        self, schedule: Schedule, when: datetime.datetime
+    ) -> Submission:
+        """The run's submission, from what the schedule's key vouches for."""
+        keys = self._keys(schedule.id)
+        payload = self._get(schedule.id, PAYLOAD)
+        if _signing.sign(keys.job_key, payload) != schedule.payload_signature:
+            raise DaskBatchError(
+                f"the payload of schedule {schedule.id!r} was changed in storage; "
+                "no run submitted. Add the schedule again.",
+                job_id=schedule.id,
+            )
+        archive = b""
+        if schedule.files_digest:
+            archive = self._get(schedule.id, FILES)
+            if digest(archive) != schedule.files_digest:
+                raise DaskBatchError(
+                    f"the files of schedule {schedule.id!r} were changed in "
+                    "storage; no run submitted. Add the schedule again.",
+                    job_id=schedule.id,
+                )
+        secrets = _secrets.unseal(keys.env_key, self._get(schedule.id, SECRETS))
+        run_id = new_job_id()
+        spec = dict(schedule.spec)
+        spec.update(
+            id=run_id,
+            user=self.user,
+            artifacts_url=self.store.artifacts_url(self.user, run_id),
+            schedule=schedule.id,
+            scheduled_for=to_iso(when),
+            idempotency_key=None,
+        )
+        return Submission(run_id, spec, payload, secrets.env, archive)

@@ -1,0 +1,159 @@
+"""Schedules: runs at cron times, overlaps, catch-up, pause, and planted schedules."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+
+import pytest
+
+from dask_batch import BatchClient, DaskBatchError, JobState, SubmitError
+from dask_batch.testing import _start_gateway, wait_for
+
+
+def wait_for_file(path):
+    import time
+
+    deadline = time.monotonic() + 120
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return "done"
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self):
+        self.now = datetime.datetime(2026, 11, 27, 10, 0, 30, tzinfo=datetime.UTC)
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += datetime.timedelta(seconds=seconds)
+
+
+def test_a_schedule_every_minute_fires_skips_an_overlap_and_catches_up_once(
+    batch_client, tmp_path
+):
+    clock = Clock()
+    batch_client._schedules.clock = clock
+    gate = tmp_path / "gate"
+    schedule = batch_client.schedule(
+        wait_for_file, str(gate), cron="* * * * *", name="minutely", workers=0
+    )
+    assert schedule.next_run == datetime.datetime(2026, 11, 27, 10, 1, tzinfo=datetime.UTC)
+    assert batch_client.fire_schedules() == []  # nothing due yet
+    clock.advance(60)
+    (first,) = batch_client.fire_schedules()
+    assert first.outcome == "submitted" and first.job_id
+    assert batch_client.fire_schedules() == []  # fired once per due time
+    clock.advance(60)
+    (skipped,) = batch_client.fire_schedules()
+    assert skipped.outcome == "skipped"
+    assert f"the run {first.job_id} is still" in skipped.message
+    gate.touch()
+    assert batch_client.result(first.job_id, timeout=120) == "done"
+    clock.advance(60)
+    (second,) = batch_client.fire_schedules()
+    assert second.outcome == "submitted"
+    batch_client.wait(second.job_id, timeout=120)
+    runs = batch_client.schedule_history(schedule.id)
+    assert [r.outcome for r in runs] == ["submitted", "skipped", "submitted"]
+    record = batch_client.status(second.job_id)
+    assert record.schedule == schedule.id and record.name == "minutely"
+    # Seven due times passed with nobody firing: one run, not seven.
+    clock.advance(7 * 60)
+    (caught_up,) = batch_client.fire_schedules()
+    assert "caught up once for 7 due times" in caught_up.message
+    batch_client.wait(caught_up.job_id, timeout=120)
+    # Paused: nothing; resumed: the times paused are not caught up.
+    batch_client.pause_schedule(schedule.id)
+    clock.advance(120)
+    assert batch_client.fire_schedules() == []
+    resumed = batch_client.resume_schedule(schedule.id)
+    assert resumed.next_run > clock.now
+    assert batch_client.fire_schedules() == []
+    (listed,) = batch_client.schedules()
+    assert listed.id == schedule.id and not listed.paused
+    batch_client.delete_schedule(schedule.id)
+    assert batch_client.schedules() == []
+    assert batch_client.status(first.job_id).state is JobState.SUCCEEDED
+
+
+def test_a_bad_cron_or_overlap_is_refused(batch_client):
+    with pytest.raises(SubmitError, match="is not a cron expression"):
+        batch_client.schedule(wait_for_file, "x", cron="every day")
+    with pytest.raises(SubmitError, match="unknown time zone"):
+        batch_client.schedule(wait_for_file, "x", cron="0 2 * * *", timezone="Mars/Olympus")
+    assert batch_client.schedules() == []
+
+
+def test_a_planted_schedule_never_runs(batch_client):
+    clock = Clock()
+    batch_client._schedules.clock = clock
+    real = batch_client.schedule(wait_for_file, "x", cron="0 2 * * *", workers=0)
+    store = batch_client.store
+    folder = os.path.join(store.user_path(batch_client.user), ".schedules")
+    # Someone with write access copies it under a new id and changes the cron.
+    planted_id = "20261127-000000-000-deadbeef"
+    os.makedirs(os.path.join(folder, planted_id))
+    with open(os.path.join(folder, real.id, "schedule.json")) as f:
+        doc = json.load(f)
+    doc.update(id=planted_id, cron="* * * * *")
+    with open(os.path.join(folder, planted_id, "schedule.json"), "w") as f:
+        json.dump(doc, f)
+    # And tampers with the real one's payload.
+    with open(os.path.join(folder, real.id, "payload.pkl"), "ab") as f:
+        f.write(b"\0")
+    clock.advance(3 * 86400)
+    (refused,) = batch_client.fire_schedules()
+    assert refused.outcome == "failed" and "payload" in refused.message
+    assert [s.id for s in batch_client.schedules()] == [real.id]
+    with pytest.raises(DaskBatchError, match="not signed with your key"):
+        batch_client._schedules.read(planted_id)
+    assert batch_client.jobs() == []
+
+
+def test_the_local_gateway_fires_schedules_with_nobody_looking(
+    tmp_path, monkeypatch
+):
+    import dask_batch.local
+
+    monkeypatch.setenv("DASK_BATCH__LOCAL__KEEPER_INTERVAL", "0.2s")
+    directory = str(tmp_path / "local")
+    info = _start_gateway(directory)
+    gate = tmp_path / "gate"
+    try:
+        with BatchClient(gateway=info.gateway(), storage=info.storage) as batch:
+            # Every two seconds; the first run holds until the test sees a
+            # due time skipped.
+            schedule = batch.schedule(
+                wait_for_file, str(gate), cron="* * * * * */2", workers=0
+            )
+            batch.gateway.close()
+        with BatchClient(gateway=info.gateway(), storage=info.storage) as batch:
+            history = wait_for(
+                lambda: (h := batch.schedule_history(schedule.id))
+                and h[0].outcome == "skipped"
+                and h,
+                60,
+                "the keeper to skip a due time while the first run goes",
+            )
+            gate.touch()
+            history = wait_for(
+                lambda: (h := batch.schedule_history(schedule.id))
+                and [r.outcome for r in h].count("submitted") >= 2
+                and h,
+                60,
+                "the keeper to submit a second run",
+            )
+            batch.pause_schedule(schedule.id)
+            runs = [r.job_id for r in history if r.job_id]
+            for job_id in runs:
+                assert batch.wait(job_id, timeout=120).state is JobState.SUCCEEDED
+            assert {batch.status(j).schedule for j in runs} == {schedule.id}
+            batch.gateway.close()
+    finally:
+        dask_batch.local.stop(directory)
