@@ -139,33 +139,98 @@ def main(ctx: click.Context, storage: str | None) -> None:
     ctx.call_on_close(context.close)
 
 
+_RUN_OPTION_DECORATORS = [
+    click.option("--name", help="Display name (default: the target's name)."),
+    click.option(
+        "--workers", type=int, help="Workers to start (default batch.workers)."
+    ),
+    click.option(
+        "--adapt", nargs=2, type=int, metavar="MIN MAX", help="Adaptive scaling."
+    ),
+    click.option(
+        "--env",
+        "env",
+        multiple=True,
+        metavar="KEY[=VALUE]",
+        help="Environment variable for main; KEY alone copies it from here. "
+        "Repeatable.",
+    ),
+    click.option(
+        "--file",
+        "files",
+        multiple=True,
+        type=click.Path(exists=True),
+        help="File or directory uploaded as main's working directory. Repeatable.",
+    ),
+    click.option(
+        "--cluster-option",
+        "cluster_options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Gateway cluster option (value parsed as YAML). Repeatable.",
+    ),
+    click.option(
+        "--timeout", help="Run-time limit of main (e.g. 2h); the job FAILS past it."
+    ),
+    click.option(
+        "--idempotency-key",
+        help="Submitting again with the same key returns the first job.",
+    ),
+    click.option("--retries", type=int, default=0, help="Extra attempts allowed."),
+    click.option(
+        "--retry-on",
+        "retry_on",
+        multiple=True,
+        metavar="EXCEPTION",
+        help="Exception name of main to retry (e.g. ConnectionError). Repeatable.",
+    ),
+    click.option("--memory-limit", help="Address-space limit of main, e.g. 4GiB."),
+    click.option(
+        "--mlflow/--no-mlflow",
+        "mlflow",
+        default=None,
+        help="Make the job an MLflow run (default: batch.mlflow.enabled).",
+    ),
+    click.option(
+        "--mlflow-experiment",
+        metavar="NAME",
+        help="The MLflow experiment of the job's run (implies --mlflow).",
+    ),
+]
+
+
+def _run_options(command: Any) -> Any:
+    """The options that say how a job runs (``SubmitOptions``), for every
+    command that submits: ``submit`` and ``schedule add``."""
+    for option in reversed(_RUN_OPTION_DECORATORS):
+        command = option(command)
+    return command
+
+
+def _submit_options(params: dict[str, Any]) -> SubmitOptions:
+    """The ``SubmitOptions`` from the parsed run options (popped from ``params``)."""
+    adapt = params.pop("adapt")
+    experiment = params.pop("mlflow_experiment")
+    return SubmitOptions(
+        name=params.pop("name"),
+        workers=params.pop("workers"),
+        adapt=(adapt[0], adapt[1]) if adapt else None,
+        cluster_options=_key_value(params.pop("cluster_options"), "--cluster-option"),
+        env=list(params.pop("env")) or None,
+        files=list(params.pop("files")) or None,
+        timeout=params.pop("timeout"),
+        idempotency_key=params.pop("idempotency_key"),
+        retries=params.pop("retries"),
+        retry_on=list(params.pop("retry_on")),
+        memory_limit=params.pop("memory_limit"),
+        mlflow=experiment or params.pop("mlflow"),
+    )
+
+
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("target")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-@click.option("--name", help="Display name (default: the target's name).")
-@click.option("--workers", type=int, help="Workers to start (default batch.workers).")
-@click.option("--adapt", nargs=2, type=int, metavar="MIN MAX", help="Adaptive scaling.")
-@click.option(
-    "--env",
-    "env",
-    multiple=True,
-    metavar="KEY[=VALUE]",
-    help="Environment variable for main; KEY alone copies it from here. Repeatable.",
-)
-@click.option(
-    "--file",
-    "files",
-    multiple=True,
-    type=click.Path(exists=True),
-    help="File or directory uploaded as main's working directory. Repeatable.",
-)
-@click.option(
-    "--cluster-option",
-    "cluster_options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Gateway cluster option (value parsed as YAML). Repeatable.",
-)
+@_run_options
 @click.option(
     "-p",
     "--parameter",
@@ -174,33 +239,6 @@ def main(ctx: click.Context, storage: str | None) -> None:
     multiple=True,
     metavar="NAME VALUE",
     help="Notebook parameter (value parsed as YAML). Repeatable.",
-)
-@click.option(
-    "--timeout", help="Run-time limit of main (e.g. 2h); the job FAILS past it."
-)
-@click.option(
-    "--idempotency-key",
-    help="Submitting again with the same key returns the first job.",
-)
-@click.option("--retries", type=int, default=0, help="Extra attempts allowed.")
-@click.option(
-    "--retry-on",
-    "retry_on",
-    multiple=True,
-    metavar="EXCEPTION",
-    help="Exception name of main to retry (e.g. ConnectionError). Repeatable.",
-)
-@click.option("--memory-limit", help="Address-space limit of main, e.g. 4GiB.")
-@click.option(
-    "--mlflow/--no-mlflow",
-    "mlflow",
-    default=None,
-    help="Make the job an MLflow run (default: batch.mlflow.enabled).",
-)
-@click.option(
-    "--mlflow-experiment",
-    metavar="NAME",
-    help="The MLflow experiment of the job's run (implies --mlflow).",
 )
 @click.option(
     "--array",
@@ -232,26 +270,14 @@ def submit(
     obj: _Context,
     target: str,
     args: tuple[str, ...],
-    name: str | None,
-    workers: int | None,
-    adapt: tuple[int, int] | None,
-    env: tuple[str, ...],
-    files: tuple[str, ...],
-    cluster_options: tuple[str, ...],
     parameters: tuple[tuple[str, str], ...],
-    timeout: str | None,
-    idempotency_key: str | None,
-    retries: int,
-    retry_on: tuple[str, ...],
-    memory_limit: str | None,
-    mlflow: bool | None,
-    mlflow_experiment: str | None,
     array: str | None,
     max_parallel: int | None,
     fail_fast: bool | None,
     resume: str | None,
     wait: bool,
     follow: bool,
+    **run_options: Any,
 ) -> None:
     """Submit TARGET as a batch job and print its id.
 
@@ -260,6 +286,7 @@ def submit(
     executed with papermill; parameters with -p NAME VALUE), or a pipeline
     (pipeline.yaml: steps that run in dependency order on one cluster).
     """
+    options = _submit_options(run_options)
     is_pipeline = target.endswith((".yaml", ".yml"))
     if not is_pipeline and (max_parallel or fail_fast or resume):
         raise click.UsageError(
@@ -267,20 +294,6 @@ def submit(
         )
     if array is not None and (is_pipeline or target.endswith(".ipynb")):
         raise click.UsageError("--array is for scripts and package.module:function")
-    options = SubmitOptions(
-        name=name,
-        workers=workers,
-        adapt=(adapt[0], adapt[1]) if adapt else None,
-        cluster_options=_key_value(cluster_options, "--cluster-option"),
-        env=list(env) or None,
-        files=list(files) or None,
-        timeout=timeout,
-        idempotency_key=idempotency_key,
-        retries=retries,
-        retry_on=list(retry_on),
-        memory_limit=memory_limit,
-        mlflow=mlflow_experiment or mlflow,
-    )
     batch = obj.client
     if is_pipeline:
         if args or parameters:
@@ -314,6 +327,134 @@ def submit(
             message = strip_control(record.message or record.state.value)
             click.echo(f"Error: {message}", err=True)
         sys.exit(_exit_status(record))
+
+
+@main.group()
+def schedule() -> None:
+    """Submit a job at each time of a cron expression."""
+
+
+@schedule.command(name="add", context_settings={"ignore_unknown_options": True})
+@click.argument("target")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--cron", required=True, help="When: '0 2 * * *' is 02:00 every day.")
+@click.option("--timezone", default="UTC", show_default=True, help="Of the cron times.")
+@click.option(
+    "--overlap",
+    type=click.Choice(["skip", "queue"]),
+    default="skip",
+    show_default=True,
+    help="A due time while the last run still goes: skip it, or queue it.",
+)
+@_run_options
+@click.option(
+    "-p",
+    "--parameter",
+    "parameters",
+    nargs=2,
+    multiple=True,
+    metavar="NAME VALUE",
+    help="Notebook parameter (value parsed as YAML). Repeatable.",
+)
+@click.pass_obj
+def schedule_add(
+    obj: _Context,
+    target: str,
+    args: tuple[str, ...],
+    cron: str,
+    timezone: str,
+    overlap: str,
+    parameters: tuple[tuple[str, str], ...],
+    **run_options: Any,
+) -> None:
+    """Run TARGET (a script, notebook or package.module:function) at each CRON time."""
+    options = _submit_options(run_options)
+    params = {k: yaml.safe_load(v) for k, v in parameters}
+    if params and not target.endswith(".ipynb"):
+        raise click.UsageError("-p/--parameter is for notebooks")
+    added = obj.client.schedule(
+        target,
+        *args,
+        cron=cron,
+        timezone=timezone,
+        overlap=overlap,
+        submit_options=options,
+        **params,
+    )
+    click.echo(added.id)
+    click.echo(f"next run: {added.next_run.isoformat()}", err=True)
+
+
+@schedule.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="JSON, for scripts.")
+@click.pass_obj
+def schedule_list(obj: _Context, as_json: bool) -> None:
+    """Your schedules, with their next run and last outcome."""
+    found = obj.client.schedules()
+    if as_json:
+        click.echo(json.dumps([s.to_dict() for s in found], indent=1))
+        return
+    click.echo(f"{'id':<30}{'name':<18}{'cron':<16}{'state':<8}{'next run':<27}last")
+    for item in found:
+        last = item.history[0] if item.history else None
+        click.echo(
+            strip_control(
+                f"{item.id:<30}{item.name[:17]:<18}{item.cron[:15]:<16}"
+                f"{'paused' if item.paused else 'active':<8}"
+                f"{item.next_run.isoformat() if item.next_run else '':<27}"
+                + (f"{last.outcome} {last.job_id}".strip() if last else "")
+            )
+        )
+
+
+@schedule.command(name="history")
+@click.argument("schedule_id")
+@click.pass_obj
+def schedule_history(obj: _Context, schedule_id: str) -> None:
+    """Each due time of a schedule: the job it submitted, or why it did not."""
+    for run in obj.client.schedule_history(schedule_id):
+        click.echo(
+            strip_control(
+                f"{run.time.isoformat()}  {run.outcome:<9} {run.job_id:<29} "
+                f"{run.message}".rstrip()
+            )
+        )
+
+
+@schedule.command(name="pause")
+@click.argument("schedule_id")
+@click.pass_obj
+def schedule_pause(obj: _Context, schedule_id: str) -> None:
+    """Stop submitting runs."""
+    obj.client.pause_schedule(schedule_id)
+    click.echo(f"{schedule_id} paused")
+
+
+@schedule.command(name="resume")
+@click.argument("schedule_id")
+@click.pass_obj
+def schedule_resume(obj: _Context, schedule_id: str) -> None:
+    """Submit runs again from the next due time."""
+    resumed = obj.client.resume_schedule(schedule_id)
+    click.echo(f"{schedule_id} resumed; next run {resumed.next_run.isoformat()}")
+
+
+@schedule.command(name="delete")
+@click.argument("schedule_ids", nargs=-1, required=True)
+@click.pass_obj
+def schedule_delete(obj: _Context, schedule_ids: tuple[str, ...]) -> None:
+    """Remove schedules (the jobs they submitted stay)."""
+    for schedule_id in schedule_ids:
+        obj.client.delete_schedule(schedule_id)
+        click.echo(f"{schedule_id} deleted")
+
+
+@schedule.command(name="fire")
+@click.pass_obj
+def schedule_fire(obj: _Context) -> None:
+    """Submit the runs that are due now (where no service or local gateway does)."""
+    for run in obj.client.fire_schedules():
+        click.echo(f"{run.time.isoformat()}  {run.outcome:<9} {run.job_id}".rstrip())
 
 
 @main.command(name="list")

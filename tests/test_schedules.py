@@ -157,3 +157,46 @@ def test_the_local_gateway_fires_schedules_with_nobody_looking(
             batch.gateway.close()
     finally:
         dask_batch.local.stop(directory)
+
+
+def test_dask_batch_schedule_add_list_pause_resume_history_delete(
+    batch_gateway, tmp_path, monkeypatch
+):
+    import dask
+    from click.testing import CliRunner
+
+    from dask_batch.cli import main
+
+    for key, value in batch_gateway.environment().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("DASK_BATCH__STORAGE", str(tmp_path / "jobs"))
+    dask.config.refresh()
+    script = tmp_path / "nightly.py"
+    script.write_text("print('nightly')\n")
+
+    def run(*args):
+        result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    added = run(
+        "schedule", "add", str(script), "--cron", "0 2 * * *", "--name", "nightly",
+        "--workers", "0",
+    )  # fmt: skip
+    schedule_id = added.split()[0]
+    assert "next run: " in added
+    listing = run("schedule", "list")
+    assert schedule_id in listing and "0 2 * * *" in listing and "active" in listing
+    assert "paused" in run("schedule", "pause", schedule_id)
+    assert "paused" in run("schedule", "list")
+    assert "next run" in run("schedule", "resume", schedule_id)
+    assert "resumed" in run("schedule", "history", schedule_id)
+    (item,) = json.loads(run("schedule", "list", "--json"))
+    assert item["name"] == "nightly" and item["kind"] == "script"
+    assert run("schedule", "fire") == ""  # nothing due before 02:00 tomorrow
+    run("schedule", "delete", schedule_id)
+    assert schedule_id not in run("schedule", "list")
+    bad = CliRunner().invoke(main, ["schedule", "add", str(script), "--cron", "nope"])
+    assert bad.exit_code == 1 and "is not a cron expression" in bad.output
+    monkeypatch.undo()
+    dask.config.refresh()
