@@ -379,3 +379,30 @@ def test_on_a_plain_gateway_the_hub_names_the_tokens_user(hub, laptop, monkeypat
     assert user_of(hub.gateway.address, token) == "bob"
     with pytest.raises(AuthenticationError, match="refused GET /user"):
         user_of(hub.gateway.address, "not-a-token")
+
+
+def plus_one(x):
+    return x + 1
+
+
+def test_the_service_starts_a_waiting_job_without_the_users_secret(hub, laptop):
+    alice = laptop_client(hub, "alice")
+    try:
+        upstream = alice.submit(sleeper, 1, workers=0)
+        waiting = alice.submit(plus_one, upstream, workers=0)
+        assert alice.status(waiting.id).message.startswith("waiting for")
+    finally:
+        close(alice)  # nobody is looking from here on
+    store = JobStore(hub.storage, hub.storage_options)
+    record = wait_for(
+        lambda: (r := store.read_record("alice", waiting.id)).state.is_terminal and r,
+        120,
+        "the service to start the waiting job once its upstream job SUCCEEDED",
+    )
+    assert record.state is JobState.SUCCEEDED, record.message
+    assert record.released is not None
+    alice = laptop_client(hub, "alice")
+    try:
+        assert alice.result(waiting.id) == 2
+    finally:
+        close(alice)
