@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import dask.config
 from dask_gateway import Gateway
 
 from . import _connection, _pipeline, _schedules, _submission, _tracking
@@ -492,7 +493,8 @@ class BatchClient:
 
         Runs are ordinary jobs (listed, waited for, fetched as any other),
         each naming its schedule (``JobRecord.schedule``). They are submitted
-        by the JupyterHub service or, on the embedded local default, by the
+        by the JupyterHub service (when ``batch.service.url`` is set, the
+        schedule is handed to it) or, on the embedded local default, by the
         local gateway's own background process; ``fire_schedules()`` (or
         ``dask batch schedule fire``) submits what is due from any client.
 
@@ -541,13 +543,27 @@ class BatchClient:
                 schedule_id, dict(options.cluster_options or {})
             )
             submission = self._build(schedule_id, user, what, options)
-            return await asyncio.to_thread(
+            added = await asyncio.to_thread(
                 self._schedules.add,
                 submission,
                 cron,
                 timezone=timezone,
                 overlap=overlap,
             )
+            service = dask.config.get("batch.service.url", None)
+            if service:
+                token = getattr(self.gateway.auth, "api_token", None) or os.environ.get(
+                    "JUPYTERHUB_API_TOKEN", ""
+                )
+                env_key = self._schedules._keys(schedule_id).env_key
+                await asyncio.to_thread(
+                    _schedules.delegate_to_service,
+                    str(service),
+                    str(token),
+                    schedule_id,
+                    env_key,
+                )
+            return added
 
         return self.sync(add)
 

@@ -27,7 +27,7 @@ from ._exceptions import (
     SubmitError,
     not_submitted_message,
 )
-from ._records import ErrorInfo, JobState, to_iso, utcnow
+from ._records import ErrorInfo, JobRecord, JobState, to_iso, utcnow
 from ._store import CLUSTER, FILES, PAYLOAD, SECRETS, SPEC, STATE, JobStore
 
 if TYPE_CHECKING:
@@ -98,11 +98,15 @@ class ClusterLauncher:
                     f"{sorted(options)}.",
                 ) from None
 
-    async def start_job(self, submission: Submission) -> str:
+    async def start_job(
+        self, submission: Submission, keys: _signing.JobKeys | None = None
+    ) -> str:
         """Store a new job's records and launch its cluster; return the job's id.
 
         With an idempotency key that an earlier job claimed, nothing is
-        launched and that job's id is returned.
+        launched and that job's id is returned. ``keys``: the job's keys when
+        the caller holds no secret (a service submitting a delegated
+        schedule's run); by default they derive from the user's secret.
         """
         job_id, spec = submission.job_id, dict(submission.spec)
         mode = await self.mode()
@@ -110,15 +114,27 @@ class ClusterLauncher:
         spec.update(
             submitted=to_iso(utcnow()), gateway_address=self.gateway.address, mode=mode
         )
-        secret = await asyncio.to_thread(
-            _signing.user_secret, create=True, job_id=job_id
-        )
-        keys = _signing.job_keys(secret, job_id)
+        after = list(spec.get("after") or [])
+        upstream: dict[str, _signing.JobKeys] = {}
+        if keys is None:
+            secret = await asyncio.to_thread(
+                _signing.user_secret, create=True, job_id=job_id
+            )
+            keys = _signing.job_keys(secret, job_id)
+            found = await asyncio.to_thread(self.store.read_records, self.user, after)
+            for upstream_id in after:
+                record = found.get(upstream_id)
+                keys_from = record.keys_from if isinstance(record, JobRecord) else ""
+                upstream[upstream_id] = _signing.keys_for(
+                    secret, upstream_id, keys_from
+                )
+        elif after:
+            raise SubmitError.not_submitted(
+                job_id, "a job submitted without the secret cannot wait for others."
+            )
         spec["payload_signature"] = _signing.sign(keys.job_key, submission.payload)
         spec["has_secrets"] = True
         spec = _signing.sign_spec(keys.job_key, spec)
-        after = list(spec.get("after") or [])
-        upstream = {u: _signing.job_keys(secret, u) for u in after}
         secrets = _secrets.JobSecrets(
             submission.env_values,
             keys.job_key,

@@ -104,7 +104,7 @@ class JobOutputs:
         if not record.result_hmac:
             return self._load_unsigned(record)
         secret = _signing.user_secret(job_id=job_id)
-        job_key = _signing.job_keys(secret, job_id).job_key
+        job_key = _signing.keys_for(secret, job_id, record.keys_from).job_key
         stream, buffers, found, signature = self.store.get_result(
             self.user, job_id, job_key
         )
@@ -127,10 +127,10 @@ class JobOutputs:
         is what that job's own steps produced.
         """
         store = self.store
-        store.read_record(self.user, earlier)  # JobNotFoundError if unknown
+        found = store.read_record(self.user, earlier)  # JobNotFoundError if unknown
         spec = store.get_json(self.user, earlier, SPEC)
         secret = _signing.user_secret(job_id=earlier)
-        key = _signing.job_keys(secret, earlier).job_key
+        key = _signing.keys_for(secret, earlier, found.keys_from).job_key
         if not isinstance(spec, dict) or not _signing.spec_is_signed(key, spec):
             raise ResultIntegrityError(
                 f"the spec of job {earlier!r} is not signed with its key: it was "
@@ -189,7 +189,7 @@ class JobOutputs:
                 continue
             if not job_key:
                 secret = _signing.user_secret(job_id=job_id)
-                job_key = _signing.job_keys(secret, job_id).job_key
+                job_key = _signing.keys_for(secret, job_id, record.keys_from).job_key
             stream, buffers, found, signature = self.store.get_result(
                 self.user, job_id, job_key, name=task_path(task.name, RESULT)
             )

@@ -248,8 +248,9 @@ class Reconciler:
         without the user's secret.
         """
         secret = await asyncio.to_thread(_signing.user_secret, job_id=job_id)
-        keys = _signing.job_keys(secret, job_id)
         spec = await asyncio.to_thread(self.store.get_json, self.user, job_id, SPEC)
+        keys_from = str(spec.get("keys_from") or "") if isinstance(spec, dict) else ""
+        keys = _signing.keys_for(secret, job_id, keys_from)
         if isinstance(spec, dict) and _signing.spec_is_signed(keys.job_key, spec):
             return spec, keys
         return None, keys

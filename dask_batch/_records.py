@@ -212,6 +212,9 @@ class JobRecord:
         When its upstream jobs had all SUCCEEDED and its cluster was asked for.
     schedule : str
         The schedule that submitted this job ("" if none).
+    keys_from : str
+        The schedule whose keys this job's are derived from (a run that a
+        service submitted for its owner), "" for a job's own keys.
     """
 
     id: str
@@ -253,6 +256,7 @@ class JobRecord:
     after: list[str] = field(default_factory=list)
     released: datetime.datetime | None = None
     schedule: str = ""
+    keys_from: str = ""
 
     @property
     def duration(self) -> datetime.timedelta | None:
@@ -350,6 +354,7 @@ class JobRecord:
             after=[a for a in d.get("after") or [] if isinstance(a, str)],
             released=_time(d.get("released")),
             schedule=_text(d.get("schedule")),
+            keys_from=_text(d.get("keys_from")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -392,6 +397,7 @@ class JobRecord:
             "after": self.after,
             "released": to_iso(self.released),
             "schedule": self.schedule,
+            "keys_from": self.keys_from,
             **(
                 {"tasks": [t.to_dict() for t in self.tasks]}
                 if self.tasks is not None
@@ -424,7 +430,7 @@ def _spec_fields(spec: dict[str, Any]) -> dict[str, Any]:
     keys = (
         "id", "user", "name", "submitted", "gateway_address", "workers", "adapt",
         "payload_digest", "mode", "kind", "env_names", "artifacts_url", "timeout",
-        "retries", "after", "schedule",
+        "retries", "after", "schedule", "keys_from",
     )  # fmt: skip
     fields = {k: spec.get(k) for k in keys}
     fields["target"] = spec.get("function")

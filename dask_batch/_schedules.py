@@ -25,6 +25,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import os
 import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -245,6 +246,13 @@ class Schedules:
     user : str
     clock : callable, optional
         The current time (UTC); tests drive it.
+
+    Attributes
+    ----------
+    delegation : Delegation or None
+        Set by a service that holds no secret: the schedules' keys come from
+        what their owners delegated to it, and runs are signed with keys
+        derived from them (``keys_from``).
     """
 
     def __init__(
@@ -258,6 +266,7 @@ class Schedules:
         self.launcher = launcher
         self.user = user
         self.clock = clock
+        self.delegation: Delegation | None = None
 
     # -- storage -----------------------------------------------------------------
     def _path(self, schedule_id: str, name: str = "") -> str:
@@ -291,6 +300,8 @@ class Schedules:
 
     # -- the owner's side ----------------------------------------------------------
     def _keys(self, schedule_id: str) -> _signing.JobKeys:
+        if self.delegation is not None:
+            return self.delegation.keys(self, schedule_id)
         secret = _signing.user_secret(create=True, job_id=schedule_id)
         return _signing.job_keys(secret, schedule_id)
 
@@ -495,8 +506,10 @@ class Schedules:
     ) -> ScheduleRun:
         """Submit the run due at ``when`` as a new job, and record it."""
         try:
-            submission = await asyncio.to_thread(self._run_submission, schedule, when)
-            job_id = await self.launcher.start_job(submission)
+            submission, keys = await asyncio.to_thread(
+                self._run_submission, schedule, when
+            )
+            job_id = await self.launcher.start_job(submission, keys)
             run = ScheduleRun(when, job_id=job_id, message=message)
         except DaskBatchError as exc:
             run = ScheduleRun(when, outcome="failed", message=str(exc)[:1000])
@@ -505,8 +518,9 @@ class Schedules:
 
     def _run_submission(
         self, schedule: Schedule, when: datetime.datetime
-    ) -> Submission:
-        """The run's submission, from what the schedule's key vouches for."""
+    ) -> tuple[Submission, _signing.JobKeys | None]:
+        """The run's submission, from what the schedule's key vouches for, and
+        its keys when they derive from the schedule's (delegated) keys."""
         keys = self._keys(schedule.id)
         payload = self._get(schedule.id, PAYLOAD)
         if _signing.sign(keys.job_key, payload) != schedule.payload_signature:
@@ -535,4 +549,143 @@ class Schedules:
             scheduled_for=to_iso(when),
             idempotency_key=None,
         )
-        return Submission(run_id, spec, payload, secrets.env, archive)
+        run_keys = None
+        if self.delegation is not None:
+            run_keys = _signing.run_keys(keys, run_id)
+            spec["keys_from"] = schedule.id
+        return Submission(run_id, spec, payload, secrets.env, archive), run_keys
+
+
+def default_service_key_path() -> str:
+    """Where the service keeps its key: beside a user's secret, in its config dir."""
+    return os.path.join(os.path.dirname(_signing.secret_path()), "service-key")
+
+
+class Delegation:
+    """Schedules their owners handed to a service that holds no user's secret.
+
+    The owner sends the schedule's env key to the service over its
+    authenticated API; the service keeps it sealed with its own key (a
+    Fernet key in ``batch.service.key-file``, made on first use), beside the
+    schedule (``service.bin``). With it the service opens the schedule's job
+    key, checks the schedule's signature, fires its runs and pauses or
+    resumes it: the schedule's authority, nothing more of the user's.
+
+    Parameters
+    ----------
+    key : str
+        The service's Fernet key.
+    """
+
+    SEALED = "service.bin"
+
+    def __init__(self, key: str) -> None:
+        from cryptography.fernet import Fernet
+
+        self._fernet = Fernet(key)
+
+    @classmethod
+    def from_config(cls) -> Delegation:
+        """The service's key from ``batch.service.key-file`` (made if missing)."""
+        import dask.config
+        from cryptography.fernet import Fernet
+
+        path = dask.config.get("batch.service.key-file", None) or (
+            default_service_key_path()
+        )
+        path = os.path.abspath(os.path.expanduser(str(path)))
+        try:
+            with open(path) as f:
+                return cls(f.read().strip())
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            key = Fernet.generate_key().decode()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(key + "\n")
+            return cls(key)
+
+    def accept(self, schedules: Schedules, schedule_id: str, env_key: str) -> None:
+        """Keep ``env_key`` for a schedule, once it proves to be that schedule's.
+
+        It must open the schedule's sealed secrets, and the job key inside
+        must verify the schedule's signature: a key for anything else is
+        refused.
+        """
+        keys = self._open_schedule(schedules, schedule_id, env_key)
+        doc = json.loads(schedules._get(schedule_id, SCHEDULE_DOC))
+        if not isinstance(doc, dict) or not _signing.spec_is_signed(keys.job_key, doc):
+            raise DaskBatchError(
+                f"schedule {schedule_id!r} is not signed with the key sent for it",
+                job_id=schedule_id,
+            )
+        document = {"user": schedules.user, "schedule": schedule_id, "env_key": env_key}
+        sealed = self._fernet.encrypt(json.dumps(document).encode())
+        schedules._put(schedule_id, self.SEALED, sealed)
+
+    def keys(self, schedules: Schedules, schedule_id: str) -> _signing.JobKeys:
+        """The schedule's keys, from what its owner delegated (else an error)."""
+        try:
+            token = schedules._get(schedule_id, self.SEALED)
+            document = json.loads(self._fernet.decrypt(token))
+        except FileNotFoundError:
+            raise DaskBatchError(
+                f"schedule {schedule_id!r} was not handed to this service (no "
+                "batch.service.url where it was added); its owner's clients "
+                "fire it (`dask batch schedule fire`).",
+                job_id=schedule_id,
+            ) from None
+        except Exception as exc:
+            raise DaskBatchError(
+                f"the delegation of schedule {schedule_id!r} cannot be opened "
+                f"({type(exc).__name__}): it was not made by this service.",
+                job_id=schedule_id,
+            ) from None
+        if (
+            not isinstance(document, dict)
+            or document.get("user") != schedules.user
+            or document.get("schedule") != schedule_id
+        ):
+            raise DaskBatchError(
+                f"the delegation of schedule {schedule_id!r} was copied from "
+                "another schedule or user in storage.",
+                job_id=schedule_id,
+            )
+        return self._open_schedule(schedules, schedule_id, str(document["env_key"]))
+
+    @staticmethod
+    def _open_schedule(
+        schedules: Schedules, schedule_id: str, env_key: str
+    ) -> _signing.JobKeys:
+        try:
+            secrets = _secrets.unseal(env_key, schedules._get(schedule_id, SECRETS))
+        except Exception as exc:
+            raise DaskBatchError(
+                f"the key sent for schedule {schedule_id!r} does not open its "
+                f"secrets ({type(exc).__name__})",
+                job_id=schedule_id,
+            ) from None
+        return _signing.JobKeys(job_key=secrets.job_key, env_key=env_key)
+
+
+def delegate_to_service(url: str, token: str, schedule_id: str, env_key: str) -> None:
+    """Hand a schedule's env key to the hub service at ``url`` (its API)."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{url.rstrip('/')}/api/v1/schedules/{check_job_id(schedule_id)}/delegate",
+        data=json.dumps({"env_key": env_key}).encode(),
+        headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            answer.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise DaskBatchError(
+            f"schedule {schedule_id!r} was added, but the service at {url} did "
+            f"not take it ({exc}); it runs only when your clients fire it. "
+            "Check batch.service.url and your token, then delete and add it again.",
+            job_id=schedule_id,
+        ) from None

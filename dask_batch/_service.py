@@ -8,11 +8,18 @@ its ``retries=`` allows, else recorded LOST. Less often it makes a full
 listing of each user's jobs, which keeps the job catalog true (jobs deleted
 from storage leave it, stores from before it are migrated).
 
-What the service can never do: read env values or unpickle results. It holds
-no user's secret, so it cannot open the sealed env values nor check a result's
-signature, and nothing here loads a result. A retry passes on the options the
-gateway kept for the failed cluster; the new scheduler checks the job's spec
-against the user's signature before main runs.
+It also fires the schedules their owners handed to it (see
+:class:`~dask_batch._schedules.Delegation`), and starts jobs that waited for
+others with the env key the gateway reports for an upstream job's cluster.
+
+What the service can never do: unpickle results, or open the env values of
+jobs. It holds no user's secret, so it cannot open the sealed env values nor
+check a result's signature, and nothing here loads a result. The one
+exception is a schedule its owner handed to it: to submit its runs it opens
+that schedule's sealed env values and job key (the schedule's authority,
+nothing more). A retry passes on the options the gateway kept for the failed
+cluster; the new scheduler checks the job's spec against the user's
+signature before main runs.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from ._gateway import BatchGateway
 from ._hub import GatewayTokens
 from ._reconcile import live_records
 from ._records import JobState
+from ._schedules import Delegation, Schedules
 from ._store import JobStore
 
 logger = logging.getLogger("dask_batch.service")
@@ -58,6 +66,8 @@ class UserClients:
         self.storage = storage
         self.storage_options = storage_options
         self._clients: dict[str, BatchClient] = {}
+        #: The service's key for the schedules users hand to it.
+        self.delegation = Delegation.from_config()
 
     async def client_for(self, user: str) -> BatchClient:
         """The client acting for ``user`` (the gateway confirms who it is)."""
@@ -75,6 +85,7 @@ class UserClients:
             asynchronous=True,
         )
         client._reconciler.retry_from_gateway = True
+        client._schedules.delegation = self.delegation
         try:
             await client.identify()
         except BaseException:
@@ -128,9 +139,22 @@ class JobKeeper:
                 live = await live_records(self.store, user)
                 last = self._catalog_checked.get(user)
                 due = last is None or time.monotonic() - last >= self.catalog_interval
-                if not live and not due:
+                schedules = await asyncio.to_thread(
+                    Schedules(self.store, None, user).ids
+                )
+                if not live and not due and not schedules:
                     continue  # no token minted, no gateway asked
                 client = await self.clients.client_for(user)
+                if schedules:
+                    for run in await client._schedules.fire_due():
+                        logger.info(
+                            "Schedule of user %r: due %s, %s %s %s",
+                            user,
+                            run.time.isoformat(),
+                            run.outcome,
+                            run.job_id,
+                            run.message,
+                        )
                 # The records just read: the reconciler reads each again
                 # before it writes.
                 checked[user] = (

@@ -150,6 +150,25 @@ def job_keys(secret: bytes, job_id: str) -> JobKeys:
     )
 
 
+def run_keys(schedule: JobKeys, job_id: str) -> JobKeys:
+    """The keys of a schedule's run ``job_id``, from the schedule's keys.
+
+    A service to which the owner delegated a schedule (its env key, which
+    opens the schedule's job key) signs the runs it submits with these: bound
+    to the run's id, so a run's signature never verifies for another job.
+    """
+    label = f"dask-batch/v1/run/{job_id}".encode()
+    key = hmac.new(bytes.fromhex(schedule.job_key), label, hashlib.sha256).hexdigest()
+    return JobKeys(job_key=key, env_key=schedule.env_key)
+
+
+def keys_for(secret: bytes, job_id: str, keys_from: str = "") -> JobKeys:
+    """A job's keys: its own, or those of the schedule run it is (``keys_from``)."""
+    if keys_from:
+        return run_keys(job_keys(secret, keys_from), job_id)
+    return job_keys(secret, job_id)
+
+
 def sign(key: str, data: bytes) -> str:
     """The signature of ``data`` with a job key."""
     mac = hmac.new(bytes.fromhex(key), data, hashlib.sha256).hexdigest()

@@ -273,3 +273,86 @@ def test_the_pages_in_a_browser(ui, browser, tmp_path):
         assert "dask batch ui" in stranger.inner_text("body")
     finally:
         stranger.close()
+
+
+def hold(path):
+    import os
+    import time
+
+    deadline = time.monotonic() + 120
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return "held"
+
+
+def odd_one_out(n):
+    if n == 3:
+        raise ValueError("three")
+    return n
+
+
+def test_pipelines_arrays_and_schedules_in_a_browser(ui, browser, tmp_path):
+    from dask_batch import Step
+
+    go = tmp_path / "go"
+    pipeline = ui.batch.submit_pipeline(
+        [
+            Step(double, name="first", args=[1]),
+            Step(hold, name="held", args=[str(go)], upstream=["first"]),
+            Step(double, name="beside", args=[2], upstream=["first"]),
+        ],
+        workers=0,
+        name="flow",
+    )
+    array = ui.batch.map(odd_one_out, range(5), workers=0, name="sweep")
+    schedule = ui.batch.schedule(double, 4, cron="0 3 * * *", name="nightly")
+    page = browser.new_page(accept_downloads=True)
+    try:
+        page.goto(ui.url)
+        page.goto(f"{ui.base}/jobs/{pipeline.id}")
+        # The DAG: "first" in the first column, the two after it in the next.
+        levels = page.locator(".dag-level")
+        assert levels.count() == 2
+        assert levels.nth(0).locator(".dag-node").all_inner_texts()[0].startswith(
+            "first"
+        )
+        page.wait_for_selector('.dag-node[data-task="held"].node-RUNNING', timeout=60000)
+        page.wait_for_selector(
+            '.dag-node[data-task="beside"].node-SUCCEEDED', timeout=60000
+        )
+        go.touch()
+        # Each step's state changes on the page without a reload.
+        page.wait_for_selector('.dag-node[data-task="held"].node-SUCCEEDED', timeout=60000)
+        page.wait_for_selector("#state.state-SUCCEEDED", timeout=60000)
+        assert "3 SUCCEEDED" in page.inner_text("#task-counts")
+        page.screenshot(path=str(DOCS / "ui-pipeline.png"), full_page=True)
+        with page.expect_download() as download:
+            page.click('#tasks tr[data-task="first"] a')
+        assert "doubling 1" in pathlib.Path(download.value.path()).read_text()
+        # An array: counts per state, and one row per element.
+        ui.batch.wait(array.id, timeout=120)
+        page.goto(f"{ui.base}/jobs/{array.id}")
+        assert page.locator("#tasks tbody tr").count() == 5
+        counts = page.inner_text("#task-counts")
+        assert "4 SUCCEEDED" in counts and "1 FAILED" in counts
+        assert "three" in page.inner_text('#tasks tr[data-task="3"]')
+        # The listing shows the array as one job with its counts.
+        page.goto(ui.base + "/")
+        row = page.locator(f'tr[data-id="{array.id}"]')
+        assert "4/5 succeeded, 1 failed" in row.inner_text()
+        # Schedules: next run and history; pause and resume from the page.
+        page.click("#nav-schedules")
+        row = page.locator(f'tr[data-id="{schedule.id}"]')
+        assert "0 3 * * *" in row.inner_text() and "active" in row.inner_text()
+        row.locator("button.toggle").click()
+        page.wait_for_selector(f'tr[data-id="{schedule.id}"][data-paused="1"]')
+        assert ui.batch.schedules()[0].paused
+        page.screenshot(path=str(DOCS / "ui-schedules.png"), full_page=True)
+        row.locator("button.toggle").click()
+        page.wait_for_selector(f'tr[data-id="{schedule.id}"][data-paused="0"]')
+        assert not ui.batch.schedules()[0].paused
+    finally:
+        page.close()
+        ui.batch.delete_schedule(schedule.id)
+        for job in (pipeline, array):
+            ui.batch.cancel(job.id)

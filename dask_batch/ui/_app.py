@@ -30,6 +30,7 @@ from .._display import STATE_COLOURS, format_duration, format_progress, format_t
 from .._exceptions import DaskBatchError, JobNotFoundError
 from .._records import JobRecord, JobState
 from .._store import SPEC
+from .._tasks import check_task_name
 from .._validate import InvalidNameError, check_job_id, check_relative_path, safe_link
 
 HERE = os.path.dirname(__file__)
@@ -248,23 +249,27 @@ class LogsAPI(Handler):
 
     async def get(self, job_id: str) -> None:
         job_id, batch = await self.job_client(job_id)
+        task = self.get_query_argument("task", "")
+        if task:
+            task = check_task_name(task, job_id=job_id)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         if self.get_query_argument("follow", ""):
-            async for text in batch.logs(job_id, follow=True):
+            async for text in batch.logs(job_id, follow=True, task=task):
                 self.write(text)
                 await self.flush()
             self.finish()
             return
         if self.get_query_argument("download", ""):
-            self.set_header(
-                "Content-Disposition", f'attachment; filename="{job_id}.log"'
-            )
-            self.finish(await batch.logs(job_id))
+            filename = f"{job_id}-{task}.log" if task else f"{job_id}.log"
+            self.set_header("Content-Disposition", f'attachment; filename="{filename}"')
+            self.finish(await batch.logs(job_id, task=task))
             return
         await batch.status(job_id)  # JobNotFoundError for an unknown job
         chunk = max(0, self.whole_number("chunk", 0))
         store, user = batch.store, batch.user
-        data, next_chunk = await asyncio.to_thread(store.read_logs, user, job_id, chunk)
+        data, next_chunk = await asyncio.to_thread(
+            functools.partial(store.read_logs, user, job_id, chunk, task=task)
+        )
         self.set_header("X-Next-Chunk", str(next_chunk))
         self.finish(data.decode(errors="replace"))
 
@@ -301,6 +306,57 @@ class CancelAPI(Handler):
         record = await batch.cancel(job_id)
         self.settings["listings"].forget(id(batch))
         self.finish(record_json(record))
+
+
+def schedule_json(schedule: Any) -> dict[str, Any]:
+    return dict(schedule.to_dict())
+
+
+class SchedulesAPI(Handler):
+    async def get(self) -> None:
+        batch = await self.client()
+        self.finish({"schedules": [schedule_json(s) for s in await batch.schedules()]})
+
+
+class ScheduleActionAPI(Handler):
+    """Pause or resume a schedule (``POST .../pause``, ``.../resume``)."""
+
+    async def post(self, schedule_id: str, action: str) -> None:
+        schedule_id = check_job_id(schedule_id)
+        batch = await self.client()
+        if action == "pause":
+            schedule = await batch.pause_schedule(schedule_id)
+        else:
+            schedule = await batch.resume_schedule(schedule_id)
+        self.finish(schedule_json(schedule))
+
+
+class DelegateAPI(Handler):
+    """Take a schedule its owner hands to this service (hub service only)."""
+
+    async def post(self, schedule_id: str) -> None:
+        schedule_id = check_job_id(schedule_id)
+        batch = await self.client()
+        delegation = batch._schedules.delegation
+        if delegation is None:
+            raise tornado.web.HTTPError(
+                404, "this server does not fire schedules for others"
+            )
+        try:
+            body = json.loads(self.request.body or b"{}")
+            env_key = str(body["env_key"])
+        except (ValueError, KeyError, TypeError):
+            raise tornado.web.HTTPError(400, 'send {"env_key": ...}') from None
+        await asyncio.to_thread(
+            delegation.accept, batch._schedules, schedule_id, env_key
+        )
+        self.finish({"schedule": schedule_id, "delegated": True})
+
+
+class SchedulesPage(Handler):
+    async def get(self) -> None:
+        batch = await self.client()
+        self.render("schedules.html", schedules=await batch.schedules(), **_helpers())
 
 
 class JobsPage(Handler):
@@ -340,8 +396,22 @@ def _spec_summary(batch: Any, job_id: str) -> dict[str, Any]:
     return {k: spec.get(k) for k in shown if isinstance(spec, dict)}
 
 
+def _dag_levels(tasks: list[Any]) -> list[list[Any]]:
+    """A pipeline's steps in columns: each after every step it needs."""
+    depth: dict[str, int] = {}
+    for task in tasks:  # upstream steps come first
+        depth[task.name] = 1 + max(
+            (depth.get(u, -1) for u in task.upstream), default=-1
+        )
+    levels: list[list[Any]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
+    for task in tasks:
+        levels[depth[task.name]].append(task)
+    return levels
+
+
 def _helpers() -> dict[str, Any]:
     return {
+        "dag_levels": _dag_levels,
         "colours": {s.value: c for s, c in STATE_COLOURS.items()},
         "states": [s.value for s in JobState],
         "format_time": format_time,
@@ -364,6 +434,10 @@ ROUTES: list[tuple[str, type[Handler]]] = [
     (r"api/v1/jobs/([^/]+)/artifacts", ArtifactsAPI),
     (r"api/v1/jobs/([^/]+)/artifacts/(.+)", ArtifactAPI),
     (r"api/v1/jobs/([^/]+)/cancel", CancelAPI),
+    (r"schedules", SchedulesPage),
+    (r"api/v1/schedules", SchedulesAPI),
+    (r"api/v1/schedules/([^/]+)/(pause|resume)", ScheduleActionAPI),
+    (r"api/v1/schedules/([^/]+)/delegate", DelegateAPI),
 ]
 
 

@@ -91,11 +91,68 @@ function showJob(job) {
   }
   if (job.state === "SUCCEEDED") {
     document.getElementById("result-box").hidden = false;
-    text("result-type", job.result_type);
-    text("result-bytes", String(job.result_bytes || 0));
+    if (document.getElementById("result-type")) {
+      text("result-type", job.result_type);
+      text("result-bytes", String(job.result_bytes || 0));
+    }
   }
   const cancel = document.getElementById("cancel");
   if (cancel && TERMINAL.has(job.state)) cancel.remove();
+  if (job.tasks) showTasks(job);
+}
+
+// The steps of a pipeline, or the elements of an array, as the record says.
+function showTasks(job) {
+  const counts = document.getElementById("task-counts");
+  if (counts) {
+    counts.replaceChildren(...Object.entries(job.task_counts || {}).map(([state, n]) => {
+      const badge = document.createElement("span");
+      setState(badge, state);
+      badge.textContent = `${n} ${state}`;
+      badge.dataset.count = state;
+      return badge;
+    }));
+  }
+  for (const task of job.tasks) {
+    const node = document.querySelector(`.dag-node[data-task="${CSS.escape(task.name)}"]`);
+    if (node) {
+      node.className = `dag-node node-${task.state}`;
+      node.querySelector(".node-state").textContent = task.state;
+    }
+    const row = document.querySelector(`#tasks tr[data-task="${CSS.escape(task.name)}"]`);
+    if (!row) continue;
+    setState(row.querySelector(".state"), task.state);
+    row.querySelector(".attempt").textContent = task.attempt || "";
+    const seconds = task.started
+      ? ((task.finished ? Date.parse(task.finished) : Date.now()) - Date.parse(task.started)) / 1000
+      : null;
+    row.querySelector(".duration").textContent = duration(seconds);
+    const progress = task.progress === null ? "" : `${Math.round(task.progress * 100)}% `;
+    const note = task.state === "RUNNING"
+      ? task.progress_message
+      : task.message || (task.error && task.error.message) || "";
+    row.querySelector(".note").textContent = progress + (note || "");
+  }
+}
+
+// -- schedules page -------------------------------------------------------------
+function watchSchedules(table) {
+  table.addEventListener("click", async (event) => {
+    const button = event.target.closest("button.toggle");
+    if (!button) return;
+    const row = button.closest("tr");
+    const action = button.dataset.action;
+    const response = await api(`api/v1/schedules/${row.dataset.id}/${action}`, {
+      method: "POST", headers: { "X-XSRFToken": xsrf },
+    });
+    const schedule = await response.json();
+    row.dataset.paused = schedule.paused ? "1" : "0";
+    row.querySelector(".schedule-state").textContent = schedule.paused ? "paused" : "active";
+    row.querySelector(".next-run").textContent =
+      (schedule.next_run || "").slice(0, 19).replace("T", " ");
+    button.dataset.action = schedule.paused ? "resume" : "pause";
+    button.textContent = schedule.paused ? "Resume" : "Pause";
+  });
 }
 
 async function showArtifacts(id) {
@@ -167,5 +224,7 @@ async function every(seconds, task) {
 
 const jobsTable = document.getElementById("jobs");
 if (jobsTable) every(2, () => refreshJobs(jobsTable));
+const schedulesTable = document.getElementById("schedules");
+if (schedulesTable) watchSchedules(schedulesTable);
 const jobSection = document.getElementById("job");
 if (jobSection) followJob(jobSection).catch((error) => console.warn("dask-batch:", error));
