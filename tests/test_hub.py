@@ -406,3 +406,59 @@ def test_the_service_starts_a_waiting_job_without_the_users_secret(hub, laptop):
         assert alice.result(waiting.id) == 2
     finally:
         close(alice)
+
+
+def hold_until(path):
+    import os
+    import time
+
+    deadline = time.monotonic() + 120
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return "held"
+
+
+def test_the_service_fires_a_schedule_handed_to_it(hub, laptop, tmp_path):
+    import dask
+
+    from dask_batch._schedules import Schedules
+
+    gate = tmp_path / "gate"
+    alice = laptop_client(hub, "alice")
+    try:
+        with dask.config.set({"batch.service.url": hub.service_url}):
+            # Every two seconds: a run, then a due time while it still goes.
+            schedule = alice.schedule(
+                hold_until, str(gate), cron="* * * * * */2", workers=0
+            )
+    finally:
+        close(alice)  # nobody is looking from here on
+    store = JobStore(hub.storage, hub.storage_options)
+    schedules = Schedules(store, None, "alice")
+    wait_for(
+        lambda: [r.outcome for r in schedules.history(schedule.id)][:1] == ["skipped"],
+        60,
+        "the service to skip a due time while the first run goes",
+    )
+    gate.touch()
+    history = wait_for(
+        lambda: (h := schedules.history(schedule.id))
+        and [r.outcome for r in h].count("submitted") >= 2
+        and h,
+        60,
+        "the service to submit a second run",
+    )
+    alice = laptop_client(hub, "alice")
+    try:
+        alice.pause_schedule(schedule.id)
+        runs = [r.job_id for r in history if r.job_id]
+        for job_id in runs:
+            # Signed by the service with keys derived from the schedule's:
+            # the owner's client checks them with the owner's secret.
+            assert alice.result(job_id, timeout=120) == "held"
+            record = alice.status(job_id)
+            assert record.schedule == schedule.id == record.keys_from
+        assert "Schedule of user 'alice'" in hub.log()
+        alice.delete_schedule(schedule.id)
+    finally:
+        close(alice)
