@@ -200,3 +200,37 @@ def test_dask_batch_schedule_add_list_pause_resume_history_delete(
     assert bad.exit_code == 1 and "is not a cron expression" in bad.output
     monkeypatch.undo()
     dask.config.refresh()
+
+
+def test_a_delegation_opens_only_its_own_schedule(batch_client, tmp_path, monkeypatch):
+    from cryptography.fernet import Fernet
+
+    from dask_batch._schedules import Delegation, Schedules
+
+    clock = Clock()
+    batch_client._schedules.clock = clock
+    mine = batch_client.schedule(wait_for_file, "x", cron="0 2 * * *", workers=0)
+    other = batch_client.schedule(wait_for_file, "y", cron="0 3 * * *", workers=0)
+    owner = batch_client._schedules
+    service = Schedules(batch_client.store, None, batch_client.user)
+    service.delegation = Delegation(Fernet.generate_key().decode())
+    with pytest.raises(DaskBatchError, match="was not handed to this service"):
+        service.read(mine.id)
+    # A key that is not the schedule's own is refused.
+    with pytest.raises(DaskBatchError, match="does not open its secrets"):
+        service.delegation.accept(service, mine.id, owner._keys(other.id).env_key)
+    service.delegation.accept(service, mine.id, owner._keys(mine.id).env_key)
+    assert service.read(mine.id).cron == "0 2 * * *"
+    # Copied beside another schedule in storage, it opens nothing there.
+    folder = os.path.join(batch_client.store.user_path(batch_client.user), ".schedules")
+    with open(os.path.join(folder, mine.id, "service.bin"), "rb") as f:
+        sealed = f.read()
+    with open(os.path.join(folder, other.id, "service.bin"), "wb") as f:
+        f.write(sealed)
+    with pytest.raises(DaskBatchError, match="copied from another schedule"):
+        service.read(other.id)
+    # Another service's key opens nothing.
+    stranger = Schedules(batch_client.store, None, batch_client.user)
+    stranger.delegation = Delegation(Fernet.generate_key().decode())
+    with pytest.raises(DaskBatchError, match="cannot be opened"):
+        stranger.read(mine.id)
