@@ -25,6 +25,7 @@ SCRIPTS = [
     "bench_slurm.py",  # start and end of a job on Slurm beside the local backend
     "bench_mlflow.py",  # what tracking a job in MLflow costs, beside untracked
     "bench_start.py",  # main started early vs after the runner, vs a bare cluster
+    "bench_workflows.py",  # arrays vs a job each, pipeline cost per step
     "bench_load.py",  # the API at 100 requests/s, 20 browsers on live logs
     "bench_throughput.py",  # 1 GB result against raw pipe/cat
     "soak.py",  # faults, repeated

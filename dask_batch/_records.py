@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._validate import safe_link
+from ._validate import JOB_ID, safe_link
 
 __all__ = ["TERMINAL_STATES", "ErrorInfo", "JobRecord", "JobState", "new_job_id"]
 
@@ -351,7 +351,12 @@ class JobRecord:
             # Shown as a link on the jobs page: never javascript: or data:.
             mlflow_url=safe_link(d.get("mlflow_url")) or "",
             task_counts=_task_counts(d.get("task_counts")),
-            after=[a for a in d.get("after") or [] if isinstance(a, str)],
+            # Ids only: they name folders to read (a planted "../x" is dropped).
+            after=[
+                a
+                for a in d.get("after") or []
+                if isinstance(a, str) and JOB_ID.match(a)
+            ],
             released=_time(d.get("released")),
             schedule=_text(d.get("schedule")),
             keys_from=_text(d.get("keys_from")),

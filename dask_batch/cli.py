@@ -199,6 +199,17 @@ _RUN_OPTION_DECORATORS = [
 ]
 
 
+_notebook_parameters = click.option(
+    "-p",
+    "--parameter",
+    "parameters",
+    nargs=2,
+    multiple=True,
+    metavar="NAME VALUE",
+    help="Notebook parameter (value parsed as YAML). Repeatable.",
+)
+
+
 def _run_options(command: Any) -> Any:
     """The options that say how a job runs (``SubmitOptions``), for every
     command that submits: ``submit`` and ``schedule add``."""
@@ -231,15 +242,7 @@ def _submit_options(params: dict[str, Any]) -> SubmitOptions:
 @click.argument("target")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @_run_options
-@click.option(
-    "-p",
-    "--parameter",
-    "parameters",
-    nargs=2,
-    multiple=True,
-    metavar="NAME VALUE",
-    help="Notebook parameter (value parsed as YAML). Repeatable.",
-)
+@_notebook_parameters
 @click.option(
     "--array",
     metavar="INDICES",
@@ -347,15 +350,7 @@ def schedule() -> None:
     help="A due time while the last run still goes: skip it, or queue it.",
 )
 @_run_options
-@click.option(
-    "-p",
-    "--parameter",
-    "parameters",
-    nargs=2,
-    multiple=True,
-    metavar="NAME VALUE",
-    help="Notebook parameter (value parsed as YAML). Repeatable.",
-)
+@_notebook_parameters
 @click.pass_obj
 def schedule_add(
     obj: _Context,

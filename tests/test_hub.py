@@ -442,9 +442,11 @@ def test_the_service_fires_a_schedule_handed_to_it(hub, laptop, tmp_path):
     )
     gate.touch()
     history = wait_for(
-        lambda: (h := schedules.history(schedule.id))
-        and [r.outcome for r in h].count("submitted") >= 2
-        and h,
+        lambda: (
+            (h := schedules.history(schedule.id))
+            and [r.outcome for r in h].count("submitted") >= 2
+            and h
+        ),
         60,
         "the service to submit a second run",
     )

@@ -193,6 +193,20 @@ def square_slowly(x):
     return x * x
 
 
+def dask_batch_cli(env, *args, check=True, timeout=60):
+    """``dask batch ARGS`` in a process of its own; its CompletedProcess."""
+    done = subprocess.run(
+        [sys.executable, "-m", "dask", "batch", *args],
+        env=env,
+        cwd="/",  # files named on the command line are found wherever it runs
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0 or not check, done.stderr
+    return done
+
+
 def max_overlap(tasks):
     """The most tasks that were running at one moment, from their times."""
     events = sorted(
@@ -316,40 +330,20 @@ def test_dask_batch_submit_array_runs_a_script_per_index(batch_gateway, tmp_path
         **batch_gateway.environment(),
         "DASK_BATCH__STORAGE": str(tmp_path / "jobs"),
     }
-    command = [sys.executable, "-m", "dask", "batch", "submit", str(script)]
-    done = subprocess.run(
-        [*command, "--array", "1,3-5%2", "--workers", "0", "--wait"],
-        env=env,
-        capture_output=True,
-        text=True,
+    done = dask_batch_cli(
+        env,
+        *("submit", str(script), "--array", "1,3-5%2", "--workers", "0", "--wait"),
         timeout=240,
     )
-    assert done.returncode == 0, done.stderr
     job_id = done.stdout.split()[0]
-    status = subprocess.run(
-        [sys.executable, "-m", "dask", "batch", "status", job_id],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    status = dask_batch_cli(env, "status", job_id).stdout
     assert "4/4 succeeded" in status
     assert [line.split()[:2] for line in status.splitlines()[-4:]] == [
         [str(i), "SUCCEEDED"] for i in (1, 3, 4, 5)
     ]
-    log = subprocess.run(
-        [sys.executable, "-m", "dask", "batch", "logs", job_id, "--task", "4"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    log = dask_batch_cli(env, "logs", job_id, "--task", "4").stdout
     assert f"element 4 of {job_id}" in log
-    bad = subprocess.run(
-        [*command, "--array", "0-3%0"], env=env, capture_output=True, text=True
-    )
+    bad = dask_batch_cli(env, "submit", str(script), "--array", "0-3%0", check=False)
     assert bad.returncode != 0 and "limit" in bad.stderr
 
 
@@ -468,32 +462,12 @@ def test_dask_batch_submit_runs_a_pipeline_yaml(batch_gateway, tmp_path):
         **batch_gateway.environment(),
         "DASK_BATCH__STORAGE": str(tmp_path / "jobs"),
     }
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dask",
-            "batch",
-            "submit",
-            str(tmp_path / "pipeline.yaml"),
-            "--wait",
-        ],
-        env=env,
-        cwd="/",  # sources are found beside the file, wherever it runs from
-        capture_output=True,
-        text=True,
-        timeout=240,
+    # Sources are found beside the file, wherever the command runs.
+    done = dask_batch_cli(
+        env, "submit", str(tmp_path / "pipeline.yaml"), "--wait", timeout=240
     )
-    assert done.returncode == 0, done.stderr
     job_id = done.stdout.split()[0]
-    status = subprocess.run(
-        [sys.executable, "-m", "dask", "batch", "status", job_id],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    status = dask_batch_cli(env, "status", job_id).stdout
     assert "nightly" in status
     rows = [line.split()[:3] for line in status.splitlines()[-3:]]
     assert rows == [
@@ -501,26 +475,38 @@ def test_dask_batch_submit_runs_a_pipeline_yaml(batch_gateway, tmp_path):
         ["double", "SUCCEEDED", "seed"],
         ["report", "SUCCEEDED", "double"],
     ]
-    log = subprocess.run(
-        [sys.executable, "-m", "dask", "batch", "logs", job_id, "--task", "report"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    log = dask_batch_cli(env, "logs", job_id, "--task", "report").stdout
     assert "report 18" in log
 
 
 def test_a_bad_pipeline_file_is_refused_with_what_to_fix(batch_client, tmp_path):
     path = tmp_path / "pipeline.yaml"
     path.write_text("steps:\n  - source: a.py\n    upstrem: [b]\n")
-    with pytest.raises(SubmitError, match="unknown keys.*upstrem"):
+    with pytest.raises(SubmitError, match=r"unknown keys.*upstrem"):
         batch_client.submit_pipeline(str(path))
     path.write_text("steps: 3\n")
     with pytest.raises(SubmitError, match="needs a list of steps"):
         batch_client.submit_pipeline(str(path))
     path.write_text("steps:\n  - source: missing.py\n")
-    with pytest.raises(SubmitError, match="missing.py"):
+    with pytest.raises(SubmitError, match=r"missing\.py"):
         batch_client.submit_pipeline(str(path))
     assert batch_client.jobs() == []
+
+
+def test_fail_fast_stops_the_running_steps_at_the_first_failure(batch_client, tmp_path):
+    steps = [
+        Step(fails, name="broken", args=["stop everything"]),
+        Step(slow_ok, name="long", args=[str(tmp_path / "never")]),
+        Step(slow_ok, name="later", args=[str(tmp_path / "never")], upstream=["long"]),
+    ]
+    job = batch_client.submit_pipeline(steps, workers=0, fail_fast=True)
+    with pytest.raises(TasksFailedError) as raised:
+        job.result(timeout=120)
+    failed = raised.value.failed
+    assert "ValueError: stop everything" in failed["broken"]
+    assert "fails fast" in failed["long"]  # stopped while it ran
+    assert failed["later"].startswith("CANCELLED: not run")
+    record = batch_client.status(job.id)
+    assert record.task_counts == {"FAILED": 1, "CANCELLED": 2}
+    # Well before slow_ok's own 60 s: it was stopped, not waited for.
+    assert record.duration.total_seconds() < 45

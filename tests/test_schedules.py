@@ -9,6 +9,7 @@ import os
 import pytest
 
 from dask_batch import BatchClient, DaskBatchError, JobState, SubmitError
+from dask_batch._store import JobStore
 from dask_batch.testing import _start_gateway, wait_for
 
 
@@ -43,7 +44,9 @@ def test_a_schedule_every_minute_fires_skips_an_overlap_and_catches_up_once(
     schedule = batch_client.schedule(
         wait_for_file, str(gate), cron="* * * * *", name="minutely", workers=0
     )
-    assert schedule.next_run == datetime.datetime(2026, 11, 27, 10, 1, tzinfo=datetime.UTC)
+    assert schedule.next_run == datetime.datetime(
+        2026, 11, 27, 10, 1, tzinfo=datetime.UTC
+    )
     assert batch_client.fire_schedules() == []  # nothing due yet
     clock.advance(60)
     (first,) = batch_client.fire_schedules()
@@ -86,7 +89,9 @@ def test_a_bad_cron_or_overlap_is_refused(batch_client):
     with pytest.raises(SubmitError, match="is not a cron expression"):
         batch_client.schedule(wait_for_file, "x", cron="every day")
     with pytest.raises(SubmitError, match="unknown time zone"):
-        batch_client.schedule(wait_for_file, "x", cron="0 2 * * *", timezone="Mars/Olympus")
+        batch_client.schedule(
+            wait_for_file, "x", cron="0 2 * * *", timezone="Mars/Olympus"
+        )
     assert batch_client.schedules() == []
 
 
@@ -116,9 +121,7 @@ def test_a_planted_schedule_never_runs(batch_client):
     assert batch_client.jobs() == []
 
 
-def test_the_local_gateway_fires_schedules_with_nobody_looking(
-    tmp_path, monkeypatch
-):
+def test_the_local_gateway_fires_schedules_with_nobody_looking(tmp_path, monkeypatch):
     import dask_batch.local
 
     monkeypatch.setenv("DASK_BATCH__LOCAL__KEEPER_INTERVAL", "0.2s")
@@ -135,17 +138,21 @@ def test_the_local_gateway_fires_schedules_with_nobody_looking(
             batch.gateway.close()
         with BatchClient(gateway=info.gateway(), storage=info.storage) as batch:
             history = wait_for(
-                lambda: (h := batch.schedule_history(schedule.id))
-                and h[0].outcome == "skipped"
-                and h,
+                lambda: (
+                    (h := batch.schedule_history(schedule.id))
+                    and h[0].outcome == "skipped"
+                    and h
+                ),
                 60,
                 "the keeper to skip a due time while the first run goes",
             )
             gate.touch()
             history = wait_for(
-                lambda: (h := batch.schedule_history(schedule.id))
-                and [r.outcome for r in h].count("submitted") >= 2
-                and h,
+                lambda: (
+                    (h := batch.schedule_history(schedule.id))
+                    and [r.outcome for r in h].count("submitted") >= 2
+                    and h
+                ),
                 60,
                 "the keeper to submit a second run",
             )
@@ -154,7 +161,22 @@ def test_the_local_gateway_fires_schedules_with_nobody_looking(
             for job_id in runs:
                 assert batch.wait(job_id, timeout=120).state is JobState.SUCCEEDED
             assert {batch.status(j).schedule for j in runs} == {schedule.id}
+            # A job that waits for another: started by the keeper, with
+            # nobody waiting for it.
+            second_gate = tmp_path / "second-gate"
+            upstream = batch.submit(wait_for_file, str(second_gate), workers=0)
+            waiting = batch.submit(len, [upstream, upstream], workers=0)
             batch.gateway.close()
+        second_gate.touch()
+        store = JobStore(info.storage)
+        record = wait_for(
+            lambda: (
+                (r := store.read_record(batch.user, waiting.id)).state.is_terminal and r
+            ),
+            120,
+            "the local gateway's keeper to start the waiting job",
+        )
+        assert record.state is JobState.SUCCEEDED and record.released is not None
     finally:
         dask_batch.local.stop(directory)
 
@@ -234,3 +256,26 @@ def test_a_delegation_opens_only_its_own_schedule(batch_client, tmp_path, monkey
     stranger.delegation = Delegation(Fernet.generate_key().decode())
     with pytest.raises(DaskBatchError, match="cannot be opened"):
         stranger.read(mine.id)
+
+
+def test_a_queued_overlap_runs_when_the_last_run_ends(batch_client, tmp_path):
+    clock = Clock()
+    batch_client._schedules.clock = clock
+    gate = tmp_path / "gate"
+    schedule = batch_client.schedule(
+        wait_for_file, str(gate), cron="* * * * *", overlap="queue", workers=0
+    )
+    clock.advance(60)
+    (first,) = batch_client.fire_schedules()
+    clock.advance(60)
+    (queued,) = batch_client.fire_schedules()
+    assert queued.outcome == "queued" and not queued.job_id
+    assert batch_client.fire_schedules() == []  # still going: still queued
+    gate.touch()
+    batch_client.wait(first.job_id, timeout=120)
+    (started,) = batch_client.fire_schedules()
+    assert started.outcome == "submitted" and started.time == queued.time
+    assert batch_client.result(started.job_id, timeout=120) == "done"
+    history = batch_client.schedule_history(schedule.id)
+    assert [r.outcome for r in history] == ["submitted", "submitted"]
+    batch_client.delete_schedule(schedule.id)

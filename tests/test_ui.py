@@ -313,16 +313,20 @@ def test_pipelines_arrays_and_schedules_in_a_browser(ui, browser, tmp_path):
         # The DAG: "first" in the first column, the two after it in the next.
         levels = page.locator(".dag-level")
         assert levels.count() == 2
-        assert levels.nth(0).locator(".dag-node").all_inner_texts()[0].startswith(
-            "first"
+        assert (
+            levels.nth(0).locator(".dag-node").all_inner_texts()[0].startswith("first")
         )
-        page.wait_for_selector('.dag-node[data-task="held"].node-RUNNING', timeout=60000)
+        page.wait_for_selector(
+            '.dag-node[data-task="held"].node-RUNNING', timeout=60000
+        )
         page.wait_for_selector(
             '.dag-node[data-task="beside"].node-SUCCEEDED', timeout=60000
         )
         go.touch()
         # Each step's state changes on the page without a reload.
-        page.wait_for_selector('.dag-node[data-task="held"].node-SUCCEEDED', timeout=60000)
+        page.wait_for_selector(
+            '.dag-node[data-task="held"].node-SUCCEEDED', timeout=60000
+        )
         page.wait_for_selector("#state.state-SUCCEEDED", timeout=60000)
         assert "3 SUCCEEDED" in page.inner_text("#task-counts")
         page.screenshot(path=str(DOCS / "ui-pipeline.png"), full_page=True)
