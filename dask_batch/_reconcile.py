@@ -302,7 +302,9 @@ class Reconciler:
             and not record.cluster_name
         )
 
-    async def _check_waiting(self, record: JobRecord, act: bool) -> JobRecord:
+    async def _check_waiting(
+        self, record: JobRecord, act: bool, seen: frozenset[str] = frozenset()
+    ) -> JobRecord:
         """Whether a waiting job can start, must be cancelled, or still waits.
 
         Only ``act`` (a waiter, a reconcile, a service) starts its cluster; a
@@ -326,9 +328,12 @@ class Reconciler:
                     f"not run: upstream job {job_id} {found.state.value}{why}",
                 )
             if not found.state.is_terminal:
-                if act and self._is_waiting(found):
-                    # A chain: whoever waits for its end starts its links.
-                    found = await self._check_waiting(found, act)
+                if act and self._is_waiting(found) and job_id not in seen:
+                    # A chain: whoever waits for its end starts its links
+                    # (each once: a cycle planted in storage ends here).
+                    found = await self._check_waiting(
+                        found, act, seen | {record.id, job_id}
+                    )
                 waiting.append(f"{job_id} ({found.state.value})")
         if waiting:
             return dataclasses.replace(

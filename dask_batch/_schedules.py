@@ -8,7 +8,8 @@ A schedule lives beside its owner's jobs, in ``{root}/{user}/.schedules/{id}/``:
 - ``payload.pkl``, ``files.tar.gz``, ``secrets.bin``: what each run gets,
   the payload signed and the env values sealed with the schedule's keys;
 - ``runs/{time}.json``: one per due time, created once (whoever fires first
-  wins): the run's job id, or why it was skipped or is queued.
+  wins): the run's job id, or why it was skipped or is queued; a queued
+  run's start is claimed once in ``claims/{time}.json``.
 
 Whoever fires a schedule checks its signature with the owner's secret: a
 schedule planted by someone who can write the storage never runs. Each run
@@ -267,6 +268,7 @@ class Schedules:
         self.user = user
         self.clock = clock
         self.delegation: Delegation | None = None
+        self._said: set[tuple[str, str]] = set()  # (schedule, why) logged once
 
     # -- storage -----------------------------------------------------------------
     def _path(self, schedule_id: str, name: str = "") -> str:
@@ -439,7 +441,10 @@ class Schedules:
                 fired.extend(await self.fire(schedule_id))
             except DaskBatchError as exc:
                 # One broken or planted schedule does not stop the others.
-                logger.warning("Schedule %s not fired: %s", schedule_id, exc)
+                # Said once per reason: firers sweep every few seconds.
+                if (schedule_id, str(exc)) not in self._said:
+                    self._said.add((schedule_id, str(exc)))
+                    logger.warning("Schedule %s not fired: %s", schedule_id, exc)
         return fired
 
     async def fire(self, schedule_id: str) -> list[ScheduleRun]:
@@ -447,12 +452,12 @@ class Schedules:
         schedule = await asyncio.to_thread(self.read, schedule_id)
         history = await asyncio.to_thread(self.history, schedule_id, 20)
         done: list[ScheduleRun] = []
+        if schedule.paused:
+            return []
         queued = [r for r in history if r.outcome == "queued"]
         if queued:
             run = await self._start_queued(schedule, queued[-1], history)
             return [run] if run else []
-        if schedule.paused:
-            return []
         now = self.clock()
         last = history[0].time if history else schedule.created
         due = schedule.due_times(last, now)
@@ -499,6 +504,12 @@ class Schedules:
         previous = next((r for r in history if r.job_id), None)
         if await self._still_going(previous):
             return None
+        # Claimed once: two firers never both submit the queued run.
+        claim = self._path(schedule.id, f"claims/{_run_name(run.time)}")
+        if not await asyncio.to_thread(
+            self.store._create, claim, b"{}", "claim a queued run", schedule.id
+        ):
+            return None
         return await self._submit_run(schedule, run.time, run.message)
 
     async def _submit_run(
@@ -511,7 +522,10 @@ class Schedules:
             )
             job_id = await self.launcher.start_job(submission, keys)
             run = ScheduleRun(when, job_id=job_id, message=message)
-        except DaskBatchError as exc:
+        except Exception as exc:
+            # Recorded as this due time's outcome (and logged): the claim
+            # must not stay "starting" for ever.
+            logger.warning("Schedule %s: run due %s failed: %s", schedule.id, when, exc)
             run = ScheduleRun(when, outcome="failed", message=str(exc)[:1000])
         await asyncio.to_thread(self._record, schedule.id, run, create=False)
         return run

@@ -506,6 +506,8 @@ def status(obj: _Context, job_id: str, as_json: bool) -> None:
         ("dashboard", record.dashboard_link or ""),
         ("env", ", ".join(record.env_names)),
         ("mlflow", " ".join(filter(None, [record.mlflow_run_id, record.mlflow_url]))),
+        ("after", ", ".join(record.after)),
+        ("schedule", record.schedule),
         ("message", error_summary(record) or record.message),
     ]
     for key, value in lines:

@@ -71,3 +71,28 @@ def test_after_refuses_what_is_not_a_job(batch_client):
     with pytest.raises(SubmitError, match="after= takes Jobs or job ids"):
         batch_client.submit(add, 1, 2, after=["../../etc"])
     assert batch_client.jobs() == []
+
+
+def test_a_cycle_planted_in_storage_only_keeps_both_waiting(batch_client, tmp_path):
+    import json
+
+    gate = tmp_path / "never"
+    first = batch_client.submit(wait_for_file, str(gate), workers=0)
+    second = batch_client.submit(add, 1, 2, after=[first], workers=0)
+    third = batch_client.submit(add, 3, 4, after=[second], workers=0)
+    # Someone who can write the storage makes the second wait for the third.
+    path = batch_client.store.job_path(batch_client.user, second.id, "spec.json")
+    with open(path) as f:
+        spec = json.load(f)
+    spec["after"] = [third.id, "../../elsewhere"]
+    with open(path, "w") as f:
+        json.dump(spec, f)
+    assert batch_client.status(second.id).after == [third.id]  # no path escapes
+    with pytest.raises(TimeoutError, match="still PENDING"):
+        batch_client.wait(third.id, timeout=2)
+    assert batch_client.status(third.id).message.startswith("waiting for")
+    batch_client.cancel(first.id)
+    batch_client.cancel(second.id)
+    record = batch_client.wait(third.id, timeout=60)
+    assert record.state is JobState.CANCELLED
+    assert f"upstream job {second.id} CANCELLED" in record.message
