@@ -40,6 +40,8 @@ from ._signing import changed_in_storage, loads_verified, sign
 from ._store import ERROR, FILES, PAYLOAD, RESULT, SECRETS, JobStore
 from ._tasks import task_path
 from ._validate import InvalidNameError, check_relative_path
+from ._zygote import COMMAND as ZYGOTE_COMMAND
+from ._zygote import serve as serve_tasks
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -397,15 +399,37 @@ def _run(store: JobStore, launch: MainLaunch) -> tuple[Any, str]:
 
 
 def main() -> None:
-    # Watch the scheduler from the start: a process started early may wait
-    # here a while, and must not outlive it. Its pid comes from the runner:
-    # had it died before this line, getppid() would name another process.
+    # The runner's pid: had it died before this line, getppid() would name
+    # another process.
     parent = int(os.environ.pop(ENV_RUNNER_PID, "") or os.getppid())
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-    data = sys.stdin.buffer.read()
-    if not data:
+    # A process started early waits here, maybe a while; the scheduler's end
+    # closes this pipe, so it never outlives it. The first line is the
+    # launch, or the command that makes this process a zygote.
+    first = _read_line(0)
+    if not first.strip():
         return  # the job is not to run (cancelled before its cluster came up)
-    launch = MainLaunch.from_json(data)
+    command, _, fifo = first.strip().partition(b" ")
+    if command == ZYGOTE_COMMAND:
+        serve_tasks(0, fifo.decode())
+        return
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    rest = b"".join(iter(lambda: os.read(0, 1 << 20), b""))
+    run_launch(MainLaunch.from_json(first + rest))
+
+
+def _read_line(fd: int) -> bytes:
+    """One line from ``fd``, read a byte at a time: nothing after it is taken
+    (a zygote reads its requests from the same pipe)."""
+    line = bytearray()
+    while byte := os.read(fd, 1):
+        line += byte
+        if byte == b"\n":
+            break
+    return bytes(line)
+
+
+def run_launch(launch: MainLaunch) -> None:
+    """Run one launch: main, then its result or error stored, then the outcome."""
     store = JobStore(
         launch.storage_url, launch.storage_options, retry_for=launch.storage_retry_for
     )

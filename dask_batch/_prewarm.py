@@ -243,8 +243,19 @@ def _become_main(read_end: int, write_end: int, log: int, env: dict[str, str]) -
         from . import _child
 
         sys.argv = [_child.__file__]
+    except BaseException:
+        traceback.print_exc()
+        os._exit(code)
+    run_to_exit(_child.main)
+
+
+def run_to_exit(func: Any) -> None:
+    """In a forked process: run ``func`` as an interpreter runs a program,
+    then exit with its status; never returns into the code that forked."""
+    code = 1
+    try:
         try:
-            _child.main()
+            func()
             code = 0
         except SystemExit as exc:
             if isinstance(exc.code, int) or exc.code is None:

@@ -53,6 +53,7 @@ from ._taskrun import (
 )
 from ._tasks import TaskSpec, task_specs
 from ._validate import check_job_id
+from ._zygote import Zygote
 
 logger = logging.getLogger("distributed.scheduler.dask_batch")
 
@@ -276,8 +277,16 @@ class JobRunnerPlugin(SchedulerPlugin):
         assert self._log is not None and self._workdir is not None
         self._log.attempt = attempt
         self._retry_left = attempt <= int(spec.get("retries") or 0)
-        # The job's discarded early process: each task gets its own.
-        if self._waiting_main is not None:
+        zygote = None
+        if dask.config.get("batch.runner.fork-main"):
+            # One main process, the early one if there is one, forks every
+            # task's: their imports are done once.
+            process, self._waiting_main = self._waiting_main, None
+            if process is None:
+                process = MainProcess(await self._io(spawn_main, log_path))
+            zygote = Zygote(process, self._workdir)
+            await zygote.start()
+        elif self._waiting_main is not None:  # each task starts its own
             waiting, self._waiting_main = self._waiting_main, None
             await self._io(waiting.discard)
         graph = self._graph = TaskGraph(
@@ -290,6 +299,7 @@ class JobRunnerPlugin(SchedulerPlugin):
             self._workdir,
             log_path,
             reuse=self._take_over,
+            zygote=zygote,
         )
         helpers = [
             asyncio.create_task(self._upload_logs_periodically(log_path)),
@@ -303,6 +313,8 @@ class JobRunnerPlugin(SchedulerPlugin):
                 helper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await helper
+            if zygote is not None:
+                await zygote.close()
 
     def _take_over(self, task: TaskSpec, local_dir: str) -> dict[str, Any]:
         """Copy the outputs of ``task`` from the earlier job the spec names.

@@ -39,6 +39,7 @@ from ._tasks import (
     describe_counts,
     task_path,
 )
+from ._zygote import Zygote
 
 logger = logging.getLogger("distributed.scheduler.dask_batch")
 
@@ -106,7 +107,7 @@ def describe_exit(returncode: int) -> str:
     return f"main's process exited with code {returncode} before reporting a result"
 
 
-async def terminate(proc: MainProcess, grace: float) -> None:
+async def terminate(proc: Any, grace: float) -> None:
     """SIGTERM main's process group, then SIGKILL after ``grace`` seconds."""
     if proc.returncode is not None:
         return
@@ -148,8 +149,11 @@ class TaskGraph:
         The runner's private folder; each task gets ``tasks/{name}`` in it.
     job_log : str
         The job's own log, where the runner notes each task's end.
-    job_key : str
-        Signs the results of tasks taken over from an earlier job.
+    reuse : callable, optional
+        Takes over a task's outputs from the earlier job its spec names.
+    zygote : Zygote, optional
+        Forks each task's main process; without it (or once it is gone),
+        each is a new interpreter.
     """
 
     def __init__(
@@ -163,6 +167,7 @@ class TaskGraph:
         workdir: str,
         job_log: str,
         reuse: Callable[[TaskSpec, str], dict[str, Any]] | None = None,
+        zygote: Zygote | None = None,
     ) -> None:
         self.store, self.user, self.job_id = store, user, job_id
         self.tasks = {t.name: t for t in tasks}
@@ -171,8 +176,9 @@ class TaskGraph:
         self.workdir = workdir
         self.job_log = job_log
         self.reuse = reuse
+        self.zygote = zygote
         self.records = {t.name: TaskRecord.declared(t) for t in tasks}
-        self.procs: dict[str, MainProcess] = {}
+        self.procs: dict[str, Any] = {}  # MainProcess or ZygoteChild
         self.stopping = ""  # why every task is being stopped ("" if not)
         self._dirty = asyncio.Event()
         self._closing = asyncio.Event()
@@ -404,9 +410,8 @@ class TaskGraph:
         with contextlib.suppress(FileNotFoundError):
             os.remove(outcome_path)
         launch = self._launch(name, outcome_path)
-        proc = MainProcess(await asyncio.to_thread(spawn_main, log_path))
+        proc = await self._start_process(log_path, launch)
         self.procs[name] = proc
-        proc.launch(launch.to_json())
         uploader = asyncio.create_task(self._upload_periodically(upload))
         timeout = self.settings.timeout
         try:
@@ -432,6 +437,21 @@ class TaskGraph:
             return Outcome.failure(
                 "ProcessExit", describe_exit(returncode), returncode=returncode
             )
+
+    async def _start_process(self, log_path: str, launch: MainLaunch) -> Any:
+        """The task's main process: forked by the zygote, else a new one."""
+        if self.zygote is not None:
+            try:
+                return await self.zygote.fork(log_path, launch)
+            except RuntimeError as exc:
+                note_in_log(
+                    self.job_log,
+                    f"dask-batch: {exc}; the next tasks start as new processes",
+                )
+                self.zygote = None
+        proc = MainProcess(await asyncio.to_thread(spawn_main, log_path))
+        proc.launch(launch.to_json())
+        return proc
 
     async def _upload_periodically(self, upload: LogUpload) -> None:
         while True:

@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 
 from ._prewarm import MAIN_PROCESS_NAME
+from ._zygote import ZYGOTE_NAME
 
 __all__ = [
     "CuttableProxy",
@@ -117,9 +118,10 @@ def _cluster_of(pid: str) -> str | None:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             spawned = b"dask_batch._child" in f.read()
         with open(f"/proc/{pid}/comm") as f:
-            forked = f.read().strip() == MAIN_PROCESS_NAME
-        if not (spawned or forked):
-            return None
+            comm = f.read().strip()
+        forked = comm == MAIN_PROCESS_NAME
+        if comm == ZYGOTE_NAME or not (spawned or forked):
+            return None  # a zygote only forks the main processes of tasks
         with open(f"/proc/{pid}/stat") as f:
             if f.read().split(")")[-1].split()[0] == "Z":
                 return None
