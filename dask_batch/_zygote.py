@@ -35,8 +35,9 @@ from ._handoff import MainLaunch
 
 #: The first line that turns a waiting main process into a zygote.
 COMMAND = b"zygote"
-#: What ``ps -o comm`` shows for a zygote (its children: "dask-batch-main").
-ZYGOTE_NAME = "dask-batch-zygote"
+#: What ``ps -o comm`` shows for a zygote (15 characters at most, as the kernel
+#: keeps them; its children show "dask-batch-main").
+ZYGOTE_NAME = "dask-batch-fork"
 
 
 # -- in the zygote's process ----------------------------------------------------------

@@ -96,3 +96,64 @@ def test_a_forked_main_that_exits_early_is_reported(batch_client, code):
     record = job.wait(timeout=60)
     assert record.state is JobState.FAILED
     assert f"exited with code {code}" in record.message
+
+
+def test_a_tasks_main_process_sheds_the_zygote(batch_client):
+    job = batch_client.map(lambda _: describe_process(), range(2), workers=0)
+    for seen in job.result(timeout=120):
+        # Forked by the zygote, itself the job's early main process: its own
+        # session, no secret anywhere, named as a main process.
+        assert seen["name"] == "dask-batch-main"
+        assert seen["own_session"]
+        assert seen["secrets"] == [] and seen["secrets_in_config"] == []
+        assert all(set(v) <= {ord("*")} for v in seen["initial"].values())
+
+
+def sleeps(seconds):
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+def zygote_of(cluster_name):
+    import os
+
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() != "dask-batch-fork":
+                    continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if f"DASK_GATEWAY_CLUSTER_NAME={cluster_name}".encode() in f.read():
+                    return int(pid)
+        except OSError:
+            continue
+    return None
+
+
+def test_tasks_go_on_as_new_processes_when_the_zygote_dies(batch_client):
+    import os
+    import signal
+
+    from dask_batch import TasksFailedError
+    from dask_batch.testing import wait_for
+
+    job = batch_client.map(sleeps, [30, 30, 0, 0, 0], max_parallel=2, workers=0)
+    record = wait_for(
+        lambda: (
+            (r := batch_client.status(job.id)).task_counts.get("RUNNING") == 2 and r
+        ),
+        120,
+        "two elements to run",
+    )
+    os.kill(
+        wait_for(lambda: zygote_of(record.cluster_name), 30, "the zygote"),
+        signal.SIGKILL,
+    )
+    with pytest.raises(TasksFailedError) as raised:
+        job.result(timeout=120)
+    # The two it had forked go with it; the rest run as new interpreters.
+    assert sorted(raised.value.failed) == [0, 1]
+    assert raised.value.partial == {2: 0, 3: 0, 4: 0}
+    assert "start as new processes" in batch_client.logs(job.id)
