@@ -340,7 +340,13 @@ def schedule() -> None:
 @schedule.command(name="add", context_settings={"ignore_unknown_options": True})
 @click.argument("target")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-@click.option("--cron", required=True, help="When: '0 2 * * *' is 02:00 every day.")
+@click.option(
+    "--cron",
+    required=True,
+    help="When, as a cron expression in quotes: minute hour day month weekday "
+    "(and a sixth field for seconds); 0 2 followed by three stars is 02:00 "
+    "every day.",
+)
 @click.option("--timezone", default="UTC", show_default=True, help="Of the cron times.")
 @click.option(
     "--overlap",
