@@ -46,6 +46,25 @@ def cluster_status(batch, name):
         return None
 
 
+def wait_for_skip_then_second_run(history, release, firer):
+    """A schedule's history (newest first) once ``firer`` skipped a due time
+    while the first run went, and, after ``release()`` let that run end,
+    submitted a second run."""
+    wait_for(
+        lambda: (h := history()) and h[0].outcome == "skipped",
+        60,
+        f"{firer} to skip a due time while the first run goes",
+    )
+    release()
+    return wait_for(
+        lambda: (
+            (h := history()) and [r.outcome for r in h].count("submitted") >= 2 and h
+        ),
+        60,
+        f"{firer} to submit a second run",
+    )
+
+
 def wait_until_nothing_left(gateway, what, clusters_timeout=30, mains_timeout=15):
     """Wait until ``gateway`` (one user's view) lists no live cluster, and no
     main process of any of its clusters is alive; ``what`` names them."""

@@ -13,7 +13,11 @@ import sys
 import textwrap
 
 import pytest
-from conftest import first_attempt_hangs, wait_until_nothing_left
+from conftest import (
+    first_attempt_hangs,
+    wait_for_skip_then_second_run,
+    wait_until_nothing_left,
+)
 from dask_gateway import JupyterHubAuth
 from hub import PASSWORD, http, running_hub
 
@@ -435,20 +439,8 @@ def test_the_service_fires_a_schedule_handed_to_it(hub, laptop, tmp_path):
         close(alice)  # nobody is looking from here on
     store = JobStore(hub.storage, hub.storage_options)
     schedules = Schedules(store, None, "alice")
-    wait_for(
-        lambda: [r.outcome for r in schedules.history(schedule.id)][:1] == ["skipped"],
-        60,
-        "the service to skip a due time while the first run goes",
-    )
-    gate.touch()
-    history = wait_for(
-        lambda: (
-            (h := schedules.history(schedule.id))
-            and [r.outcome for r in h].count("submitted") >= 2
-            and h
-        ),
-        60,
-        "the service to submit a second run",
+    history = wait_for_skip_then_second_run(
+        lambda: schedules.history(schedule.id), gate.touch, "the service"
     )
     alice = laptop_client(hub, "alice")
     try:

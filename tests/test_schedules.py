@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+from conftest import wait_for_skip_then_second_run
 
 from dask_batch import BatchClient, DaskBatchError, JobState, SubmitError
 from dask_batch._store import JobStore
@@ -137,24 +138,8 @@ def test_the_local_gateway_fires_schedules_with_nobody_looking(tmp_path, monkeyp
             )
             batch.gateway.close()
         with BatchClient(gateway=info.gateway(), storage=info.storage) as batch:
-            history = wait_for(
-                lambda: (
-                    (h := batch.schedule_history(schedule.id))
-                    and h[0].outcome == "skipped"
-                    and h
-                ),
-                60,
-                "the keeper to skip a due time while the first run goes",
-            )
-            gate.touch()
-            history = wait_for(
-                lambda: (
-                    (h := batch.schedule_history(schedule.id))
-                    and [r.outcome for r in h].count("submitted") >= 2
-                    and h
-                ),
-                60,
-                "the keeper to submit a second run",
+            history = wait_for_skip_then_second_run(
+                lambda: batch.schedule_history(schedule.id), gate.touch, "the keeper"
             )
             batch.pause_schedule(schedule.id)
             runs = [r.job_id for r in history if r.job_id]
