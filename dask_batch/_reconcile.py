@@ -391,6 +391,8 @@ class Reconciler:
         upstream job's cluster. The new scheduler checks the job's signed
         spec before main runs, so what storage says here is checked there.
         """
+        from cryptography.fernet import InvalidToken  # only a service gets here
+
         spec = await asyncio.to_thread(self.store.get_json, self.user, record.id, SPEC)
         if not isinstance(spec, dict) or spec.get("mode") != "server":
             return None, ""
@@ -415,7 +417,13 @@ class Reconciler:
                 env_key = open_env_key(
                     token, record.id, str(options.get("batch_secret_key"))
                 )
-            except Exception:
+            except (
+                FileNotFoundError,
+                DaskBatchError,
+                InvalidToken,
+                ValueError,
+                KeyError,
+            ):
                 continue  # not sealed with this key: try another upstream job
             return {
                 "mode": "server",

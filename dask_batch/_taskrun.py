@@ -27,6 +27,7 @@ from typing import Any
 
 from dask.utils import parse_timedelta
 
+from ._exceptions import DaskBatchError
 from ._handoff import MainLaunch, Outcome
 from ._prewarm import LOG_FILE, MainProcess, spawn_main
 from ._records import ErrorInfo, JobState, to_iso, utcnow
@@ -531,7 +532,7 @@ class TaskGraph:
                 self.job_id,
                 task_path(record.name, PROGRESS),
             )
-        except Exception:
+        except (FileNotFoundError, DaskBatchError):
             return  # none yet, or unreadable: the task's row shows no progress
         if isinstance(doc, dict):
             value = doc.get("progress")
