@@ -78,6 +78,20 @@ def sleep_until_exists(path):
     return "done"
 
 
+def wait_until_packed(batch_client, ids):
+    """The jobs' runners fold them into the catalog just after storing their
+    final state, which is what result() sees first."""
+    store, user = batch_client.store, batch_client.user
+    wait_for(
+        lambda: (
+            set(ids) <= set(store.read_index(user))
+            and not set(ids) & live_markers(batch_client)
+        ),
+        60,
+        f"jobs {sorted(ids)} to be packed and their live markers to go",
+    )
+
+
 def test_the_runner_packs_its_job_when_it_ends_and_cancel_packs_too(
     batch_client, tmp_path
 ):
@@ -94,6 +108,7 @@ def test_the_runner_packs_its_job_when_it_ends_and_cancel_packs_too(
     go.touch()
     assert job.result(timeout=60) == "done"
     store = batch_client.store
+    wait_until_packed(batch_client, {job.id, cancelled.id})
     assert set(store.read_index(batch_client.user)) == {job.id, cancelled.id}
     assert live_markers(batch_client) == set()
     # Packed as the record reads, so listings need not read the record.
@@ -208,6 +223,7 @@ def test_a_store_from_before_the_catalog_is_migrated_by_its_first_listing(
     finally:
         go.touch()
     assert live.result(timeout=60) == "done"
+    wait_until_packed(batch_client, {live.id})
     assert live_markers(batch_client) == set()
 
 
@@ -267,4 +283,5 @@ def test_a_forged_pack_entry_never_hides_a_live_job_from_the_service(
     finally:
         go.touch()
     assert job.result(timeout=60) == "done"
+    wait_until_packed(batch_client, {job.id})
     assert live_markers(batch_client) == set()
