@@ -62,7 +62,10 @@ class SubmitOptions:
         cluster. Attempts are recorded (``status().attempt``). A retry on a
         new cluster starts when someone waits for the job (``wait``,
         ``result``) or reconciles (``BatchClient.reconcile``, ``dask batch
-        reconcile``), never from a read such as ``status`` or ``jobs``.
+        reconcile``), or with nobody looking by the hub service or the
+        local gateway's keeper; never from a read such as ``status`` or
+        ``jobs``. For a pipeline or an array, ``retries`` and ``retry_on``
+        also apply to each step or element.
     retry_on : list of exception classes or names
         Exceptions of main that are retried (default: none; a user error is
         not retried unless named here).
