@@ -285,7 +285,16 @@ class JobRunnerPlugin(SchedulerPlugin):
             if process is None:
                 process = MainProcess(await self._io(spawn_main, log_path))
             zygote = Zygote(process, self._workdir)
-            await zygote.start()
+            try:
+                await zygote.start()
+            except OSError as exc:
+                note_in_log(
+                    log_path,
+                    f"dask-batch: job {self.job_id}: no process to fork tasks "
+                    f"from ({exc}); each task starts as a new process",
+                )
+                await zygote.close()
+                zygote = None
         elif self._waiting_main is not None:  # each task starts its own
             waiting, self._waiting_main = self._waiting_main, None
             await self._io(waiting.discard)

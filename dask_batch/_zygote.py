@@ -155,12 +155,17 @@ class Zygote:
         self._starts: asyncio.Queue[int] = asyncio.Queue()
         self._children: dict[int, ZygoteChild] = {}
         self._lock = asyncio.Lock()
+        self._exited: asyncio.Future[int] | None = None
 
     async def start(self) -> None:
+        """Make the process a zygote; OSError if it is gone already."""
         os.mkfifo(self.fifo, 0o600)
         # Opened before the zygote opens its end: its open() does not block.
         self._replies = os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK)
         asyncio.get_running_loop().add_reader(self._replies, self._read)
+        # A zygote that dies before it opens its end never sends EOF: its
+        # exit is watched too.
+        self._exited = asyncio.ensure_future(self.process.wait())
         self._write(COMMAND + b" " + self.fifo.encode() + b"\n")
 
     def _write(self, data: bytes) -> None:
@@ -208,7 +213,16 @@ class Zygote:
                 self._write(request.encode() + b"\n")
             except (BrokenPipeError, OSError) as exc:
                 raise RuntimeError(f"the task launcher is gone ({exc})") from None
-            pid = await self._starts.get()
+            assert self._exited is not None, "start() first"
+            started = asyncio.ensure_future(self._starts.get())
+            await asyncio.wait(
+                {started, self._exited}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not started.done():
+                started.cancel()
+                self._gone()
+                raise RuntimeError("the task launcher exited")
+            pid = started.result()
             if pid < 0:
                 raise RuntimeError("the task launcher is gone")
             child = self._children[pid] = ZygoteChild(pid)
@@ -218,8 +232,12 @@ class Zygote:
         """End the zygote (it kills what is left of its children)."""
         with contextlib.suppress(BrokenPipeError, OSError, ValueError):
             self.process.popen.stdin.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.process.wait(), timeout=30)
+        if self._exited is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._exited), timeout=30)
+            except asyncio.TimeoutError:
+                self.process.signal_group(signal.SIGKILL)
+                await self._exited
         if self._replies >= 0:
             with contextlib.suppress(ValueError, OSError):
                 asyncio.get_running_loop().remove_reader(self._replies)

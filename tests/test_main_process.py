@@ -157,3 +157,48 @@ def test_tasks_go_on_as_new_processes_when_the_zygote_dies(batch_client):
     assert sorted(raised.value.failed) == [0, 1]
     assert raised.value.partial == {2: 0, 3: 0, 4: 0}
     assert "start as new processes" in batch_client.logs(job.id)
+
+
+def test_a_zygote_that_exits_before_it_answers_is_noticed(tmp_path):
+    import asyncio
+    import subprocess
+    import sys
+
+    from dask_batch._handoff import MainLaunch
+    from dask_batch._prewarm import MainProcess
+    from dask_batch._zygote import Zygote
+
+    launch = MainLaunch(
+        job_id="20261127-000000-000-00000000",
+        user="someone",
+        name="x",
+        storage_url=str(tmp_path),
+        storage_options={},
+        storage_retry_for=0,
+        payload_signature="",
+        scheduler_address="tcp://127.0.0.1:1",
+        tls_ca_file=None,
+        tls_cert=None,
+        tls_key=None,
+        outcome_path=str(tmp_path / "outcome.json"),
+        workdir=str(tmp_path / "work"),
+    )
+
+    async def scenario():
+        # Reads its command, then exits without opening the reply pipe, as
+        # a process that failed to become a zygote would.
+        process = MainProcess(
+            subprocess.Popen(
+                [sys.executable, "-c", "import sys; sys.stdin.readline()"],
+                stdin=subprocess.PIPE,
+                start_new_session=True,
+            )
+        )
+        zygote = Zygote(process, str(tmp_path))
+        await zygote.start()
+        with pytest.raises(RuntimeError, match="exited"):
+            await asyncio.wait_for(zygote.fork(str(tmp_path / "log"), launch), 30)
+        await zygote.close()
+        assert not (tmp_path / "zygote.fifo").exists()
+
+    asyncio.run(scenario())
