@@ -69,10 +69,13 @@ class JobOutputs:
 
     async def outcome(self, record: JobRecord, *, partial: bool = False) -> Any:
         """The value main returned, for a terminal ``record``; else its error."""
-        if record.kind in TASK_KINDS and record.state in (
-            JobState.SUCCEEDED,
-            JobState.FAILED,
-        ):
+        # A pipeline or array whose tasks ran: their values (or which failed).
+        # One that failed before any task could run fails as any job does.
+        ran = record.state is JobState.SUCCEEDED or (
+            record.state is JobState.FAILED
+            and (record.error or {}).get("type") == "TasksFailed"
+        )
+        if record.kind in TASK_KINDS and ran:
             return await asyncio.to_thread(self._task_values, record, partial)
         if record.state is JobState.SUCCEEDED:
             return await asyncio.to_thread(self._load_result, record)
