@@ -65,10 +65,21 @@ class LoopbackSlurmBackend(
     default_host = "127.0.0.1"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_ports(count: int) -> list[int]:
+    """``count`` different ports free on 127.0.0.1 now.
+
+    The sockets are held until all are chosen: closed one by one, the
+    kernel may hand the same port out twice (the API and the proxy then
+    collide, and the gateway exits at start).
+    """
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def build_config(
@@ -233,7 +244,7 @@ def main(directory: str, detach: bool = False) -> None:
     launch_id = settings.get("launch_id", "")
     try:
         secrets = _read(os.path.join(directory, _SECRETS))
-        api_port, proxy_port = _free_port(), _free_port()
+        api_port, proxy_port = _free_ports(2)
         config = build_config(directory, settings, secrets, api_port, proxy_port)
         gateway = DaskGateway(config=config)
         gateway.initialize([])
