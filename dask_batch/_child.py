@@ -36,7 +36,7 @@ from ._exceptions import ResultIntegrityError
 from ._handoff import ENV_RUNNER_PID, MainLaunch, Outcome
 from ._pickling import dumps_result
 from ._records import ErrorInfo, JobState
-from ._signing import changed_in_storage, loads_verified, sign
+from ._signing import load_signed_result, loads_verified, sign
 from ._store import ERROR, FILES, PAYLOAD, RESULT, SECRETS, JobStore
 from ._tasks import task_path
 from ._validate import InvalidNameError, check_relative_path
@@ -254,18 +254,15 @@ def _upstream_values(store: JobStore, launch: MainLaunch, job_key: str) -> dict:
     values = {}
     for name, expected in launch.upstream.items():
         try:
-            stream, buffers, found, signature = store.get_result(
-                launch.user, launch.job_id, job_key, name=task_path(name, RESULT)
-            )
-            if found != expected.get("digest"):
-                raise changed_in_storage(launch.job_id)
-            values[name] = loads_verified(
+            values[name] = load_signed_result(
+                store,
+                launch.user,
                 launch.job_id,
-                f"result of step {name!r}",
-                stream,
-                signature,
-                str(expected.get("hmac") or ""),
-                buffers,
+                job_key,
+                name=task_path(name, RESULT),
+                digest=str(expected.get("digest") or ""),
+                signature=str(expected.get("hmac") or ""),
+                what=f"result of step {name!r}",
             )
         except Exception as exc:
             _fail(

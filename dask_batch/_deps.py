@@ -21,9 +21,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from ._pickling import ResultBuffer
 from ._records import JobRecord, JobState
-from ._signing import changed_in_storage, loads_verified
+from ._signing import load_signed_result
 from ._store import RESULT, JobStore
 from ._tasks import TASK_KINDS, task_path
 
@@ -77,56 +76,36 @@ def open_env_key(token: bytes, job_id: str, upstream_env_key: str) -> str:
     return str(document["env_key"])
 
 
-def _load(
-    store: JobStore,
-    user: str,
-    job_id: str,
-    name: str,
-    job_key: str,
-    digest: str,
-    signature: str,
-    what: str,
-) -> Any:
-    stream: bytes
-    buffers: list[ResultBuffer]
-    stream, buffers, found, computed = store.get_result(
-        user, job_id, job_key, name=name
-    )
-    if digest and found != digest:
-        raise changed_in_storage(job_id)
-    return loads_verified(job_id, what, stream, computed, signature, buffers)
-
-
 def job_value(store: JobStore, record: JobRecord, job_key: str) -> Any:
     """The value a SUCCEEDED job returned: an array's list, a pipeline's dict.
 
     Every stored result is checked against ``job_key`` before it is loaded.
     """
     if record.kind not in TASK_KINDS:
-        return _load(
+        return load_signed_result(
             store,
             record.user,
             record.id,
-            RESULT,
             job_key,
-            record.result_digest,
-            record.result_hmac,
-            "result",
+            name=RESULT,
+            digest=record.result_digest or None,
+            signature=record.result_hmac,
+            what="result",
         )
     values = {}
     tasks = store.read_tasks(record.user, record.id)
     for task in tasks:
         if task.state is not JobState.SUCCEEDED:
             raise ValueError(f"step {task.name!r} of job {record.id} did not succeed")
-        values[task.name] = _load(
+        values[task.name] = load_signed_result(
             store,
             record.user,
             record.id,
-            task_path(task.name, RESULT),
             job_key,
-            task.result_digest,
-            task.result_hmac,
-            f"result of {task.name!r}",
+            name=task_path(task.name, RESULT),
+            digest=task.result_digest or None,
+            signature=task.result_hmac,
+            what=f"result of {task.name!r}",
         )
     if record.kind == "array":
         return [values[t.name] for t in tasks]

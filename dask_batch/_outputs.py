@@ -108,13 +108,15 @@ class JobOutputs:
             return self._load_unsigned(record)
         secret = _signing.user_secret(job_id=job_id)
         job_key = _signing.keys_for(secret, job_id, record.keys_from).job_key
-        stream, buffers, found, signature = self.store.get_result(
-            self.user, job_id, job_key
-        )
-        if record.result_digest and found != record.result_digest:
-            raise _signing.changed_in_storage(job_id)
-        return _signing.loads_verified(
-            job_id, "result", stream, signature, record.result_hmac, buffers
+        return _signing.load_signed_result(
+            self.store,
+            self.user,
+            job_id,
+            job_key,
+            name=RESULT,
+            digest=record.result_digest or None,
+            signature=record.result_hmac,
+            what="result",
         )
 
     def tasks(self, job_id: str) -> list[TaskRecord]:
@@ -193,14 +195,16 @@ class JobOutputs:
             if not job_key:
                 secret = _signing.user_secret(job_id=job_id)
                 job_key = _signing.keys_for(secret, job_id, record.keys_from).job_key
-            stream, buffers, found, signature = self.store.get_result(
-                self.user, job_id, job_key, name=task_path(task.name, RESULT)
-            )
-            if found != task.result_digest:
-                raise _signing.changed_in_storage(job_id)
             what = f"result of element {key}" if is_array else f"result of step {key!r}"
-            values[key] = _signing.loads_verified(
-                job_id, what, stream, signature, task.result_hmac, buffers
+            values[key] = _signing.load_signed_result(
+                self.store,
+                self.user,
+                job_id,
+                job_key,
+                name=task_path(task.name, RESULT),
+                digest=task.result_digest,
+                signature=task.result_hmac,
+                what=what,
             )
         if failed and not partial:
             raise TasksFailedError(

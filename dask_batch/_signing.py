@@ -219,6 +219,32 @@ def loads_verified(
     return _unpickle(data, buffers)
 
 
+def load_signed_result(
+    store: Any,
+    user: str,
+    job_id: str,
+    job_key: str,
+    *,
+    name: str,
+    digest: str | None,
+    signature: str,
+    what: str,
+) -> Any:
+    """Read a stored result (or a task's, at ``name``), check it, load it.
+
+    Its bytes must hash to ``digest`` (None: a record from before digests
+    were kept, checked by its signature alone) and carry ``signature`` with
+    ``job_key``; a result that fails either is never unpickled. ``store`` is
+    a :class:`~dask_batch._store.JobStore`.
+    """
+    stream, buffers, found, computed = store.get_result(
+        user, job_id, job_key, name=name
+    )
+    if digest is not None and found != digest:
+        raise changed_in_storage(job_id)
+    return loads_verified(job_id, what, stream, computed, signature, buffers)
+
+
 def loads_unsigned(
     job_id: str,
     url: str,
