@@ -354,6 +354,11 @@ class Schedules:
 
     def read(self, schedule_id: str) -> Schedule:
         """The schedule, if its owner's key signed it; else an error naming it."""
+        return self._verified(schedule_id)[0]
+
+    def _verified(self, schedule_id: str) -> tuple[Schedule, _signing.JobKeys]:
+        """The schedule its owner's key signed, and that key (derived once:
+        through a delegation, that is two reads)."""
         try:
             doc = json.loads(self._get(schedule_id, SCHEDULE_DOC))
         except FileNotFoundError:
@@ -377,7 +382,7 @@ class Schedules:
                 "was copied in storage. It never runs.",
                 job_id=schedule_id,
             )
-        return schedule
+        return schedule, keys
 
     def history(self, schedule_id: str, limit: int = 100) -> list[ScheduleRun]:
         """The schedule's due times so far, newest first."""
@@ -405,12 +410,13 @@ class Schedules:
         )
 
     def set_paused(self, schedule_id: str, paused: bool) -> Schedule:
-        schedule = dataclasses.replace(self.read(schedule_id), paused=paused)
+        schedule, keys = self._verified(schedule_id)
+        schedule = dataclasses.replace(schedule, paused=paused)
         if not paused:
             # Times that passed while paused are not caught up.
             marker = ScheduleRun(self.clock(), outcome="resumed", message="resumed")
             self._record(schedule_id, marker, create=False)
-        self._write(schedule, self._keys(schedule_id))
+        self._write(schedule, keys)
         return self.describe(schedule_id)
 
     def delete(self, schedule_id: str) -> None:
@@ -449,14 +455,14 @@ class Schedules:
 
     async def fire(self, schedule_id: str) -> list[ScheduleRun]:
         """Submit the run now due for one schedule (at most one per call)."""
-        schedule = await asyncio.to_thread(self.read, schedule_id)
+        schedule, keys = await asyncio.to_thread(self._verified, schedule_id)
         history = await asyncio.to_thread(self.history, schedule_id, 20)
         done: list[ScheduleRun] = []
         if schedule.paused:
             return []
         queued = [r for r in history if r.outcome == "queued"]
         if queued:
-            run = await self._start_queued(schedule, queued[-1], history)
+            run = await self._start_queued(schedule, keys, queued[-1], history)
             return [run] if run else []
         now = self.clock()
         last = history[0].time if history else schedule.created
@@ -484,7 +490,7 @@ class Schedules:
         claim = ScheduleRun(when, outcome="starting", message=message)
         if not await asyncio.to_thread(self._record, schedule_id, claim, create=True):
             return done  # someone else fired it
-        done.append(await self._submit_run(schedule, when, message))
+        done.append(await self._submit_run(schedule, keys, when, message))
         return done
 
     async def _still_going(self, run: ScheduleRun | None) -> str:
@@ -499,7 +505,11 @@ class Schedules:
         return "" if record.state.is_terminal else record.state.value
 
     async def _start_queued(
-        self, schedule: Schedule, run: ScheduleRun, history: list[ScheduleRun]
+        self,
+        schedule: Schedule,
+        keys: _signing.JobKeys,
+        run: ScheduleRun,
+        history: list[ScheduleRun],
     ) -> ScheduleRun | None:
         previous = next((r for r in history if r.job_id), None)
         if await self._still_going(previous):
@@ -510,17 +520,21 @@ class Schedules:
             self.store._create, claim, b"{}", "claim a queued run", schedule.id
         ):
             return None
-        return await self._submit_run(schedule, run.time, run.message)
+        return await self._submit_run(schedule, keys, run.time, run.message)
 
     async def _submit_run(
-        self, schedule: Schedule, when: datetime.datetime, message: str
+        self,
+        schedule: Schedule,
+        keys: _signing.JobKeys,
+        when: datetime.datetime,
+        message: str,
     ) -> ScheduleRun:
         """Submit the run due at ``when`` as a new job, and record it."""
         try:
-            submission, keys = await asyncio.to_thread(
-                self._run_submission, schedule, when
+            submission, run_keys = await asyncio.to_thread(
+                self._run_submission, schedule, keys, when
             )
-            job_id = await self.launcher.start_job(submission, keys)
+            job_id = await self.launcher.start_job(submission, run_keys)
             run = ScheduleRun(when, job_id=job_id, message=message)
         except Exception as exc:
             # Recorded as this due time's outcome (and logged): the claim
@@ -531,11 +545,10 @@ class Schedules:
         return run
 
     def _run_submission(
-        self, schedule: Schedule, when: datetime.datetime
+        self, schedule: Schedule, keys: _signing.JobKeys, when: datetime.datetime
     ) -> tuple[Submission, _signing.JobKeys | None]:
         """The run's submission, from what the schedule's key vouches for, and
         its keys when they derive from the schedule's (delegated) keys."""
-        keys = self._keys(schedule.id)
         payload = self._get(schedule.id, PAYLOAD)
         if _signing.sign(keys.job_key, payload) != schedule.payload_signature:
             raise DaskBatchError(
