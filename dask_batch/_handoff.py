@@ -22,6 +22,9 @@ from ._tasks import task_path
 
 #: The runner's pid, in main's environment: main's process exits with it.
 ENV_RUNNER_PID = "DASK_BATCH_RUNNER_PID"
+#: The file, in the runner's private folder, where main's process reports back
+#: (the log is not parsed).
+OUTCOME_FILE = "outcome.json"
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
 import sys
 from typing import Any
 
@@ -29,7 +28,7 @@ from . import _secrets, _signing
 from . import config as _config  # noqa: F401  (loads batch.* defaults)
 from ._artifacts import ArtifactSync
 from ._exceptions import ResultIntegrityError
-from ._handoff import MainLaunch, Outcome
+from ._handoff import OUTCOME_FILE, MainLaunch, Outcome
 from ._mlflow_finish import RUN_STATUS, FinishRun
 from ._prewarm import (
     ARTIFACTS_DIR,
@@ -45,7 +44,7 @@ from ._store import ARTIFACTS, HEARTBEAT, SECRETS, SPEC, JobStore
 from ._taskrun import (
     LogUpload,
     TaskGraph,
-    describe_exit,
+    await_outcome,
     graph_settings,
     note_in_log,
     result_name,
@@ -56,9 +55,6 @@ from ._validate import check_job_id
 from ._zygote import Zygote
 
 logger = logging.getLogger("distributed.scheduler.dask_batch")
-
-# How main's process reports back to the runner (the log is not parsed).
-OUTCOME_FILE = "outcome.json"
 
 
 class JobRunnerPlugin(SchedulerPlugin):
@@ -473,29 +469,18 @@ class JobRunnerPlugin(SchedulerPlugin):
             asyncio.create_task(self._sync_artifacts_periodically(log_path)),
         ]
         timeout = spec.get("timeout")
-        try:
-            returncode = await asyncio.wait_for(self._proc.wait(), timeout=timeout)
-        except asyncio.TimeoutError:
+        outcome = await await_outcome(
+            self._proc,
+            launch.outcome_path,
+            timeout,
+            parse_timedelta(dask.config.get("batch.runner.terminate-grace")),
+            f"timed out: main ran longer than its timeout of {timeout or 0:g} s "
+            "and was stopped",
+            helpers,
+        )
+        if outcome.error is not None and outcome.error.type == "JobTimeout":
             logger.warning("dask-batch: job %s ran past its timeout", self.job_id)
-            await self._terminate_main()
-            return Outcome.failure(
-                "JobTimeout",
-                f"timed out: main ran longer than its timeout of {timeout:g} s "
-                "and was stopped",
-            )
-        finally:
-            for helper in helpers:
-                helper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await helper
-            # Whatever main started and left running goes with it.
-            self._proc.signal_group(signal.SIGKILL)
-        try:
-            return Outcome.read(launch.outcome_path)
-        except (OSError, ValueError, KeyError, TypeError):
-            return Outcome.failure(
-                "ProcessExit", describe_exit(returncode), returncode=returncode
-            )
+        return outcome
 
     async def _heartbeat_periodically(self) -> None:
         interval = parse_timedelta(dask.config.get("batch.runner.heartbeat-interval"))

@@ -28,7 +28,7 @@ from typing import Any
 from dask.utils import parse_timedelta
 
 from ._exceptions import DaskBatchError
-from ._handoff import MainLaunch, Outcome
+from ._handoff import OUTCOME_FILE, MainLaunch, Outcome
 from ._prewarm import LOG_FILE, MainProcess, spawn_main
 from ._records import ErrorInfo, JobState, to_iso, utcnow
 from ._store import PROGRESS, RESULT, JobStore
@@ -118,6 +118,39 @@ async def terminate(proc: Any, grace: float) -> None:
     except asyncio.TimeoutError:
         proc.signal_group(signal.SIGKILL)
         await proc.wait()
+
+
+async def await_outcome(
+    proc: Any,
+    outcome_path: str,
+    timeout: float | None,
+    grace: float,
+    timed_out: str,
+    helpers: list[asyncio.Task[None]],
+) -> Outcome:
+    """How one main process ended: its reported outcome, its exit, or its
+    time limit (then it is stopped, and ``timed_out`` says why).
+
+    ``helpers`` (log uploads, heartbeats) stop with it; whatever it started
+    and left running is killed with its process group.
+    """
+    try:
+        returncode = await asyncio.wait_for(proc.wait(), timeout=timeout)
+    except asyncio.TimeoutError:
+        await terminate(proc, grace)
+        return Outcome.failure("JobTimeout", timed_out)
+    finally:
+        for helper in helpers:
+            helper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await helper
+        proc.signal_group(signal.SIGKILL)
+    try:
+        return await asyncio.to_thread(Outcome.read, outcome_path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return Outcome.failure(
+            "ProcessExit", describe_exit(returncode), returncode=returncode
+        )
 
 
 @dataclasses.dataclass
@@ -407,7 +440,7 @@ class TaskGraph:
             )
 
     async def _run_once(self, name: str, log_path: str, upload: LogUpload) -> Outcome:
-        outcome_path = os.path.join(self.folder(name), "outcome.json")
+        outcome_path = os.path.join(self.folder(name), OUTCOME_FILE)
         with contextlib.suppress(FileNotFoundError):
             os.remove(outcome_path)
         launch = self._launch(name, outcome_path)
@@ -416,28 +449,18 @@ class TaskGraph:
         uploader = asyncio.create_task(self._upload_periodically(upload))
         timeout = self.settings.timeout
         try:
-            returncode = await asyncio.wait_for(proc.wait(), timeout=timeout)
-        except asyncio.TimeoutError:
-            await terminate(proc, self.settings.terminate_grace)
-            return Outcome.failure(
-                "JobTimeout",
+            return await await_outcome(
+                proc,
+                outcome_path,
+                timeout,
+                self.settings.terminate_grace,
                 f"timed out: step {name!r} ran longer than the job's timeout of "
-                f"{timeout:g} s and was stopped",
+                f"{timeout or 0:g} s and was stopped",
+                [uploader],
             )
         finally:
-            uploader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await uploader
-            # Whatever the task started and left running goes with it.
-            proc.signal_group(signal.SIGKILL)
             self.procs.pop(name, None)
             await asyncio.to_thread(shutil.rmtree, launch.workdir, ignore_errors=True)
-        try:
-            return await asyncio.to_thread(Outcome.read, outcome_path)
-        except (OSError, ValueError, KeyError, TypeError):
-            return Outcome.failure(
-                "ProcessExit", describe_exit(returncode), returncode=returncode
-            )
 
     async def _start_process(self, log_path: str, launch: MainLaunch) -> Any:
         """The task's main process: forked by the zygote, else a new one."""
