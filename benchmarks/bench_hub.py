@@ -38,8 +38,8 @@ from dask_gateway import JupyterHubAuth  # noqa: E402
 from hub import running_hub  # noqa: E402
 
 from dask_batch import BatchClient, JobState  # noqa: E402
-from dask_batch._gateway import BatchGateway  # noqa: E402
-from dask_batch._store import JobStore  # noqa: E402
+from dask_batch.client.gateway import BatchGateway  # noqa: E402
+from dask_batch.storage.store import JobStore  # noqa: E402
 from dask_batch.testing import (  # noqa: E402
     S3Server,
     _gateway_environment,

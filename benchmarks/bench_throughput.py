@@ -38,9 +38,9 @@ import time
 
 import numpy as np
 
-from dask_batch._pickling import dumps_result
-from dask_batch._records import new_job_id
-from dask_batch._store import RESULT, JobStore
+from dask_batch.core.pickling import dumps_result
+from dask_batch.core.records import new_job_id
+from dask_batch.storage.store import RESULT, JobStore
 
 
 def rss_mb() -> float:

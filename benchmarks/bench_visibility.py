@@ -20,7 +20,7 @@ import time
 
 import dask_batch.local
 from dask_batch import BatchClient
-from dask_batch._store import JobStore
+from dask_batch.storage.store import JobStore
 from dask_batch.testing import write_job_records
 
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from . import config as _config  # noqa: F401  (loads batch.* defaults)
-from ._exceptions import (
+from dask_batch import config as _config  # noqa: F401  (loads batch.* defaults)
+from dask_batch._version import __version__
+from dask_batch.core.exceptions import (
     AuthenticationError,
     CorruptRecordError,
     DaskBatchError,
@@ -32,44 +33,42 @@ from ._exceptions import (
     SubmitError,
     TasksFailedError,
 )
-from ._options import SubmitOptions
-from ._records import ErrorInfo, JobRecord, JobState
-from ._version import __version__
+from dask_batch.core.options import SubmitOptions
+from dask_batch.core.records import ErrorInfo, JobRecord, JobState
 
 if TYPE_CHECKING:
-    from ._client import BatchClient
-    from ._context import (
+    from dask_batch.batch_client import BatchClient, Job
+    from dask_batch.core.tasks import TaskRecord
+    from dask_batch.runtime.context import (
         CurrentJob,
         artifacts_dir,
         artifacts_path,
         current_job,
         report,
     )
-    from ._job import Job
-    from ._pipeline import Pipeline, Step
-    from ._tasks import TaskRecord
+    from dask_batch.workflows.pipelines import Pipeline, Step
 
 # Imported on first use: ``dask`` loads this package's CLI entry point for every
 # ``dask`` command (``dask worker``, ``dask scheduler``), and the scheduler-side
 # runner imports this package too; neither should pay for dask_gateway and
 # aiohttp or fsspec, whose imports are a large share of their start-up.
 _LAZY = {
-    "BatchClient": "._client",
-    "Job": "._job",
-    "CurrentJob": "._context",
-    "artifacts_dir": "._context",
-    "artifacts_path": "._context",
-    "current_job": "._context",
-    "report": "._context",
-    "Step": "._pipeline",
-    "Pipeline": "._pipeline",
-    "TaskRecord": "._tasks",
+    "BatchClient": "dask_batch.batch_client",
+    "Job": "dask_batch.batch_client",
+    "CurrentJob": "dask_batch.runtime.context",
+    "artifacts_dir": "dask_batch.runtime.context",
+    "artifacts_path": "dask_batch.runtime.context",
+    "current_job": "dask_batch.runtime.context",
+    "report": "dask_batch.runtime.context",
+    "Step": "dask_batch.workflows.pipelines",
+    "Pipeline": "dask_batch.workflows.pipelines",
+    "TaskRecord": "dask_batch.core.tasks",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -42,12 +42,12 @@ from mlflow.projects.utils import (
 )
 from mlflow.tracking import MlflowClient
 
-from ._client import BatchClient
-from ._exceptions import DaskBatchError
-from ._options import SubmitOptions
-from ._records import JobState, new_job_id
-from ._submission import command_target
-from ._tracking import Tracking, terminate
+from dask_batch.batch_client import BatchClient
+from dask_batch.client.submission import command_target
+from dask_batch.client.tracking import Tracking, terminate
+from dask_batch.core.exceptions import DaskBatchError
+from dask_batch.core.options import SubmitOptions
+from dask_batch.core.records import JobState, new_job_id
 
 __all__ = ["DaskBatchBackend", "DaskBatchSubmittedRun"]
 

@@ -25,22 +25,23 @@ from typing import Any
 
 import dask.config
 
-from . import _prewarm
-from . import config as _config  # noqa: F401  (loads batch.* defaults)
-from ._runner import JobRunnerPlugin
+from dask_batch import config as _config  # noqa: F401  (loads batch.* defaults)
+from dask_batch.core.cluster_env import (
+    ENV_DIGEST,
+    ENV_JOB_ID,
+    ENV_SECRET_KEY,
+    ENV_STORAGE,
+    ENV_USER,
+)
+from dask_batch.runtime import prewarm as _prewarm
+from dask_batch.runtime.plugin import JobRunnerPlugin
 
 logger = logging.getLogger("distributed.scheduler.dask_batch")
-
-ENV_JOB_ID = "DASK_BATCH_JOB_ID"
-ENV_STORAGE = "DASK_BATCH_STORAGE"
-ENV_USER = "DASK_BATCH_USER"
-ENV_DIGEST = "DASK_BATCH_PAYLOAD_DIGEST"
-ENV_SECRET_KEY = "DASK_BATCH_SECRET_KEY"
 
 
 # The scheduler imports its preloads when it is built, well before it
 # listens and starts its plugins: main's process starts now, and its imports
-# overlap the scheduler's start-up (see dask_batch._prewarm).
+# overlap the scheduler's start-up (see dask_batch.runtime.prewarm).
 if os.environ.get(ENV_JOB_ID) and dask.config.get("batch.runner.start-main-early"):
     try:
         _prewarm.start(os.environ[ENV_JOB_ID])

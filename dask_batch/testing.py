@@ -35,8 +35,8 @@ from typing import Any
 
 import pytest
 
-from ._prewarm import MAIN_PROCESS_NAME
-from ._zygote import ZYGOTE_NAME
+from dask_batch.runtime.forking import MAIN_PROCESS_NAME
+from dask_batch.runtime.zygote import ZYGOTE_NAME
 
 __all__ = [
     "CuttableProxy",
@@ -72,9 +72,9 @@ def write_job_records(
     """
     import datetime
 
-    from ._index import LARGE_PACK, index_entry
-    from ._records import JobRecord, new_job_id, to_iso, utcnow
-    from ._store import SPEC, STATE, dumps_json
+    from dask_batch.core.records import JobRecord, new_job_id, to_iso, utcnow
+    from dask_batch.storage.catalog import LARGE_PACK, index_entry
+    from dask_batch.storage.store import SPEC, STATE, dumps_json
 
     start = utcnow() - datetime.timedelta(days=days)
     step = datetime.timedelta(days=days) / max(count, 1)
@@ -116,7 +116,7 @@ def _cluster_of(pid: str) -> str | None:
     """The gateway cluster a live main process belongs to (None if not main)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            spawned = b"dask_batch._child" in f.read()
+            spawned = b"dask_batch.runtime.child" in f.read()
         with open(f"/proc/{pid}/comm") as f:
             comm = f.read().strip()
         forked = comm == MAIN_PROCESS_NAME
@@ -135,7 +135,7 @@ def _cluster_of(pid: str) -> str | None:
 
 
 def main_processes(cluster_names: Collection[str] | None = None) -> list[int]:
-    """PIDs of live main processes (``python -m dask_batch._child``, or
+    """PIDs of live main processes (``python -m dask_batch.runtime.child``, or
     forked from the scheduler and named ``dask-batch-main``).
 
     Only those of the given gateway clusters (main inherits the scheduler's
@@ -350,7 +350,7 @@ def batch_s3_storage(
 def _start_gateway(
     directory: str, gateway_config: dict[str, Any] | None = None, **kwargs: Any
 ) -> Any:
-    from . import local
+    from dask_batch import local
 
     return local.start(
         directory,
@@ -384,7 +384,7 @@ def batch_gateway(
     tmp_path_factory: pytest.TempPathFactory, batch_s3_server: S3Server
 ) -> Iterator[Any]:
     """A local gateway with the dask-batch preload and cluster options."""
-    from . import local
+    from dask_batch import local
 
     directory = str(tmp_path_factory.mktemp("gateway"))
     info = _start_gateway(directory, environment=_gateway_environment(batch_s3_server))
@@ -399,7 +399,7 @@ def batch_plain_gateway(
     tmp_path_factory: pytest.TempPathFactory, batch_s3_server: S3Server
 ) -> Iterator[Any]:
     """A local gateway without dask-batch installed server-side."""
-    from . import local
+    from dask_batch import local
 
     directory = str(tmp_path_factory.mktemp("plain-gateway"))
     info = _start_gateway(
@@ -414,7 +414,7 @@ def batch_plain_gateway(
 @pytest.fixture
 def batch_client(batch_gateway: Any, tmp_path: Any) -> Iterator[Any]:
     """A BatchClient on ``batch_gateway`` with fresh local storage."""
-    from ._client import BatchClient
+    from dask_batch.batch_client import BatchClient
 
     with BatchClient(
         gateway=batch_gateway.gateway(), storage=str(tmp_path / "jobs")

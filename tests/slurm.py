@@ -244,7 +244,7 @@ def running_slurm(
                 gateway_directory,
                 gateway_config={
                     "DaskGateway.backend_class": (
-                        "dask_batch._local_server.LoopbackSlurmBackend"
+                        "dask_batch.service.local_server.LoopbackSlurmBackend"
                     ),
                     "SlurmBackend.dask_gateway_jobqueue_launcher": launcher,
                     "SlurmBackend.submit_command": commands["sbatch"],

@@ -121,8 +121,8 @@ def test_errors_are_one_line_without_traceback(run, script):
     result = run("result", job_id)
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
-        f"Error: Job {job_id!r} failed: dask_batch._targets.ScriptExit: the script "
-        "exited with status 5"
+        f"Error: Job {job_id!r} failed: dask_batch.runtime.targets.ScriptExit: "
+        "the script exited with status 5"
     ]
     bad = run("submit", script, "--adapt", "1")
     assert bad.exit_code == 2  # usage error
@@ -202,12 +202,12 @@ def test_dask_commands_and_the_runner_do_not_import_the_client_nor_mlflow():
     code = textwrap.dedent(
         """
         import sys
-        import dask_batch.cli, dask_batch._runner, dask_batch.preload
+        import dask_batch.cli, dask_batch.runtime.plugin, dask_batch.preload
         heavy = sorted(
             {
-                "dask_batch._client",
-                "dask_batch._launcher",
-                "dask_batch._reconcile",
+                "dask_batch.batch_client",
+                "dask_batch.client.launcher",
+                "dask_batch.client.reconcile",
                 "dask_gateway",
                 "aiohttp",
                 "mlflow",
@@ -218,21 +218,22 @@ def test_dask_commands_and_the_runner_do_not_import_the_client_nor_mlflow():
         from dask_batch import BatchClient
         assert "dask_gateway" in sys.modules
         # MLflow is imported only by a job that is tracked.
-        import dask_batch._child, dask_batch._tracking, dask_batch.ui
+        import dask_batch.runtime.child, dask_batch.client.tracking, dask_batch.ui
         assert "mlflow" not in sys.modules
         """
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     # Nor does the client import the scheduler side (client mode only needs it).
     client_only = (
-        "import sys, dask_batch._client; assert 'dask_batch._runner' not in sys.modules"
+        "import sys, dask_batch.batch_client; "
+        "assert 'dask_batch.runtime.plugin' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", client_only], check=True)
 
 
 def test_reconcile_marks_jobs_whose_submitter_died_lost(run, cli_env):
-    from dask_batch._records import new_job_id, utcnow
-    from dask_batch._store import SPEC, STATE, JobStore
+    from dask_batch.core.records import new_job_id, utcnow
+    from dask_batch.storage.store import SPEC, STATE, JobStore
 
     store = JobStore(cli_env["DASK_BATCH__STORAGE"])
     user = cli_env["DASK_GATEWAY__AUTH__KWARGS__USERNAME"]

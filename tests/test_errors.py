@@ -144,7 +144,7 @@ def test_module_not_importable_on_the_cluster_says_so(
     import privatelib
 
     # Pretend privatelib is installed here but not on the cluster.
-    monkeypatch.setattr("dask_batch._pickling.local_modules", lambda *objects: [])
+    monkeypatch.setattr("dask_batch.core.pickling.local_modules", lambda *objects: [])
     job = batch_client.submit(privatelib.work, workers=0)
     with pytest.raises(JobFailedError, match=r"privatelib.*not importable"):
         job.result(timeout=60)
@@ -184,10 +184,10 @@ def run_main_process(
     """
     import subprocess
 
-    from dask_batch._handoff import MainLaunch
-    from dask_batch._secrets import JobSecrets, seal
-    from dask_batch._signing import job_keys, sign
-    from dask_batch._store import PAYLOAD, SECRETS
+    from dask_batch.core.secrets import JobSecrets, seal
+    from dask_batch.core.signing import job_keys, sign
+    from dask_batch.runtime.handoff import MainLaunch
+    from dask_batch.storage.store import PAYLOAD, SECRETS
 
     keys = job_keys(os.urandom(32), job_id)
     store.put("alice", job_id, PAYLOAD, stored_payload)
@@ -212,7 +212,7 @@ def run_main_process(
         **more,
     )
     return subprocess.run(
-        [sys.executable, "-m", "dask_batch._child"],
+        [sys.executable, "-m", "dask_batch.runtime.child"],
         input=launch.to_json(),
         capture_output=True,
         timeout=60,
@@ -225,7 +225,7 @@ def test_payload_changed_after_submit_is_refused_by_mains_process(tmp_path):
 
     import cloudpickle
 
-    from dask_batch._store import ERROR, JobStore
+    from dask_batch.storage.store import ERROR, JobStore
 
     store = JobStore(str(tmp_path / "jobs"))
     job_id = "20260101-000000-000-0badc0de"
@@ -245,7 +245,7 @@ def test_main_that_cannot_be_set_up_fails_with_the_reason(tmp_path):
 
     import cloudpickle
 
-    from dask_batch._store import JobStore
+    from dask_batch.storage.store import JobStore
 
     store = JobStore(str(tmp_path / "jobs"))
     job_id = "20260101-000000-000-5e7babad"

@@ -107,8 +107,8 @@ def test_killed_scheduler_makes_the_job_lost(batch_client):
 def test_pending_job_without_cluster_becomes_lost(batch_client):
     import dask
 
-    from dask_batch._records import new_job_id, utcnow
-    from dask_batch._store import SPEC, STATE
+    from dask_batch.core.records import new_job_id, utcnow
+    from dask_batch.storage.store import SPEC, STATE
 
     job_id = new_job_id()
     store, user = batch_client.store, batch_client.user

@@ -22,8 +22,8 @@ from dask_gateway import JupyterHubAuth
 from hub import PASSWORD, http, running_hub
 
 from dask_batch import AuthenticationError, BatchClient, JobNotFoundError, JobState
-from dask_batch._gateway import BatchGateway
-from dask_batch._store import STATE, JobStore
+from dask_batch.client.gateway import BatchGateway
+from dask_batch.storage.store import STATE, JobStore
 from dask_batch.testing import (
     job_cluster_client,
     wait_for,
@@ -363,7 +363,7 @@ def test_on_a_plain_gateway_the_hub_names_the_tokens_user(hub, laptop, monkeypat
     is reached through; never the local login."""
     from dask_gateway.options import Options
 
-    from dask_batch._connection import gateway_user
+    from dask_batch.client.connection import gateway_user
 
     async def no_batch_options():
         return Options()
@@ -425,7 +425,7 @@ def hold_until(path):
 def test_the_service_fires_a_schedule_handed_to_it(hub, laptop, tmp_path):
     import dask
 
-    from dask_batch._schedules import Schedules
+    from dask_batch.workflows.schedules import Schedules
 
     gate = tmp_path / "gate"
     alice = laptop_client(hub, "alice")

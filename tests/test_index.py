@@ -12,10 +12,16 @@ import pathlib
 import pytest
 
 from dask_batch import BatchClient, JobState
-from dask_batch._index import CATALOG, LARGE_PACK, LIVE_PREFIX, SMALL_PACK, parse_pack
-from dask_batch._listing import MAX_INDEX_PACKS as _MAX_INDEX_PACKS
-from dask_batch._records import new_job_id
-from dask_batch._store import STATE
+from dask_batch.client.listing import MAX_INDEX_PACKS as _MAX_INDEX_PACKS
+from dask_batch.core.records import new_job_id
+from dask_batch.storage.catalog import (
+    CATALOG,
+    LARGE_PACK,
+    LIVE_PREFIX,
+    SMALL_PACK,
+    parse_pack,
+)
+from dask_batch.storage.store import STATE
 from dask_batch.testing import wait_for, write_job_records
 
 
@@ -171,7 +177,7 @@ def test_a_window_reads_only_the_packs_that_can_hold_its_jobs(
     batch_client, caplog, monkeypatch
 ):
     store, user = batch_client.store, batch_client.user
-    monkeypatch.setattr("dask_batch._listing.LARGE_PACK", 20)  # none to merge
+    monkeypatch.setattr("dask_batch.client.listing.LARGE_PACK", 20)  # none to merge
     ids = write_job_records(store, user, 300, days=30, indexed=True, pack_size=20)
     names = sorted(packs(batch_client), key=lambda n: parse_pack(n).newest)
     assert len(names) == 15
@@ -195,7 +201,7 @@ def test_a_window_reads_only_the_packs_that_can_hold_its_jobs(
 def test_a_store_from_before_the_catalog_is_migrated_by_its_first_listing(
     batch_client, tmp_path
 ):
-    from dask_batch._index import index_entry
+    from dask_batch.storage.catalog import index_entry
 
     store, user = batch_client.store, batch_client.user
     old = write_job_records(store, user, 30)
@@ -228,7 +234,7 @@ def test_a_store_from_before_the_catalog_is_migrated_by_its_first_listing(
 
 
 def test_planted_catalog_names_never_list_a_job(batch_client):
-    from dask_batch._index import index_entry
+    from dask_batch.storage.catalog import index_entry
 
     store, user = batch_client.store, batch_client.user
     ids = write_job_records(store, user, 5, indexed=True)
@@ -259,8 +265,8 @@ def test_a_forged_pack_entry_never_hides_a_live_job_from_the_service(
 ):
     import asyncio
 
-    from dask_batch._index import index_entry
-    from dask_batch._reconcile import live_records
+    from dask_batch.client.reconcile import live_records
+    from dask_batch.storage.catalog import index_entry
 
     store, user = batch_client.store, batch_client.user
     go = tmp_path / "go"

@@ -18,7 +18,7 @@ import pytest
 from dask_gateway import BasicAuth
 
 from dask_batch import BatchClient, JobFailedError, JobState, Step
-from dask_batch._gateway import BatchGateway
+from dask_batch.client.gateway import BatchGateway
 
 DATA = pathlib.Path(__file__).parent / "data"
 IDS = dict(line.split() for line in (DATA / "legacy_ids.txt").read_text().splitlines())
@@ -45,12 +45,14 @@ def legacy(batch_gateway, tmp_path):
         proxy_address=batch_gateway.proxy_address,
         auth=BasicAuth("root", batch_gateway.password),
     )
-    with dask.config.set({"batch.secret-file": str(secret)}):
-        with BatchClient(gateway=gateway, storage=str(storage)) as batch:
-            try:
-                yield batch
-            finally:
-                gateway.close()
+    with (
+        dask.config.set({"batch.secret-file": str(secret)}),
+        BatchClient(gateway=gateway, storage=str(storage)) as batch,
+    ):
+        try:
+            yield batch
+        finally:
+            gateway.close()
 
 
 def test_every_legacy_job_is_listed_with_its_state(legacy):

@@ -11,7 +11,7 @@ import pytest
 
 import dask_batch.local
 from dask_batch import BatchClient, JobState
-from dask_batch._submission import check_scaling as _check_scaling
+from dask_batch.client.submission import check_scaling as _check_scaling
 
 
 @pytest.fixture

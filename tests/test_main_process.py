@@ -164,9 +164,9 @@ def test_a_zygote_that_exits_before_it_answers_is_noticed(tmp_path):
     import subprocess
     import sys
 
-    from dask_batch._handoff import MainLaunch
-    from dask_batch._prewarm import MainProcess
-    from dask_batch._zygote import Zygote
+    from dask_batch.runtime.handoff import MainLaunch
+    from dask_batch.runtime.prewarm import MainProcess
+    from dask_batch.runtime.zygote import Zygote
 
     launch = MainLaunch(
         job_id="20261127-000000-000-00000000",

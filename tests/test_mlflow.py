@@ -218,8 +218,8 @@ def listener():
 def test_a_rewritten_spec_never_sends_mlflow_credentials_elsewhere(
     batch_client, tracked, listener, caplog
 ):
-    from dask_batch import _tracking
-    from dask_batch._store import SPEC
+    from dask_batch.client import tracking as _tracking
+    from dask_batch.storage.store import SPEC
 
     elsewhere, seen = listener
     store, user = batch_client.store, batch_client.user

@@ -147,7 +147,7 @@ def test_a_large_array_result_streams_through_s3_with_its_digest(plain_client):
 def test_a_runner_that_cannot_start_fails_the_job_and_stops_its_cluster(
     plain_client, monkeypatch
 ):
-    from dask_batch._runner import JobRunnerPlugin
+    from dask_batch.runtime.plugin import JobRunnerPlugin
 
     # The scheduler gets a runner whose storage it cannot open: its start()
     # raises there, on the scheduler, and the error comes back to submit.

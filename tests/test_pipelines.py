@@ -403,7 +403,7 @@ def test_a_resumed_pipeline_reruns_only_the_changed_step(batch_client):
 def test_a_resumed_pipeline_reruns_a_step_whose_stored_result_was_changed(
     batch_client,
 ):
-    from dask_batch._tasks import task_path
+    from dask_batch.core.tasks import task_path
 
     first = batch_client.submit_pipeline(resumable(1), workers=0)
     first.result(timeout=120)

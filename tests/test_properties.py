@@ -15,8 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dask_batch import DaskBatchError, JobRecord
-from dask_batch._store import FINAL, HEARTBEAT, PROGRESS, RESULT, SPEC, STATE, JobStore
-from dask_batch._validate import (
+from dask_batch.core.names import (
     InvalidNameError,
     check_job_id,
     check_parameter_name,
@@ -24,6 +23,15 @@ from dask_batch._validate import (
     check_user,
     safe_link,
     strip_control,
+)
+from dask_batch.storage.store import (
+    FINAL,
+    HEARTBEAT,
+    PROGRESS,
+    RESULT,
+    SPEC,
+    STATE,
+    JobStore,
 )
 
 JOB = "20260101-000000-000-00000001"
@@ -89,7 +97,7 @@ def test_any_state_documents_of_a_valid_spec_give_a_record_or_a_clear_error(
     assert isinstance(result, (JobRecord, DaskBatchError))
     if isinstance(result, JobRecord):
         result.to_dict()  # and it renders
-        from dask_batch._display import html_table, text_table
+        from dask_batch.client.display import html_table, text_table
 
         text_table([result])
         html_table([result])
@@ -108,7 +116,7 @@ def test_any_index_entry_gives_a_record_or_a_value_error(entry):
 @fast
 @given(pack=st.binary(max_size=64) | json_values.map(lambda v: json.dumps(v).encode()))
 def test_any_index_pack_is_read_or_skipped(store, pack):
-    from dask_batch._index import parse_pack
+    from dask_batch.storage.catalog import parse_pack
 
     for name in (f"{JOB}-1-00000000.json.gz", f"pack-{JOB}-{JOB}-1-0.json.gz"):
         path = store.index_path(USER, name)
@@ -124,7 +132,7 @@ def test_any_index_pack_is_read_or_skipped(store, pack):
 @fast
 @given(data=st.binary(max_size=200))
 def test_any_result_object_is_refused_with_a_clear_error(store, data):
-    from dask_batch._pickling import RESULT_MAGIC
+    from dask_batch.core.pickling import RESULT_MAGIC
 
     for blob in (data, RESULT_MAGIC + data):
         store.put(USER, JOB, RESULT, blob)

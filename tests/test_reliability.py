@@ -26,7 +26,7 @@ from dask_batch import (
     SubmitError,
     local,
 )
-from dask_batch._gateway import BatchGateway
+from dask_batch.client.gateway import BatchGateway
 from dask_batch.testing import (
     CuttableProxy,
     _start_gateway,
@@ -345,7 +345,7 @@ def test_corrupt_record_errors_clearly_and_listing_skips_it(batch_client):
 def test_result_changed_in_storage_is_refused(batch_client):
     # The payload side (main's process checks its digest) is in test_errors.py.
     from dask_batch import DaskBatchError
-    from dask_batch._store import RESULT
+    from dask_batch.storage.store import RESULT
 
     job = batch_client.submit(sleeper, 0, workers=0)
     job.result(timeout=60)
@@ -481,8 +481,8 @@ def test_results_rewritten_with_their_digest_are_refused(batch_client):
     import blake3
 
     from dask_batch import ResultIntegrityError
-    from dask_batch._pickling import dumps_result
-    from dask_batch._store import FINAL, RESULT
+    from dask_batch.core.pickling import dumps_result
+    from dask_batch.storage.store import FINAL, RESULT
 
     with dask.config.set({"batch.result-key": "k-" + os.urandom(8).hex()}):
         job = batch_client.submit(sleeper, 0, workers=0)
@@ -500,7 +500,7 @@ def test_results_rewritten_with_their_digest_are_refused(batch_client):
             job.result(timeout=10)
     # Signing is on by default: without batch.result-key the user's secret
     # file is the key, and the forgery is refused all the same.
-    from dask_batch._signing import user_secret
+    from dask_batch.core.signing import user_secret
 
     user_secret(create=True)
     with pytest.raises(ResultIntegrityError, match="not signed with this job's key"):

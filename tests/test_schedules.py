@@ -10,7 +10,7 @@ import pytest
 from conftest import wait_for_skip_then_second_run
 
 from dask_batch import BatchClient, DaskBatchError, JobState, SubmitError
-from dask_batch._store import JobStore
+from dask_batch.storage.store import JobStore
 from dask_batch.testing import _start_gateway, wait_for
 
 
@@ -212,7 +212,7 @@ def test_dask_batch_schedule_add_list_pause_resume_history_delete(
 def test_a_delegation_opens_only_its_own_schedule(batch_client, tmp_path, monkeypatch):
     from cryptography.fernet import Fernet
 
-    from dask_batch._schedules import Delegation, Schedules
+    from dask_batch.workflows.schedules import Delegation, Schedules
 
     clock = Clock()
     batch_client._schedules.clock = clock

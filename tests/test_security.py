@@ -26,7 +26,7 @@ from dask_batch import (
     ResultIntegrityError,
     SubmitError,
 )
-from dask_batch._store import FINAL, SPEC, STATE, JobStore
+from dask_batch.storage.store import FINAL, SPEC, STATE, JobStore
 from dask_batch.testing import gateway_clusters, job_cluster_client, wait_for
 
 
@@ -54,7 +54,7 @@ class User:
     def __init__(self, name, gateway_info, storage, home, storage_options):
         from dask_gateway import BasicAuth
 
-        from dask_batch._gateway import BatchGateway
+        from dask_batch.client.gateway import BatchGateway
 
         self.secret_file = str(home / "secret")
         # The local gateway's simple authenticator takes any user name with
@@ -228,7 +228,7 @@ def test_artifact_keys_that_climb_out_are_never_downloaded(
 ):
     import s3fs
 
-    from dask_batch._store import ARTIFACTS
+    from dask_batch.storage.store import ARTIFACTS
 
     url, options = batch_s3_storage
     with BatchClient(
@@ -252,8 +252,8 @@ def test_artifact_keys_that_climb_out_are_never_downloaded(
 def test_artifact_links_and_links_in_the_destination_are_refused(
     batch_client, tmp_path
 ):
-    from dask_batch._store import ARTIFACTS
-    from dask_batch._validate import InvalidNameError
+    from dask_batch.core.names import InvalidNameError
+    from dask_batch.storage.store import ARTIFACTS
 
     job = batch_client.submit(add, 1, 1, workers=0)
     batch_client.wait(job.id, timeout=60)
@@ -298,7 +298,7 @@ def test_uploaded_archives_are_unpacked_by_our_own_checks(tmp_path, member):
     import cloudpickle
     from test_errors import run_main_process
 
-    from dask_batch._store import FILES, JobStore
+    from dask_batch.storage.store import FILES, JobStore
 
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
@@ -352,7 +352,7 @@ def test_job_ids_are_checked_in_the_api_the_cli_and_the_store(batch_client, job_
 
 @pytest.mark.parametrize("user", ["../bob", "bob/x", ".index", "a\nb", "a" * 200])
 def test_user_names_that_cannot_name_a_folder_are_refused(batch_gateway, user):
-    from dask_batch._validate import InvalidNameError
+    from dask_batch.core.names import InvalidNameError
 
     gateway = batch_gateway.gateway()
     with pytest.raises(InvalidNameError, match="cannot name a storage folder"):
@@ -374,7 +374,7 @@ def test_one_broken_record_or_index_entry_never_breaks_a_listing(batch_client):
     import gzip
     import json
 
-    from dask_batch._records import new_job_id
+    from dask_batch.core.records import new_job_id
     from dask_batch.testing import write_job_records
 
     store, user = batch_client.store, batch_client.user
@@ -421,8 +421,8 @@ def test_the_local_default_is_private(tmp_path):
 
 PLANTED_FRAME = """
 import struct, sys
-from dask_batch._pickling import RESULT_MAGIC
-from dask_batch._store import RESULT, JobStore
+from dask_batch.core.pickling import RESULT_MAGIC
+from dask_batch.storage.store import RESULT, JobStore
 from dask_batch import StorageError
 
 store = JobStore(sys.argv[1])
@@ -601,7 +601,7 @@ def test_each_users_job_reaches_only_that_users_prefix(tmp_path, iam_s3):
     from dask_gateway import BasicAuth
 
     import dask_batch.local
-    from dask_batch._gateway import BatchGateway
+    from dask_batch.client.gateway import BatchGateway
     from dask_batch.testing import _start_gateway
 
     url, options = iam_s3
@@ -690,10 +690,10 @@ def test_the_gateway_handler_checks_storage_and_mints_per_user_credentials():
 
 
 def test_the_runner_refuses_a_spec_rewritten_in_storage(tmp_path):
-    from dask_batch._runner import JobRunnerPlugin
-    from dask_batch._secrets import JobSecrets, seal
-    from dask_batch._signing import job_keys, sign_spec
-    from dask_batch._store import SECRETS, JobStore
+    from dask_batch.core.secrets import JobSecrets, seal
+    from dask_batch.core.signing import job_keys, sign_spec
+    from dask_batch.runtime.plugin import JobRunnerPlugin
+    from dask_batch.storage.store import SECRETS, JobStore
 
     store = JobStore(str(tmp_path / "jobs"))
     job_id = "20260101-000000-000-5bec0001"
@@ -791,7 +791,7 @@ def test_the_env_key_reaches_the_scheduler_only(batch_client):
 
 
 def test_a_secret_that_cannot_be_made_is_a_clear_error(tmp_path):
-    from dask_batch._signing import user_secret
+    from dask_batch.core.signing import user_secret
 
     blocked = tmp_path / "not-a-directory"
     blocked.write_text("")

@@ -12,7 +12,7 @@ from dask_gateway import BasicAuth
 from slurm import JOB_USER, running_slurm
 
 from dask_batch import BatchClient, JobFailedError, JobLostError, JobState
-from dask_batch._gateway import BatchGateway
+from dask_batch.client.gateway import BatchGateway
 from dask_batch.testing import (
     _gateway_environment,
     main_processes,

@@ -7,8 +7,8 @@ import datetime
 import pytest
 
 from dask_batch import CorruptRecordError, JobNotFoundError, JobState, StorageError
-from dask_batch._records import new_job_id, utcnow
-from dask_batch._store import RESULT, SPEC, STATE, JobStore
+from dask_batch.core.records import new_job_id, utcnow
+from dask_batch.storage.store import RESULT, SPEC, STATE, JobStore
 
 J1 = "20260101-000000-000-00000001"
 J2 = "20260101-000000-000-00000002"
@@ -180,10 +180,10 @@ def streaming_store(request, tmp_path, monkeypatch):
 
 
 def make_store(kind, request, tmp_path, monkeypatch):
-    import dask_batch._streams
+    import dask_batch.storage.streams
 
     # Small chunks, so that a few MB cross many chunk boundaries.
-    monkeypatch.setattr(dask_batch._streams, "CHUNK", 2**20)
+    monkeypatch.setattr(dask_batch.storage.streams, "CHUNK", 2**20)
     if kind == "local":
         return JobStore(str(tmp_path / "jobs"))
     if kind == "memory":
@@ -198,7 +198,7 @@ def test_results_round_trip_in_pieces_with_their_digest(any_store):
     import blake3
     import numpy as np
 
-    from dask_batch._pickling import dumps_result
+    from dask_batch.core.pickling import dumps_result
 
     grid = np.arange(3 * 2**20 // 8 + 5, dtype="f8").reshape(-1, 1)
     value = {"grid": grid, "strided": grid[::3], "raw": b"x" * 10, "n": 7}
@@ -243,9 +243,9 @@ def test_an_object_not_in_the_result_format_is_refused_unread(any_store):
 
 def test_a_failed_result_write_leaves_no_object(streaming_store, monkeypatch):
     any_store = streaming_store
-    import dask_batch._streams
+    import dask_batch.storage.streams
 
-    real_chunks = dask_batch._streams.chunks
+    real_chunks = dask_batch.storage.streams.chunks
 
     def failing_after_two(view):
         for i, chunk in enumerate(real_chunks(view)):
@@ -253,7 +253,7 @@ def test_a_failed_result_write_leaves_no_object(streaming_store, monkeypatch):
                 raise OSError("connection reset")
             yield chunk
 
-    monkeypatch.setattr(dask_batch._streams, "chunks", failing_after_two)
+    monkeypatch.setattr(dask_batch.storage.streams, "chunks", failing_after_two)
     data = memoryview(bytearray(5 * 2**20))
     with pytest.raises(StorageError, match="connection reset"):
         any_store.put_pieces("alice", J1, RESULT, [data])
@@ -265,7 +265,7 @@ def test_a_failed_result_write_leaves_no_object(streaming_store, monkeypatch):
 def test_a_truncated_result_is_a_clear_error(any_store):
     import numpy as np
 
-    from dask_batch._pickling import dumps_result
+    from dask_batch.core.pickling import dumps_result
 
     whole = b"".join(dumps_result(np.zeros(2**19)))
     for cut in (15, 100, len(whole) // 2):  # in the frame, the pickle, a buffer

@@ -172,7 +172,7 @@ def test_bad_ids_other_users_jobs_and_missing_tokens_are_refused(
 ):
     from dask_gateway import BasicAuth
 
-    from dask_batch._gateway import BatchGateway
+    from dask_batch.client.gateway import BatchGateway
 
     other_gateway = BatchGateway(
         address=batch_gateway.address,

@@ -10,13 +10,8 @@ import dask
 import pytest
 
 from dask_batch import ErrorInfo, SubmitError, SubmitOptions
-from dask_batch._handoff import MainLaunch, Outcome
-from dask_batch._listing import ids_between, wanted_states
-from dask_batch._records import JobState, new_job_id, parse_job_time, utcnow
-from dask_batch._secrets import JobSecrets, seal, unseal
-from dask_batch._signing import job_keys
-from dask_batch._store import is_transient
-from dask_batch._submission import (
+from dask_batch.client.listing import ids_between, wanted_states
+from dask_batch.client.submission import (
     build,
     check_memory_limit,
     check_retries,
@@ -28,6 +23,11 @@ from dask_batch._submission import (
     resolve_env,
     script_target,
 )
+from dask_batch.core.records import JobState, new_job_id, parse_job_time, utcnow
+from dask_batch.core.secrets import JobSecrets, seal, unseal
+from dask_batch.core.signing import job_keys
+from dask_batch.runtime.handoff import MainLaunch, Outcome
+from dask_batch.storage.store import is_transient
 
 JOB = "20261126-000000-000-00000000"
 
@@ -269,7 +269,7 @@ def test_handoff_documents_round_trip(tmp_path):
 def test_the_pages_listing_cache_shares_one_listing_and_forgets_on_cancel():
     import asyncio
 
-    from dask_batch.ui._app import ListingCache
+    from dask_batch.ui.app import ListingCache
 
     calls = []
 
@@ -305,8 +305,8 @@ def test_the_pages_listing_cache_shares_one_listing_and_forgets_on_cancel():
 
 
 def test_artifact_sync_copies_changes_and_keeps_within_its_limit(tmp_path):
-    from dask_batch._artifacts import ArtifactSync
-    from dask_batch._store import JobStore
+    from dask_batch.runtime.artifacts import ArtifactSync
+    from dask_batch.storage.store import JobStore
 
     store = JobStore(str(tmp_path / "jobs"))
     job_id = "20260101-000000-000-0badc0de"

@@ -354,7 +354,7 @@ def test_failing_notebook_cell_fails_the_job_and_output_is_kept(batch_client, tm
     job = batch_client.submit_notebook(path, {"fail": True}, workers=0)
     with pytest.raises(JobFailedError, match="failing with y=2") as info:
         job.result(timeout=120)
-    assert info.value.remote_type == "dask_batch._targets.NotebookCellError"
+    assert info.value.remote_type == "dask_batch.runtime.targets.NotebookCellError"
     assert "analysis.output.ipynb" in job.artifacts()
 
 

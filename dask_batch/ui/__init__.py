@@ -55,8 +55,8 @@ async def serve(
     """
     import tornado.httpserver
 
-    from .._client import BatchClient
-    from ._app import make_app
+    from dask_batch.batch_client import BatchClient
+    from dask_batch.ui.app import make_app
 
     token = token or secrets.token_urlsafe(32)
     batch = BatchClient(storage=storage, asynchronous=True)
@@ -102,11 +102,11 @@ async def serve_hub(announce: Callable[[str], Any] = print) -> None:
     import dask.config
     import tornado.httpserver
 
-    from .._exceptions import DaskBatchError
-    from .._hub import GatewayTokens, HubAPI
-    from .._service import JobKeeper, UserClients
-    from .._store import JobStore
-    from ._hub import make_hub_app
+    from dask_batch.client.hub import GatewayTokens, HubAPI
+    from dask_batch.core.exceptions import DaskBatchError
+    from dask_batch.service.hub import JobKeeper, UserClients
+    from dask_batch.storage.store import JobStore
+    from dask_batch.ui.hub import make_hub_app
 
     if importlib.util.find_spec("jupyterhub") is None:
         raise DaskBatchError(
@@ -190,7 +190,7 @@ def run(
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    from .._exceptions import DaskBatchError
+    from dask_batch.core.exceptions import DaskBatchError
 
     try:
         asyncio.run(until_stopped())

@@ -1,3 +1,3 @@
-from . import main
+from dask_batch.ui import main
 
 main()

@@ -84,6 +84,7 @@ def main():
     os.environ["DASK_BATCH__LOCAL__DIRECTORY"] = str(work / "gateway")
     os.environ["DASK_BATCH__SECRET_FILE"] = str(SECRET)
     from dask_batch import BatchClient, Step
+
     script = work / "hello.py"
     script.write_text("import sys\nprint('hello', *sys.argv[1:])\n")
     release = work / "release"

@@ -1,0 +1,1059 @@
+"""The client side's front: :class:`BatchClient`.
+
+A thin layer over the rooms that each own one stage of a job's life:
+:mod:`~dask_batch.client.submission` checks and packs input,
+:mod:`~dask_batch.client.launcher` starts clusters,
+:mod:`~dask_batch.client.reconcile` keeps records honest,
+:mod:`~dask_batch.client.listing` lists, :mod:`~dask_batch.client.outputs`
+fetches results, logs and artifacts. Sync and async from one code path, as
+dask-gateway does: each public method runs its coroutine through the
+gateway's own ``sync``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import html
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import dask.config
+from dask_gateway import Gateway
+
+from dask_batch import config as _config  # noqa: F401  (loads batch.* defaults)
+from dask_batch.client import connection as _connection
+from dask_batch.client import submission as _submission
+from dask_batch.client import tracking as _tracking
+from dask_batch.client.display import html_table
+from dask_batch.client.launcher import ClusterLauncher
+from dask_batch.client.listing import JobLister
+from dask_batch.client.outputs import JobOutputs
+from dask_batch.client.reconcile import Reconciler
+from dask_batch.core.exceptions import DaskBatchError, SubmitError
+from dask_batch.core.names import check_job_id, check_user
+from dask_batch.core.options import SubmitOptions
+from dask_batch.core.records import JobState, new_job_id
+from dask_batch.core.tasks import TASK_KINDS, check_task_name
+from dask_batch.storage.upstream import JobResult, substitute
+from dask_batch.workflows import pipelines as _pipeline
+from dask_batch.workflows import schedules as _schedules
+from dask_batch.workflows.pipelines import Step
+from dask_batch.workflows.schedules import Schedules
+
+__all__ = ["BatchClient", "Job"]
+
+logger = logging.getLogger("dask_batch")
+
+
+class BatchClient:
+    """Submit batch jobs to Dask Gateway and follow them from anywhere.
+
+    Parameters
+    ----------
+    gateway : dask_gateway.Gateway, optional
+        The gateway to run jobs on. Default: ``Gateway()`` from the
+        ``gateway.*`` config if ``gateway.address`` is set, else the embedded
+        local gateway (:mod:`dask_batch.local`), started on first use.
+    storage : str, optional
+        fsspec URL of the job storage. Default ``batch.storage``; with the local
+        gateway and no storage configured, its ``jobs/`` directory.
+    storage_options : dict, optional
+        fsspec options (credentials, endpoint). Default ``batch.storage-options``.
+    mode : {"auto", "server", "client"}, optional
+        How the runner reaches the scheduler. Default ``batch.mode``.
+    user : str, optional
+        The user whose jobs to file and list. Default: the gateway user.
+    asynchronous : bool
+        Return awaitables, as ``dask_gateway.Gateway(asynchronous=True)``.
+        Ignored when ``gateway`` is given: its own mode is used.
+
+    Examples
+    --------
+    >>> from dask_batch import BatchClient
+    >>> batch = BatchClient()                     # doctest: +SKIP
+    >>> job = batch.submit(sum, [1, 2, 3])        # doctest: +SKIP
+    >>> BatchClient().result(job.id)              # doctest: +SKIP
+    6
+    """
+
+    def __init__(
+        self,
+        gateway: Gateway | None = None,
+        storage: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+        *,
+        mode: str | None = None,
+        user: str | None = None,
+        asynchronous: bool = False,
+    ) -> None:
+        self._owns_gateway = gateway is None
+        self.gateway, local_info = _connection.open_gateway(gateway, asynchronous)
+        try:
+            self.store = _connection.open_store(storage, storage_options, local_info)
+            self.mode = _connection.check_mode(mode)
+            self._requested_user = check_user(user) if user else None
+        except BaseException:
+            if self._owns_gateway and not self.asynchronous:
+                self.gateway.close()  # async: no request was made, nothing open
+            raise
+        #: The authenticated user; an asynchronous client learns it on its
+        #: first call (or ``await batch.identify()``).
+        self.user: str | None = None
+        self._launcher = ClusterLauncher(self.gateway, self.store, "", self.mode)
+        self._reconciler = Reconciler(self.store, self._launcher, "")
+        self._lister = JobLister(self.store, "", self._reconciler)
+        self._outputs = JobOutputs(self.store, "", self._reconciler)
+        self._schedules = Schedules(self.store, self._launcher, "")
+        if not self.asynchronous:
+            try:
+                self.gateway.sync(self.identify)
+            except BaseException:
+                self.close()
+                raise
+
+    @property
+    def asynchronous(self) -> bool:
+        return bool(self.gateway.asynchronous)
+
+    def sync(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``func``'s coroutine on the gateway's loop (or return it if async)."""
+        if self.user is None:
+            return self._identified(func, *args, **kwargs)
+        return self.gateway.sync(func, *args, **kwargs)
+
+    async def _identified(self, func: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        await self.identify()
+        return await func(*args, **kw)
+
+    async def identify(self) -> str:
+        """Learn, once, which user's jobs this client works with.
+
+        From authentication: the gateway names the user (a gateway set up with
+        ``batch_cluster_options``), or JupyterHub does for a JupyterHub token;
+        ``user=`` and ``batch.user`` must agree with it. Where nobody
+        authenticates a user, ``user=``, ``batch.user``, the basic auth user
+        name or the local login name. A synchronous client does this when
+        created.
+
+        Returns
+        -------
+        str
+
+        Raises
+        ------
+        AuthenticationError
+            The gateway or hub refused the credentials, or the user asked
+            for is not the one authenticated.
+        """
+        if self.user is None:
+            user = await _connection.gateway_user(
+                self.gateway, self._launcher.server_options, self._requested_user
+            )
+            user = check_user(user)
+            parts = (
+                self._launcher,
+                self._reconciler,
+                self._lister,
+                self._outputs,
+                self._schedules,
+            )
+            for part in parts:
+                part.user = user
+            self.user = user
+        return self.user
+
+    def close(self) -> Any:
+        """Close the gateway client if this BatchClient created it.
+
+        With ``asynchronous=True`` this returns an awaitable.
+        """
+        if self.asynchronous:
+            return self._aclose()
+        if self._owns_gateway:
+            self.gateway.close()
+        return None
+
+    async def _aclose(self) -> None:
+        if self._owns_gateway:
+            closing = self.gateway.close()
+            if closing is not None:
+                await closing
+
+    def __enter__(self) -> BatchClient:
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        self.close()
+
+    async def __aenter__(self) -> BatchClient:
+        return self
+
+    async def __aexit__(self, *args: Any) -> None:
+        await self._aclose()
+
+    def __repr__(self) -> str:
+        return f"BatchClient<gateway={self.gateway.address}, storage={self.store.url}>"
+
+    def submit(
+        self,
+        func: Callable[..., Any],
+        /,
+        *args: Any,
+        submit_options: SubmitOptions | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run ``func(*args, **kwargs)`` as a batch job on its own cluster.
+
+        Returns as soon as the job is safely on its way: the submitting
+        process may exit right after. Main runs in a process beside the job's
+        scheduler, with the cluster as its default Dask client; when it
+        returns, the result, the log and the final state are stored and the
+        cluster is stopped.
+
+        Parameters
+        ----------
+        func : callable
+            Main. Functions from ``__main__``, notebooks and local (not
+            installed) modules are pickled by value.
+        *args, **kwargs
+            Passed to ``func``, except the keywords that name a
+            :class:`~dask_batch.SubmitOptions` field (``name``, ``workers``,
+            ``adapt``, ``cluster_options``, ``env``, ``files``, ``timeout``,
+            ``idempotency_key``, ``retries``, ``retry_on``, ``memory_limit``,
+            ``mlflow``, ``after``), which say how the job runs. A
+            :class:`Job` among them (also inside lists, tuples and dicts) is
+            replaced by the value its main returned: this job waits for it.
+        submit_options : SubmitOptions, optional
+            The same options as one object; keywords override it.
+
+        Returns
+        -------
+        Job
+
+        Raises
+        ------
+        SubmitError
+            Bad input: nothing was created. Also when the gateway refuses the
+            cluster; the record is then FAILED with the gateway's message.
+        StorageError
+            The storage cannot be written; no cluster was requested.
+
+        Examples
+        --------
+        >>> job = batch.submit(train, 10, lr=0.1, name="train", workers=4)
+        >>> job.id
+        '20261126-081530-123-3f9a1c2b'
+        >>> report = batch.submit(summarise, job)    # runs after train, on its value
+        >>> tidy = batch.submit(cleanup, after=[job, report])
+        """
+        options, main_kwargs = SubmitOptions.split(submit_options, kwargs)
+        job_id = new_job_id()
+        upstream: list[str] = []
+
+        def placeholder(job: Job) -> JobResult:
+            upstream.append(job.id)
+            return JobResult(job.id)
+
+        args = substitute(args, Job, placeholder)
+        main_kwargs = substitute(main_kwargs, Job, placeholder)
+        target = _submission.function_target(job_id, func, args, main_kwargs)
+        if upstream:
+            target = dataclasses.replace(
+                target, upstream_values=list(dict.fromkeys(upstream))
+            )
+        return self._submit(job_id, target, options)
+
+    def submit_script(
+        self,
+        target: str | os.PathLike[str],
+        args: Sequence[str] = (),
+        *,
+        array: str | None = None,
+        submit_options: SubmitOptions | None = None,
+        **options: Any,
+    ) -> Any:
+        """Run a Python script, or a ``package.module:function``, as a batch job.
+
+        Parameters
+        ----------
+        target : str or path
+            ``train.py`` (uploaded, run as ``__main__`` with ``sys.argv =
+            ["train.py", *args]``; ``sys.exit(n)`` with n != 0 fails the job),
+            or ``package.module:function`` (imported on the cluster, called
+            with ``*args``; uploaded ``files`` are importable).
+        args : list of str
+            Command-line arguments of the script, or positional arguments of
+            the function.
+        array : str, optional
+            Run it once per index, as an array job, in Slurm's syntax:
+            ``"0-99%10"`` is indices 0 to 99, at most 10 at once (default
+            ``batch.tasks.max-parallel``); also ``"1,3,5"`` and ``"0-10:2"``.
+            Each run reads its index from ``DASK_BATCH_ARRAY_INDEX`` (or
+            ``dask_batch.current_job().array_index``).
+        submit_options : SubmitOptions, optional
+            How the job runs; ``**options`` (its fields as keywords) win.
+
+        Returns
+        -------
+        Job
+
+        Examples
+        --------
+        >>> batch.submit_script("train.py", ["--epochs", "10"], files=["data/"])
+        >>> batch.submit_script("mypkg.jobs:nightly", ["2026-11-26"])
+        >>> batch.submit_script("fold.py", array="0-9%4")
+        """
+        merged = SubmitOptions.merge(submit_options, options)
+        job_id = new_job_id()
+        what = _submission.script_target(job_id, os.fspath(target), list(args))
+        if array is not None:
+            table, tasks, limit = _pipeline.build_script_array(job_id, what, array)
+            what = _submission.Target(
+                "array",
+                what.target,
+                what.default_name,
+                None,
+                (table,),
+                {},
+                tasks=tasks,
+                max_parallel=limit,
+            )
+        return self._submit(job_id, what, merged)
+
+    def map(
+        self,
+        func: Callable[..., Any],
+        items: Iterable[Any],
+        /,
+        *,
+        max_parallel: int | None = None,
+        submit_options: SubmitOptions | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run ``func(item, **kwargs)`` for every item, as one array job.
+
+        The elements share the job's cluster: each runs in its own process
+        beside the scheduler, at most ``max_parallel`` at once, with the
+        cluster's workers as its default Dask client. ``result()`` returns
+        their values in order. Retries (``retry_on``), the timeout and the
+        memory limit apply to each element; cancelling the job cancels every
+        element.
+
+        Parameters
+        ----------
+        func : callable
+        items : iterable
+            One element per item; ``current_job().array_index`` is its index.
+        max_parallel : int, optional
+            Elements that run at once. Default ``batch.tasks.max-parallel``.
+        submit_options, **kwargs
+            Submit options (``name``, ``workers``, ``timeout``, ...) as for
+            :meth:`submit`; other keywords go to ``func``.
+
+        Returns
+        -------
+        Job
+
+        Examples
+        --------
+        >>> job = batch.map(score, range(100), max_parallel=10, workers=4)
+        >>> job.result()[:3]                                  # doctest: +SKIP
+        [0.91, 0.88, 0.93]
+        """
+        options, func_kwargs = SubmitOptions.split(submit_options, kwargs)
+        job_id = new_job_id()
+        limit = _pipeline.check_max_parallel(job_id, max_parallel)
+        table, tasks, target = _pipeline.build_function_array(
+            job_id, func, list(items), func_kwargs
+        )
+        name = str(getattr(func, "__name__", "array"))
+        what = _submission.Target(
+            "array",
+            target,
+            name,
+            None,
+            (table,),
+            {},
+            params=dict(func_kwargs),
+            tasks=tasks,
+            max_parallel=limit,
+        )
+        return self._submit(job_id, what, options)
+
+    def submit_pipeline(
+        self,
+        steps: Iterable[Step] | str | os.PathLike[str],
+        *,
+        max_parallel: int | None = None,
+        fail_fast: bool | None = None,
+        resume: str | Job | None = None,
+        submit_options: SubmitOptions | None = None,
+        **options: Any,
+    ) -> Any:
+        """Run a pipeline: a DAG of steps, on one cluster, as one job.
+
+        Steps run in dependency order, independent ones at the same time
+        (each in its own process beside the scheduler, sharing the cluster's
+        workers). A function step that takes an ``upstream`` argument gets
+        the values its upstream steps returned, by name; every step finds
+        the files its upstream steps kept in ``current_job().upstream``. A
+        failing step cancels the steps below it; independent branches
+        finish, unless ``fail_fast``.
+
+        Parameters
+        ----------
+        steps : list of Step, or path
+            The steps, or a pipeline YAML file (see the docs for its format;
+            its ``options`` are submit options, which arguments override).
+        max_parallel : int, optional
+            Steps that run at once. Default: the file's, else
+            ``batch.tasks.max-parallel``.
+        fail_fast : bool, optional
+            Stop every step at the first failure. Default: the file's, else
+            False.
+        resume : str or Job, optional
+            An earlier run of this pipeline: steps whose code, parameters and
+            upstream steps are unchanged (same content digest) and that
+            SUCCEEDED there are not run again; their results and files are
+            taken over.
+        submit_options, **options
+            As for :meth:`submit_script`.
+
+        Returns
+        -------
+        Job
+            ``result()`` is a dict of each step's value by name.
+
+        Examples
+        --------
+        >>> from dask_batch import Step
+        >>> job = batch.submit_pipeline(
+        ...     [Step(load), Step("clean.py", upstream=["load"])], workers=2
+        ... )
+        >>> job = batch.submit_pipeline("pipeline.yaml", resume=job)
+        """
+        job_id = new_job_id()
+        name = None
+        if isinstance(steps, (str, os.PathLike)):
+            pipeline = _pipeline.load_pipeline(steps, job_id)
+            try:
+                from_file = SubmitOptions.merge(submit_options, pipeline.options)
+            except TypeError as exc:
+                raise SubmitError.not_submitted(job_id, str(exc)) from None
+            submit_options = from_file
+            steps, name = pipeline.steps, pipeline.name
+            max_parallel = (
+                pipeline.max_parallel if max_parallel is None else max_parallel
+            )
+            fail_fast = pipeline.fail_fast if fail_fast is None else fail_fast
+        merged = SubmitOptions.merge(submit_options, options)
+        limit = _pipeline.check_max_parallel(job_id, max_parallel)
+        table, tasks = _pipeline.build_pipeline(job_id, steps)
+        what = _submission.Target(
+            "pipeline",
+            ", ".join(t.name for t in tasks),
+            name or "pipeline",
+            None,
+            (table,),
+            {},
+            tasks=tasks,
+            max_parallel=limit,
+            fail_fast=bool(fail_fast),
+        )
+        if resume is not None:
+            earlier = resume.id if isinstance(resume, Job) else str(resume)
+            return self.sync(self._resume_and_submit, job_id, what, merged, earlier)
+        return self._submit(job_id, what, merged)
+
+    async def _resume_and_submit(
+        self,
+        job_id: str,
+        target: _submission.Target,
+        options: SubmitOptions,
+        earlier: str,
+    ) -> Job:
+        tasks = await asyncio.to_thread(
+            self._outputs.reusable, check_job_id(earlier), target.tasks
+        )
+        target = dataclasses.replace(target, tasks=tasks)
+        tracking = _tracking.requested(job_id, options.mlflow, target.params)
+        assert self.user is not None
+        submission = self._build(job_id, self.user, target, options)
+        return await self._start_job(submission, tracking)
+
+    def schedule(
+        self,
+        target: Callable[..., Any] | str | os.PathLike[str],
+        /,
+        *args: Any,
+        cron: str,
+        timezone: str = "UTC",
+        overlap: str = "skip",
+        submit_options: SubmitOptions | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Submit ``target`` as a job at each time of ``cron``.
+
+        Runs are ordinary jobs (listed, waited for, fetched as any other),
+        each naming its schedule (``JobRecord.schedule``). They are submitted
+        by the JupyterHub service (when ``batch.service.url`` is set, the
+        schedule is handed to it) or, on the embedded local default, by the
+        local gateway's own background process; ``fire_schedules()`` (or
+        ``dask batch schedule fire``) submits what is due from any client.
+
+        Parameters
+        ----------
+        target : callable or str
+            A function (called with ``*args`` and the keywords that are not
+            submit options), a script (``nightly.py``, with ``*args`` as its
+            command line), a notebook or ``package.module:function``.
+        cron : str
+            When, in cron syntax (``"0 2 * * *"``: 02:00 every day); a sixth
+            field gives seconds.
+        timezone : str
+            The time zone of ``cron`` (``"Europe/Paris"``). Default UTC.
+        overlap : {"skip", "queue"}
+            A due time while the last run still goes is skipped (and recorded
+            in the history), or queued until it ends.
+        submit_options, **kwargs
+            How each run runs, as for :meth:`submit`.
+
+        Returns
+        -------
+        Schedule
+            With its id and next due time.
+
+        Examples
+        --------
+        >>> s = batch.schedule(refresh, "s3://bucket/raw", cron="0 2 * * *",
+        ...                    name="nightly", workers=4)
+        >>> batch.schedule("report.ipynb", cron="0 8 * * 1-5")
+        """
+        options, main_kwargs = SubmitOptions.split(submit_options, kwargs)
+        schedule_id = new_job_id()
+        if callable(target):
+            what = _submission.function_target(schedule_id, target, args, main_kwargs)
+        elif os.fspath(target).endswith(".ipynb"):
+            path = os.fspath(target)
+            what = _submission.notebook_target(schedule_id, path, main_kwargs)
+        else:
+            what = _submission.script_target(schedule_id, os.fspath(target), list(args))
+        _schedules.check_cron(schedule_id, cron, timezone)
+
+        async def add() -> Any:
+            user = await self.identify()
+            await self._launcher.check_cluster_options(
+                schedule_id, dict(options.cluster_options or {})
+            )
+            submission = self._build(schedule_id, user, what, options)
+            added = await asyncio.to_thread(
+                self._schedules.add,
+                submission,
+                cron,
+                timezone=timezone,
+                overlap=overlap,
+            )
+            service = dask.config.get("batch.service.url", None)
+            if service:
+                token = getattr(self.gateway.auth, "api_token", None) or os.environ.get(
+                    "JUPYTERHUB_API_TOKEN", ""
+                )
+                env_key = self._schedules._keys(schedule_id).env_key
+                await asyncio.to_thread(
+                    _schedules.delegate_to_service,
+                    str(service),
+                    str(token),
+                    schedule_id,
+                    env_key,
+                )
+            return added
+
+        return self.sync(add)
+
+    def schedules(self) -> Any:
+        """Your schedules, newest first, each with its history and next run.
+
+        A schedule that your key did not sign (planted, or changed in
+        storage) is left out: it never runs.
+
+        Returns
+        -------
+        list of Schedule
+        """
+
+        async def read() -> list[Any]:
+            found = []
+            for schedule_id in await asyncio.to_thread(self._schedules.ids):
+                try:
+                    found.append(
+                        await asyncio.to_thread(self._schedules.describe, schedule_id)
+                    )
+                except DaskBatchError as exc:
+                    logger.warning("%s", exc)
+            return found
+
+        return self.sync(read)
+
+    def schedule_history(self, schedule_id: str) -> Any:
+        """A schedule's due times so far, newest first (list of ScheduleRun)."""
+
+        async def read() -> Any:
+            return (
+                await asyncio.to_thread(self._schedules.describe, schedule_id)
+            ).history
+
+        return self.sync(read)
+
+    def pause_schedule(self, schedule_id: str) -> Any:
+        """Stop submitting runs until :meth:`resume_schedule`; returns the Schedule."""
+        return self.sync(
+            asyncio.to_thread, self._schedules.set_paused, schedule_id, True
+        )
+
+    def resume_schedule(self, schedule_id: str) -> Any:
+        """Submit runs again from the next due time (paused times are not caught up)."""
+        return self.sync(
+            asyncio.to_thread, self._schedules.set_paused, schedule_id, False
+        )
+
+    def delete_schedule(self, schedule_id: str) -> Any:
+        """Remove a schedule; the jobs it submitted stay."""
+        return self.sync(asyncio.to_thread, self._schedules.delete, schedule_id)
+
+    def fire_schedules(self) -> Any:
+        """Submit the runs of your schedules that are due now.
+
+        The hub service and the local gateway do this on their own; call it
+        (or ``dask batch schedule fire``, say from cron) where neither runs.
+
+        Returns
+        -------
+        list of ScheduleRun
+        """
+        return self.sync(self._schedules.fire_due)
+
+    def tasks(self, job_id: str) -> Any:
+        """The steps of a pipeline job, or the elements of an array job.
+
+        Returns
+        -------
+        list of TaskRecord
+            Each with its state, times, attempt, message, error and latest
+            progress report; ``[]`` for a plain job.
+
+        Examples
+        --------
+        >>> [(t.name, t.state.value) for t in batch.tasks(job.id)]  # doctest: +SKIP
+        [('load', 'SUCCEEDED'), ('clean', 'RUNNING')]
+        """
+
+        async def read() -> list[Any]:
+            return await asyncio.to_thread(self._outputs.tasks, job_id)
+
+        return self.sync(read)
+
+    def submit_notebook(
+        self,
+        path: str | os.PathLike[str],
+        parameters: dict[str, Any] | None = None,
+        *,
+        submit_options: SubmitOptions | None = None,
+        **options: Any,
+    ) -> Any:
+        """Execute a notebook with papermill as a batch job.
+
+        The executed notebook is kept as the artifact
+        ``<name>.output.ipynb`` (also when a cell fails, which fails the job
+        with that cell's error). The cluster's image needs ``papermill`` and
+        an ``ipykernel`` named ``python3``.
+
+        Parameters
+        ----------
+        path : str or path
+            The notebook (``analysis.ipynb``).
+        parameters : dict, optional
+            papermill parameters, injected after the cell tagged ``parameters``.
+        submit_options, **options
+            As for :meth:`submit_script`.
+
+        Examples
+        --------
+        >>> job = batch.submit_notebook("analysis.ipynb", {"year": 2025})
+        >>> job.result()            # the executed notebook's artifact URL
+        """
+        merged = SubmitOptions.merge(submit_options, options)
+        job_id = new_job_id()
+        what = _submission.notebook_target(job_id, os.fspath(path), parameters or {})
+        return self._submit(job_id, what, merged)
+
+    def _submit(
+        self,
+        job_id: str,
+        target: _submission.Target,
+        options: SubmitOptions,
+        tracking: _tracking.Tracking | None = None,
+    ) -> Any:
+        if tracking is None:
+            tracking = _tracking.requested(job_id, options.mlflow, target.params)
+        if self.user is not None:
+            # Bad input fails here, before any record or cluster exists.
+            submission = self._build(job_id, self.user, target, options)
+            return self.sync(self._start_job, submission, tracking)
+        return self._identify_and_start(job_id, target, options, tracking)
+
+    def _build(
+        self, job_id: str, user: str, target: _submission.Target, options: SubmitOptions
+    ) -> _submission.Submission:
+        artifacts = self.store.artifacts_url(user, job_id)
+        return _submission.build(job_id, user, artifacts, target, options)
+
+    async def _identify_and_start(
+        self,
+        job_id: str,
+        target: _submission.Target,
+        options: SubmitOptions,
+        tracking: _tracking.Tracking | None,
+    ) -> Job:
+        submission = self._build(job_id, await self.identify(), target, options)
+        return await self._start_job(submission, tracking)
+
+    async def _start_job(
+        self,
+        submission: _submission.Submission,
+        tracking: _tracking.Tracking | None = None,
+    ) -> Job:
+        if tracking is None:
+            job = Job(self, await self._launcher.start_job(submission))
+            if submission.spec.get("after") and job.id == submission.job_id:
+                # Its upstream jobs may have ended already.
+                await self._reconciler.status(job.id, retry=True)
+            return job
+        assert self.user is not None
+        submission = await asyncio.to_thread(
+            _tracking.begin, submission, self.user, tracking, self.gateway.address
+        )
+        try:
+            job_id = await self._launcher.start_job(submission)
+        except DaskBatchError as exc:
+            # The run exists already: it says why the job never ran.
+            await asyncio.to_thread(_tracking.end_unsubmitted, submission, str(exc))
+            raise
+        if job_id != submission.job_id:  # an earlier submit with this key
+            await asyncio.to_thread(_tracking.discard, submission)
+        return Job(self, job_id)
+
+    def status(self, job_id: str) -> Any:
+        """The job's record, checked against the gateway.
+
+        A read: it never starts a cluster. A job whose cluster is gone is
+        written back as LOST when no retry is left; with a retry left its
+        record says it awaits that retry (see :meth:`reconcile`).
+
+        Parameters
+        ----------
+        job_id : str
+
+        Returns
+        -------
+        JobRecord
+
+        Raises
+        ------
+        JobNotFoundError
+            No such job for this user and storage.
+
+        Examples
+        --------
+        >>> batch.status(job.id).state     # doctest: +SKIP
+        <JobState.SUCCEEDED: 'SUCCEEDED'>
+        """
+        return self.sync(self._status, job_id)
+
+    async def _status(self, job_id: str) -> Any:
+        record = await self._reconciler.status(job_id)
+        if record.kind in TASK_KINDS:
+            record.tasks = await asyncio.to_thread(self._outputs.tasks, job_id)
+        return record
+
+    def jobs(
+        self,
+        *,
+        state: str | JobState | Iterable[str | JobState] | None = None,
+        name: str | None = None,
+        since: datetime.datetime | str | None = None,
+        until: datetime.datetime | str | None = None,
+        limit: int | None = None,
+    ) -> Any:
+        """The user's jobs, newest first (a read: it never starts a cluster).
+
+        Parameters
+        ----------
+        state : str or JobState or list of them, optional
+            Keep jobs in these states.
+        name : str, optional
+            Keep jobs with this name.
+        since, until : datetime or str, optional
+            Submission time bounds (a datetime, an ISO 8601 string, or a
+            duration such as ``"2h"`` meaning that long ago).
+        limit : int, optional
+            At most this many jobs.
+
+        Returns
+        -------
+        list of JobRecord
+
+        Examples
+        --------
+        >>> [j.id for j in batch.jobs(state="RUNNING", since="1d")]  # doctest: +SKIP
+        """
+        return self.sync(
+            self._lister.jobs,
+            state=state,
+            name=name,
+            since=since,
+            until=until,
+            limit=limit,
+        )
+
+    def reconcile(self) -> Any:
+        """Act on every live job whose cluster is gone: retry it, or mark it LOST.
+
+        Reads (``status``, ``jobs``, the displays) only report a job that
+        awaits a retry on a new cluster; this starts that retry, as
+        ``wait()``/``result()`` do for one job.
+
+        Returns
+        -------
+        list of JobRecord
+            The jobs that were live, as they are now.
+
+        Examples
+        --------
+        >>> [r.state for r in batch.reconcile()]   # doctest: +SKIP
+        """
+        return self.sync(self._reconciler.reconcile)
+
+    def wait(
+        self, job_id: str, timeout: float | str | None = None, progress: bool = False
+    ) -> Any:
+        """Wait until the job has ended and return its final record.
+
+        A job whose cluster died with a retry left is retried on a new
+        cluster while waiting.
+
+        Parameters
+        ----------
+        job_id : str
+        timeout : float or str, optional
+            Seconds (or ``"10m"``) to wait; None waits for ever.
+        progress : bool
+            Show a progress bar (in place, in notebooks and terminals) with
+            the state, run time and main's latest ``dask_batch.report``.
+
+        Returns
+        -------
+        JobRecord
+
+        Raises
+        ------
+        TimeoutError
+            The job did not end in time (it keeps running).
+
+        Examples
+        --------
+        >>> batch.wait(job.id, progress=True).state      # doctest: +SKIP
+        """
+        return self.sync(self._reconciler.wait, job_id, timeout, progress)
+
+    def result(
+        self,
+        job_id: str,
+        timeout: float | str | None = None,
+        progress: bool = False,
+        *,
+        partial: bool = False,
+    ) -> Any:
+        """Wait for the job (as :meth:`wait`) and return the value main returned.
+
+        For an array job, the elements' values in order; for a pipeline, a
+        dict of each step's value by name.
+
+        Parameters
+        ----------
+        job_id, timeout, progress
+            As for :meth:`wait`.
+        partial : bool
+            For an array or pipeline job: return what there is, with a
+            :class:`JobFailedError` in place of each value that is missing,
+            instead of raising.
+
+        Raises
+        ------
+        JobFailedError
+            Main raised or its process died: carries the remote type,
+            message, traceback and the end of the log.
+        TasksFailedError
+            Steps or elements did not succeed: ``.failed`` says which and
+            why, ``.partial`` holds the others' values.
+        JobCancelledError, JobLostError, JobNotFoundError
+        ResultIntegrityError
+            The stored result was changed after its runner recorded it.
+        TimeoutError
+            The job did not finish in time (it keeps running).
+
+        Examples
+        --------
+        >>> BatchClient().result("20261126-081530-123-3f9a1c2b")  # doctest: +SKIP
+        """
+        return self.sync(self._outputs.result, job_id, timeout, progress, partial)
+
+    def logs(self, job_id: str, *, follow: bool = False, task: str = "") -> Any:
+        """The captured stdout, stderr and logging output of main.
+
+        Available while the job runs (appended to storage every
+        ``batch.runner.log-upload-interval``) and after its cluster is gone.
+        Includes Python ``logging`` output at INFO and above.
+
+        Parameters
+        ----------
+        job_id : str
+        follow : bool
+            Instead of the log so far, return an iterator over new log text
+            as it arrives, ending when the job has ended (an async iterator
+            with ``asynchronous=True``).
+        task : str, optional
+            The log of one step of a pipeline (its name) or one element of
+            an array (its index); default: the job's own log, where the
+            runner notes how each step ended.
+
+        Returns
+        -------
+        str, or iterator of str with ``follow=True``
+
+        Examples
+        --------
+        >>> print(batch.logs(job.id))              # doctest: +SKIP
+        >>> for text in batch.logs(job.id, follow=True):   # doctest: +SKIP
+        ...     print(text, end="")
+        """
+        task = check_task_name(str(task), job_id=job_id) if task != "" else ""
+        if follow:
+            if self.asynchronous:
+                return self._outputs.follow(job_id, task)
+            return self._outputs.follow_sync(job_id, self.sync, task)
+        return self.sync(self._outputs.logs, job_id, task)
+
+    def artifacts(self, job_id: str) -> Any:
+        """Files main wrote under ``dask_batch.artifacts_path()``.
+
+        Returns
+        -------
+        dict
+            Path relative to the job's artifacts prefix -> size in bytes.
+
+        Examples
+        --------
+        >>> batch.artifacts(job.id)          # doctest: +SKIP
+        {'model.pkl': 1048576, 'analysis.output.ipynb': 20480}
+        """
+        return self.sync(self._outputs.artifacts, job_id)
+
+    def download_artifacts(
+        self, job_id: str, destination: str | os.PathLike[str]
+    ) -> Any:
+        """Copy the job's artifacts into a local directory (created if missing).
+
+        Returns
+        -------
+        list of str
+            The local paths written; artifacts keep their relative paths.
+
+        Examples
+        --------
+        >>> batch.download_artifacts(job.id, "results/")   # doctest: +SKIP
+        """
+        destination = os.fspath(destination)
+        return self.sync(self._outputs.download_artifacts, job_id, destination)
+
+    def cancel(self, job_id: str) -> Any:
+        """Cancel a pending or running job and stop its cluster.
+
+        The state becomes CANCELLED (unless the job already ended) before the
+        cluster is stopped; main's process is terminated by the runner.
+
+        Returns
+        -------
+        JobRecord
+            The record after cancelling.
+
+        Examples
+        --------
+        >>> batch.cancel(job.id).state   # doctest: +SKIP
+        <JobState.CANCELLED: 'CANCELLED'>
+        """
+        return self.sync(self._reconciler.cancel, job_id)
+
+
+class Job:
+    """A handle on one batch job; cheap to create from an id.
+
+    Methods mirror :class:`BatchClient`'s with the job id filled in.
+
+    Examples
+    --------
+    >>> job = batch.submit(main)      # doctest: +SKIP
+    >>> job.status().state            # doctest: +SKIP
+    <JobState.RUNNING: 'RUNNING'>
+    >>> job.result()                  # doctest: +SKIP
+    42
+    """
+
+    def __init__(self, client: BatchClient, job_id: str) -> None:
+        self.client = client
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id}>"
+
+    def _repr_html_(self) -> str:
+        if self.client.asynchronous:
+            return f"<code>Job {html.escape(self.id)}</code>"
+        return html_table([self.client.status(self.id)])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Job) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def status(self) -> Any:
+        """The job's record; see :meth:`BatchClient.status`."""
+        return self.client.status(self.id)
+
+    def result(self, timeout: float | str | None = None, progress: bool = False) -> Any:
+        """The value main returned; see :meth:`BatchClient.result`."""
+        return self.client.result(self.id, timeout=timeout, progress=progress)
+
+    def wait(self, timeout: float | str | None = None, progress: bool = False) -> Any:
+        """Wait for the job to end; see :meth:`BatchClient.wait`."""
+        return self.client.wait(self.id, timeout=timeout, progress=progress)
+
+    def logs(self, *, follow: bool = False) -> Any:
+        """Captured output of main; see :meth:`BatchClient.logs`."""
+        return self.client.logs(self.id, follow=follow)
+
+    def artifacts(self) -> Any:
+        """Files main stored as artifacts; see :meth:`BatchClient.artifacts`."""
+        return self.client.artifacts(self.id)
+
+    def download_artifacts(self, destination: str | os.PathLike[str]) -> Any:
+        """Download the artifacts; see :meth:`BatchClient.download_artifacts`."""
+        return self.client.download_artifacts(self.id, destination)
+
+    def cancel(self) -> Any:
+        """Stop the job and its cluster; see :meth:`BatchClient.cancel`."""
+        return self.client.cancel(self.id)

@@ -1,0 +1,73 @@
+"""What a process forked from a running one needs: a name, and a clean exit.
+
+Used in main's processes forked from the scheduler and from a zygote; imports
+nothing else of dask-batch.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+# What `ps -o comm` and /proc/PID/comm show for a forked main's process (its
+# command line stays the scheduler's).
+MAIN_PROCESS_NAME = "dask-batch-main"
+
+
+def name_process(name: str) -> None:
+    """Set this process's name as the kernel shows it (Linux; else nothing)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        pr_set_name = 15
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_name, name.encode(), 0, 0, 0)
+
+
+def run_to_exit(func: Any) -> None:
+    """In a forked process: run ``func`` as an interpreter runs a program,
+    then exit with its status; never returns into the code that forked."""
+    code = 1
+    try:
+        try:
+            func()
+            code = 0
+        except SystemExit as exc:
+            if isinstance(exc.code, int) or exc.code is None:
+                code = exc.code or 0
+            else:  # sys.exit("message"), as an interpreter prints it
+                print(exc.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+        # What the interpreter does at exit: wait for main's threads, run
+        # its atexit handlers, flush.
+        for thread in threading.enumerate():
+            if thread is not threading.current_thread() and not thread.daemon:
+                thread.join()
+        atexit._run_exitfuncs()
+        logging.shutdown()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(int(code))
+
+
+def exit_with_parent(parent: int) -> None:
+    # The gateway signals the scheduler only; if the scheduler dies without
+    # closing its plugins (SIGKILL), main must not live on as an orphan. The
+    # runner passes its pid: it may have died before this process got here.
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    # The runner started this process as the leader of its own group: take
+    # what main started (a kernel, a command) down too.
+    if os.getpgid(0) == os.getpid():
+        os.killpg(0, signal.SIGKILL)
+    os._exit(70)

@@ -1,0 +1,286 @@
+"""The embedded local gateway process.
+
+Started as ``python -m dask_batch.service.local_server DIR``.
+
+A real dask-gateway-server on 127.0.0.1 (UnsafeLocalBackend, file-backed SQLite,
+the dask-batch preload and cluster options), started detached by
+:mod:`dask_batch.local` so that it outlives the process that asked for it.
+
+Files in ``DIR``: ``settings.json`` (written by the starter: idle timeout,
+server-side install, extra environment), ``secrets.json`` (password and
+database key, mode 0600), ``server.json`` (addresses and pid, written once the
+gateway answers), ``gateway.log``, ``gateway.sqlite``, ``clusters/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import sys
+import time
+import urllib.request
+from typing import Any
+
+import dask.config
+from dask_gateway_server.app import DaskGateway
+from dask_gateway_server.backends.jobqueue.slurm import SlurmBackend
+from dask_gateway_server.backends.local import UnsafeLocalBackend
+from dask_gateway_server.utils import run_main
+from traitlets.config import Config
+
+from dask_batch.client.local_gateway import (
+    SECRETS_FILE,
+    SERVER_FILE,
+    SETTINGS_FILE,
+    pid_alive,
+    read_json,
+    write_private,
+)
+from dask_batch.service.gateway_options import (
+    WorkerEnvironmentWithoutJobKeys,
+    batch_cluster_options,
+    storage_options_table,
+)
+
+
+class WorkersOnDefaultHost:
+    """Workers listen on the backend's ``default_host`` too: dask-gateway
+    gives them no ``--host``, so they would listen on every interface."""
+
+    default_host: str
+
+    def get_worker_command(self, *args: Any, **kwargs: Any) -> list[str]:
+        command: list[str] = super().get_worker_command(*args, **kwargs)  # type: ignore[misc]
+        return [*command, "--host", self.default_host]
+
+
+class LoopbackLocalBackend(
+    WorkersOnDefaultHost, WorkerEnvironmentWithoutJobKeys, UnsafeLocalBackend
+):
+    """UnsafeLocalBackend whose schedulers, workers and dashboards listen on
+    127.0.0.1 only, and whose workers do not get the job's env key."""
+
+    default_host = "127.0.0.1"
+
+
+class LoopbackSlurmBackend(
+    WorkersOnDefaultHost, WorkerEnvironmentWithoutJobKeys, SlurmBackend
+):
+    """dask-gateway's SlurmBackend for a single-node Slurm on 127.0.0.1 (the
+    test suite's): schedulers, workers and dashboards on 127.0.0.1."""
+
+    default_host = "127.0.0.1"
+
+
+def _free_ports(count: int) -> list[int]:
+    """``count`` different ports free on 127.0.0.1 now.
+
+    The sockets are held until all are chosen: closed one by one, the
+    kernel may hand the same port out twice (the API and the proxy then
+    collide, and the gateway exits at start).
+    """
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def build_config(
+    directory: str,
+    settings: dict[str, Any],
+    secrets: dict[str, Any],
+    api_port: int,
+    proxy_port: int,
+) -> Config:
+    c = Config()
+    c.DaskGateway.address = f"127.0.0.1:{api_port}"
+    c.Proxy.address = f"127.0.0.1:{proxy_port}"
+    c.DaskGateway.backend_class = LoopbackLocalBackend
+    c.DaskGateway.authenticator_class = "dask_gateway_server.auth.SimpleAuthenticator"
+    c.SimpleAuthenticator.password = secrets["password"]
+    c.DaskGateway.log_level = settings.get("log_level", "INFO")
+    c.DBBackendBase.db_url = "sqlite:///" + os.path.join(directory, "gateway.sqlite")
+    c.DBBackendBase.db_encrypt_keys = [secrets["db_key"]]
+    c.LocalBackend.clusters_directory = os.path.join(directory, "clusters")
+    c.LocalBackend.inherited_environment = [
+        "PATH",
+        "PYTHONPATH",
+        "VIRTUAL_ENV",
+        "LANG",
+        "LC_ALL",
+        "HOME",
+        "TMPDIR",
+    ]
+    scheduler_cmd = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    if settings.get("server_side", True):
+        scheduler_cmd += ["--preload", "dask_batch.preload"]
+        table = settings.get("storage_options_by_user")
+        c.Backend.cluster_options = batch_cluster_options(
+            environment=settings.get("environment") or {},
+            # One user: any storage that user configures.
+            allowed_storage=settings.get("allowed_storage"),
+            storage_options=storage_options_table(table) if table else None,
+        )
+    else:
+        c.ClusterConfig.environment = settings.get("environment") or {}
+    c.ClusterConfig.scheduler_cmd = scheduler_cmd
+    c.ClusterConfig.worker_cmd = [sys.executable, "-m", "distributed.cli.dask_worker"]
+    c.ClusterConfig.idle_timeout = float(settings.get("idle_timeout", 0))
+    c.ClusterConfig.worker_memory = settings.get("worker_memory", "1 G")
+    c.ClusterConfig.scheduler_memory = settings.get("scheduler_memory", "1 G")
+    for key, value in (settings.get("gateway_config") or {}).items():
+        section, _, trait = key.rpartition(".")
+        setattr(getattr(c, section), trait, value)
+    return c
+
+
+def _wait_healthy(url: str, deadline: float) -> None:
+    # The proxy may answer a bare 404 until it has fetched its routes from
+    # the gateway, so "up" means /api/health answers 200.
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except Exception as exc:
+            last = exc
+        time.sleep(0.05)
+    raise RuntimeError(f"gateway at {url} never became healthy: {last}")
+
+
+async def _serve(
+    gateway: DaskGateway,
+    directory: str,
+    settings: dict[str, Any],
+    address: str,
+    proxy_address: str,
+) -> None:
+    launch_id = settings.get("launch_id", "")
+    server_file = os.path.join(directory, SERVER_FILE)
+    ready = False
+    try:
+        await gateway.setup()
+        await gateway.backend.proxy._proxy_contacted
+        await asyncio.to_thread(
+            _wait_healthy, f"{address}/api/health", time.monotonic() + 30
+        )
+        write_private(
+            server_file,
+            {
+                "address": address,
+                "proxy_address": proxy_address,
+                "pid": os.getpid(),
+                "launch_id": launch_id,
+                "started": time.time(),
+            },
+        )
+        ready = True
+        gateway.log.info("dask-batch local gateway ready at %s", address)
+        keeper = asyncio.create_task(
+            _keep_jobs(gateway, directory, address, proxy_address)
+        )
+        owner = settings.get("owner_pid")
+        while owner is None or pid_alive(owner):
+            await asyncio.sleep(1.0 if owner else 3600)
+        gateway.log.warning("Owner process %d is gone, shutting down", owner)
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+    finally:
+        if ready:
+            os.remove(server_file)
+        else:
+            write_private(server_file, {"failed": launch_id})
+        await gateway.cleanup()
+
+
+async def _keep_jobs(
+    gateway: DaskGateway, directory: str, address: str, proxy_address: str
+) -> None:
+    """Keep the jobs of the default storage with nobody looking.
+
+    Every ``batch.local.keeper-interval``: jobs whose upstream jobs ended are
+    started or cancelled, jobs whose cluster died are retried or recorded
+    LOST, and due schedules submit their runs. This process runs as the
+    user who started it, with that user's secret, as a client would.
+    """
+    from dask.utils import parse_timedelta
+    from dask_gateway import BasicAuth
+
+    from dask_batch.client.gateway import BatchGateway
+    from dask_batch.service.local_keeper import LocalKeeper
+
+    interval = parse_timedelta(dask.config.get("batch.local.keeper-interval"))
+    if not interval:
+        return
+    secrets = read_json(os.path.join(directory, SECRETS_FILE))
+    keeper = LocalKeeper(
+        lambda: BatchGateway(
+            address=address,
+            proxy_address=proxy_address,
+            auth=BasicAuth(secrets["username"], secrets["password"]),
+            asynchronous=True,
+        ),
+        os.path.join(directory, "jobs"),
+        interval,
+        gateway.log,
+    )
+    await keeper.run()
+
+
+def _detach() -> None:
+    # Double fork: the starter's child exits now, the gateway is re-parented
+    # to init and leads its own session, away from the starter's signals.
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+
+
+def main(directory: str, detach: bool = False) -> None:
+    # The database, logs and cluster directories are the owner's alone.
+    os.umask(0o077)
+    directory = os.path.abspath(directory)
+    if detach:
+        _detach()
+    settings = read_json(os.path.join(directory, SETTINGS_FILE))
+    launch_id = settings.get("launch_id", "")
+    try:
+        secrets = read_json(os.path.join(directory, SECRETS_FILE))
+        api_port, proxy_port = _free_ports(2)
+        config = build_config(directory, settings, secrets, api_port, proxy_port)
+        gateway = DaskGateway(config=config)
+        gateway.initialize([])
+    except BaseException:
+        write_private(os.path.join(directory, SERVER_FILE), {"failed": launch_id})
+        raise
+    from aiohttp import web
+
+    # SIGTERM/SIGINT end the gateway through GracefulExit: a normal stop.
+    with contextlib.suppress(KeyboardInterrupt, web.GracefulExit):
+        run_main(
+            _serve(
+                gateway,
+                directory,
+                settings,
+                # Clients talk to the proxy: HTTP API and scheduler TLS share
+                # its port: with a separate Proxy.tcp_address that clients
+                # are not told about, new_cluster() stalls and get_client()
+                # times out.
+                f"http://127.0.0.1:{proxy_port}{config.Proxy.get('prefix', '')}",
+                f"gateway://127.0.0.1:{proxy_port}",
+            )
+        )
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    detach = "--detach" in args
+    (directory,) = (a for a in args if a != "--detach")
+    main(directory, detach=detach)

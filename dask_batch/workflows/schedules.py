@@ -1,0 +1,726 @@
+"""Schedules: submit a job at each time of a cron expression.
+
+A schedule lives beside its owner's jobs, in ``{root}/{user}/.schedules/{id}/``:
+
+- ``schedule.json``: the cron expression, how overlaps are handled, whether it
+  is paused, and the template of its runs' spec, signed with the schedule's
+  key (derived, as a job's, from the owner's secret and the schedule id);
+- ``payload.pkl``, ``files.tar.gz``, ``secrets.bin``: what each run gets,
+  the payload signed and the env values sealed with the schedule's keys;
+- ``runs/{time}.json``: one per due time, created once (whoever fires first
+  wins): the run's job id, or why it was skipped or is queued; a queued
+  run's start is claimed once in ``claims/{time}.json``.
+
+Whoever fires a schedule checks its signature with the owner's secret: a
+schedule planted by someone who can write the storage never runs. Each run
+is an ordinary job (its own id and keys), whose record names its schedule.
+Times missed while nobody was firing are caught up once, not once each.
+
+Client side: the local gateway's keeper and any client of the owner fire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import posixpath
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dask_batch.client.submission import Submission
+from dask_batch.core import secrets as _secrets
+from dask_batch.core import signing as _signing
+from dask_batch.core.exceptions import DaskBatchError, JobNotFoundError, SubmitError
+from dask_batch.core.names import check_job_id
+from dask_batch.core.records import from_iso, new_job_id, to_iso, utcnow
+from dask_batch.storage.store import (
+    FILES,
+    PAYLOAD,
+    SECRETS,
+    JobStore,
+    digest,
+    dumps_json,
+)
+
+__all__ = ["Schedule", "ScheduleRun"]
+
+logger = logging.getLogger("dask_batch")
+
+SCHEDULES = ".schedules"
+SCHEDULE_DOC = "schedule.json"
+RUNS = "runs"
+OVERLAPS = ("skip", "queue")
+
+
+def check_cron(schedule_id: str, cron: Any, timezone: Any = "UTC") -> None:
+    """Refuse what croniter cannot read, and unknown time zones."""
+    from croniter import croniter
+
+    if not isinstance(cron, str) or not croniter.is_valid(cron):
+        raise SubmitError.not_submitted(
+            schedule_id,
+            f"{cron!r} is not a cron expression (five fields: minute hour "
+            "day-of-month month day-of-week, such as '0 2 * * *'; a sixth "
+            "field gives seconds).",
+        )
+    _zone(schedule_id, timezone)
+
+
+def _zone(schedule_id: str, name: Any) -> datetime.tzinfo:
+    import zoneinfo
+
+    try:
+        return zoneinfo.ZoneInfo(str(name))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise SubmitError.not_submitted(
+            schedule_id, f"unknown time zone {name!r} (use names such as 'UTC')."
+        ) from None
+
+
+@dataclass(frozen=True)
+class ScheduleRun:
+    """One due time of a schedule.
+
+    Attributes
+    ----------
+    time : datetime
+        The due time.
+    job_id : str
+        The job submitted for it ("" if skipped or queued).
+    outcome : str
+        ``"submitted"``, ``"skipped"``, ``"queued"`` or ``"failed"``.
+    message : str
+        Why it was skipped, or times missed before it.
+    """
+
+    time: datetime.datetime
+    job_id: str = ""
+    outcome: str = "submitted"
+    message: str = ""
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> ScheduleRun:
+        if not isinstance(doc, dict):
+            raise TypeError("a run entry is not a JSON object")
+        when = from_iso(doc.get("time"))
+        if when is None:
+            raise ValueError("a run entry has no time")
+        job_id = doc.get("job_id") or ""
+        return cls(
+            time=when,
+            job_id=check_job_id(job_id) if job_id else "",
+            outcome=str(doc.get("outcome") or "submitted"),
+            message=str(doc.get("message") or "")[:1000],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "time": to_iso(self.time),
+            "job_id": self.job_id,
+            "outcome": self.outcome,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A schedule, as its owner signed it.
+
+    Attributes
+    ----------
+    id, user, name : str
+    cron : str
+        When runs are due (croniter syntax, in ``timezone``).
+    timezone : str
+    overlap : str
+        ``"skip"``: a due time while the last run is still going is skipped
+        (and recorded); ``"queue"``: it runs when the last run ends.
+    paused : bool
+    created : datetime
+    target : str
+        What each run runs.
+    spec : dict
+        The template of each run's spec.
+    history : list of ScheduleRun
+        Due times so far, newest first (filled by ``schedules()``).
+    next_run : datetime or None
+        The next due time (None while paused).
+    """
+
+    id: str
+    user: str
+    name: str
+    cron: str
+    timezone: str
+    overlap: str
+    paused: bool
+    created: datetime.datetime
+    target: str
+    spec: dict[str, Any]
+    payload_signature: str
+    files_digest: str
+    history: tuple[ScheduleRun, ...] = ()
+    next_run: datetime.datetime | None = None
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "user": self.user,
+            "name": self.name,
+            "cron": self.cron,
+            "timezone": self.timezone,
+            "overlap": self.overlap,
+            "paused": self.paused,
+            "created": to_iso(self.created),
+            "target": self.target,
+            "spec": self.spec,
+            "payload_signature": self.payload_signature,
+            "files_digest": self.files_digest,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly, with history and next run."""
+        return {
+            **{k: v for k, v in self.to_document().items() if k != "spec"},
+            "kind": self.spec.get("kind", ""),
+            "history": [r.to_dict() for r in self.history],
+            "next_run": to_iso(self.next_run),
+        }
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> Schedule:
+        created = from_iso(doc.get("created"))
+        if created is None:
+            raise ValueError("a schedule has no creation time")
+        spec = doc.get("spec")
+        if not isinstance(spec, dict):
+            raise TypeError("a schedule has no run template")
+        return cls(
+            id=check_job_id(doc.get("id")),
+            user=str(doc["user"]),
+            name=str(doc.get("name") or ""),
+            cron=str(doc["cron"]),
+            timezone=str(doc.get("timezone") or "UTC"),
+            overlap=str(doc.get("overlap") or "skip"),
+            paused=doc.get("paused") is True,
+            created=created,
+            target=str(doc.get("target") or ""),
+            spec=spec,
+            payload_signature=str(doc.get("payload_signature") or ""),
+            files_digest=str(doc.get("files_digest") or ""),
+        )
+
+    def due_times(
+        self, after: datetime.datetime, until: datetime.datetime
+    ) -> list[datetime.datetime]:
+        """Due times in ``(after, until]``, at most 1000 (the newest)."""
+        from croniter import croniter
+
+        zone = _zone(self.id, self.timezone)
+        times: list[datetime.datetime] = []
+        it = croniter(self.cron, after.astimezone(zone))
+        while True:
+            when = it.get_next(datetime.datetime)
+            if when > until:
+                return times
+            times.append(when.astimezone(datetime.timezone.utc))
+            if len(times) > 1000:
+                times.pop(0)
+
+    def following(self, after: datetime.datetime) -> datetime.datetime:
+        from croniter import croniter
+
+        zone = _zone(self.id, self.timezone)
+        when = croniter(self.cron, after.astimezone(zone)).get_next(datetime.datetime)
+        return when.astimezone(datetime.timezone.utc)
+
+
+def _run_name(when: datetime.datetime) -> str:
+    return when.astimezone(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.json")
+
+
+class Schedules:
+    """One user's schedules in a store: add, list, pause, resume, delete, fire.
+
+    Parameters
+    ----------
+    store : JobStore
+    launcher : ClusterLauncher
+        Submits each run as an ordinary job (``start_job``).
+    user : str
+    clock : callable, optional
+        The current time (UTC); tests drive it.
+
+    Attributes
+    ----------
+    delegation : Delegation or None
+        Set by a service that holds no secret: the schedules' keys come from
+        what their owners delegated to it, and runs are signed with keys
+        derived from them (``keys_from``).
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        launcher: Any,
+        user: str,
+        clock: Callable[[], datetime.datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.launcher = launcher
+        self.user = user
+        self.clock = clock
+        self.delegation: Delegation | None = None
+        self._said: set[tuple[str, str]] = set()  # (schedule, why) logged once
+
+    # -- storage -----------------------------------------------------------------
+    def _path(self, schedule_id: str, name: str = "") -> str:
+        base = posixpath.join(
+            self.store.user_path(self.user), SCHEDULES, check_job_id(schedule_id)
+        )
+        return posixpath.join(base, name) if name else base
+
+    def _put(self, schedule_id: str, name: str, data: bytes) -> None:
+        with self.store._errors(f"write schedule {name}", schedule_id):
+            self.store.backend.put_whole(self._path(schedule_id, name), data)
+
+    def _get(self, schedule_id: str, name: str) -> bytes:
+        path = self._path(schedule_id, name)
+        with self.store._errors(
+            f"read schedule {name}", schedule_id, answers=(FileNotFoundError,)
+        ):
+            return bytes(self.store.fs.cat_file(path))
+
+    def ids(self) -> list[str]:
+        folder = posixpath.join(self.store.user_path(self.user), SCHEDULES)
+        names = self.store._names(folder, "list the schedules")
+        found = []
+        for name in names:
+            base = posixpath.basename(name.rstrip("/"))
+            try:
+                found.append(check_job_id(base))
+            except JobNotFoundError:
+                continue  # not a schedule's folder: planted, or left over
+        return sorted(found, reverse=True)
+
+    # -- the owner's side ----------------------------------------------------------
+    def _keys(self, schedule_id: str) -> _signing.JobKeys:
+        if self.delegation is not None:
+            return self.delegation.keys(self, schedule_id)
+        secret = _signing.user_secret(create=True, job_id=schedule_id)
+        return _signing.job_keys(secret, schedule_id)
+
+    def add(
+        self,
+        submission: Submission,
+        cron: str,
+        *,
+        timezone: str = "UTC",
+        overlap: str = "skip",
+    ) -> Schedule:
+        """Store a schedule whose runs are ``submission`` (its id the schedule's)."""
+        schedule_id = submission.job_id
+        check_cron(schedule_id, cron, timezone)
+        if overlap not in OVERLAPS:
+            raise SubmitError.not_submitted(
+                schedule_id, f"overlap must be 'skip' or 'queue', got {overlap!r}."
+            )
+        keys = self._keys(schedule_id)
+        spec = dict(submission.spec)
+        schedule = Schedule(
+            id=schedule_id,
+            user=self.user,
+            name=str(spec.get("name") or ""),
+            cron=cron,
+            timezone=timezone,
+            overlap=overlap,
+            paused=False,
+            created=self.clock(),
+            target=str(spec.get("function") or ""),
+            spec=spec,
+            payload_signature=_signing.sign(keys.job_key, submission.payload),
+            files_digest=digest(submission.archive) if submission.archive else "",
+        )
+        sealed = _secrets.seal(
+            _secrets.JobSecrets(submission.env_values, keys.job_key), keys.env_key
+        )
+        self._put(schedule_id, PAYLOAD, submission.payload)
+        if submission.archive:
+            self._put(schedule_id, FILES, submission.archive)
+        self._put(schedule_id, SECRETS, sealed)
+        self._write(schedule, keys)
+        return dataclasses.replace(schedule, next_run=schedule.following(self.clock()))
+
+    def _write(self, schedule: Schedule, keys: _signing.JobKeys) -> None:
+        signed = _signing.sign_spec(keys.job_key, schedule.to_document())
+        self._put(schedule.id, SCHEDULE_DOC, dumps_json(signed))
+
+    def read(self, schedule_id: str) -> Schedule:
+        """The schedule, if its owner's key signed it; else an error naming it."""
+        return self._verified(schedule_id)[0]
+
+    def _verified(self, schedule_id: str) -> tuple[Schedule, _signing.JobKeys]:
+        """The schedule its owner's key signed, and that key (derived once:
+        through a delegation, that is two reads)."""
+        try:
+            doc = json.loads(self._get(schedule_id, SCHEDULE_DOC))
+        except FileNotFoundError:
+            raise JobNotFoundError(
+                schedule_id, self.store.url, reason="no such schedule"
+            ) from None
+        except ValueError:
+            doc = None
+        keys = self._keys(schedule_id)
+        if not isinstance(doc, dict) or not _signing.spec_is_signed(keys.job_key, doc):
+            raise DaskBatchError(
+                f"Schedule {schedule_id!r} is not signed with your key: it was "
+                "written or changed in storage by someone else, and never runs. "
+                "Delete it (`dask batch schedule delete`) and add it again.",
+                job_id=schedule_id,
+            )
+        schedule = Schedule.from_document(doc)
+        if schedule.id != schedule_id or schedule.user != self.user:
+            raise DaskBatchError(
+                f"Schedule {schedule_id!r} describes another schedule or user: it "
+                "was copied in storage. It never runs.",
+                job_id=schedule_id,
+            )
+        return schedule, keys
+
+    def history(self, schedule_id: str, limit: int = 100) -> list[ScheduleRun]:
+        """The schedule's due times so far, newest first."""
+        names = self.store._names(self._path(schedule_id, RUNS), "list the runs")
+        names = sorted((posixpath.basename(n) for n in names), reverse=True)[:limit]
+        paths = [self._path(schedule_id, f"{RUNS}/{n}") for n in names]
+        blobs = self.store.get_many(paths, schedule_id)
+        runs = []
+        for path in paths:
+            try:
+                runs.append(ScheduleRun.from_dict(json.loads(blobs[path])))
+            except (KeyError, TypeError, ValueError, JobNotFoundError):
+                continue  # damaged or planted: not part of the history
+        return runs
+
+    def describe(self, schedule_id: str) -> Schedule:
+        """The schedule with its history and next due time."""
+        schedule = self.read(schedule_id)
+        history = tuple(self.history(schedule_id))
+        last = history[0].time if history else schedule.created
+        return dataclasses.replace(
+            schedule,
+            history=history,
+            next_run=None if schedule.paused else schedule.following(last),
+        )
+
+    def set_paused(self, schedule_id: str, paused: bool) -> Schedule:
+        schedule, keys = self._verified(schedule_id)
+        schedule = dataclasses.replace(schedule, paused=paused)
+        if not paused:
+            # Times that passed while paused are not caught up.
+            marker = ScheduleRun(self.clock(), outcome="resumed", message="resumed")
+            self._record(schedule_id, marker, create=False)
+        self._write(schedule, keys)
+        return self.describe(schedule_id)
+
+    def delete(self, schedule_id: str) -> None:
+        """Remove the schedule; its runs, ordinary jobs, stay."""
+        path = self._path(schedule_id)
+        with self.store._errors("delete the schedule", schedule_id):
+            if not self.store.fs.exists(path):
+                raise JobNotFoundError(
+                    schedule_id, self.store.url, reason="no such schedule"
+                )
+            self.store.fs.rm(path, recursive=True)
+
+    # -- firing --------------------------------------------------------------------
+    def _record(self, schedule_id: str, run: ScheduleRun, *, create: bool) -> bool:
+        path = self._path(schedule_id, f"{RUNS}/{_run_name(run.time)}")
+        data = json.dumps(run.to_dict()).encode()
+        if create:
+            return self.store._create(path, data, "record a run", schedule_id)
+        with self.store._errors("record a run", schedule_id):
+            self.store.backend.put_whole(path, data)
+        return True
+
+    async def fire_due(self) -> list[ScheduleRun]:
+        """Submit the runs now due for every schedule of the user."""
+        fired = []
+        for schedule_id in await asyncio.to_thread(self.ids):
+            try:
+                fired.extend(await self.fire(schedule_id))
+            except DaskBatchError as exc:
+                # One broken or planted schedule does not stop the others.
+                # Said once per reason: firers sweep every few seconds.
+                if (schedule_id, str(exc)) not in self._said:
+                    self._said.add((schedule_id, str(exc)))
+                    logger.warning("Schedule %s not fired: %s", schedule_id, exc)
+        return fired
+
+    async def fire(self, schedule_id: str) -> list[ScheduleRun]:
+        """Submit the run now due for one schedule (at most one per call)."""
+        schedule, keys = await asyncio.to_thread(self._verified, schedule_id)
+        history = await asyncio.to_thread(self.history, schedule_id, 20)
+        done: list[ScheduleRun] = []
+        if schedule.paused:
+            return []
+        queued = [r for r in history if r.outcome == "queued"]
+        if queued:
+            run = await self._start_queued(schedule, keys, queued[-1], history)
+            return [run] if run else []
+        now = self.clock()
+        last = history[0].time if history else schedule.created
+        due = schedule.due_times(last, now)
+        if not due:
+            return []
+        when = due[-1]
+        missed = len(due) - 1
+        message = (
+            f"caught up once for {missed + 1} due times since {to_iso(due[0])}"
+            if missed
+            else ""
+        )
+        previous = next((r for r in history if r.job_id), None)
+        going = await self._still_going(previous)
+        if going:
+            outcome = "queued" if schedule.overlap == "queue" else "skipped"
+            note = f"the run {previous.job_id} is still {going}"  # type: ignore[union-attr]
+            run = ScheduleRun(
+                when, outcome=outcome, message=f"{note}. {message}".strip()
+            )
+            if await asyncio.to_thread(self._record, schedule_id, run, create=True):
+                done.append(run)
+            return done
+        claim = ScheduleRun(when, outcome="starting", message=message)
+        if not await asyncio.to_thread(self._record, schedule_id, claim, create=True):
+            return done  # someone else fired it
+        done.append(await self._submit_run(schedule, keys, when, message))
+        return done
+
+    async def _still_going(self, run: ScheduleRun | None) -> str:
+        if run is None:
+            return ""
+        try:
+            record = await asyncio.to_thread(
+                self.store.read_record, self.user, run.job_id
+            )
+        except DaskBatchError:
+            return ""
+        return "" if record.state.is_terminal else record.state.value
+
+    async def _start_queued(
+        self,
+        schedule: Schedule,
+        keys: _signing.JobKeys,
+        run: ScheduleRun,
+        history: list[ScheduleRun],
+    ) -> ScheduleRun | None:
+        previous = next((r for r in history if r.job_id), None)
+        if await self._still_going(previous):
+            return None
+        # Claimed once: two firers never both submit the queued run.
+        claim = self._path(schedule.id, f"claims/{_run_name(run.time)}")
+        if not await asyncio.to_thread(
+            self.store._create, claim, b"{}", "claim a queued run", schedule.id
+        ):
+            return None
+        return await self._submit_run(schedule, keys, run.time, run.message)
+
+    async def _submit_run(
+        self,
+        schedule: Schedule,
+        keys: _signing.JobKeys,
+        when: datetime.datetime,
+        message: str,
+    ) -> ScheduleRun:
+        """Submit the run due at ``when`` as a new job, and record it."""
+        try:
+            submission, run_keys = await asyncio.to_thread(
+                self._run_submission, schedule, keys, when
+            )
+            job_id = await self.launcher.start_job(submission, run_keys)
+            run = ScheduleRun(when, job_id=job_id, message=message)
+        except Exception as exc:
+            # Recorded as this due time's outcome (and logged): the claim
+            # must not stay "starting" for ever.
+            logger.warning("Schedule %s: run due %s failed: %s", schedule.id, when, exc)
+            run = ScheduleRun(when, outcome="failed", message=str(exc)[:1000])
+        await asyncio.to_thread(self._record, schedule.id, run, create=False)
+        return run
+
+    def _run_submission(
+        self, schedule: Schedule, keys: _signing.JobKeys, when: datetime.datetime
+    ) -> tuple[Submission, _signing.JobKeys | None]:
+        """The run's submission, from what the schedule's key vouches for, and
+        its keys when they derive from the schedule's (delegated) keys."""
+        payload = self._get(schedule.id, PAYLOAD)
+        if _signing.sign(keys.job_key, payload) != schedule.payload_signature:
+            raise DaskBatchError(
+                f"the payload of schedule {schedule.id!r} was changed in storage; "
+                "no run submitted. Add the schedule again.",
+                job_id=schedule.id,
+            )
+        archive = b""
+        if schedule.files_digest:
+            archive = self._get(schedule.id, FILES)
+            if digest(archive) != schedule.files_digest:
+                raise DaskBatchError(
+                    f"the files of schedule {schedule.id!r} were changed in "
+                    "storage; no run submitted. Add the schedule again.",
+                    job_id=schedule.id,
+                )
+        secrets = _secrets.unseal(keys.env_key, self._get(schedule.id, SECRETS))
+        run_id = new_job_id()
+        spec = dict(schedule.spec)
+        spec.update(
+            id=run_id,
+            user=self.user,
+            artifacts_url=self.store.artifacts_url(self.user, run_id),
+            schedule=schedule.id,
+            scheduled_for=to_iso(when),
+            idempotency_key=None,
+        )
+        run_keys = None
+        if self.delegation is not None:
+            run_keys = _signing.run_keys(keys, run_id)
+            spec["keys_from"] = schedule.id
+        return Submission(run_id, spec, payload, secrets.env, archive), run_keys
+
+
+def default_service_key_path() -> str:
+    """Where the service keeps its key: beside a user's secret, in its config dir."""
+    return os.path.join(os.path.dirname(_signing.secret_path()), "service-key")
+
+
+class Delegation:
+    """Schedules their owners handed to a service that holds no user's secret.
+
+    The owner sends the schedule's env key to the service over its
+    authenticated API; the service keeps it sealed with its own key (a
+    Fernet key in ``batch.service.key-file``, made on first use), beside the
+    schedule (``service.bin``). With it the service opens the schedule's job
+    key, checks the schedule's signature, fires its runs and pauses or
+    resumes it: the schedule's authority, nothing more of the user's.
+
+    Parameters
+    ----------
+    key : str
+        The service's Fernet key.
+    """
+
+    SEALED = "service.bin"
+
+    def __init__(self, key: str) -> None:
+        from cryptography.fernet import Fernet
+
+        self._fernet = Fernet(key)
+
+    @classmethod
+    def from_config(cls) -> Delegation:
+        """The service's key from ``batch.service.key-file`` (made if missing)."""
+        import dask.config
+        from cryptography.fernet import Fernet
+
+        path = dask.config.get("batch.service.key-file", None) or (
+            default_service_key_path()
+        )
+        path = os.path.abspath(os.path.expanduser(str(path)))
+        try:
+            with open(path) as f:
+                return cls(f.read().strip())
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            key = Fernet.generate_key().decode()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(key + "\n")
+            return cls(key)
+
+    def accept(self, schedules: Schedules, schedule_id: str, env_key: str) -> None:
+        """Keep ``env_key`` for a schedule, once it proves to be that schedule's.
+
+        It must open the schedule's sealed secrets, and the job key inside
+        must verify the schedule's signature: a key for anything else is
+        refused.
+        """
+        keys = self._open_schedule(schedules, schedule_id, env_key)
+        doc = json.loads(schedules._get(schedule_id, SCHEDULE_DOC))
+        if not isinstance(doc, dict) or not _signing.spec_is_signed(keys.job_key, doc):
+            raise DaskBatchError(
+                f"schedule {schedule_id!r} is not signed with the key sent for it",
+                job_id=schedule_id,
+            )
+        document = {"user": schedules.user, "schedule": schedule_id, "env_key": env_key}
+        sealed = self._fernet.encrypt(json.dumps(document).encode())
+        schedules._put(schedule_id, self.SEALED, sealed)
+
+    def keys(self, schedules: Schedules, schedule_id: str) -> _signing.JobKeys:
+        """The schedule's keys, from what its owner delegated (else an error)."""
+        try:
+            token = schedules._get(schedule_id, self.SEALED)
+            document = json.loads(self._fernet.decrypt(token))
+        except FileNotFoundError:
+            raise DaskBatchError(
+                f"schedule {schedule_id!r} was not handed to this service (no "
+                "batch.service.url where it was added); its owner's clients "
+                "fire it (`dask batch schedule fire`).",
+                job_id=schedule_id,
+            ) from None
+        except Exception as exc:
+            raise DaskBatchError(
+                f"the delegation of schedule {schedule_id!r} cannot be opened "
+                f"({type(exc).__name__}): it was not made by this service.",
+                job_id=schedule_id,
+            ) from None
+        if (
+            not isinstance(document, dict)
+            or document.get("user") != schedules.user
+            or document.get("schedule") != schedule_id
+        ):
+            raise DaskBatchError(
+                f"the delegation of schedule {schedule_id!r} was copied from "
+                "another schedule or user in storage.",
+                job_id=schedule_id,
+            )
+        return self._open_schedule(schedules, schedule_id, str(document["env_key"]))
+
+    @staticmethod
+    def _open_schedule(
+        schedules: Schedules, schedule_id: str, env_key: str
+    ) -> _signing.JobKeys:
+        try:
+            secrets = _secrets.unseal(env_key, schedules._get(schedule_id, SECRETS))
+        except Exception as exc:
+            raise DaskBatchError(
+                f"the key sent for schedule {schedule_id!r} does not open its "
+                f"secrets ({type(exc).__name__})",
+                job_id=schedule_id,
+            ) from None
+        return _signing.JobKeys(job_key=secrets.job_key, env_key=env_key)
+
+
+def delegate_to_service(url: str, token: str, schedule_id: str, env_key: str) -> None:
+    """Hand a schedule's env key to the hub service at ``url`` (its API)."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{url.rstrip('/')}/api/v1/schedules/{check_job_id(schedule_id)}/delegate",
+        data=json.dumps({"env_key": env_key}).encode(),
+        headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            answer.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise DaskBatchError(
+            f"schedule {schedule_id!r} was added, but the service at {url} did "
+            f"not take it ({exc}); it runs only when your clients fire it. "
+            "Check batch.service.url and your token, then delete and add it again.",
+            job_id=schedule_id,
+        ) from None
