@@ -39,6 +39,7 @@ from dask_batch.core.records import ErrorInfo, JobRecord, JobState
 if TYPE_CHECKING:
     from dask_batch.batch_client import BatchClient, Job
     from dask_batch.core.tasks import TaskRecord
+    from dask_batch.job_service import JobService
     from dask_batch.runtime.context import (
         CurrentJob,
         artifacts_dir,
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "BatchClient": "dask_batch.batch_client",
     "Job": "dask_batch.batch_client",
+    "JobService": "dask_batch.job_service",
     "CurrentJob": "dask_batch.runtime.context",
     "artifacts_dir": "dask_batch.runtime.context",
     "artifacts_path": "dask_batch.runtime.context",
@@ -92,6 +94,7 @@ __all__ = [
     "JobLostError",
     "JobNotFoundError",
     "JobRecord",
+    "JobService",
     "JobState",
     "MissingSecretError",
     "Pipeline",

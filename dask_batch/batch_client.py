@@ -1,27 +1,21 @@
-"""The client side's front: :class:`BatchClient`.
+"""The friendly face for notebooks and scripts: :class:`BatchClient` and :class:`Job`.
 
-A thin layer over the rooms that each own one stage of a job's life:
-:mod:`~dask_batch.client.submission` checks and packs input,
-:mod:`~dask_batch.client.launcher` starts clusters,
-:mod:`~dask_batch.client.reconcile` keeps records honest,
-:mod:`~dask_batch.client.listing` lists, :mod:`~dask_batch.client.outputs`
-fetches results, logs and artifacts. Sync and async from one code path, as
-dask-gateway does: each public method runs its coroutine through the
-gateway's own ``sync``.
+:class:`BatchClient` turns what a user writes (a function and its
+arguments, a script, a notebook, steps, a cron line) into targets for the
+:class:`~dask_batch.JobService`, which does the work. Sync and async from one
+code path, as dask-gateway does: each public method runs the service's
+coroutine through the gateway's own ``sync``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime
 import html
-import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import dask.config
 from dask_gateway import Gateway
 
 from dask_batch import config as _config  # noqa: F401  (loads batch.* defaults)
@@ -29,24 +23,15 @@ from dask_batch.client import connection as _connection
 from dask_batch.client import submission as _submission
 from dask_batch.client import tracking as _tracking
 from dask_batch.client.display import html_table
-from dask_batch.client.launcher import ClusterLauncher
-from dask_batch.client.listing import JobLister
-from dask_batch.client.outputs import JobOutputs
-from dask_batch.client.reconcile import Reconciler
-from dask_batch.core.exceptions import DaskBatchError, SubmitError
-from dask_batch.core.names import check_job_id, check_user
+from dask_batch.core.exceptions import SubmitError
 from dask_batch.core.options import SubmitOptions
 from dask_batch.core.records import JobState, new_job_id
-from dask_batch.core.tasks import TASK_KINDS, check_task_name
+from dask_batch.job_service import JobService
 from dask_batch.storage.upstream import JobResult, substitute
 from dask_batch.workflows import pipelines as _pipeline
-from dask_batch.workflows import schedules as _schedules
 from dask_batch.workflows.pipelines import Step
-from dask_batch.workflows.schedules import Schedules
 
 __all__ = ["BatchClient", "Job"]
-
-logger = logging.getLogger("dask_batch")
 
 
 class BatchClient:
@@ -95,19 +80,13 @@ class BatchClient:
         try:
             self.store = _connection.open_store(storage, storage_options, local_info)
             self.mode = _connection.check_mode(mode)
-            self._requested_user = check_user(user) if user else None
+            #: The job service that does this client's work (public: the way
+            #: in for code that wants coroutines and nothing else).
+            self.service = JobService(self.gateway, self.store, self.mode, user=user)
         except BaseException:
             if self._owns_gateway and not self.asynchronous:
                 self.gateway.close()  # async: no request was made, nothing open
             raise
-        #: The authenticated user; an asynchronous client learns it on its
-        #: first call (or ``await batch.identify()``).
-        self.user: str | None = None
-        self._launcher = ClusterLauncher(self.gateway, self.store, "", self.mode)
-        self._reconciler = Reconciler(self.store, self._launcher, "")
-        self._lister = JobLister(self.store, "", self._reconciler)
-        self._outputs = JobOutputs(self.store, "", self._reconciler)
-        self._schedules = Schedules(self.store, self._launcher, "")
         if not self.asynchronous:
             try:
                 self.gateway.sync(self.identify)
@@ -119,6 +98,12 @@ class BatchClient:
     def asynchronous(self) -> bool:
         return bool(self.gateway.asynchronous)
 
+    @property
+    def user(self) -> str | None:
+        """The authenticated user; an asynchronous client learns it on its
+        first call (or ``await batch.identify()``)."""
+        return self.service.user
+
     def sync(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``func``'s coroutine on the gateway's loop (or return it if async)."""
         if self.user is None:
@@ -126,8 +111,11 @@ class BatchClient:
         return self.gateway.sync(func, *args, **kwargs)
 
     async def _identified(self, func: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        await self.identify()
+        await self.service.identify()
         return await func(*args, **kw)
+
+    async def _job(self, func: Callable[..., Any], *args: Any, **kw: Any) -> Job:
+        return Job(self, await func(*args, **kw))
 
     async def identify(self) -> str:
         """Learn, once, which user's jobs this client works with.
@@ -149,22 +137,7 @@ class BatchClient:
             The gateway or hub refused the credentials, or the user asked
             for is not the one authenticated.
         """
-        if self.user is None:
-            user = await _connection.gateway_user(
-                self.gateway, self._launcher.server_options, self._requested_user
-            )
-            user = check_user(user)
-            parts = (
-                self._launcher,
-                self._reconciler,
-                self._lister,
-                self._outputs,
-                self._schedules,
-            )
-            for part in parts:
-                part.user = user
-            self.user = user
-        return self.user
+        return await self.service.identify()
 
     def close(self) -> Any:
         """Close the gateway client if this BatchClient created it.
@@ -466,24 +439,9 @@ class BatchClient:
         )
         if resume is not None:
             earlier = resume.id if isinstance(resume, Job) else str(resume)
-            return self.sync(self._resume_and_submit, job_id, what, merged, earlier)
+            submit = self.service.submit_target
+            return self.sync(self._job, submit, job_id, what, merged, resume=earlier)
         return self._submit(job_id, what, merged)
-
-    async def _resume_and_submit(
-        self,
-        job_id: str,
-        target: _submission.Target,
-        options: SubmitOptions,
-        earlier: str,
-    ) -> Job:
-        tasks = await asyncio.to_thread(
-            self._outputs.reusable, check_job_id(earlier), target.tasks
-        )
-        target = dataclasses.replace(target, tasks=tasks)
-        tracking = _tracking.requested(job_id, options.mlflow, target.params)
-        assert self.user is not None
-        submission = self._build(job_id, self.user, target, options)
-        return await self._start_job(submission, tracking)
 
     def schedule(
         self,
@@ -542,37 +500,15 @@ class BatchClient:
             what = _submission.notebook_target(schedule_id, path, main_kwargs)
         else:
             what = _submission.script_target(schedule_id, os.fspath(target), list(args))
-        _schedules.check_cron(schedule_id, cron, timezone)
-
-        async def add() -> Any:
-            user = await self.identify()
-            await self._launcher.check_cluster_options(
-                schedule_id, dict(options.cluster_options or {})
-            )
-            submission = self._build(schedule_id, user, what, options)
-            added = await asyncio.to_thread(
-                self._schedules.add,
-                submission,
-                cron,
-                timezone=timezone,
-                overlap=overlap,
-            )
-            service = dask.config.get("batch.service.url", None)
-            if service:
-                token = getattr(self.gateway.auth, "api_token", None) or os.environ.get(
-                    "JUPYTERHUB_API_TOKEN", ""
-                )
-                env_key = self._schedules._keys(schedule_id).env_key
-                await asyncio.to_thread(
-                    _schedules.delegate_to_service,
-                    str(service),
-                    str(token),
-                    schedule_id,
-                    env_key,
-                )
-            return added
-
-        return self.sync(add)
+        return self.sync(
+            self.service.add_schedule,
+            schedule_id,
+            what,
+            options,
+            cron=cron,
+            timezone=timezone,
+            overlap=overlap,
+        )
 
     def schedules(self) -> Any:
         """Your schedules, newest first, each with its history and next run.
@@ -585,44 +521,27 @@ class BatchClient:
         list of Schedule
         """
 
-        async def read() -> list[Any]:
-            found = []
-            for schedule_id in await asyncio.to_thread(self._schedules.ids):
-                try:
-                    found.append(
-                        await asyncio.to_thread(self._schedules.describe, schedule_id)
-                    )
-                except DaskBatchError as exc:
-                    logger.warning("%s", exc)
-            return found
-
-        return self.sync(read)
+        return self.sync(self.service.schedules)
 
     def schedule_history(self, schedule_id: str) -> Any:
         """A schedule's due times so far, newest first (list of ScheduleRun)."""
 
         async def read() -> Any:
-            return (
-                await asyncio.to_thread(self._schedules.describe, schedule_id)
-            ).history
+            return (await self.service.schedule(schedule_id)).history
 
         return self.sync(read)
 
     def pause_schedule(self, schedule_id: str) -> Any:
         """Stop submitting runs until :meth:`resume_schedule`; returns the Schedule."""
-        return self.sync(
-            asyncio.to_thread, self._schedules.set_paused, schedule_id, True
-        )
+        return self.sync(self.service.pause_schedule, schedule_id)
 
     def resume_schedule(self, schedule_id: str) -> Any:
         """Submit runs again from the next due time (paused times are not caught up)."""
-        return self.sync(
-            asyncio.to_thread, self._schedules.set_paused, schedule_id, False
-        )
+        return self.sync(self.service.resume_schedule, schedule_id)
 
     def delete_schedule(self, schedule_id: str) -> Any:
         """Remove a schedule; the jobs it submitted stay."""
-        return self.sync(asyncio.to_thread, self._schedules.delete, schedule_id)
+        return self.sync(self.service.delete_schedule, schedule_id)
 
     def fire_schedules(self) -> Any:
         """Submit the runs of your schedules that are due now.
@@ -634,7 +553,7 @@ class BatchClient:
         -------
         list of ScheduleRun
         """
-        return self.sync(self._schedules.fire_due)
+        return self.sync(self.service.fire_schedules)
 
     def tasks(self, job_id: str) -> Any:
         """The steps of a pipeline job, or the elements of an array job.
@@ -651,10 +570,7 @@ class BatchClient:
         [('load', 'SUCCEEDED'), ('clean', 'RUNNING')]
         """
 
-        async def read() -> list[Any]:
-            return await asyncio.to_thread(self._outputs.tasks, job_id)
-
-        return self.sync(read)
+        return self.sync(self.service.tasks, job_id)
 
     def submit_notebook(
         self,
@@ -699,52 +615,13 @@ class BatchClient:
     ) -> Any:
         if tracking is None:
             tracking = _tracking.requested(job_id, options.mlflow, target.params)
-        if self.user is not None:
-            # Bad input fails here, before any record or cluster exists.
-            submission = self._build(job_id, self.user, target, options)
-            return self.sync(self._start_job, submission, tracking)
-        return self._identify_and_start(job_id, target, options, tracking)
-
-    def _build(
-        self, job_id: str, user: str, target: _submission.Target, options: SubmitOptions
-    ) -> _submission.Submission:
-        artifacts = self.store.artifacts_url(user, job_id)
-        return _submission.build(job_id, user, artifacts, target, options)
-
-    async def _identify_and_start(
-        self,
-        job_id: str,
-        target: _submission.Target,
-        options: SubmitOptions,
-        tracking: _tracking.Tracking | None,
-    ) -> Job:
-        submission = self._build(job_id, await self.identify(), target, options)
-        return await self._start_job(submission, tracking)
-
-    async def _start_job(
-        self,
-        submission: _submission.Submission,
-        tracking: _tracking.Tracking | None = None,
-    ) -> Job:
-        if tracking is None:
-            job = Job(self, await self._launcher.start_job(submission))
-            if submission.spec.get("after") and job.id == submission.job_id:
-                # Its upstream jobs may have ended already.
-                await self._reconciler.status(job.id, retry=True)
-            return job
-        assert self.user is not None
-        submission = await asyncio.to_thread(
-            _tracking.begin, submission, self.user, tracking, self.gateway.address
-        )
-        try:
-            job_id = await self._launcher.start_job(submission)
-        except DaskBatchError as exc:
-            # The run exists already: it says why the job never ran.
-            await asyncio.to_thread(_tracking.end_unsubmitted, submission, str(exc))
-            raise
-        if job_id != submission.job_id:  # an earlier submit with this key
-            await asyncio.to_thread(_tracking.discard, submission)
-        return Job(self, job_id)
+        if self.user is None:
+            submit = self.service.submit_target
+            return self.sync(self._job, submit, job_id, target, options, tracking)
+        # Bad input fails here, in the caller's thread, before any record or
+        # cluster exists (and a large payload is not pickled on the loop).
+        submission = self.service.submission(job_id, target, options)
+        return self.sync(self._job, self.service.submit, submission, tracking)
 
     def status(self, job_id: str) -> Any:
         """The job's record, checked against the gateway.
@@ -771,13 +648,7 @@ class BatchClient:
         >>> batch.status(job.id).state     # doctest: +SKIP
         <JobState.SUCCEEDED: 'SUCCEEDED'>
         """
-        return self.sync(self._status, job_id)
-
-    async def _status(self, job_id: str) -> Any:
-        record = await self._reconciler.status(job_id)
-        if record.kind in TASK_KINDS:
-            record.tasks = await asyncio.to_thread(self._outputs.tasks, job_id)
-        return record
+        return self.sync(self.service.status, job_id)
 
     def jobs(
         self,
@@ -811,7 +682,7 @@ class BatchClient:
         >>> [j.id for j in batch.jobs(state="RUNNING", since="1d")]  # doctest: +SKIP
         """
         return self.sync(
-            self._lister.jobs,
+            self.service.jobs,
             state=state,
             name=name,
             since=since,
@@ -835,7 +706,7 @@ class BatchClient:
         --------
         >>> [r.state for r in batch.reconcile()]   # doctest: +SKIP
         """
-        return self.sync(self._reconciler.reconcile)
+        return self.sync(self.service.reconcile)
 
     def wait(
         self, job_id: str, timeout: float | str | None = None, progress: bool = False
@@ -867,7 +738,7 @@ class BatchClient:
         --------
         >>> batch.wait(job.id, progress=True).state      # doctest: +SKIP
         """
-        return self.sync(self._reconciler.wait, job_id, timeout, progress)
+        return self.sync(self.service.wait, job_id, timeout, progress)
 
     def result(
         self,
@@ -909,7 +780,7 @@ class BatchClient:
         --------
         >>> BatchClient().result("20261126-081530-123-3f9a1c2b")  # doctest: +SKIP
         """
-        return self.sync(self._outputs.result, job_id, timeout, progress, partial)
+        return self.sync(self.service.result, job_id, timeout, progress, partial)
 
     def logs(self, job_id: str, *, follow: bool = False, task: str = "") -> Any:
         """The captured stdout, stderr and logging output of main.
@@ -940,12 +811,11 @@ class BatchClient:
         >>> for text in batch.logs(job.id, follow=True):   # doctest: +SKIP
         ...     print(text, end="")
         """
-        task = check_task_name(str(task), job_id=job_id) if task != "" else ""
         if follow:
             if self.asynchronous:
-                return self._outputs.follow(job_id, task)
-            return self._outputs.follow_sync(job_id, self.sync, task)
-        return self.sync(self._outputs.logs, job_id, task)
+                return self.service.follow_logs(job_id, task)
+            return self.service.follow_logs_sync(job_id, self.sync, task)
+        return self.sync(self.service.logs, job_id, task)
 
     def artifacts(self, job_id: str) -> Any:
         """Files main wrote under ``dask_batch.artifacts_path()``.
@@ -960,7 +830,7 @@ class BatchClient:
         >>> batch.artifacts(job.id)          # doctest: +SKIP
         {'model.pkl': 1048576, 'analysis.output.ipynb': 20480}
         """
-        return self.sync(self._outputs.artifacts, job_id)
+        return self.sync(self.service.artifacts, job_id)
 
     def download_artifacts(
         self, job_id: str, destination: str | os.PathLike[str]
@@ -976,8 +846,7 @@ class BatchClient:
         --------
         >>> batch.download_artifacts(job.id, "results/")   # doctest: +SKIP
         """
-        destination = os.fspath(destination)
-        return self.sync(self._outputs.download_artifacts, job_id, destination)
+        return self.sync(self.service.download_artifacts, job_id, destination)
 
     def cancel(self, job_id: str) -> Any:
         """Cancel a pending or running job and stop its cluster.
@@ -995,7 +864,7 @@ class BatchClient:
         >>> batch.cancel(job.id).state   # doctest: +SKIP
         <JobState.CANCELLED: 'CANCELLED'>
         """
-        return self.sync(self._reconciler.cancel, job_id)
+        return self.sync(self.service.cancel, job_id)
 
 
 class Job:

@@ -237,7 +237,8 @@ class DaskBatchBackend(AbstractBackend):
             job_id = new_job_id()
             name = options.name or f"{project.name or 'project'}:{entry_point}"
             target = command_target(job_id, command, name, dict(params or {}))
-            job = batch._submit(
+            job_id = batch.sync(
+                batch.service.submit_target,
                 job_id,
                 target,
                 options.replace(files=work_dir, name=name),
@@ -248,17 +249,17 @@ class DaskBatchBackend(AbstractBackend):
             terminate(client, run_id, "FAILED", str(exc))
             raise ExecutionException(f"dask-batch: {exc}") from exc
         print(
-            f"dask-batch: MLflow run {run_id} runs as job {job.id}; "
-            f"`dask batch status {job.id}` follows it.",
+            f"dask-batch: MLflow run {run_id} runs as job {job_id}; "
+            f"`dask batch status {job_id}` follows it.",
             file=sys.stderr,
             flush=True,
         )
-        submitted = DaskBatchSubmittedRun(run_id, job.id, batch)
+        submitted = DaskBatchSubmittedRun(run_id, job_id, batch)
         if wait:
             if not submitted.wait():
                 raise ExecutionException(submitted.describe())
             print(
-                f"dask-batch: job {job.id} SUCCEEDED; MLflow run {run_id} FINISHED.",
+                f"dask-batch: job {job_id} SUCCEEDED; MLflow run {run_id} FINISHED.",
                 file=sys.stderr,
                 flush=True,
             )

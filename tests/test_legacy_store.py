@@ -104,7 +104,7 @@ def test_a_legacy_schedule_is_listed_and_fires(legacy):
     (schedule,) = legacy.schedules()
     assert schedule.name == "nightly" and schedule.cron == "0 2 * * *"
     day_after = schedule.created + datetime.timedelta(days=1, hours=1)
-    legacy._schedules.clock = lambda: day_after
+    legacy.service.clock = lambda: day_after
     (run,) = legacy.fire_schedules()
     assert run.outcome == "submitted"
     assert legacy.result(run.job_id, timeout=120) == "nightly"

@@ -40,7 +40,7 @@ def test_a_schedule_every_minute_fires_skips_an_overlap_and_catches_up_once(
     batch_client, tmp_path
 ):
     clock = Clock()
-    batch_client._schedules.clock = clock
+    batch_client.service.clock = clock
     gate = tmp_path / "gate"
     schedule = batch_client.schedule(
         wait_for_file, str(gate), cron="* * * * *", name="minutely", workers=0
@@ -98,7 +98,7 @@ def test_a_bad_cron_or_overlap_is_refused(batch_client):
 
 def test_a_planted_schedule_never_runs(batch_client):
     clock = Clock()
-    batch_client._schedules.clock = clock
+    batch_client.service.clock = clock
     real = batch_client.schedule(wait_for_file, "x", cron="0 2 * * *", workers=0)
     store = batch_client.store
     folder = os.path.join(store.user_path(batch_client.user), ".schedules")
@@ -118,7 +118,7 @@ def test_a_planted_schedule_never_runs(batch_client):
     assert refused.outcome == "failed" and "payload" in refused.message
     assert [s.id for s in batch_client.schedules()] == [real.id]
     with pytest.raises(DaskBatchError, match="not signed with your key"):
-        batch_client._schedules.read(planted_id)
+        batch_client.service._schedules.read(planted_id)
     assert batch_client.jobs() == []
 
 
@@ -215,18 +215,18 @@ def test_a_delegation_opens_only_its_own_schedule(batch_client, tmp_path, monkey
     from dask_batch.workflows.schedules import Delegation, Schedules
 
     clock = Clock()
-    batch_client._schedules.clock = clock
+    batch_client.service.clock = clock
     mine = batch_client.schedule(wait_for_file, "x", cron="0 2 * * *", workers=0)
     other = batch_client.schedule(wait_for_file, "y", cron="0 3 * * *", workers=0)
-    owner = batch_client._schedules
+    owner = batch_client.service._schedules
     service = Schedules(batch_client.store, None, batch_client.user)
     service.delegation = Delegation(Fernet.generate_key().decode())
     with pytest.raises(DaskBatchError, match="was not handed to this service"):
         service.read(mine.id)
     # A key that is not the schedule's own is refused.
     with pytest.raises(DaskBatchError, match="does not open its secrets"):
-        service.delegation.accept(service, mine.id, owner._keys(other.id).env_key)
-    service.delegation.accept(service, mine.id, owner._keys(mine.id).env_key)
+        service.delegation.accept(service, mine.id, owner.keys(other.id).env_key)
+    service.delegation.accept(service, mine.id, owner.keys(mine.id).env_key)
     assert service.read(mine.id).cron == "0 2 * * *"
     # Copied beside another schedule in storage, it opens nothing there.
     folder = os.path.join(batch_client.store.user_path(batch_client.user), ".schedules")
@@ -245,7 +245,7 @@ def test_a_delegation_opens_only_its_own_schedule(batch_client, tmp_path, monkey
 
 def test_a_queued_overlap_runs_when_the_last_run_ends(batch_client, tmp_path):
     clock = Clock()
-    batch_client._schedules.clock = clock
+    batch_client.service.clock = clock
     gate = tmp_path / "gate"
     schedule = batch_client.schedule(
         wait_for_file, str(gate), cron="* * * * *", overlap="queue", workers=0

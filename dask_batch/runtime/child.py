@@ -304,7 +304,7 @@ def _prepare(store: JobStore, launch: MainLaunch, env: dict[str, str]) -> Any:
     Returns the progress reporter.
     """
     _share_storage_options(store, launch)
-    reporter = _context._activate(
+    reporter = _context.activate(
         store,
         _context.CurrentJob(
             id=launch.job_id,

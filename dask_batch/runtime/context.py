@@ -133,7 +133,7 @@ _active: _Reporter | None = None
 ENV_CURRENT_JOB = "DASK_BATCH_CURRENT_JOB"
 
 
-def _activate(store: JobStore, job: CurrentJob) -> _Reporter:
+def activate(store: JobStore, job: CurrentJob) -> _Reporter:
     global _active
     _active = _Reporter(store, job)
     os.environ[ENV_CURRENT_JOB] = json.dumps(dataclasses.asdict(job))

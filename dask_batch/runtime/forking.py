@@ -51,7 +51,8 @@ def run_to_exit(func: Any) -> None:
         for thread in threading.enumerate():
             if thread is not threading.current_thread() and not thread.daemon:
                 thread.join()
-        atexit._run_exitfuncs()
+        # What the interpreter runs at exit; no public twin.
+        atexit._run_exitfuncs()  # noqa: SLF001
         logging.shutdown()
     finally:
         for stream in (sys.stdout, sys.stderr):

@@ -204,7 +204,7 @@ def _become_main(read_end: int, write_end: int, log: int, env: dict[str, str]) -
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
-        atexit._clear()  # the scheduler's, not main's
+        atexit._clear()  # noqa: SLF001  (the scheduler's handlers, not main's)
         os.dup2(read_end, 0)
         os.dup2(log, 1)
         os.dup2(log, 2)

@@ -1,16 +1,18 @@
 """The hub service's two duties: act for users, and keep their jobs honest.
 
-:class:`UserClients` gives one asynchronous BatchClient per hub user, acting
-on the gateway with a short-lived token the hub issues for that user (see
-``_hub``). :class:`JobKeeper` sweeps every user's live jobs on a fixed period,
-with nobody looking: a job whose cluster died is retried on a new cluster when
-its ``retries=`` allows, else recorded LOST. Less often it makes a full
-listing of each user's jobs, which keeps the job catalog true (jobs deleted
-from storage leave it, stores from before it are migrated).
+:class:`UserClients` gives one :class:`~dask_batch.JobService` per hub user,
+acting on the gateway with a short-lived token the hub issues for that user
+(see :mod:`dask_batch.client.hub`). :class:`JobKeeper` sweeps every user's
+live jobs on a fixed period, with nobody looking: a job whose cluster died
+is retried on a new cluster when its ``retries=`` allows, else recorded
+LOST. Less often it makes a full listing of each user's jobs, which keeps the
+job catalog true (jobs deleted from storage leave it, stores from before it
+are migrated).
 
 It also fires the schedules their owners handed to it (see
-:class:`~dask_batch.workflows.schedules.Delegation`), and starts jobs that waited for
-others with the env key the gateway reports for an upstream job's cluster.
+:class:`~dask_batch.workflows.schedules.Delegation`), and starts jobs that
+waited for others with the env key the gateway reports for an upstream job's
+cluster.
 
 What the service can never do: unpickle results, or open the env values of
 jobs. It holds no user's secret, so it cannot open the sealed env values nor
@@ -33,11 +35,12 @@ import dask.config
 from dask.utils import parse_timedelta
 from dask_gateway.auth import JupyterHubAuth
 
-from dask_batch.batch_client import BatchClient
+from dask_batch.client.connection import check_mode, open_store
 from dask_batch.client.gateway import BatchGateway
 from dask_batch.client.hub import GatewayTokens
 from dask_batch.client.reconcile import live_records
 from dask_batch.core.records import JobState
+from dask_batch.job_service import JobService
 from dask_batch.storage.store import JobStore
 from dask_batch.workflows.schedules import Delegation, Schedules
 
@@ -45,7 +48,7 @@ logger = logging.getLogger("dask_batch.service")
 
 
 class UserClients:
-    """One BatchClient per user, acting with that user's minted gateway token.
+    """One JobService per user, acting with that user's minted gateway token.
 
     Parameters
     ----------
@@ -65,11 +68,11 @@ class UserClients:
         self.tokens = tokens
         self.storage = storage
         self.storage_options = storage_options
-        self._clients: dict[str, BatchClient] = {}
+        self._clients: dict[str, JobService] = {}
         #: The service's key for the schedules users hand to it.
         self.delegation = Delegation.from_config()
 
-    async def client_for(self, user: str) -> BatchClient:
+    async def client_for(self, user: str) -> JobService:
         """The client acting for ``user`` (the gateway confirms who it is)."""
         token = await self.tokens.token_for(user)
         client = self._clients.get(user)
@@ -77,16 +80,15 @@ class UserClients:
             client.gateway.auth.api_token = token
             return client
         gateway = BatchGateway(auth=JupyterHubAuth(token), asynchronous=True)
-        client = BatchClient(
-            gateway=gateway,
-            storage=self.storage,
-            storage_options=self.storage_options,
-            user=user,
-            asynchronous=True,
-        )
-        client._reconciler.retry_from_gateway = True
-        client._schedules.delegation = self.delegation
         try:
+            client = JobService(
+                gateway,
+                open_store(self.storage, self.storage_options, None),
+                check_mode(None),
+                user=user,
+                retry_from_gateway=True,
+                delegation=self.delegation,
+            )
             await client.identify()
         except BaseException:
             await gateway.close()
@@ -146,7 +148,7 @@ class JobKeeper:
                     continue  # no token minted, no gateway asked
                 client = await self.clients.client_for(user)
                 if schedules:
-                    for run in await client._schedules.fire_due():
+                    for run in await client.fire_schedules():
                         logger.info(
                             "Schedule of user %r: due %s, %s %s %s",
                             user,
@@ -157,9 +159,7 @@ class JobKeeper:
                         )
                 # The records just read: the reconciler reads each again
                 # before it writes.
-                checked[user] = (
-                    list(await client._reconciler.reconcile(live)) if live else []
-                )
+                checked[user] = list(await client.reconcile(live)) if live else []
                 if due:
                     # A full listing reads every job prefix: the catalog
                     # forgets jobs deleted from storage with nobody looking.

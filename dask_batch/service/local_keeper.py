@@ -16,7 +16,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from dask_batch.batch_client import BatchClient
+from dask_batch.client.connection import check_mode, open_store
+from dask_batch.job_service import JobService
 
 
 class LocalKeeper:
@@ -45,9 +46,9 @@ class LocalKeeper:
         self.log = log
         self.sweeps = 0
 
-    async def sweep(self, client: BatchClient) -> None:
+    async def sweep(self, client: JobService) -> None:
         """One pass over the jobs and schedules."""
-        for record in await client._reconciler.reconcile():
+        for record in await client.reconcile():
             if record.state.is_terminal:
                 self.log.info(
                     "dask-batch: job %s is %s: %s",
@@ -55,16 +56,14 @@ class LocalKeeper:
                     record.state.value,
                     record.message,
                 )
-        await client._schedules.fire_due()
+        await client.fire_schedules()
         self.sweeps += 1
 
     async def run(self) -> None:
         """Sweep until cancelled; a failing sweep is logged and the next follows."""
-        client = BatchClient(
-            gateway=self.make_gateway(),
-            storage=self.storage,
-            storage_options={},
-            asynchronous=True,
+        gateway = self.make_gateway()
+        client = JobService(
+            gateway, open_store(self.storage, {}, None), check_mode(None)
         )
         try:
             while True:

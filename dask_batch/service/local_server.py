@@ -167,7 +167,8 @@ async def _serve(
     ready = False
     try:
         await gateway.setup()
-        await gateway.backend.proxy._proxy_contacted
+        # The proxy's own readiness event: no public way to wait for it.
+        await gateway.backend.proxy._proxy_contacted  # noqa: SLF001
         await asyncio.to_thread(
             _wait_healthy, f"{address}/api/health", time.monotonic() + 30
         )

@@ -138,8 +138,8 @@ class ListingIndex(StoreParts):
     def catalog(self, user: str) -> Catalog:
         """The user's catalog: packs, live job ids, and whether it is complete."""
         out = Catalog()
-        for entry in self._names(self.index_path(user), "list the job index"):
-            path = self.fs._strip_protocol(entry).rstrip("/")
+        for entry in self.list_names(self.index_path(user), "list the job index"):
+            path = self.strip_protocol(entry).rstrip("/")
             name = posixpath.basename(path)
             if name == CATALOG:
                 out.complete = True
@@ -225,7 +225,7 @@ class ListingIndex(StoreParts):
         all deleted) nothing is written.
         """
         ordered = sorted(entries, key=lambda e: e["id"])
-        with self._errors("write the job index"):
+        with self.storage_errors("write the job index"):
             for first in range(0, len(ordered), split):
                 chunk = ordered[first : first + split]
                 newest, oldest = chunk[-1]["id"], chunk[0]["id"]
@@ -264,7 +264,7 @@ class ListingIndex(StoreParts):
     def mark_live(self, user: str, job_id: str) -> None:
         """Create the marker that lists a job while it has not ended."""
         path = self.index_path(user, LIVE_PREFIX + job_id)
-        with self._errors("mark the job live in the job index", job_id):
+        with self.storage_errors("mark the job live in the job index", job_id):
             self.backend.put_whole(path, b"")
 
     def forget_live(self, user: str, job_ids: Iterable[str]) -> None:
@@ -272,7 +272,7 @@ class ListingIndex(StoreParts):
         for job_id in job_ids:
             path = self.index_path(user, LIVE_PREFIX + job_id)
             with (
-                self._errors("update the job index", job_id),
+                self.storage_errors("update the job index", job_id),
                 contextlib.suppress(FileNotFoundError),
             ):
                 self.fs.rm_file(path)
@@ -280,5 +280,5 @@ class ListingIndex(StoreParts):
     def mark_complete(self, user: str) -> None:
         """Record that every live job of ``user`` has its marker."""
         document = json.dumps({"version": CATALOG_VERSION}).encode()
-        with self._errors("write the job index"):
+        with self.storage_errors("write the job index"):
             self.backend.put_whole(self.index_path(user, CATALOG), document)

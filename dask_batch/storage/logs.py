@@ -48,9 +48,9 @@ class JobLogs(StoreParts):
     def log_chunks(self, user: str, job_id: str, *, task: str = "") -> list[str]:
         """Paths of the stored log chunks, in order."""
         folder = self.job_path(user, job_id, _logs_folder(task))
-        found = self._names(folder, "list the log", job_id)
+        found = self.list_names(folder, "list the log", job_id)
         chunks = [p for p in found if posixpath.basename(p).isdigit()]
-        return sorted(self.fs._strip_protocol(p) for p in chunks)
+        return sorted(self.strip_protocol(p) for p in chunks)
 
     def read_logs(
         self,
@@ -79,7 +79,7 @@ class JobLogs(StoreParts):
         for path in reversed(chunks):
             if wanted <= 0:
                 break
-            with self._errors("read the log", job_id):
+            with self.storage_errors("read the log", job_id):
                 size = int(self.fs.size(path))
                 first = max(0, size - wanted)
                 pieces.append(bytes(self.fs.cat_file(path, start=first)))

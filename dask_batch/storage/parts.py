@@ -30,9 +30,11 @@ class StoreParts:
 
         def job_path(self, user: str, job_id: str, name: str = "") -> str: ...
 
+        def strip_protocol(self, path: str) -> str: ...
+
         def put(self, user: str, job_id: str, name: str, data: bytes) -> None: ...
 
-        def _names(
+        def list_names(
             self, path: str, action: str, job_id: str | None = None
         ) -> list[str]: ...
 
@@ -40,7 +42,7 @@ class StoreParts:
             self, paths: list[str], job_id: str | None = None
         ) -> dict[str, bytes]: ...
 
-        def _errors(
+        def storage_errors(
             self,
             action: str,
             job_id: str | None = None,

@@ -251,7 +251,7 @@ class JobStore(ListingIndex, JobLogs):
 
     # -- errors and retries: the one place storage exceptions are mapped --------
     @contextlib.contextmanager
-    def _errors(
+    def storage_errors(
         self,
         action: str,
         job_id: str | None = None,
@@ -305,7 +305,7 @@ class JobStore(ListingIndex, JobLogs):
     def put(self, user: str, job_id: str, name: str, data: bytes) -> None:
         """Write one object whole."""
         path = self.job_path(user, job_id, name)
-        with self._errors(f"write {name}", job_id):
+        with self.storage_errors(f"write {name}", job_id):
             self._retrying(self.backend.put_whole, path, data)
 
     def put_create(self, user: str, job_id: str, name: str, data: bytes) -> bool:
@@ -315,12 +315,12 @@ class JobStore(ListingIndex, JobLogs):
         keys.
         """
         path = self.job_path(user, job_id, name)
-        return self._create(path, data, f"create {name}", job_id)
+        return self.create_at(path, data, f"create {name}", job_id)
 
-    def _create(self, path: str, data: bytes, action: str, job_id: str) -> bool:
+    def create_at(self, path: str, data: bytes, action: str, job_id: str) -> bool:
         """A create-only write of ``path``; False if the object existed."""
         try:
-            with self._errors(action, job_id, answers=(FileExistsError,)):
+            with self.storage_errors(action, job_id, answers=(FileExistsError,)):
                 self._retrying(self.backend.put_create, path, data)
         except FileExistsError:
             return False
@@ -329,7 +329,7 @@ class JobStore(ListingIndex, JobLogs):
     def get(self, user: str, job_id: str, name: str) -> bytes:
         """Read one object; FileNotFoundError if it does not exist."""
         path = self.job_path(user, job_id, name)
-        with self._errors(f"read {name}", job_id, answers=(FileNotFoundError,)):
+        with self.storage_errors(f"read {name}", job_id, answers=(FileNotFoundError,)):
             return bytes(
                 self._retrying(self.fs.cat_file, path, **self.backend.small_reads)
             )
@@ -341,7 +341,7 @@ class JobStore(ListingIndex, JobLogs):
         """
         if not paths:
             return {}
-        with self._errors("read records", job_id):
+        with self.storage_errors("read records", job_id):
             out = self._retrying(
                 self.fs.cat, paths, on_error="return", **self.backend.small_reads
             )
@@ -353,7 +353,7 @@ class JobStore(ListingIndex, JobLogs):
                     continue
                 if isinstance(value, Exception):
                     raise value
-                found[self.fs._strip_protocol(path)] = value
+                found[self.strip_protocol(path)] = value
             return found
 
     def put_json(self, user: str, job_id: str, name: str, obj: Any) -> None:
@@ -375,20 +375,28 @@ class JobStore(ListingIndex, JobLogs):
             ) from exc
 
     def exists(self, user: str, job_id: str, name: str) -> bool:
-        with self._errors(f"look for {name}", job_id):
+        with self.storage_errors(f"look for {name}", job_id):
             return bool(self.fs.exists(self.job_path(user, job_id, name)))
 
-    def _names(self, path: str, action: str, job_id: str | None = None) -> list[str]:
+    def strip_protocol(self, path: str) -> str:
+        """``path`` as this store's filesystem names it, without a protocol."""
+        # fsspec's own normaliser; its public twin guesses the filesystem from
+        # the protocol, which a listed path no longer carries.
+        return str(self.fs._strip_protocol(path))  # noqa: SLF001
+
+    def list_names(
+        self, path: str, action: str, job_id: str | None = None
+    ) -> list[str]:
         """What is directly below ``path`` (nothing if it does not exist)."""
         try:
-            with self._errors(action, job_id, answers=(FileNotFoundError,)):
+            with self.storage_errors(action, job_id, answers=(FileNotFoundError,)):
                 return self._retrying(self.backend.names, path)
         except FileNotFoundError:
             return []
 
     def delete_job(self, user: str, job_id: str) -> None:
         """Remove everything stored for a job, then its live marker."""
-        with self._errors("delete the records", job_id):
+        with self.storage_errors("delete the records", job_id):
             self.fs.rm(self.job_path(user, job_id), recursive=True)
         self.forget_live(user, [job_id])
 
@@ -403,7 +411,7 @@ class JobStore(ListingIndex, JobLogs):
     ) -> tuple[str, str]:
         """Write ``pieces`` as one object; return its digest and HMAC (or "")."""
         path = self.job_path(user, job_id, name)
-        with self._errors(f"write {name}", job_id):
+        with self.storage_errors(f"write {name}", job_id):
             return self._retrying(
                 _streams.write_pieces, self.backend, path, pieces, hmac_key
             )
@@ -418,7 +426,9 @@ class JobStore(ListingIndex, JobLogs):
     ) -> tuple[bytes, list[ResultBuffer], str, str]:
         """Read a stored result: the pickle, its buffers, digest and HMAC."""
         path = self.job_path(user, job_id, name)
-        with self._errors("read the result", job_id, answers=(FileNotFoundError,)):
+        with self.storage_errors(
+            "read the result", job_id, answers=(FileNotFoundError,)
+        ):
             return self._retrying(_streams.read_result, self.fs, path, job_id, hmac_key)
 
     # -- artifacts ---------------------------------------------------------------------
@@ -426,7 +436,7 @@ class JobStore(ListingIndex, JobLogs):
         """Artifact paths (relative to the job's artifacts prefix) and sizes."""
         root = self.job_path(user, job_id, ARTIFACTS)
         try:
-            with self._errors(
+            with self.storage_errors(
                 "list the artifacts", job_id, answers=(FileNotFoundError,)
             ):
                 found = self.fs.find(root, detail=True)
@@ -434,7 +444,7 @@ class JobStore(ListingIndex, JobLogs):
             return {}
         out = {}
         for path, info in found.items():
-            path = self.fs._strip_protocol(path)
+            path = self.strip_protocol(path)
             if info.get("type") != "file":
                 continue
             name = path[len(root) + 1 :] if path.startswith(root + "/") else path
@@ -465,26 +475,26 @@ class JobStore(ListingIndex, JobLogs):
             with os.fdopen(fd, "rb") as source, self.fs.open(remote, "wb") as out:
                 shutil.copyfileobj(source, out, 4 * 2**20)
 
-        with self._errors(f"store the artifact {name!r}", job_id):
+        with self.storage_errors(f"store the artifact {name!r}", job_id):
             self._retrying(copy)
 
     def get_artifact(self, user: str, job_id: str, name: str, local: str) -> None:
         """Copy the artifact ``name`` to the local path ``local``."""
         name = check_relative_path(name, what="artifact", job_id=job_id)
         remote = self.job_path(user, job_id, f"{ARTIFACTS}/{name}")
-        with self._errors(f"download the artifact {name!r}", job_id):
+        with self.storage_errors(f"download the artifact {name!r}", job_id):
             self.fs.get_file(remote, local)
 
     # -- records -----------------------------------------------------------------
     def user_names(self) -> list[str]:
         """The users with a folder here (names that are not valid are skipped)."""
-        entries = self._names(self.root, "list the users")
+        entries = self.list_names(self.root, "list the users")
         names = (posixpath.basename(e.rstrip("/")) for e in entries)
         return sorted(n for n in names if is_user_name(n))
 
     def job_ids(self, user: str) -> list[str]:
         """Ids of the user's jobs, newest first."""
-        entries = self._names(self.user_path(user), "list the jobs")
+        entries = self.list_names(self.user_path(user), "list the jobs")
         ids = [posixpath.basename(e.rstrip("/")) for e in entries]
         return sorted((i for i in ids if not i.startswith(".")), reverse=True)
 
@@ -567,9 +577,9 @@ class JobStore(ListingIndex, JobLogs):
         name = hashlib.sha256(key.encode()).hexdigest() + ".json"
         path = posixpath.join(self.user_path(user), IDEMPOTENCY, name)
         claim = dumps_json({"key": key, "job_id": job_id})
-        if self._create(path, claim, "claim the idempotency key", job_id):
+        if self.create_at(path, claim, "claim the idempotency key", job_id):
             return job_id
-        with self._errors("read the idempotency key", job_id):
+        with self.storage_errors("read the idempotency key", job_id):
             owner = str(self._parse(job_id, name, self.fs.cat_file(path))["job_id"])
         self.delete_job(user, job_id)
         return owner

@@ -62,7 +62,7 @@ async def serve(
     batch = BatchClient(storage=storage, asynchronous=True)
     try:
         await batch.identify()
-        app = make_app(batch, token)
+        app = make_app(batch.service, token)
         listener = socket.socket(
             socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM
         )

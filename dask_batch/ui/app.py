@@ -1,4 +1,4 @@
-"""The jobs web page and its JSON API: a tornado application over a BatchClient.
+"""The jobs web page and its JSON API: a tornado application over a JobService.
 
 Every request needs the token (``Authorization: token ...``, or the cookie that
 ``?token=...`` sets); state-changing requests made with the cookie also need
@@ -125,7 +125,7 @@ class Handler(tornado.web.RequestHandler):
         return str(self.current_user)
 
     async def client(self, job_id: str | None = None) -> Any:
-        """The BatchClient acting for this request (for ``job_id``'s owner)."""
+        """The JobService acting for this request (for ``job_id``'s owner)."""
         return self.settings["batch"]
 
     async def listing_clients(self) -> list[Any]:
@@ -264,7 +264,7 @@ class LogsAPI(Handler):
             task = check_task_name(task, job_id=job_id)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         if self.get_query_argument("follow", ""):
-            async for text in batch.logs(job_id, follow=True, task=task):
+            async for text in batch.follow_logs(job_id, task):
                 self.write(text)
                 await self.flush()
             self.finish()
@@ -347,8 +347,7 @@ class DelegateAPI(Handler):
     async def post(self, schedule_id: str) -> None:
         schedule_id = check_job_id(schedule_id)
         batch = await self.client()
-        delegation = batch._schedules.delegation
-        if delegation is None:
+        if batch.delegation is None:
             raise tornado.web.HTTPError(
                 404, "this server does not fire schedules for others"
             )
@@ -357,9 +356,7 @@ class DelegateAPI(Handler):
             env_key = str(body["env_key"])
         except (ValueError, KeyError, TypeError):
             raise tornado.web.HTTPError(400, 'send {"env_key": ...}') from None
-        await asyncio.to_thread(
-            delegation.accept, batch._schedules, schedule_id, env_key
-        )
+        await batch.accept_schedule(schedule_id, env_key)
         self.finish({"schedule": schedule_id, "delegated": True})
 
 
@@ -478,12 +475,13 @@ def application(
 
 
 def make_app(batch: Any, token: str | None = None) -> tornado.web.Application:
-    """The UI for an asynchronous :class:`~dask_batch.BatchClient`.
+    """The UI over a :class:`~dask_batch.JobService`.
 
     Parameters
     ----------
-    batch : BatchClient
-        Created with ``asynchronous=True`` on the loop that serves the app.
+    batch : JobService
+        Identified, on the loop that serves the app (an asynchronous
+        BatchClient's ``service``).
     token : str, optional
         The access token; default: a new random one (``app.settings["token"]``).
     """

@@ -285,20 +285,20 @@ class Schedules:
         )
         return posixpath.join(base, name) if name else base
 
-    def _put(self, schedule_id: str, name: str, data: bytes) -> None:
-        with self.store._errors(f"write schedule {name}", schedule_id):
+    def write_part(self, schedule_id: str, name: str, data: bytes) -> None:
+        with self.store.storage_errors(f"write schedule {name}", schedule_id):
             self.store.backend.put_whole(self._path(schedule_id, name), data)
 
-    def _get(self, schedule_id: str, name: str) -> bytes:
+    def read_part(self, schedule_id: str, name: str) -> bytes:
         path = self._path(schedule_id, name)
-        with self.store._errors(
+        with self.store.storage_errors(
             f"read schedule {name}", schedule_id, answers=(FileNotFoundError,)
         ):
             return bytes(self.store.fs.cat_file(path))
 
     def ids(self) -> list[str]:
         folder = posixpath.join(self.store.user_path(self.user), SCHEDULES)
-        names = self.store._names(folder, "list the schedules")
+        names = self.store.list_names(folder, "list the schedules")
         found = []
         for name in names:
             base = posixpath.basename(name.rstrip("/"))
@@ -309,7 +309,7 @@ class Schedules:
         return sorted(found, reverse=True)
 
     # -- the owner's side ----------------------------------------------------------
-    def _keys(self, schedule_id: str) -> _signing.JobKeys:
+    def keys(self, schedule_id: str) -> _signing.JobKeys:
         if self.delegation is not None:
             return self.delegation.keys(self, schedule_id)
         secret = _signing.user_secret(create=True, job_id=schedule_id)
@@ -330,7 +330,7 @@ class Schedules:
             raise SubmitError.not_submitted(
                 schedule_id, f"overlap must be 'skip' or 'queue', got {overlap!r}."
             )
-        keys = self._keys(schedule_id)
+        keys = self.keys(schedule_id)
         spec = dict(submission.spec)
         schedule = Schedule(
             id=schedule_id,
@@ -349,16 +349,16 @@ class Schedules:
         sealed = _secrets.seal(
             _secrets.JobSecrets(submission.env_values, keys.job_key), keys.env_key
         )
-        self._put(schedule_id, PAYLOAD, submission.payload)
+        self.write_part(schedule_id, PAYLOAD, submission.payload)
         if submission.archive:
-            self._put(schedule_id, FILES, submission.archive)
-        self._put(schedule_id, SECRETS, sealed)
+            self.write_part(schedule_id, FILES, submission.archive)
+        self.write_part(schedule_id, SECRETS, sealed)
         self._write(schedule, keys)
         return dataclasses.replace(schedule, next_run=schedule.following(self.clock()))
 
     def _write(self, schedule: Schedule, keys: _signing.JobKeys) -> None:
         signed = _signing.sign_spec(keys.job_key, schedule.to_document())
-        self._put(schedule.id, SCHEDULE_DOC, dumps_json(signed))
+        self.write_part(schedule.id, SCHEDULE_DOC, dumps_json(signed))
 
     def read(self, schedule_id: str) -> Schedule:
         """The schedule, if its owner's key signed it; else an error naming it."""
@@ -368,14 +368,14 @@ class Schedules:
         """The schedule its owner's key signed, and that key (derived once:
         through a delegation, that is two reads)."""
         try:
-            doc = json.loads(self._get(schedule_id, SCHEDULE_DOC))
+            doc = json.loads(self.read_part(schedule_id, SCHEDULE_DOC))
         except FileNotFoundError:
             raise JobNotFoundError(
                 schedule_id, self.store.url, reason="no such schedule"
             ) from None
         except ValueError:
             doc = None
-        keys = self._keys(schedule_id)
+        keys = self.keys(schedule_id)
         if not isinstance(doc, dict) or not _signing.spec_is_signed(keys.job_key, doc):
             raise DaskBatchError(
                 f"Schedule {schedule_id!r} is not signed with your key: it was "
@@ -394,7 +394,7 @@ class Schedules:
 
     def history(self, schedule_id: str, limit: int = 100) -> list[ScheduleRun]:
         """The schedule's due times so far, newest first."""
-        names = self.store._names(self._path(schedule_id, RUNS), "list the runs")
+        names = self.store.list_names(self._path(schedule_id, RUNS), "list the runs")
         names = sorted((posixpath.basename(n) for n in names), reverse=True)[:limit]
         paths = [self._path(schedule_id, f"{RUNS}/{n}") for n in names]
         blobs = self.store.get_many(paths, schedule_id)
@@ -430,7 +430,7 @@ class Schedules:
     def delete(self, schedule_id: str) -> None:
         """Remove the schedule; its runs, ordinary jobs, stay."""
         path = self._path(schedule_id)
-        with self.store._errors("delete the schedule", schedule_id):
+        with self.store.storage_errors("delete the schedule", schedule_id):
             if not self.store.fs.exists(path):
                 raise JobNotFoundError(
                     schedule_id, self.store.url, reason="no such schedule"
@@ -442,8 +442,8 @@ class Schedules:
         path = self._path(schedule_id, f"{RUNS}/{_run_name(run.time)}")
         data = json.dumps(run.to_dict()).encode()
         if create:
-            return self.store._create(path, data, "record a run", schedule_id)
-        with self.store._errors("record a run", schedule_id):
+            return self.store.create_at(path, data, "record a run", schedule_id)
+        with self.store.storage_errors("record a run", schedule_id):
             self.store.backend.put_whole(path, data)
         return True
 
@@ -525,7 +525,7 @@ class Schedules:
         # Claimed once: two firers never both submit the queued run.
         claim = self._path(schedule.id, f"claims/{_run_name(run.time)}")
         if not await asyncio.to_thread(
-            self.store._create, claim, b"{}", "claim a queued run", schedule.id
+            self.store.create_at, claim, b"{}", "claim a queued run", schedule.id
         ):
             return None
         return await self._submit_run(schedule, keys, run.time, run.message)
@@ -557,7 +557,7 @@ class Schedules:
     ) -> tuple[Submission, _signing.JobKeys | None]:
         """The run's submission, from what the schedule's key vouches for, and
         its keys when they derive from the schedule's (delegated) keys."""
-        payload = self._get(schedule.id, PAYLOAD)
+        payload = self.read_part(schedule.id, PAYLOAD)
         if _signing.sign(keys.job_key, payload) != schedule.payload_signature:
             raise DaskBatchError(
                 f"the payload of schedule {schedule.id!r} was changed in storage; "
@@ -566,14 +566,14 @@ class Schedules:
             )
         archive = b""
         if schedule.files_digest:
-            archive = self._get(schedule.id, FILES)
+            archive = self.read_part(schedule.id, FILES)
             if digest(archive) != schedule.files_digest:
                 raise DaskBatchError(
                     f"the files of schedule {schedule.id!r} were changed in "
                     "storage; no run submitted. Add the schedule again.",
                     job_id=schedule.id,
                 )
-        secrets = _secrets.unseal(keys.env_key, self._get(schedule.id, SECRETS))
+        secrets = _secrets.unseal(keys.env_key, self.read_part(schedule.id, SECRETS))
         run_id = new_job_id()
         spec = dict(schedule.spec)
         spec.update(
@@ -648,7 +648,7 @@ class Delegation:
         refused.
         """
         keys = self._open_schedule(schedules, schedule_id, env_key)
-        doc = json.loads(schedules._get(schedule_id, SCHEDULE_DOC))
+        doc = json.loads(schedules.read_part(schedule_id, SCHEDULE_DOC))
         if not isinstance(doc, dict) or not _signing.spec_is_signed(keys.job_key, doc):
             raise DaskBatchError(
                 f"schedule {schedule_id!r} is not signed with the key sent for it",
@@ -656,12 +656,12 @@ class Delegation:
             )
         document = {"user": schedules.user, "schedule": schedule_id, "env_key": env_key}
         sealed = self._fernet.encrypt(json.dumps(document).encode())
-        schedules._put(schedule_id, self.SEALED, sealed)
+        schedules.write_part(schedule_id, self.SEALED, sealed)
 
     def keys(self, schedules: Schedules, schedule_id: str) -> _signing.JobKeys:
         """The schedule's keys, from what its owner delegated (else an error)."""
         try:
-            token = schedules._get(schedule_id, self.SEALED)
+            token = schedules.read_part(schedule_id, self.SEALED)
             document = json.loads(self._fernet.decrypt(token))
         except FileNotFoundError:
             raise DaskBatchError(
@@ -693,7 +693,9 @@ class Delegation:
         schedules: Schedules, schedule_id: str, env_key: str
     ) -> _signing.JobKeys:
         try:
-            secrets = _secrets.unseal(env_key, schedules._get(schedule_id, SECRETS))
+            secrets = _secrets.unseal(
+                env_key, schedules.read_part(schedule_id, SECRETS)
+            )
         except Exception as exc:
             raise DaskBatchError(
                 f"the key sent for schedule {schedule_id!r} does not open its "

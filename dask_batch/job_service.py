@@ -1,0 +1,405 @@
+"""The job service: everything dask-batch does for one user, asynchronously.
+
+Every front stands on it: :class:`~dask_batch.BatchClient` (its friendly,
+synchronous face for notebooks and scripts), the command line, the jobs page,
+the hub service, the local gateway's keeper and the MLflow backend. It joins
+the rooms that each own one stage of a job's life:
+:mod:`~dask_batch.client.submission` checks and packs input,
+:mod:`~dask_batch.client.launcher` starts clusters,
+:mod:`~dask_batch.client.reconcile` keeps records honest,
+:mod:`~dask_batch.client.listing` lists, :mod:`~dask_batch.client.outputs`
+fetches results, logs and artifacts, and
+:mod:`~dask_batch.workflows.schedules` keeps schedules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any
+
+import dask.config
+from dask_gateway import Gateway
+
+from dask_batch import config as _config  # noqa: F401  (loads batch.* defaults)
+from dask_batch.client import submission as _submission
+from dask_batch.client import tracking as _tracking
+from dask_batch.client.connection import gateway_user
+from dask_batch.client.launcher import ClusterLauncher
+from dask_batch.client.listing import JobLister
+from dask_batch.client.outputs import JobOutputs
+from dask_batch.client.reconcile import Reconciler
+from dask_batch.core.exceptions import DaskBatchError
+from dask_batch.core.names import check_job_id, check_user
+from dask_batch.core.options import SubmitOptions
+from dask_batch.core.records import JobRecord, JobState
+from dask_batch.core.tasks import TASK_KINDS, TaskRecord, check_task_name
+from dask_batch.storage.store import JobStore
+from dask_batch.workflows import schedules as _schedules
+from dask_batch.workflows.schedules import (
+    Delegation,
+    Schedule,
+    ScheduleRun,
+    Schedules,
+)
+
+__all__ = ["JobService"]
+
+logger = logging.getLogger("dask_batch")
+
+
+class JobService:
+    """Submit, follow and manage one user's jobs and schedules.
+
+    Every method is a coroutine; it acts for :attr:`user`, learned once from
+    the gateway by :meth:`identify` (call it first).
+
+    Parameters
+    ----------
+    gateway : dask_gateway.Gateway
+        An asynchronous gateway client, or a synchronous one whose loop runs
+        these coroutines (``gateway.sync``).
+    store : JobStore
+        The job storage.
+    mode : {"server", "client", "auto"}
+        How the runner reaches the scheduler (``batch.mode``).
+    user : str, optional
+        The user asked for; it must agree with the one authenticated.
+    retry_from_gateway : bool
+        Start retries and waiting jobs with the env keys the gateway reports
+        (the hub service, which holds no user's secret).
+    delegation : Delegation, optional
+        The hub service's key for the schedules users hand to it.
+
+    Examples
+    --------
+    >>> service = JobService(gateway, JobStore("s3://bucket/jobs"), "auto")
+    >>> await service.identify()                       # doctest: +SKIP
+    'alice'
+    >>> [r.id for r in await service.jobs(limit=5)]    # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        store: JobStore,
+        mode: str,
+        *,
+        user: str | None = None,
+        retry_from_gateway: bool = False,
+        delegation: Delegation | None = None,
+    ) -> None:
+        self.gateway = gateway
+        self.store = store
+        self.mode = mode
+        self.requested_user = check_user(user) if user else None
+        #: The authenticated user, once :meth:`identify` ran.
+        self.user: str | None = None
+        self.delegation = delegation
+        self._launcher = ClusterLauncher(gateway, store, "", mode)
+        self._reconciler = Reconciler(store, self._launcher, "")
+        self._reconciler.retry_from_gateway = retry_from_gateway
+        self._lister = JobLister(store, "", self._reconciler)
+        self._outputs = JobOutputs(store, "", self._reconciler)
+        self._schedules = Schedules(store, self._launcher, "")
+        self._schedules.delegation = delegation
+
+    def __repr__(self) -> str:
+        return f"JobService<user={self.user}, storage={self.store.url}>"
+
+    @property
+    def clock(self) -> Callable[[], datetime.datetime]:
+        """What time it is for schedules (a test may turn it by hand)."""
+        return self._schedules.clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], datetime.datetime]) -> None:
+        self._schedules.clock = clock
+
+    async def identify(self) -> str:
+        """Learn, once, which user's jobs this service acts for.
+
+        Returns
+        -------
+        str
+
+        Raises
+        ------
+        AuthenticationError
+            The gateway or hub refused the credentials, or the user asked
+            for is not the one authenticated.
+        """
+        if self.user is None:
+            user = await gateway_user(
+                self.gateway, self._launcher.server_options, self.requested_user
+            )
+            user = check_user(user)
+            parts = (
+                self._launcher,
+                self._reconciler,
+                self._lister,
+                self._outputs,
+                self._schedules,
+            )
+            for part in parts:
+                part.user = user
+            self.user = user
+        return self.user
+
+    def _identified(self) -> str:
+        if self.user is None:
+            raise DaskBatchError(
+                "The job service does not know its user yet: await identify() first."
+            )
+        return self.user
+
+    # -- submitting ------------------------------------------------------------------
+    def submission(
+        self, job_id: str, target: _submission.Target, options: SubmitOptions
+    ) -> _submission.Submission:
+        """Check and pack a job for :meth:`submit`; bad input fails here.
+
+        Nothing is stored and no cluster is asked for.
+        """
+        user = self._identified()
+        artifacts = self.store.artifacts_url(user, job_id)
+        return _submission.build(job_id, user, artifacts, target, options)
+
+    async def submit(
+        self,
+        submission: _submission.Submission,
+        tracking: _tracking.Tracking | None = None,
+    ) -> str:
+        """Store the job and start its cluster; returns the job's id.
+
+        The id is an earlier job's where ``idempotency_key`` matched one.
+        ``tracking`` makes the job an MLflow run (created here, ended by the
+        job's runner).
+        """
+        if tracking is None:
+            job_id = await self._launcher.start_job(submission)
+            if submission.spec.get("after") and job_id == submission.job_id:
+                # Its upstream jobs may have ended already.
+                await self._reconciler.status(job_id, retry=True)
+            return job_id
+        submission = await asyncio.to_thread(
+            _tracking.begin,
+            submission,
+            self._identified(),
+            tracking,
+            self.gateway.address,
+        )
+        try:
+            job_id = await self._launcher.start_job(submission)
+        except DaskBatchError as exc:
+            # The run exists already: it says why the job never ran.
+            await asyncio.to_thread(_tracking.end_unsubmitted, submission, str(exc))
+            raise
+        if job_id != submission.job_id:  # an earlier submit with this key
+            await asyncio.to_thread(_tracking.discard, submission)
+        return job_id
+
+    async def submit_target(
+        self,
+        job_id: str,
+        target: _submission.Target,
+        options: SubmitOptions,
+        tracking: _tracking.Tracking | None = None,
+        *,
+        resume: str | None = None,
+    ) -> str:
+        """Check, pack and submit ``target``; returns the job's id.
+
+        ``resume`` names an earlier pipeline job whose unchanged, succeeded
+        steps this one takes over instead of running them again.
+        """
+        await self.identify()
+        if resume is not None:
+            tasks = await asyncio.to_thread(
+                self._outputs.reusable, check_job_id(resume), target.tasks
+            )
+            target = dataclasses.replace(target, tasks=tasks)
+        if tracking is None:
+            tracking = _tracking.requested(job_id, options.mlflow, target.params)
+        return await self.submit(self.submission(job_id, target, options), tracking)
+
+    # -- following -------------------------------------------------------------------
+    async def status(self, job_id: str) -> JobRecord:
+        """The job's record checked against the gateway, with its tasks."""
+        record = await self._reconciler.status(job_id)
+        if record.kind in TASK_KINDS:
+            record.tasks = await asyncio.to_thread(self._outputs.tasks, job_id)
+        return record
+
+    async def jobs(
+        self,
+        *,
+        state: str | JobState | Iterable[str | JobState] | None = None,
+        name: str | None = None,
+        since: datetime.datetime | str | None = None,
+        until: datetime.datetime | str | None = None,
+        limit: int | None = None,
+    ) -> Any:
+        """The user's jobs, newest first, as a ``JobList`` (a list that displays)."""
+        return await self._lister.jobs(
+            state=state, name=name, since=since, until=until, limit=limit
+        )
+
+    async def tasks(self, job_id: str) -> list[TaskRecord]:
+        """The steps of a pipeline job or the elements of an array job."""
+        return await asyncio.to_thread(self._outputs.tasks, job_id)
+
+    async def wait(
+        self, job_id: str, timeout: float | str | None = None, progress: bool = False
+    ) -> JobRecord:
+        """Wait until the job has ended; returns its final record."""
+        return await self._reconciler.wait(job_id, timeout, progress)
+
+    async def result(
+        self,
+        job_id: str,
+        timeout: float | str | None = None,
+        progress: bool = False,
+        partial: bool = False,
+    ) -> Any:
+        """Wait for the job and load the value main returned, checked first."""
+        return await self._outputs.result(job_id, timeout, progress, partial)
+
+    async def logs(self, job_id: str, task: str = "") -> str:
+        """Main's log so far (or a task's), bounded by ``batch.logs-limit``."""
+        return await self._outputs.logs(job_id, self._task(job_id, task))
+
+    def follow_logs(self, job_id: str, task: str = "") -> AsyncIterator[str]:
+        """Log text as it arrives, until the job ends."""
+        return self._outputs.follow(job_id, self._task(job_id, task))
+
+    def follow_logs_sync(
+        self, job_id: str, sync: Callable[..., Any], task: str = ""
+    ) -> Iterator[str]:
+        """:meth:`follow_logs` for synchronous callers (``sync`` runs a coroutine)."""
+        return self._outputs.follow_sync(job_id, sync, self._task(job_id, task))
+
+    @staticmethod
+    def _task(job_id: str, task: str) -> str:
+        return check_task_name(str(task), job_id=job_id) if task != "" else ""
+
+    async def artifacts(self, job_id: str) -> dict[str, int]:
+        """The job's artifacts: relative path -> size in bytes."""
+        return await self._outputs.artifacts(job_id)
+
+    async def download_artifacts(
+        self, job_id: str, destination: str | os.PathLike[str]
+    ) -> list[str]:
+        """Copy the job's artifacts into a local directory; returns the paths."""
+        return await self._outputs.download_artifacts(job_id, os.fspath(destination))
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a pending or running job and stop its cluster."""
+        return await self._reconciler.cancel(job_id)
+
+    async def reconcile(self, records: list[JobRecord] | None = None) -> Any:
+        """Act on live jobs whose cluster is gone: retry, start, or mark LOST.
+
+        ``records`` are live records just read (the hub service's sweep);
+        default: every live job of the user.
+        """
+        if records is None:
+            return await self._reconciler.reconcile()
+        return await self._reconciler.reconcile(records)
+
+    # -- schedules -------------------------------------------------------------------
+    async def add_schedule(
+        self,
+        schedule_id: str,
+        target: _submission.Target,
+        options: SubmitOptions,
+        *,
+        cron: str,
+        timezone: str = "UTC",
+        overlap: str = "skip",
+    ) -> Schedule:
+        """Keep ``target`` as a schedule; hand it to the hub service if one is set.
+
+        With ``batch.service.url`` set, the schedule's env key goes to the
+        service with the user's hub token, so that it fires with nobody here.
+        """
+        _schedules.check_cron(schedule_id, cron, timezone)
+        await self.identify()
+        await self._launcher.check_cluster_options(
+            schedule_id, dict(options.cluster_options or {})
+        )
+        submission = self.submission(schedule_id, target, options)
+        added = await asyncio.to_thread(
+            self._schedules.add, submission, cron, timezone=timezone, overlap=overlap
+        )
+        service = dask.config.get("batch.service.url", None)
+        if service:
+            token = getattr(self.gateway.auth, "api_token", None) or os.environ.get(
+                "JUPYTERHUB_API_TOKEN", ""
+            )
+            await asyncio.to_thread(
+                _schedules.delegate_to_service,
+                str(service),
+                str(token),
+                schedule_id,
+                self._schedules.keys(schedule_id).env_key,
+            )
+        return added
+
+    async def schedules(self) -> list[Schedule]:
+        """The user's schedules, newest first; unsigned ones are left out."""
+        found = []
+        for schedule_id in await asyncio.to_thread(self._schedules.ids):
+            try:
+                found.append(
+                    await asyncio.to_thread(self._schedules.describe, schedule_id)
+                )
+            except DaskBatchError as exc:
+                logger.warning("%s", exc)
+        return found
+
+    async def schedule(self, schedule_id: str) -> Schedule:
+        """One schedule, checked, with its history and next run."""
+        return await asyncio.to_thread(self._schedules.describe, schedule_id)
+
+    async def schedule_ids(self) -> list[str]:
+        """The ids of the user's stored schedules (a listing; nothing is checked)."""
+        return await asyncio.to_thread(self._schedules.ids)
+
+    async def pause_schedule(self, schedule_id: str) -> Schedule:
+        """Stop submitting runs until :meth:`resume_schedule`."""
+        return await asyncio.to_thread(self._schedules.set_paused, schedule_id, True)
+
+    async def resume_schedule(self, schedule_id: str) -> Schedule:
+        """Submit runs again from the next due time."""
+        return await asyncio.to_thread(self._schedules.set_paused, schedule_id, False)
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        """Remove a schedule; the jobs it submitted stay."""
+        await asyncio.to_thread(self._schedules.delete, schedule_id)
+
+    async def fire_schedules(self) -> list[ScheduleRun]:
+        """Submit the runs of the user's schedules that are due now."""
+        return await self._schedules.fire_due()
+
+    async def accept_schedule(self, schedule_id: str, env_key: str) -> None:
+        """Take a schedule its owner hands over (a service with a delegation).
+
+        Raises
+        ------
+        DaskBatchError
+            This service fires no schedules for others, or the env key does
+            not open the schedule.
+        """
+        if self.delegation is None:
+            raise DaskBatchError(
+                f"Schedule {schedule_id!r} not taken: this server does not fire "
+                "schedules for others (it has no delegation key)."
+            )
+        await asyncio.to_thread(
+            self.delegation.accept, self._schedules, schedule_id, env_key
+        )
