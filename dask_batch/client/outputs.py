@@ -111,7 +111,7 @@ class JobOutputs:
         """
         job_id = record.id
         if not record.result_hmac:
-            return self._load_unsigned(record)
+            raise _signing.unsigned_result(job_id)
         secret = _signing.user_secret(job_id=job_id)
         job_key = _signing.keys_for(secret, job_id, record.keys_from).job_key
         return _signing.load_signed_result(
@@ -222,14 +222,6 @@ class JobOutputs:
         if is_array:
             return [values[t.index] for t in tasks]
         return {t.name: values[t.name] for t in tasks}
-
-    def _load_unsigned(self, record: JobRecord) -> Any:
-        """A result stored before dask-batch signed results: refused by default."""
-        _signing.check_unsigned_allowed(record.id, self.store.url)  # before reading
-        stream, buffers, found, _ = self.store.get_result(self.user, record.id)
-        return _signing.loads_unsigned(
-            record.id, self.store.url, stream, found, record.result_digest, buffers
-        )
 
     async def logs(self, job_id: str, task: str = "") -> str:
         """The log so far, or its end when it is over ``batch.logs-limit``."""

@@ -206,8 +206,7 @@ def loads_verified(
     ``signature`` is computed here, by the caller, with this job's key (which
     only the holder of the user's secret, or main's process, has);
     ``expected`` is the one recorded in storage. On the client and in main's
-    process alike, bytes from storage are unpickled here, or by
-    :func:`loads_unsigned` when the user allowed it, and nowhere else.
+    process alike, bytes from storage are unpickled here and nowhere else.
     """
     if not expected or not hmac.compare_digest(signature, expected):
         raise ResultIntegrityError(
@@ -245,37 +244,17 @@ def load_signed_result(
     return loads_verified(job_id, what, stream, computed, signature, buffers)
 
 
-def loads_unsigned(
-    job_id: str,
-    url: str,
-    data: bytes,
-    digest: str,
-    expected_digest: str,
-    buffers: Sequence[Any] = (),
-) -> Any:
-    """Unpickle a result stored before results were signed, if the user allows.
-
-    Only with ``batch.allow-unsigned-results``: the bytes are then as
-    trustworthy as everyone who can write the storage at ``url``, and only
-    the unkeyed digest in the record is checked.
-    """
-    check_unsigned_allowed(job_id, url)
-    if not expected_digest or not hmac.compare_digest(digest, expected_digest):
-        raise changed_in_storage(job_id)
-    return _unpickle(data, buffers)
-
-
-def check_unsigned_allowed(job_id: str, url: str) -> None:
-    """Refuse an unsigned result unless ``batch.allow-unsigned-results`` is set."""
-    if not dask.config.get("batch.allow-unsigned-results", False):
-        raise ResultIntegrityError(
-            f"The result of job {job_id!r} carries no signature (it was stored "
-            "by a dask-batch that did not sign results, or its record was "
-            "changed in storage), so it is not loaded. To load it anyway, "
-            f"trusting everyone who can write {url!r}, set "
-            "`batch.allow-unsigned-results: true`.",
-            job_id=job_id,
-        )
+def unsigned_result(job_id: str) -> ResultIntegrityError:
+    """The error for a result whose record carries no signature."""
+    return ResultIntegrityError(
+        f"The result of job {job_id!r} carries no signature, so it is not "
+        "loaded. Results are signed by every dask-batch release; an unsigned "
+        "one was stored by a pre-release dask-batch, or its record was changed "
+        "in storage. If you trust that job, run it again "
+        f"(`dask batch status {job_id}` shows what it ran) and load the new "
+        "job's result.",
+        job_id=job_id,
+    )
 
 
 def changed_in_storage(job_id: str) -> ResultIntegrityError:
@@ -288,5 +267,5 @@ def changed_in_storage(job_id: str) -> ResultIntegrityError:
 
 
 def _unpickle(data: bytes, buffers: Sequence[Any]) -> Any:
-    # Reached only through the two checks above.
+    # Reached only through the signature check of loads_verified.
     return load_pickle(data, buffers)
