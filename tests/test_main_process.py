@@ -116,6 +116,22 @@ def sleeps(seconds):
     return seconds
 
 
+def children_of(pid):
+    import os
+
+    found = []
+    for child in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                # The name (field 2) may hold spaces: the parent's pid is the
+                # second field after its closing parenthesis.
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(child))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
 def zygote_of(cluster_name):
     import os
 
@@ -147,10 +163,10 @@ def test_tasks_go_on_as_new_processes_when_the_zygote_dies(batch_client):
         120,
         "two elements to run",
     )
-    os.kill(
-        wait_for(lambda: zygote_of(record.cluster_name), 30, "the zygote"),
-        signal.SIGKILL,
-    )
+    zygote = wait_for(lambda: zygote_of(record.cluster_name), 30, "the zygote")
+    # RUNNING is recorded just before the fork: wait for both forked mains.
+    wait_for(lambda: len(children_of(zygote)) == 2, 30, "the zygote to fork two mains")
+    os.kill(zygote, signal.SIGKILL)
     with pytest.raises(TasksFailedError) as raised:
         job.result(timeout=120)
     # The two it had forked go with it; the rest run as new interpreters.

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from dask_batch.core.records import ErrorInfo
+from dask_batch.core.records import ErrorInfo, JobState
 from dask_batch.core.tasks import task_path
 
 #: The runner's pid, in main's environment: main's process exits with it.
@@ -25,6 +25,8 @@ ENV_RUNNER_PID = "DASK_BATCH_RUNNER_PID"
 #: The file, in the runner's private folder, where main's process reports back
 #: (the log is not parsed).
 OUTCOME_FILE = "outcome.json"
+#: The folder, in the runner's private one, whose files are the job's artifacts.
+ARTIFACTS_DIR = "artifacts"
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,38 @@ class MainLaunch:
     upstream: dict[str, dict[str, str]] = field(default_factory=dict)
     upstream_dirs: dict[str, str] = field(default_factory=dict)
 
+    @classmethod
+    def for_job(
+        cls, scheduler: Any, spec: dict[str, Any], *, workdir: str, **fields: Any
+    ) -> MainLaunch:
+        """The launch of a job's main beside ``scheduler``, with its TLS files.
+
+        ``workdir`` is the runner's private folder (outcome, artifacts, main's
+        working directory below it); ``fields`` are the job's.
+        """
+        security = scheduler.security
+        ca, cert, key = (
+            os.path.abspath(p) if p and os.path.exists(p) else p
+            for p in (
+                security.tls_ca_file,
+                security.tls_scheduler_cert,
+                security.tls_scheduler_key,
+            )
+        )
+        return cls(
+            name=str(spec.get("name", "")),
+            scheduler_address=scheduler.address,
+            tls_ca_file=ca,
+            tls_cert=cert,
+            tls_key=key,
+            outcome_path=os.path.join(workdir, OUTCOME_FILE),
+            workdir=os.path.join(workdir, "work"),
+            artifacts_dir=os.path.join(workdir, ARTIFACTS_DIR),
+            has_files=bool(spec.get("files_bytes")),
+            memory_limit=spec.get("memory_limit"),
+            **fields,
+        )
+
     def own(self, name: str) -> str:
         """Where this launch keeps ``name`` (a result, an error) in the job's folder."""
         return task_path(self.task, name) if self.task else name
@@ -87,6 +121,27 @@ class Outcome:
     def failure(cls, type: str, message: str, **more: Any) -> Outcome:
         return cls(False, error=ErrorInfo(type=type, message=message, **more))
 
+    def final_record(
+        self, stopped_from_outside: bool
+    ) -> tuple[JobState, dict[str, Any]]:
+        """The job's final state and record fields for this outcome."""
+        if self.succeeded:
+            return JobState.SUCCEEDED, {
+                "result_digest": self.result_digest,
+                "result_hmac": self.result_hmac,
+                "result_type": self.result_type,
+                "result_bytes": self.result_bytes,
+            }
+        error = self.error or ErrorInfo("RunnerError", "no outcome recorded")
+        message = f"{error.type}: {error.message}"
+        if stopped_from_outside:
+            message = (
+                "the cluster was stopped while main was running (cancelled, "
+                "stopped by an admin, or by the gateway)"
+            )
+            error = ErrorInfo("ClusterStopped", message)
+        return JobState.FAILED, {"error": error.to_dict(), "message": message}
+
     def write(self, path: str) -> None:
         """Write atomically: the runner never reads half an outcome."""
         doc = dataclasses.asdict(self)
@@ -109,3 +164,16 @@ class Outcome:
             result_bytes=int(doc.get("result_bytes") or 0),
             error=ErrorInfo.from_dict(error) if error else None,
         )
+
+
+def retry_wanted(
+    spec: dict[str, Any], error: ErrorInfo, attempt: int, stopped_from_outside: bool
+) -> bool:
+    """Whether to run main again in this cluster: only for the errors the
+    user named (``retry_on``), while retries are left and the cluster is not
+    being stopped."""
+    if stopped_from_outside or attempt > int(spec.get("retries") or 0):
+        return False
+    wanted = spec.get("retry_on") or []
+    short = error.type.rsplit(".", 1)[-1]
+    return any(name in (error.type, short) for name in wanted)

@@ -17,15 +17,24 @@ Scheduler side: imports nothing from the client or CLI modules.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import dask.config
+from dask.utils import parse_timedelta
+
 from dask_batch.storage.store import JobStore
+
+logger = logging.getLogger("distributed.scheduler.dask_batch")
 
 #: Where the job's log goes among the run's artifacts.
 LOG_ARTIFACT = "dask-batch/job.log"
@@ -58,6 +67,60 @@ class FinishRun:
     @classmethod
     def from_json(cls, data: bytes) -> FinishRun:
         return cls(**json.loads(data))
+
+
+async def end_run(
+    finish: FinishRun, env: dict[str, str], timeout: float
+) -> tuple[bool, str]:
+    """In the runner: end the run in a process of this module's; (ended, output)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "dask_batch.runtime.mlflow_finish",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        output, _ = await asyncio.wait_for(
+            proc.communicate(finish.to_json()), timeout=timeout
+        )
+    except asyncio.TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        output = f"no answer from MLflow in {timeout:g} s".encode()
+    said = output.decode(errors="replace")[-2000:].strip()
+    return proc.returncode == 0, said
+
+
+async def end_tracked_run(
+    finish: FinishRun,
+    env: dict[str, str],
+    upload_log: Callable[[], None] | None,
+) -> None:
+    """In the runner: end the job's run; say in the job's log if it failed.
+
+    ``upload_log`` stores the log's new lines (the note) at once.
+    """
+    timeout = parse_timedelta(dask.config.get("batch.mlflow.finish-timeout"))
+    ended, said = await end_run(finish, env, timeout)
+    if ended:
+        logger.info("dask-batch: job %s: %s", finish.job_id, said)
+        return
+    logger.warning("dask-batch: MLflow run %s not ended: %s", finish.run_id, said)
+    if finish.log_path and os.path.exists(finish.log_path) and upload_log:
+        note = (
+            f"dask-batch: the MLflow run {finish.run_id} of job {finish.job_id} "
+            f"could not be given its final status {finish.status}: {said}\n"
+        )
+        with open(finish.log_path, "ab") as log:
+            log.write(note.encode())
+        try:
+            await asyncio.to_thread(upload_log)
+        except Exception:
+            logger.exception("dask-batch: log upload of %s failed", finish.job_id)
 
 
 def _log_artifacts(client: Any, finish: FinishRun) -> None:

@@ -42,12 +42,11 @@ from typing import IO, Any
 import dask.config
 
 from dask_batch.runtime.forking import MAIN_PROCESS_NAME, name_process, run_to_exit
-from dask_batch.runtime.handoff import ENV_RUNNER_PID
+from dask_batch.runtime.handoff import ARTIFACTS_DIR, ENV_RUNNER_PID
 
 # The runner's private folder: main.log, the outcome file, main's working
 # directory and artifacts_dir() live in it.
 LOG_FILE = "main.log"
-ARTIFACTS_DIR = "artifacts"
 
 
 # Main gets the decrypted values, not the key nor the gateway's token.

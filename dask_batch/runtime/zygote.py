@@ -173,6 +173,17 @@ class Zygote:
         self._lock = asyncio.Lock()
         self._exited: asyncio.Future[int] | None = None
 
+    @classmethod
+    async def open(cls, process: Any, folder: str) -> tuple[Zygote | None, str]:
+        """A started zygote made of ``process``, or (None, why) if it is gone."""
+        zygote = cls(process, folder)
+        try:
+            await zygote.start()
+        except OSError as exc:
+            await zygote.close()
+            return None, str(exc)
+        return zygote, ""
+
     async def start(self) -> None:
         """Make the process a zygote; OSError if it is gone already."""
         os.mkfifo(self.fifo, 0o600)
