@@ -23,11 +23,10 @@ from dask_batch.client import connection as _connection
 from dask_batch.client import submission as _submission
 from dask_batch.client import tracking as _tracking
 from dask_batch.client.display import html_table
-from dask_batch.core.exceptions import SubmitError
 from dask_batch.core.options import SubmitOptions
 from dask_batch.core.records import JobState, new_job_id
 from dask_batch.job_service import JobService
-from dask_batch.storage.upstream import JobResult, substitute
+from dask_batch.storage.upstream import upstream_placeholders
 from dask_batch.workflows import pipelines as _pipeline
 from dask_batch.workflows.pipelines import Step
 
@@ -225,19 +224,10 @@ class BatchClient:
         """
         options, main_kwargs = SubmitOptions.split(submit_options, kwargs)
         job_id = new_job_id()
-        upstream: list[str] = []
-
-        def placeholder(job: Job) -> JobResult:
-            upstream.append(job.id)
-            return JobResult(job.id)
-
-        args = substitute(args, Job, placeholder)
-        main_kwargs = substitute(main_kwargs, Job, placeholder)
+        args, main_kwargs, upstream = upstream_placeholders(args, main_kwargs, Job)
         target = _submission.function_target(job_id, func, args, main_kwargs)
         if upstream:
-            target = dataclasses.replace(
-                target, upstream_values=list(dict.fromkeys(upstream))
-            )
+            target = dataclasses.replace(target, upstream_values=upstream)
         return self._submit(job_id, target, options)
 
     def submit_script(
@@ -284,17 +274,7 @@ class BatchClient:
         job_id = new_job_id()
         what = _submission.script_target(job_id, os.fspath(target), list(args))
         if array is not None:
-            table, tasks, limit = _pipeline.build_script_array(job_id, what, array)
-            what = _submission.Target(
-                "array",
-                what.target,
-                what.default_name,
-                None,
-                (table,),
-                {},
-                tasks=tasks,
-                max_parallel=limit,
-            )
+            what = _pipeline.script_array_target(job_id, what, array)
         return self._submit(job_id, what, merged)
 
     def map(
@@ -339,21 +319,8 @@ class BatchClient:
         """
         options, func_kwargs = SubmitOptions.split(submit_options, kwargs)
         job_id = new_job_id()
-        limit = _pipeline.check_max_parallel(job_id, max_parallel)
-        table, tasks, target = _pipeline.build_function_array(
-            job_id, func, list(items), func_kwargs
-        )
-        name = str(getattr(func, "__name__", "array"))
-        what = _submission.Target(
-            "array",
-            target,
-            name,
-            None,
-            (table,),
-            {},
-            params=dict(func_kwargs),
-            tasks=tasks,
-            max_parallel=limit,
+        what = _pipeline.function_array_target(
+            job_id, func, items, func_kwargs, max_parallel
         )
         return self._submit(job_id, what, options)
 
@@ -410,33 +377,10 @@ class BatchClient:
         >>> job = batch.submit_pipeline("pipeline.yaml", resume=job)
         """
         job_id = new_job_id()
-        name = None
-        if isinstance(steps, (str, os.PathLike)):
-            pipeline = _pipeline.load_pipeline(steps, job_id)
-            try:
-                from_file = SubmitOptions.merge(submit_options, pipeline.options)
-            except TypeError as exc:
-                raise SubmitError.not_submitted(job_id, str(exc)) from None
-            submit_options = from_file
-            steps, name = pipeline.steps, pipeline.name
-            max_parallel = (
-                pipeline.max_parallel if max_parallel is None else max_parallel
-            )
-            fail_fast = pipeline.fail_fast if fail_fast is None else fail_fast
-        merged = SubmitOptions.merge(submit_options, options)
-        limit = _pipeline.check_max_parallel(job_id, max_parallel)
-        table, tasks = _pipeline.build_pipeline(job_id, steps)
-        what = _submission.Target(
-            "pipeline",
-            ", ".join(t.name for t in tasks),
-            name or "pipeline",
-            None,
-            (table,),
-            {},
-            tasks=tasks,
-            max_parallel=limit,
-            fail_fast=bool(fail_fast),
+        what, submit_options = _pipeline.pipeline_target(
+            job_id, steps, max_parallel, fail_fast, submit_options
         )
+        merged = SubmitOptions.merge(submit_options, options)
         if resume is not None:
             earlier = resume.id if isinstance(resume, Job) else str(resume)
             submit = self.service.submit_target
@@ -493,13 +437,7 @@ class BatchClient:
         """
         options, main_kwargs = SubmitOptions.split(submit_options, kwargs)
         schedule_id = new_job_id()
-        if callable(target):
-            what = _submission.function_target(schedule_id, target, args, main_kwargs)
-        elif os.fspath(target).endswith(".ipynb"):
-            path = os.fspath(target)
-            what = _submission.notebook_target(schedule_id, path, main_kwargs)
-        else:
-            what = _submission.script_target(schedule_id, os.fspath(target), list(args))
+        what = _submission.target_for(schedule_id, target, args, main_kwargs)
         return self.sync(
             self.service.add_schedule,
             schedule_id,

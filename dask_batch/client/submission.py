@@ -396,3 +396,19 @@ def build(
             fail_fast=target.fail_fast,
         )
     return Submission(job_id, spec, payload, env_values, archive)
+
+
+def target_for(
+    job_id: str,
+    target: Callable[..., Any] | str | os.PathLike[str],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Target:
+    """A function's, notebook's (``.ipynb``, ``kwargs`` as parameters) or
+    script's target, whichever ``target`` is."""
+    if callable(target):
+        return function_target(job_id, target, args, kwargs)
+    path = os.fspath(target)
+    if path.endswith(".ipynb"):
+        return notebook_target(job_id, path, kwargs)
+    return script_target(job_id, path, list(args))

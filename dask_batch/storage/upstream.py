@@ -58,6 +58,22 @@ def substitute(obj: Any, kind: type, convert: Callable[[Any], Any]) -> Any:
     return obj
 
 
+def upstream_placeholders(
+    args: tuple[Any, ...], kwargs: dict[str, Any], job_type: type
+) -> tuple[tuple[Any, ...], dict[str, Any], list[str]]:
+    """``args`` and ``kwargs`` with each ``job_type`` (a Job) in them replaced
+    by a :class:`JobResult`, and the ids of those jobs, in order, once each."""
+    upstream: list[str] = []
+
+    def placeholder(job: Any) -> JobResult:
+        upstream.append(job.id)
+        return JobResult(job.id)
+
+    args = substitute(args, job_type, placeholder)
+    kwargs = substitute(kwargs, job_type, placeholder)
+    return args, kwargs, list(dict.fromkeys(upstream))
+
+
 def seal_env_key(env_key: str, job_id: str, upstream_env_key: str) -> bytes:
     """The waiting job's env key, sealed with an upstream job's env key."""
     from cryptography.fernet import Fernet

@@ -27,6 +27,7 @@ from dask.base import tokenize
 from dask_batch.client import submission as _submission
 from dask_batch.core.exceptions import SubmitError
 from dask_batch.core.names import InvalidNameError
+from dask_batch.core.options import SubmitOptions
 from dask_batch.core.tasks import TaskSpec, check_task_name, order_tasks, parse_array
 from dask_batch.runtime import targets as _targets
 
@@ -327,3 +328,82 @@ def check_max_parallel(job_id: str, value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise _bad(job_id, f"max_parallel must be a whole number >= 1, got {value!r}.")
     return value
+
+
+# -- what BatchClient's submit methods hand to the job service ---------------------
+def script_array_target(
+    job_id: str, script: _submission.Target, array: str
+) -> _submission.Target:
+    """An array job that runs ``script`` once per index of ``array``."""
+    table, tasks, limit = build_script_array(job_id, script, array)
+    return _submission.Target(
+        "array",
+        script.target,
+        script.default_name,
+        None,
+        (table,),
+        {},
+        tasks=tasks,
+        max_parallel=limit,
+    )
+
+
+def function_array_target(
+    job_id: str,
+    func: Callable[..., Any],
+    items: Iterable[Any],
+    kwargs: dict[str, Any],
+    max_parallel: int | None,
+) -> _submission.Target:
+    """An array job that runs ``func(item, **kwargs)`` once per item."""
+    limit = check_max_parallel(job_id, max_parallel)
+    table, tasks, target = build_function_array(job_id, func, list(items), kwargs)
+    return _submission.Target(
+        "array",
+        target,
+        str(getattr(func, "__name__", "array")),
+        None,
+        (table,),
+        {},
+        params=dict(kwargs),
+        tasks=tasks,
+        max_parallel=limit,
+    )
+
+
+def pipeline_target(
+    job_id: str,
+    steps: Iterable[Step] | str | os.PathLike[str],
+    max_parallel: int | None,
+    fail_fast: bool | None,
+    submit_options: SubmitOptions | None,
+) -> tuple[_submission.Target, SubmitOptions | None]:
+    """A pipeline job of ``steps`` (or of a pipeline YAML file).
+
+    Returns the target and the submit options, the file's own merged under
+    ``submit_options`` (arguments win over the file).
+    """
+    name = None
+    if isinstance(steps, (str, os.PathLike)):
+        pipeline = load_pipeline(steps, job_id)
+        try:
+            submit_options = SubmitOptions.merge(submit_options, pipeline.options)
+        except TypeError as exc:
+            raise SubmitError.not_submitted(job_id, str(exc)) from None
+        steps, name = pipeline.steps, pipeline.name
+        max_parallel = pipeline.max_parallel if max_parallel is None else max_parallel
+        fail_fast = pipeline.fail_fast if fail_fast is None else fail_fast
+    limit = check_max_parallel(job_id, max_parallel)
+    table, tasks = build_pipeline(job_id, steps)
+    target = _submission.Target(
+        "pipeline",
+        ", ".join(t.name for t in tasks),
+        name or "pipeline",
+        None,
+        (table,),
+        {},
+        tasks=tasks,
+        max_parallel=limit,
+        fail_fast=bool(fail_fast),
+    )
+    return target, submit_options
