@@ -10,7 +10,10 @@ Shared by client and scheduler side: imports neither.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     import fsspec
@@ -31,6 +34,8 @@ class StoreParts:
         def job_path(self, user: str, job_id: str, name: str = "") -> str: ...
 
         def strip_protocol(self, path: str) -> str: ...
+
+        def _retrying(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
 
         def put(self, user: str, job_id: str, name: str, data: bytes) -> None: ...
 
