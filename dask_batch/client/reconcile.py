@@ -8,15 +8,14 @@ cluster died with a retry left is shown as awaiting that retry; the retry
 itself starts only when someone asked to see the job finish (``wait``,
 ``result``) or to reconcile (``BatchClient.reconcile``, ``dask batch
 reconcile``), which call ``check`` with ``retry=True``. The same holds for a
-job that waits for other jobs (``after=``): a read says it is ready; a waiter,
-a reconcile or a service starts it. An upstream job that did not succeed
-cancels it, whoever looks.
+job that waits for other jobs (``after=``, see
+:mod:`~dask_batch.client.waiting`): a read says it is ready; a waiter, a
+reconcile or a service starts it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -31,13 +30,12 @@ from dask_gateway.client import ClusterReport
 from dask_batch.client import tracking as _tracking
 from dask_batch.client.display import JobList, ProgressDisplay
 from dask_batch.client.launcher import ALIVE, ClusterLauncher
-from dask_batch.core import signing as _signing
-from dask_batch.core.exceptions import DaskBatchError, MissingSecretError
+from dask_batch.client.waiting import WaitingJobs, is_waiting, signed_spec
+from dask_batch.core.exceptions import MissingSecretError
 from dask_batch.core.names import safe_link
 from dask_batch.core.records import JobRecord, JobState, to_iso, utcnow
 from dask_batch.storage.backends import LocalBackend
-from dask_batch.storage.store import SPEC, JobStore, dumps_json
-from dask_batch.storage.upstream import AFTER_DIR, open_env_key
+from dask_batch.storage.store import JobStore, dumps_json
 
 logger = logging.getLogger("dask_batch")
 
@@ -121,8 +119,25 @@ class Reconciler:
     def __init__(self, store: JobStore, launcher: ClusterLauncher, user: str) -> None:
         self.store = store
         self.launcher = launcher
+        self.waiting = WaitingJobs(store, launcher, user)
         self.user = user
         self.retry_from_gateway = False
+
+    @property
+    def user(self) -> str:
+        return self.waiting.user
+
+    @user.setter
+    def user(self, user: str) -> None:
+        self.waiting.user = user
+
+    @property
+    def retry_from_gateway(self) -> bool:
+        return self.waiting.retry_from_gateway
+
+    @retry_from_gateway.setter
+    def retry_from_gateway(self, value: bool) -> None:
+        self.waiting.retry_from_gateway = value
 
     async def status(self, job_id: str, *, retry: bool = False) -> JobRecord:
         """The job's record, checked against the gateway if it is live."""
@@ -136,8 +151,8 @@ class Reconciler:
         self, record: JobRecord, reports: Reports, *, retry: bool = False
     ) -> JobRecord:
         """``record`` as it really is: alive, awaiting a retry, retried, or LOST."""
-        if self._is_waiting(record):
-            return await self._check_waiting(record, retry)
+        if is_waiting(record):
+            return await self.waiting.check(record, retry)
         why = self._why_lost(record, reports)
         if why is None:
             return record
@@ -153,7 +168,7 @@ class Reconciler:
                     # the gateway forgot): the owner's client can.
                     return self._awaiting_retry(record, why)
             else:
-                spec, keys = await self._signed_spec(record.id)
+                spec, keys = await signed_spec(self.store, self.user, record.id)
                 env_key = keys.env_key
             if spec is not None:
                 return await self._retry_on_new_cluster(record, spec, env_key, why)
@@ -184,7 +199,7 @@ class Reconciler:
         if self.retry_from_gateway:
             return
         try:
-            spec, _ = await self._signed_spec(job_id)
+            spec, _ = await signed_spec(self.store, self.user, job_id)
         except MissingSecretError:
             spec = None
         if spec is None:
@@ -238,24 +253,6 @@ class Reconciler:
             "before the gateway accepted the cluster request"
         )
 
-    async def _signed_spec(
-        self, job_id: str
-    ) -> tuple[dict[str, Any] | None, _signing.JobKeys]:
-        """The job's spec if its signature holds (else None), and its keys.
-
-        A retry takes nothing security-relevant from storage unchecked: the
-        cluster options and the payload's signature come from a spec that
-        the user's own key signed. Raises MissingSecretError on a machine
-        without the user's secret.
-        """
-        secret = await asyncio.to_thread(_signing.user_secret, job_id=job_id)
-        spec = await asyncio.to_thread(self.store.get_json, self.user, job_id, SPEC)
-        keys_from = str(spec.get("keys_from") or "") if isinstance(spec, dict) else ""
-        keys = _signing.keys_for(secret, job_id, keys_from)
-        if isinstance(spec, dict) and _signing.spec_is_signed(keys.job_key, spec):
-            return spec, keys
-        return None, keys
-
     def _never_started_hint(self, record: JobRecord) -> str:
         """Why a scheduler may have stopped before recording anything: it
         could not write the job's folder (on a shared filesystem it runs as
@@ -292,146 +289,6 @@ class Reconciler:
             "payload_signature": options["batch_payload_digest"],
         }
         return spec, str(options["batch_secret_key"])
-
-    @staticmethod
-    def _is_waiting(record: JobRecord) -> bool:
-        """A job that waits for its upstream jobs, with no cluster asked for."""
-        return (
-            bool(record.after)
-            and record.state is JobState.PENDING
-            and record.released is None
-            and not record.cluster_name
-        )
-
-    async def _check_waiting(
-        self, record: JobRecord, act: bool, seen: frozenset[str] = frozenset()
-    ) -> JobRecord:
-        """Whether a waiting job can start, must be cancelled, or still waits.
-
-        Only ``act`` (a waiter, a reconcile, a service) starts its cluster; a
-        read says it is ready. An upstream job that did not succeed cancels
-        it at once, whoever looks, as a lost cluster is recorded LOST.
-        """
-        upstream = await asyncio.to_thread(
-            self.store.read_records, self.user, record.after
-        )
-        waiting = []
-        for job_id in record.after:
-            found = upstream.get(job_id)
-            if isinstance(found, Exception) or found is None:
-                return await self._cancel_waiting(
-                    record, f"not run: upstream job {job_id} cannot be read ({found})"
-                )
-            if found.state.is_terminal and found.state is not JobState.SUCCEEDED:
-                why = f": {found.message}" if found.message else ""
-                return await self._cancel_waiting(
-                    record,
-                    f"not run: upstream job {job_id} {found.state.value}{why}",
-                )
-            if not found.state.is_terminal:
-                if act and self._is_waiting(found) and job_id not in seen:
-                    # A chain: whoever waits for its end starts its links
-                    # (each once: a cycle planted in storage ends here).
-                    found = await self._check_waiting(
-                        found, act, seen | {record.id, job_id}
-                    )
-                waiting.append(f"{job_id} ({found.state.value})")
-        if waiting:
-            return dataclasses.replace(
-                record, message=f"waiting for {', '.join(waiting)}"
-            )
-        ready = "its upstream jobs SUCCEEDED"
-        if not act:
-            return dataclasses.replace(
-                record,
-                message=f"{ready}: it starts when waited for (result(), wait()) "
-                "or reconciled, or at the service's next sweep",
-            )
-        if self.retry_from_gateway:
-            spec, env_key = await self._spec_from_upstream(record, upstream)
-        else:
-            spec, keys = await self._signed_spec(record.id)
-            env_key = keys.env_key
-        if spec is None:
-            return dataclasses.replace(
-                record,
-                message=f"{ready}; it starts when its owner's client waits for it "
-                "or reconciles (no upstream cluster's options to start it with)",
-            )
-        claim = dumps_json({"attempt": 1, "after": ready, "time": to_iso(utcnow())})
-        if await asyncio.to_thread(
-            self.store.put_create, self.user, record.id, "attempts/0001.json", claim
-        ):
-            # Recorded before the cluster is asked for: a launcher that dies
-            # in between leaves a job that is judged LOST, not one that waits.
-            await asyncio.to_thread(
-                self.store.transition,
-                self.user,
-                record.id,
-                JobState.PENDING,
-                released=to_iso(utcnow()),
-                message=f"{ready}: starting",
-            )
-            with contextlib.suppress(DaskBatchError):  # recorded FAILED
-                await self.launcher.launch(record.id, spec, env_key)
-        return await asyncio.to_thread(self.store.read_record, self.user, record.id)
-
-    async def _cancel_waiting(self, record: JobRecord, why: str) -> JobRecord:
-        await asyncio.to_thread(
-            self.store.transition, self.user, record.id, JobState.CANCELLED, message=why
-        )
-        return await asyncio.to_thread(self.store.read_record, self.user, record.id)
-
-    async def _spec_from_upstream(
-        self, record: JobRecord, upstream: dict[str, Any]
-    ) -> tuple[dict[str, Any] | None, str]:
-        """What starting a waiting job needs, for a service without the secret.
-
-        Its env key was sealed at submit with each upstream job's env key;
-        the gateway (never storage) reports that key among the options of the
-        upstream job's cluster. The new scheduler checks the job's signed
-        spec before main runs, so what storage says here is checked there.
-        """
-        from cryptography.fernet import InvalidToken  # only a service gets here
-
-        spec = await asyncio.to_thread(self.store.get_json, self.user, record.id, SPEC)
-        if not isinstance(spec, dict) or spec.get("mode") != "server":
-            return None, ""
-        names = {
-            r.cluster_name: r.id
-            for r in upstream.values()
-            if isinstance(r, JobRecord) and r.cluster_name
-        }
-        reports = await self.launcher.reports(list(names))
-        for name, upstream_id in names.items():
-            report = reports.get(name)
-            options = dict(report.options or {}) if report is not None else {}
-            if options.get("batch_job_id") != upstream_id:
-                continue
-            try:
-                token = await asyncio.to_thread(
-                    self.store.get,
-                    self.user,
-                    record.id,
-                    f"{AFTER_DIR}/{upstream_id}.bin",
-                )
-                env_key = open_env_key(
-                    token, record.id, str(options.get("batch_secret_key"))
-                )
-            except (
-                FileNotFoundError,
-                DaskBatchError,
-                InvalidToken,
-                ValueError,
-                KeyError,
-            ):
-                continue  # not sealed with this key: try another upstream job
-            return {
-                "mode": "server",
-                "cluster_options": dict(spec.get("cluster_options") or {}),
-                "payload_signature": str(spec.get("payload_signature") or ""),
-            }, env_key
-        return None, ""
 
     @staticmethod
     def _awaiting_retry(record: JobRecord, why: str) -> JobRecord:
