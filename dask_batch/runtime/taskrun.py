@@ -27,26 +27,20 @@ from typing import Any
 
 from dask.utils import parse_timedelta
 
-from dask_batch.core.exceptions import DaskBatchError
-from dask_batch.core.records import ErrorInfo, JobState, to_iso, utcnow
+from dask_batch.core.records import ErrorInfo, JobState, utcnow
 from dask_batch.core.tasks import (
-    TASKS_DOC,
     TaskRecord,
     TaskSpec,
     count_states,
-    describe_counts,
     task_path,
 )
 from dask_batch.runtime.handoff import OUTCOME_FILE, MainLaunch, Outcome
 from dask_batch.runtime.prewarm import LOG_FILE, MainProcess, spawn_main
+from dask_batch.runtime.taskstates import TaskStatePublisher
 from dask_batch.runtime.zygote import Zygote
-from dask_batch.storage.store import PROGRESS, RESULT, JobStore
+from dask_batch.storage.store import RESULT, JobStore
 
 logger = logging.getLogger("distributed.scheduler.dask_batch")
-
-# Storage writes of tasks.json and the job's progress: at most one per
-# interval, and always one after the last change.
-PUBLISH_INTERVAL = 0.5
 
 
 class LogUpload:
@@ -214,8 +208,7 @@ class TaskGraph:
         self.records = {t.name: TaskRecord.declared(t) for t in tasks}
         self.procs: dict[str, Any] = {}  # MainProcess or ZygoteChild
         self.stopping = ""  # why every task is being stopped ("" if not)
-        self._dirty = asyncio.Event()
-        self._closing = asyncio.Event()
+        self.states = TaskStatePublisher(store, user, job_id, self.records)
 
     # -- folders ---------------------------------------------------------------
     def folder(self, name: str) -> str:
@@ -227,7 +220,7 @@ class TaskGraph:
     # -- the graph ---------------------------------------------------------------
     async def run(self) -> Outcome:
         """Run every task that can run; the job's outcome."""
-        publisher = asyncio.create_task(self._publish_periodically())
+        publisher = asyncio.create_task(self.states.publish_periodically())
         running: dict[str, asyncio.Task[None]] = {}
         try:
             await self._take_over_reused()
@@ -257,12 +250,7 @@ class TaskGraph:
             for task in running.values():
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            # The publisher finishes the write it is doing: an older state
-            # must not land after the last one.
-            self._closing.set()
-            self._dirty.set()
-            await publisher
-        await self._publish()
+            await self.states.close(publisher)
         return self._outcome()
 
     def _ready(self, running: dict[str, Any]) -> list[str]:
@@ -342,7 +330,7 @@ class TaskGraph:
         record.finished = utcnow()
         for key, value in fields.items():
             setattr(record, key, value)
-        self._dirty.set()
+        self.states.changed()
 
     def _launch(self, name: str, outcome_path: str) -> MainLaunch:
         task = self.tasks[name]
@@ -382,7 +370,7 @@ class TaskGraph:
         )
         record = self.records[name]
         record.state, record.started = JobState.RUNNING, utcnow()
-        self._dirty.set()
+        self.states.changed()
         try:
             outcome = await self._attempts(name, log_path, upload)
         finally:
@@ -392,7 +380,7 @@ class TaskGraph:
                 logger.warning(
                     "dask-batch: log of step %s not stored", name, exc_info=True
                 )
-        await self._read_task_progress(record)  # its last report
+        await self.states.read_progress(record)  # its last report
         if outcome.succeeded:
             self._end(
                 name,
@@ -419,7 +407,7 @@ class TaskGraph:
         attempt = 1
         while True:
             self.records[name].attempt = upload.attempt = attempt
-            self._dirty.set()
+            self.states.changed()
             outcome = await self._run_once(name, log_path, upload)
             error = outcome.error
             if (
@@ -510,58 +498,6 @@ class TaskGraph:
                 **fields,
             )
             self.records[name].started = self.records[name].finished
-
-    # -- storage -------------------------------------------------------------------
-    async def _publish_periodically(self) -> None:
-        while not self._closing.is_set():
-            await self._dirty.wait()
-            await self._publish()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), PUBLISH_INTERVAL)
-
-    async def _publish(self) -> None:
-        """``tasks.json``, and the job's progress: counts per state."""
-        self._dirty.clear()
-        records = list(self.records.values())
-        for record in records:
-            if record.state is JobState.RUNNING:
-                await self._read_task_progress(record)
-        counts = count_states(records)
-        done = sum(n for s, n in counts.items() if JobState(s).is_terminal)
-        doc = {"tasks": [r.to_dict() for r in records]}
-        progress = {
-            "progress": done / len(records) if records else 1.0,
-            "message": describe_counts(counts),
-            "tasks": counts,
-            "updated": to_iso(utcnow()),
-        }
-        try:
-            await asyncio.to_thread(
-                self.store.put_json, self.user, self.job_id, TASKS_DOC, doc
-            )
-            await asyncio.to_thread(
-                self.store.put_json, self.user, self.job_id, PROGRESS, progress
-            )
-        except Exception:
-            logger.warning("dask-batch: step states not stored", exc_info=True)
-            self._dirty.set()
-
-    async def _read_task_progress(self, record: TaskRecord) -> None:
-        """A running task's latest report, written by its main process."""
-        try:
-            doc = await asyncio.to_thread(
-                self.store.get_json,
-                self.user,
-                self.job_id,
-                task_path(record.name, PROGRESS),
-            )
-        except (FileNotFoundError, DaskBatchError):
-            return  # none yet, or unreadable: the task's row shows no progress
-        if isinstance(doc, dict):
-            value = doc.get("progress")
-            if isinstance(value, (int, float)) and 0 <= value <= 1:
-                record.progress = float(value)
-            record.progress_message = str(doc.get("message") or "")[:500]
 
 
 def result_name(task: str) -> str:
