@@ -101,6 +101,30 @@ def _split_config(
     return SubmitOptions(**config), client, wait
 
 
+def _runnable_project(
+    project_uri: str,
+    entry_point: str,
+    params: dict[str, Any],
+    version: str | None,
+    backend_config: dict[str, Any] | None,
+) -> tuple[str, Any]:
+    """The project's local folder and its MLproject, if dask-batch can run it."""
+    env_manager = (backend_config or {}).get(PROJECT_ENV_MANAGER)
+    if env_manager not in (None, "local"):
+        raise ExecutionException(
+            f"dask-batch runs projects in the cluster's Python environment; "
+            f"--env-manager {env_manager} is not supported (use local, or omit it)."
+        )
+    work_dir = fetch_and_validate_project(project_uri, version, entry_point, params)
+    project = load_project(work_dir)
+    if project.docker_env:
+        raise ExecutionException(
+            "dask-batch does not run docker_env projects: the job runs in the "
+            "cluster's image. Set the image through cluster_options instead."
+        )
+    return work_dir, project
+
+
 class DaskBatchSubmittedRun(SubmittedRun):
     """An MLflow project run executing as a dask-batch job.
 
@@ -212,19 +236,9 @@ class DaskBatchBackend(AbstractBackend):
             the job and its state.
         """
         options, client_args, wait = _split_config(backend_config)
-        env_manager = (backend_config or {}).get(PROJECT_ENV_MANAGER)
-        if env_manager not in (None, "local"):
-            raise ExecutionException(
-                f"dask-batch runs projects in the cluster's Python environment; "
-                f"--env-manager {env_manager} is not supported (use local, or omit it)."
-            )
-        work_dir = fetch_and_validate_project(project_uri, version, entry_point, params)
-        project = load_project(work_dir)
-        if project.docker_env:
-            raise ExecutionException(
-                "dask-batch does not run docker_env projects: the job runs in the "
-                "cluster's image. Set the image through cluster_options instead."
-            )
+        work_dir, project = _runnable_project(
+            project_uri, entry_point, params, version, backend_config
+        )
         # storage_dir None: path parameters are passed as given, and resolve
         # in the job's working directory (the project's uploaded files).
         command = project.get_entry_point(entry_point).compute_command(params, None)

@@ -124,23 +124,7 @@ class ClusterLauncher:
             submitted=to_iso(utcnow()), gateway_address=self.gateway.address, mode=mode
         )
         after = list(spec.get("after") or [])
-        upstream: dict[str, _signing.JobKeys] = {}
-        if keys is None:
-            secret = await asyncio.to_thread(
-                _signing.user_secret, create=True, job_id=job_id
-            )
-            keys = _signing.job_keys(secret, job_id)
-            found = await asyncio.to_thread(self.store.read_records, self.user, after)
-            for upstream_id in after:
-                record = found.get(upstream_id)
-                keys_from = record.keys_from if isinstance(record, JobRecord) else ""
-                upstream[upstream_id] = _signing.keys_for(
-                    secret, upstream_id, keys_from
-                )
-        elif after:
-            raise SubmitError.not_submitted(
-                job_id, "a job submitted without the secret cannot wait for others."
-            )
+        keys, upstream = await self._keys(job_id, keys, after)
         spec["payload_signature"] = _signing.sign(keys.job_key, submission.payload)
         spec["has_secrets"] = True
         spec = _signing.sign_spec(keys.job_key, spec)
@@ -177,6 +161,27 @@ class ClusterLauncher:
         if not after:
             await self.launch(job_id, spec, keys.env_key)
         return job_id
+
+    async def _keys(
+        self, job_id: str, keys: _signing.JobKeys | None, after: list[str]
+    ) -> tuple[_signing.JobKeys, dict[str, _signing.JobKeys]]:
+        """The job's keys, and those of the jobs it waits for, by id."""
+        if keys is not None:
+            if after:
+                raise SubmitError.not_submitted(
+                    job_id, "a job submitted without the secret cannot wait for others."
+                )
+            return keys, {}
+        secret = await asyncio.to_thread(
+            _signing.user_secret, create=True, job_id=job_id
+        )
+        found = await asyncio.to_thread(self.store.read_records, self.user, after)
+        upstream = {}
+        for upstream_id in after:
+            record = found.get(upstream_id)
+            keys_from = record.keys_from if isinstance(record, JobRecord) else ""
+            upstream[upstream_id] = _signing.keys_for(secret, upstream_id, keys_from)
+        return _signing.job_keys(secret, job_id), upstream
 
     def _write_records(
         self,
