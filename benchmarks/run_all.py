@@ -28,6 +28,7 @@ SCRIPTS = [
     "bench_workflows.py",  # arrays vs a job each, pipeline cost per step
     "bench_load.py",  # the API at 100 requests/s, 20 browsers on live logs
     "bench_throughput.py",  # 1 GB result against raw pipe/cat
+    "bench_imports.py",  # what a gateway imports to load dask-batch
     "soak.py",  # faults, repeated
 ]
 
