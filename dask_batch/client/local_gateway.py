@@ -1,19 +1,8 @@
 """Start, find and stop the embedded local gateway (a real dask-gateway-server).
 
-``BatchClient()`` with no ``gateway.address`` configured starts it on first use
-(in the background, detached, so that it outlives the notebook or script that
-started it) and reuses it afterwards. Jobs are stored in ``<directory>/jobs``.
-
-Examples
---------
->>> import dask_batch.local
->>> info = dask_batch.local.start()          # doctest: +SKIP
->>> info.address                             # doctest: +SKIP
-'http://127.0.0.1:40123'
->>> dask_batch.local.status()                # doctest: +SKIP
-LocalGateway(directory='/home/me/.local/share/dask-batch', ...)
->>> dask_batch.local.stop()                  # doctest: +SKIP
-True
+The client's side of it: the gateway's own process is
+:mod:`dask_batch.service.local_server`, and :mod:`dask_batch.local` is the
+public face, with the examples.
 """
 
 from __future__ import annotations
