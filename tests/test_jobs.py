@@ -220,6 +220,35 @@ def test_asynchronous_api(batch_gateway, tmp_path):
     asyncio.run(run())
 
 
+def test_the_job_service_acts_for_one_user_with_public_names_only(
+    batch_gateway, tmp_path
+):
+    from dask_batch import DaskBatchError, JobService, SubmitOptions
+    from dask_batch.client.submission import function_target
+    from dask_batch.core.records import new_job_id
+    from dask_batch.storage.store import JobStore
+
+    async def run():
+        async with batch_gateway.gateway(asynchronous=True) as gateway:
+            service = JobService(gateway, JobStore(str(tmp_path / "jobs")), "auto")
+            job_id = new_job_id()
+            target = function_target(job_id, add, (4,), {"b": 5})
+            with pytest.raises(DaskBatchError, match="identify"):
+                service.submission(job_id, target, SubmitOptions(workers=0))
+            assert await service.identify() == batch_gateway.username
+            submitted = await service.submit_target(
+                job_id, target, SubmitOptions(workers=0)
+            )
+            assert submitted == job_id
+            assert await service.result(job_id, timeout=60) == 9
+            assert (await service.status(job_id)).state is JobState.SUCCEEDED
+            assert [r.id for r in await service.jobs()] == [job_id]
+            assert await service.artifacts(job_id) == {}
+            assert await service.schedules() == []
+
+    asyncio.run(run())
+
+
 def test_asynchronous_close_is_awaitable_and_closes_the_owned_gateway(
     batch_gateway, tmp_path, monkeypatch
 ):
