@@ -363,6 +363,10 @@ def describe_counts(counts: Mapping[str, int]) -> str:
     return ", ".join(parts)
 
 
+#: The most elements one array job may have.
+MAX_ARRAY_ELEMENTS = 100_000
+
+
 def parse_array(text: str, job_id: str | None = None) -> tuple[list[int], int | None]:
     """Slurm's ``--array`` syntax: ``0-99%10``, ``1,3,5``, ``0-10:2``.
 
@@ -390,7 +394,7 @@ def parse_array(text: str, job_id: str | None = None) -> tuple[list[int], int | 
         if not limit_text.isdigit() or int(limit_text) < 1:
             raise bad("has a limit that is not a whole number of at least 1")
         limit = int(limit_text)
-    indices: list[int] = []
+    spans: list[range] = []
     for part in body.split(","):
         match = re.fullmatch(r"(\d+)(?:-(\d+)(?::(\d+))?)?", part.strip())
         if not match:
@@ -400,9 +404,11 @@ def parse_array(text: str, job_id: str | None = None) -> tuple[list[int], int | 
         step = int(match.group(3)) if match.group(3) else 1
         if last < first or step < 1:
             raise bad(f"has the empty range {part!r}")
-        indices.extend(range(first, last + 1, step))
+        spans.append(range(first, last + 1, step))
+        # Counted before any list is built: 0-999999999 is refused at once.
+        if sum(len(span) for span in spans) > MAX_ARRAY_ELEMENTS:
+            raise bad(f"has more than {MAX_ARRAY_ELEMENTS} elements")
+    indices = [i for span in spans for i in span]
     if len(set(indices)) != len(indices):
         raise bad("names an index twice")
-    if len(indices) > 100_000:
-        raise bad("has more than 100000 elements")
     return indices, limit

@@ -96,6 +96,10 @@ def _bad(job_id: str, reason: str) -> SubmitError:
     return SubmitError.not_submitted(job_id, reason)
 
 
+#: The largest pipeline YAML file read (a file of steps, not of data).
+MAX_PIPELINE_BYTES = 1024 * 1024
+
+
 def load_pipeline(path: str | os.PathLike[str], job_id: str) -> Pipeline:
     """Read a pipeline YAML file; sources are relative to its folder.
 
@@ -117,9 +121,16 @@ def load_pipeline(path: str | os.PathLike[str], job_id: str) -> Pipeline:
 
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as exc:
+        with open(path, "rb") as f:
+            text = f.read(MAX_PIPELINE_BYTES + 1)
+        if len(text) > MAX_PIPELINE_BYTES:
+            raise _bad(
+                job_id,
+                f"the pipeline {path!r} is over {MAX_PIPELINE_BYTES // 1024} KiB: "
+                "a pipeline file declares steps; keep data in files its steps read.",
+            )
+        doc = yaml.safe_load(text.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise _bad(job_id, f"cannot read the pipeline {path!r}: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("steps"), list):
         raise _bad(job_id, f"{path!r} is not a pipeline: it needs a list of steps.")
@@ -150,14 +161,26 @@ def load_pipeline(path: str | os.PathLike[str], job_id: str) -> Pipeline:
         upstream = entry.get("upstream") or []
         if isinstance(upstream, str):
             upstream = [upstream]
-        steps.append(
-            Step(
-                source,
-                name=entry.get("name"),
-                params=entry.get("params") or {},
-                upstream=list(upstream),
-                args=list(entry.get("args") or []),
+        params, args, name = (
+            entry.get("params") or {},
+            entry.get("args") or [],
+            entry.get("name"),
+        )
+        where = f"step {number} of {path!r}"
+        if not isinstance(upstream, list) or not all(
+            isinstance(u, str) for u in upstream
+        ):
+            raise _bad(
+                job_id, f"{where}: upstream must be a step name or a list of them."
             )
+        if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+            raise _bad(job_id, f"{where}: params must be a mapping of names to values.")
+        if not isinstance(args, list):
+            raise _bad(job_id, f"{where}: args must be a list.")
+        if name is not None and not isinstance(name, str):
+            raise _bad(job_id, f"{where}: name must be text.")
+        steps.append(
+            Step(source, name=name, params=params, upstream=upstream, args=args)
         )
     options = doc.get("options") or {}
     if not isinstance(options, dict):

@@ -68,7 +68,27 @@ def check_cron(schedule_id: str, cron: Any, timezone: Any = "UTC") -> None:
             "day-of-month month day-of-week, such as '0 2 * * *'; a sixth "
             "field gives seconds).",
         )
-    _zone(schedule_id, timezone)
+    zone = _zone(schedule_id, timezone)
+    _next_time(schedule_id, cron, datetime.datetime.now(zone))
+
+
+def _never_comes(schedule_id: str, cron: str) -> SubmitError:
+    return SubmitError.not_submitted(
+        schedule_id,
+        f"{cron!r} never comes: no date matches it (such as February 30). "
+        "Check its day-of-month and month fields.",
+    )
+
+
+def _next_time(schedule_id: str, cron: str, after: datetime.datetime) -> Any:
+    """croniter's iterator from ``after``, and the first time it gives."""
+    from croniter import CroniterError, croniter
+
+    it = croniter(cron, after)
+    try:
+        return it, it.get_next(datetime.datetime)
+    except CroniterError:
+        raise _never_comes(schedule_id, cron) from None
 
 
 def _zone(schedule_id: str, name: Any) -> datetime.tzinfo:
@@ -219,24 +239,19 @@ class Schedule:
         self, after: datetime.datetime, until: datetime.datetime
     ) -> list[datetime.datetime]:
         """Due times in ``(after, until]``, at most 1000 (the newest)."""
-        from croniter import croniter
-
         zone = _zone(self.id, self.timezone)
         times: list[datetime.datetime] = []
-        it = croniter(self.cron, after.astimezone(zone))
-        while True:
-            when = it.get_next(datetime.datetime)
-            if when > until:
-                return times
+        it, when = _next_time(self.id, self.cron, after.astimezone(zone))
+        while when <= until:
             times.append(when.astimezone(datetime.timezone.utc))
             if len(times) > 1000:
                 times.pop(0)
+            when = it.get_next(datetime.datetime)
+        return times
 
     def following(self, after: datetime.datetime) -> datetime.datetime:
-        from croniter import croniter
-
         zone = _zone(self.id, self.timezone)
-        when = croniter(self.cron, after.astimezone(zone)).get_next(datetime.datetime)
+        _, when = _next_time(self.id, self.cron, after.astimezone(zone))
         return when.astimezone(datetime.timezone.utc)
 
 
