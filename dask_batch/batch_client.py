@@ -394,7 +394,9 @@ class BatchClient:
         *args: Any,
         cron: str,
         timezone: str = "UTC",
+        concurrency: str | None = None,
         overlap: str = "skip",
+        starting_deadline: float | str | None = None,
         submit_options: SubmitOptions | None = None,
         **kwargs: Any,
     ) -> Any:
@@ -418,9 +420,21 @@ class BatchClient:
             field gives seconds.
         timezone : str
             The time zone of ``cron`` (``"Europe/Paris"``). Default UTC.
-        overlap : {"skip", "queue"}
-            A due time while the last run still goes is skipped (and recorded
-            in the history), or queued until it ends.
+        concurrency : {"allow", "forbid", "replace"}, optional
+            A due time while the last run still goes, as a Kubernetes CronJob's
+            ``concurrencyPolicy``: start another run beside it (``allow``),
+            skip the due time and record why in the history (``forbid``, the
+            default), or cancel the last run and start the new one
+            (``replace``).
+        overlap : {"skip", "queue", "allow", "replace"}
+            The same choice by its older names, where ``concurrency`` is not
+            given; ``"queue"`` starts the due time's run when the last one ends.
+        starting_deadline : float or str, optional
+            Seconds (or ``"10m"``) after a due time within which its run may
+            still start, as a CronJob's ``startingDeadlineSeconds``: after an
+            outage, the latest missed time runs once if it is that recent, and
+            is recorded as missed otherwise. Default: no deadline (the latest
+            missed time always runs once).
         submit_options, **kwargs
             How each run runs, as for :meth:`submit`.
 
@@ -445,7 +459,9 @@ class BatchClient:
             options,
             cron=cron,
             timezone=timezone,
+            concurrency=concurrency,
             overlap=overlap,
+            starting_deadline=starting_deadline,
         )
 
     def schedules(self) -> Any:

@@ -320,7 +320,9 @@ class JobService:
         *,
         cron: str,
         timezone: str = "UTC",
+        concurrency: str | None = None,
         overlap: str = "skip",
+        starting_deadline: float | str | None = None,
     ) -> Schedule:
         """Keep ``target`` as a schedule; hand it to the hub service if one is set.
 
@@ -328,13 +330,21 @@ class JobService:
         service with the user's hub token, so that it fires with nobody here.
         """
         _schedules.check_cron(schedule_id, cron, timezone)
+        if concurrency is not None:  # Kubernetes' names win over the older ones
+            overlap = _schedules.CONCURRENCY.get(concurrency, concurrency)
+        deadline = _schedules.check_policy(schedule_id, overlap, starting_deadline)
         await self.identify()
         await self._launcher.check_cluster_options(
             schedule_id, dict(options.cluster_options or {})
         )
         submission = self.submission(schedule_id, target, options)
         added = await asyncio.to_thread(
-            self._schedules.add, submission, cron, timezone=timezone, overlap=overlap
+            self._schedules.add,
+            submission,
+            cron,
+            timezone=timezone,
+            overlap=overlap,
+            starting_deadline=deadline,
         )
         service = dask.config.get("batch.service.url", None)
         if service:

@@ -264,3 +264,109 @@ def test_a_queued_overlap_runs_when_the_last_run_ends(batch_client, tmp_path):
     history = batch_client.schedule_history(schedule.id)
     assert [r.outcome for r in history] == ["submitted", "submitted"]
     batch_client.delete_schedule(schedule.id)
+
+
+def test_concurrency_allow_starts_a_run_beside_the_one_still_going(
+    batch_client, tmp_path
+):
+    clock = Clock()
+    batch_client.service.clock = clock
+    gate = tmp_path / "gate"
+    schedule = batch_client.schedule(
+        wait_for_file, str(gate), cron="* * * * *", concurrency="allow", workers=0
+    )
+    clock.advance(60)
+    (first,) = batch_client.fire_schedules()
+    clock.advance(60)
+    (second,) = batch_client.fire_schedules()
+    assert second.outcome == "submitted" and second.job_id != first.job_id
+    gate.touch()
+    for run in (first, second):
+        assert batch_client.result(run.job_id, timeout=120) == "done"
+    batch_client.delete_schedule(schedule.id)
+
+
+def test_concurrency_replace_cancels_the_run_still_going(batch_client, tmp_path):
+    clock = Clock()
+    batch_client.service.clock = clock
+    gate = tmp_path / "gate"
+    schedule = batch_client.schedule(
+        wait_for_file, str(gate), cron="* * * * *", concurrency="replace", workers=0
+    )
+    clock.advance(60)
+    (first,) = batch_client.fire_schedules()
+    wait_for(
+        lambda: batch_client.status(first.job_id).state is JobState.RUNNING,
+        120,
+        "the first run to start",
+    )
+    clock.advance(60)
+    (second,) = batch_client.fire_schedules()
+    assert second.outcome == "submitted"
+    assert f"replaced the run {first.job_id}" in second.message
+    assert batch_client.status(first.job_id).state is JobState.CANCELLED
+    gate.touch()
+    assert batch_client.result(second.job_id, timeout=120) == "done"
+    batch_client.delete_schedule(schedule.id)
+
+
+def test_a_starting_deadline_records_an_old_missed_time_instead_of_running_it(
+    batch_client, tmp_path
+):
+    clock = Clock()
+    batch_client.service.clock = clock
+    gate = tmp_path / "gate"
+    gate.touch()
+    schedule = batch_client.schedule(
+        wait_for_file, str(gate), cron="0 * * * *", starting_deadline="10m", workers=0
+    )
+    # An outage of three hours and a half: the latest due time is 30 min old.
+    clock.advance(3.5 * 3600)
+    (missed,) = batch_client.fire_schedules()
+    assert missed.outcome == "missed" and not missed.job_id
+    assert "past the starting deadline of 600 s" in missed.message
+    assert batch_client.fire_schedules() == []  # recorded once, not again
+    assert batch_client.jobs() == []
+    # Within the deadline, the due time runs once.
+    clock.advance(35 * 60)
+    (late,) = batch_client.fire_schedules()
+    assert late.outcome == "submitted" and late.job_id
+    assert batch_client.result(late.job_id, timeout=120) == "done"
+    history = batch_client.schedule_history(schedule.id)
+    assert [r.outcome for r in history] == ["submitted", "missed"]
+    batch_client.delete_schedule(schedule.id)
+
+
+def test_a_clock_that_jumps_back_fires_no_due_time_twice(batch_client, tmp_path):
+    clock = Clock()
+    batch_client.service.clock = clock
+    gate = tmp_path / "gate"
+    gate.touch()
+    schedule = batch_client.schedule(
+        wait_for_file, str(gate), cron="* * * * *", workers=0
+    )
+    clock.advance(60)
+    (first,) = batch_client.fire_schedules()
+    batch_client.wait(first.job_id, timeout=120)
+    clock.advance(-120)  # back before the due time that ran
+    assert batch_client.fire_schedules() == []
+    clock.advance(60)  # the same due time again
+    assert batch_client.fire_schedules() == []
+    assert [r.job_id for r in batch_client.schedule_history(schedule.id)] == [
+        first.job_id
+    ]
+    batch_client.delete_schedule(schedule.id)
+
+
+@pytest.mark.parametrize(
+    "policy, why",
+    [
+        ({"concurrency": "sometimes"}, "concurrency must be"),
+        ({"starting_deadline": -5}, "starting deadline"),
+        ({"starting_deadline": "soon"}, "starting deadline"),
+    ],
+)
+def test_a_bad_policy_is_refused_before_it_is_stored(batch_client, policy, why):
+    with pytest.raises(SubmitError, match=why):
+        batch_client.schedule(wait_for_file, "x", cron="* * * * *", **policy)
+    assert batch_client.schedules() == []

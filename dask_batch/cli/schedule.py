@@ -30,11 +30,22 @@ def schedule() -> None:
 )
 @click.option("--timezone", default="UTC", show_default=True, help="Of the cron times.")
 @click.option(
+    "--concurrency",
+    type=click.Choice(["allow", "forbid", "replace"]),
+    help="A due time while the last run still goes: run beside it, skip it "
+    "(forbid, the default), or cancel it for the new run.",
+)
+@click.option(
     "--overlap",
-    type=click.Choice(["skip", "queue"]),
+    type=click.Choice(["skip", "queue", "allow", "replace"]),
     default="skip",
     show_default=True,
-    help="A due time while the last run still goes: skip it, or queue it.",
+    help="The same choice by its older names; queue runs it when the last ends.",
+)
+@click.option(
+    "--starting-deadline",
+    metavar="DURATION",
+    help="How late (e.g. 10m) a missed due time may still start after an outage.",
 )
 @run_options
 @notebook_parameters
@@ -45,7 +56,9 @@ def schedule_add(
     args: tuple[str, ...],
     cron: str,
     timezone: str,
+    concurrency: str | None,
     overlap: str,
+    starting_deadline: str | None,
     parameters: tuple[tuple[str, str], ...],
     **run_options: Any,
 ) -> None:
@@ -59,7 +72,9 @@ def schedule_add(
         *args,
         cron=cron,
         timezone=timezone,
+        concurrency=concurrency,
         overlap=overlap,
+        starting_deadline=starting_deadline,
         submit_options=options,
         **params,
     )

@@ -146,42 +146,7 @@ def load_pipeline(path: str | os.PathLike[str], job_id: str) -> Pipeline:
     folder = os.path.dirname(os.path.abspath(path))
     steps = []
     for number, entry in enumerate(doc["steps"], 1):
-        if not isinstance(entry, dict) or not isinstance(entry.get("source"), str):
-            raise _bad(job_id, f"step {number} of {path!r} has no source.")
-        extra = sorted(set(entry) - {"source", "name", "params", "upstream", "args"})
-        if extra:
-            raise _bad(
-                job_id,
-                f"step {number} of {path!r} has unknown keys {extra}; a step has "
-                "source, name, params, upstream and args.",
-            )
-        source = entry["source"]
-        if source.endswith((".py", ".ipynb")) and not os.path.isabs(source):
-            source = os.path.join(folder, source)
-        upstream = entry.get("upstream") or []
-        if isinstance(upstream, str):
-            upstream = [upstream]
-        params, args, name = (
-            entry.get("params") or {},
-            entry.get("args") or [],
-            entry.get("name"),
-        )
-        where = f"step {number} of {path!r}"
-        if not isinstance(upstream, list) or not all(
-            isinstance(u, str) for u in upstream
-        ):
-            raise _bad(
-                job_id, f"{where}: upstream must be a step name or a list of them."
-            )
-        if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
-            raise _bad(job_id, f"{where}: params must be a mapping of names to values.")
-        if not isinstance(args, list):
-            raise _bad(job_id, f"{where}: args must be a list.")
-        if name is not None and not isinstance(name, str):
-            raise _bad(job_id, f"{where}: name must be text.")
-        steps.append(
-            Step(source, name=name, params=params, upstream=upstream, args=args)
-        )
+        steps.append(_step(job_id, f"step {number} of {path!r}", folder, entry))
     options = doc.get("options") or {}
     if not isinstance(options, dict):
         raise _bad(job_id, f"options of {path!r} must be a mapping.")
@@ -192,6 +157,39 @@ def load_pipeline(path: str | os.PathLike[str], job_id: str) -> Pipeline:
         fail_fast=bool(doc.get("fail_fast", False)),
         options=options,
     )
+
+
+def _step(job_id: str, where: str, folder: str, entry: Any) -> Step:
+    """One step of a pipeline file, or a SubmitError saying what is wrong."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("source"), str):
+        raise _bad(job_id, f"{where} has no source.")
+    extra = sorted(set(entry) - {"source", "name", "params", "upstream", "args"})
+    if extra:
+        raise _bad(
+            job_id,
+            f"{where} has unknown keys {extra}; a step has "
+            "source, name, params, upstream and args.",
+        )
+    source = entry["source"]
+    if source.endswith((".py", ".ipynb")) and not os.path.isabs(source):
+        source = os.path.join(folder, source)
+    upstream = entry.get("upstream") or []
+    if isinstance(upstream, str):
+        upstream = [upstream]
+    params, args, name = (
+        entry.get("params") or {},
+        entry.get("args") or [],
+        entry.get("name"),
+    )
+    if not isinstance(upstream, list) or not all(isinstance(u, str) for u in upstream):
+        raise _bad(job_id, f"{where}: upstream must be a step name or a list of them.")
+    if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+        raise _bad(job_id, f"{where}: params must be a mapping of names to values.")
+    if not isinstance(args, list):
+        raise _bad(job_id, f"{where}: args must be a list.")
+    if name is not None and not isinstance(name, str):
+        raise _bad(job_id, f"{where}: name must be text.")
+    return Step(source, name=name, params=params, upstream=upstream, args=args)
 
 
 def _function_code(func: Callable[..., Any]) -> bytes:

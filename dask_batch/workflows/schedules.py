@@ -22,6 +22,7 @@ Client side: the local gateway's keeper and any client of the owner fire.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -32,6 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from dask.utils import parse_timedelta
+
+from dask_batch.client.reconcile import Reconciler
 from dask_batch.client.submission import Submission
 from dask_batch.core import secrets as _secrets
 from dask_batch.core import signing as _signing
@@ -54,7 +58,12 @@ logger = logging.getLogger("dask_batch")
 SCHEDULES = ".schedules"
 SCHEDULE_DOC = "schedule.json"
 RUNS = "runs"
-OVERLAPS = ("skip", "queue")
+#: What a due time does while the last run still goes: ``skip`` it (and say
+#: so in the history), ``queue`` it until that run ends, ``allow`` both to
+#: run, or ``replace`` the last run (cancelled) with the new one.
+OVERLAPS = ("skip", "queue", "allow", "replace")
+#: Kubernetes' names (a CronJob's ``concurrencyPolicy``) for the same choices.
+CONCURRENCY = {"allow": "allow", "forbid": "skip", "replace": "replace"}
 
 
 def check_cron(schedule_id: str, cron: Any, timezone: Any = "UTC") -> None:
@@ -70,6 +79,29 @@ def check_cron(schedule_id: str, cron: Any, timezone: Any = "UTC") -> None:
         )
     zone = _zone(schedule_id, timezone)
     _next_time(schedule_id, cron, datetime.datetime.now(zone))
+
+
+def check_policy(
+    schedule_id: str, overlap: str, starting_deadline: float | str | None
+) -> float | None:
+    """The starting deadline in seconds; refuses an unknown overlap policy or
+    a deadline that is not a duration of zero or more."""
+    if overlap not in OVERLAPS:
+        raise SubmitError.not_submitted(
+            schedule_id,
+            f"concurrency must be 'allow', 'forbid' or 'replace' (overlap: "
+            f"{', '.join(OVERLAPS)}), got {overlap!r}.",
+        )
+    try:
+        if isinstance(starting_deadline, str):
+            starting_deadline = parse_timedelta(starting_deadline)
+        return _deadline(starting_deadline)
+    except (ValueError, KeyError, TypeError):
+        raise SubmitError.not_submitted(
+            schedule_id,
+            f"a starting deadline of {starting_deadline!r} is not allowed: give "
+            "a duration such as 600 (seconds) or '10m'.",
+        ) from None
 
 
 def _never_comes(schedule_id: str, cron: str) -> SubmitError:
@@ -89,6 +121,14 @@ def _next_time(schedule_id: str, cron: str, after: datetime.datetime) -> Any:
         return it, it.get_next(datetime.datetime)
     except CroniterError:
         raise _never_comes(schedule_id, cron) from None
+
+
+def _deadline(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"a starting deadline of {value!r} seconds")
+    return float(value)
 
 
 def _zone(schedule_id: str, name: Any) -> datetime.tzinfo:
@@ -186,6 +226,7 @@ class Schedule:
     files_digest: str
     history: tuple[ScheduleRun, ...] = ()
     next_run: datetime.datetime | None = None
+    starting_deadline: float | None = None
 
     def to_document(self) -> dict[str, Any]:
         return {
@@ -201,6 +242,11 @@ class Schedule:
             "spec": self.spec,
             "payload_signature": self.payload_signature,
             "files_digest": self.files_digest,
+            **(
+                {"starting_deadline": self.starting_deadline}
+                if self.starting_deadline is not None
+                else {}
+            ),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -233,6 +279,7 @@ class Schedule:
             spec=spec,
             payload_signature=str(doc.get("payload_signature") or ""),
             files_digest=str(doc.get("files_digest") or ""),
+            starting_deadline=_deadline(doc.get("starting_deadline")),
         )
 
     def due_times(
@@ -337,14 +384,12 @@ class Schedules:
         *,
         timezone: str = "UTC",
         overlap: str = "skip",
+        starting_deadline: float | None = None,
     ) -> Schedule:
         """Store a schedule whose runs are ``submission`` (its id the schedule's)."""
         schedule_id = submission.job_id
         check_cron(schedule_id, cron, timezone)
-        if overlap not in OVERLAPS:
-            raise SubmitError.not_submitted(
-                schedule_id, f"overlap must be 'skip' or 'queue', got {overlap!r}."
-            )
+        check_policy(schedule_id, overlap, starting_deadline)
         keys = self.keys(schedule_id)
         spec = dict(submission.spec)
         schedule = Schedule(
@@ -360,6 +405,7 @@ class Schedules:
             spec=spec,
             payload_signature=_signing.sign(keys.job_key, submission.payload),
             files_digest=digest(submission.archive) if submission.archive else "",
+            starting_deadline=starting_deadline,
         )
         sealed = _secrets.seal(
             _secrets.JobSecrets(submission.env_values, keys.job_key), keys.env_key
@@ -499,22 +545,51 @@ class Schedules:
             if missed
             else ""
         )
+        late = (now - when).total_seconds()
+        if schedule.starting_deadline is not None and late > schedule.starting_deadline:
+            why = (
+                f"missed: due {late:.0f} s ago, past the starting deadline of "
+                f"{schedule.starting_deadline:g} s. {message}"
+            )
+            return await self._record_skip(schedule_id, when, "missed", why)
         previous = next((r for r in history if r.job_id), None)
         going = await self._still_going(previous)
-        if going:
+        if going and schedule.overlap in ("skip", "queue"):
             outcome = "queued" if schedule.overlap == "queue" else "skipped"
             note = f"the run {previous.job_id} is still {going}"  # type: ignore[union-attr]
-            run = ScheduleRun(
-                when, outcome=outcome, message=f"{note}. {message}".strip()
+            return await self._record_skip(
+                schedule_id, when, outcome, f"{note}. {message}"
             )
-            if await asyncio.to_thread(self._record, schedule_id, run, create=True):
-                done.append(run)
-            return done
+        if going and schedule.overlap == "replace":
+            assert previous is not None
+            await self._replace(schedule, previous.job_id, going)
+            replaced = f"replaced the run {previous.job_id}, which was still {going}"
+            message = f"{replaced}. {message}".strip()
         claim = ScheduleRun(when, outcome="starting", message=message)
         if not await asyncio.to_thread(self._record, schedule_id, claim, create=True):
             return done  # someone else fired it
         done.append(await self._submit_run(schedule, keys, when, message))
         return done
+
+    async def _record_skip(
+        self, schedule_id: str, when: datetime.datetime, outcome: str, why: str
+    ) -> list[ScheduleRun]:
+        """A due time that starts no run: recorded once, with its reason."""
+        run = ScheduleRun(when, outcome=outcome, message=why.strip())
+        if await asyncio.to_thread(self._record, schedule_id, run, create=True):
+            return [run]
+        return []  # another firer recorded this due time
+
+    async def _replace(self, schedule: Schedule, job_id: str, state: str) -> None:
+        """Cancel the run still going, for the new one (``replace``)."""
+        logger.info(
+            "Schedule %s: cancelling its run %s (%s) to start the next",
+            schedule.id,
+            job_id,
+            state,
+        )
+        with contextlib.suppress(DaskBatchError):  # ended meanwhile, or gone
+            await Reconciler(self.store, self.launcher, self.user).cancel(job_id)
 
     async def _still_going(self, run: ScheduleRun | None) -> str:
         if run is None:
@@ -555,7 +630,7 @@ class Schedules:
         """Submit the run due at ``when`` as a new job, and record it."""
         try:
             submission, run_keys = await asyncio.to_thread(
-                self._run_submission, schedule, keys, when
+                run_submission, self, schedule, keys, when
             )
             job_id = await self.launcher.start_job(submission, run_keys)
             run = ScheduleRun(when, job_id=job_id, message=message)
@@ -567,43 +642,47 @@ class Schedules:
         await asyncio.to_thread(self._record, schedule.id, run, create=False)
         return run
 
-    def _run_submission(
-        self, schedule: Schedule, keys: _signing.JobKeys, when: datetime.datetime
-    ) -> tuple[Submission, _signing.JobKeys | None]:
-        """The run's submission, from what the schedule's key vouches for, and
-        its keys when they derive from the schedule's (delegated) keys."""
-        payload = self.read_part(schedule.id, PAYLOAD)
-        if _signing.sign(keys.job_key, payload) != schedule.payload_signature:
+
+def run_submission(
+    schedules: Schedules,
+    schedule: Schedule,
+    keys: _signing.JobKeys,
+    when: datetime.datetime,
+) -> tuple[Submission, _signing.JobKeys | None]:
+    """The run's submission, from what the schedule's key vouches for, and
+    its keys when they derive from the schedule's (delegated) keys."""
+    payload = schedules.read_part(schedule.id, PAYLOAD)
+    if _signing.sign(keys.job_key, payload) != schedule.payload_signature:
+        raise DaskBatchError(
+            f"the payload of schedule {schedule.id!r} was changed in storage; "
+            "no run submitted. Add the schedule again.",
+            job_id=schedule.id,
+        )
+    archive = b""
+    if schedule.files_digest:
+        archive = schedules.read_part(schedule.id, FILES)
+        if digest(archive) != schedule.files_digest:
             raise DaskBatchError(
-                f"the payload of schedule {schedule.id!r} was changed in storage; "
-                "no run submitted. Add the schedule again.",
+                f"the files of schedule {schedule.id!r} were changed in "
+                "storage; no run submitted. Add the schedule again.",
                 job_id=schedule.id,
             )
-        archive = b""
-        if schedule.files_digest:
-            archive = self.read_part(schedule.id, FILES)
-            if digest(archive) != schedule.files_digest:
-                raise DaskBatchError(
-                    f"the files of schedule {schedule.id!r} were changed in "
-                    "storage; no run submitted. Add the schedule again.",
-                    job_id=schedule.id,
-                )
-        secrets = _secrets.unseal(keys.env_key, self.read_part(schedule.id, SECRETS))
-        run_id = new_job_id()
-        spec = dict(schedule.spec)
-        spec.update(
-            id=run_id,
-            user=self.user,
-            artifacts_url=self.store.artifacts_url(self.user, run_id),
-            schedule=schedule.id,
-            scheduled_for=to_iso(when),
-            idempotency_key=None,
-        )
-        run_keys = None
-        if self.delegation is not None:
-            run_keys = _signing.run_keys(keys, run_id)
-            spec["keys_from"] = schedule.id
-        return Submission(run_id, spec, payload, secrets.env, archive), run_keys
+    secrets = _secrets.unseal(keys.env_key, schedules.read_part(schedule.id, SECRETS))
+    run_id = new_job_id()
+    spec = dict(schedule.spec)
+    spec.update(
+        id=run_id,
+        user=schedules.user,
+        artifacts_url=schedules.store.artifacts_url(schedules.user, run_id),
+        schedule=schedule.id,
+        scheduled_for=to_iso(when),
+        idempotency_key=None,
+    )
+    run_keys = None
+    if schedules.delegation is not None:
+        run_keys = _signing.run_keys(keys, run_id)
+        spec["keys_from"] = schedule.id
+    return Submission(run_id, spec, payload, secrets.env, archive), run_keys
 
 
 def default_service_key_path() -> str:
