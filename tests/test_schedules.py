@@ -370,3 +370,33 @@ def test_a_bad_policy_is_refused_before_it_is_stored(batch_client, policy, why):
     with pytest.raises(SubmitError, match=why):
         batch_client.schedule(wait_for_file, "x", cron="* * * * *", **policy)
     assert batch_client.schedules() == []
+
+
+def test_a_due_time_claimed_by_a_firer_that_died_is_submitted_once_by_another(
+    batch_client, tmp_path
+):
+    from dask_batch.workflows.schedules import CLAIM_TIMEOUT, ScheduleRun
+
+    clock = Clock()
+    batch_client.service.clock = clock
+    gate = tmp_path / "gate"
+    gate.touch()
+    schedule = batch_client.schedule(
+        wait_for_file, str(gate), cron="0 * * * *", workers=0
+    )
+    clock.advance(3600)
+    due = schedule.following(schedule.created)
+    # What a firer leaves when it dies between its claim and its submit.
+    dead = ScheduleRun(due, outcome="starting")
+    batch_client.service._schedules._record(schedule.id, dead, create=True)
+    assert batch_client.fire_schedules() == []  # maybe still submitting
+    clock.advance(CLAIM_TIMEOUT + 1)
+    (run,) = batch_client.fire_schedules()
+    assert run.outcome == "submitted" and run.time == due
+    assert "taken over" in run.message
+    assert batch_client.fire_schedules() == []  # once
+    assert batch_client.result(run.job_id, timeout=120) == "done"
+    assert [r.job_id for r in batch_client.schedule_history(schedule.id)] == [
+        run.job_id
+    ]
+    batch_client.delete_schedule(schedule.id)

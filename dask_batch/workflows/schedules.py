@@ -62,6 +62,9 @@ RUNS = "runs"
 #: so in the history), ``queue`` it until that run ends, ``allow`` both to
 #: run, or ``replace`` the last run (cancelled) with the new one.
 OVERLAPS = ("skip", "queue", "allow", "replace")
+#: Seconds after a due time when a firer's claim that never became a run is
+#: taken to be a dead firer's, and the due time is submitted by another.
+CLAIM_TIMEOUT = 300.0
 #: Kubernetes' names (a CronJob's ``concurrencyPolicy``) for the same choices.
 CONCURRENCY = {"allow": "allow", "forbid": "skip", "replace": "replace"}
 
@@ -529,11 +532,15 @@ class Schedules:
         done: list[ScheduleRun] = []
         if schedule.paused:
             return []
+        now = self.clock()
+        stale = next((r for r in history if r.outcome == "starting"), None)
+        if stale is not None and (now - stale.time).total_seconds() > CLAIM_TIMEOUT:
+            run = await self._take_over(schedule, keys, stale)
+            return [run] if run else []
         queued = [r for r in history if r.outcome == "queued"]
         if queued:
             run = await self._start_queued(schedule, keys, queued[-1], history)
             return [run] if run else []
-        now = self.clock()
         last = history[0].time if history else schedule.created
         due = schedule.due_times(last, now)
         if not due:
@@ -570,6 +577,21 @@ class Schedules:
             return done  # someone else fired it
         done.append(await self._submit_run(schedule, keys, when, message))
         return done
+
+    async def _take_over(
+        self, schedule: Schedule, keys: _signing.JobKeys, claim: ScheduleRun
+    ) -> ScheduleRun | None:
+        """Submit a due time that a firer claimed and never recorded: it died
+        between its claim and its submit (or while submitting)."""
+        takeover = self._path(schedule.id, f"claims/{_run_name(claim.time)}-takeover")
+        if not await asyncio.to_thread(
+            self.store.create_at, takeover, b"{}", "take over a claim", schedule.id
+        ):
+            return None  # another firer took it over
+        why = "taken over from a firer that stopped before recording its run"
+        return await self._submit_run(
+            schedule, keys, claim.time, f"{why}. {claim.message}".strip()
+        )
 
     async def _record_skip(
         self, schedule_id: str, when: datetime.datetime, outcome: str, why: str
@@ -676,7 +698,9 @@ def run_submission(
         artifacts_url=schedules.store.artifacts_url(schedules.user, run_id),
         schedule=schedule.id,
         scheduled_for=to_iso(when),
-        idempotency_key=None,
+        # One job per due time, whichever firers submit it (a firer that
+        # takes over a dead one's claim finds the job it had started).
+        idempotency_key=f"schedule {schedule.id} {_run_name(when)}",
     )
     run_keys = None
     if schedules.delegation is not None:
