@@ -698,7 +698,7 @@ def test_the_gateway_handler_checks_storage_and_mints_per_user_credentials():
 def test_the_runner_refuses_a_spec_rewritten_in_storage(tmp_path):
     from dask_batch.core.secrets import JobSecrets, seal
     from dask_batch.core.signing import job_keys, sign_spec
-    from dask_batch.runtime.plugin import JobRunnerPlugin
+    from dask_batch.runtime.spec import read_signed_spec
     from dask_batch.storage.store import SECRETS, JobStore
 
     store = JobStore(str(tmp_path / "jobs"))
@@ -709,13 +709,12 @@ def test_the_runner_refuses_a_spec_rewritten_in_storage(tmp_path):
     store.put(
         "alice", job_id, SECRETS, seal(JobSecrets({}, keys.job_key), keys.env_key)
     )
-    runner = JobRunnerPlugin(job_id, "alice", store.url, env_key=keys.env_key)
-    runner._store = store
-    assert runner._signed_spec() == spec
+    read, secrets = read_signed_spec(store, "alice", job_id, keys.env_key)
+    assert read == spec and secrets.job_key == keys.job_key
     spec["timeout"] = 1  # rewritten by someone who can write the storage
     store.put_json("alice", job_id, SPEC, spec)
     with pytest.raises(ResultIntegrityError, match="not signed with its key"):
-        runner._signed_spec()
+        read_signed_spec(store, "alice", job_id, keys.env_key)
 
 
 USER_PROCESS = """
