@@ -119,9 +119,8 @@ class Reconciler:
     def __init__(self, store: JobStore, launcher: ClusterLauncher, user: str) -> None:
         self.store = store
         self.launcher = launcher
+        # The user and retry_from_gateway live there (properties below).
         self.waiting = WaitingJobs(store, launcher, user)
-        self.user = user
-        self.retry_from_gateway = False
 
     @property
     def user(self) -> str:
