@@ -36,11 +36,17 @@ class Clock:
         self.now += datetime.timedelta(seconds=seconds)
 
 
-def test_a_schedule_every_minute_fires_skips_an_overlap_and_catches_up_once(
-    batch_client, tmp_path
-):
+@pytest.fixture
+def clock(batch_client):
+    """A clock the test moves by hand, as the client's schedules' clock."""
     clock = Clock()
     batch_client.service.clock = clock
+    return clock
+
+
+def test_a_schedule_every_minute_fires_skips_an_overlap_and_catches_up_once(
+    batch_client, clock, tmp_path
+):
     gate = tmp_path / "gate"
     schedule = batch_client.schedule(
         wait_for_file, str(gate), cron="* * * * *", name="minutely", workers=0
@@ -96,9 +102,7 @@ def test_a_bad_cron_or_overlap_is_refused(batch_client):
     assert batch_client.schedules() == []
 
 
-def test_a_planted_schedule_never_runs(batch_client):
-    clock = Clock()
-    batch_client.service.clock = clock
+def test_a_planted_schedule_never_runs(batch_client, clock):
     real = batch_client.schedule(wait_for_file, "x", cron="0 2 * * *", workers=0)
     store = batch_client.store
     folder = os.path.join(store.user_path(batch_client.user), ".schedules")
@@ -209,13 +213,13 @@ def test_dask_batch_schedule_add_list_pause_resume_history_delete(
     dask.config.refresh()
 
 
-def test_a_delegation_opens_only_its_own_schedule(batch_client, tmp_path, monkeypatch):
+def test_a_delegation_opens_only_its_own_schedule(
+    batch_client, clock, tmp_path, monkeypatch
+):
     from cryptography.fernet import Fernet
 
     from dask_batch.workflows.schedules import Delegation, Schedules
 
-    clock = Clock()
-    batch_client.service.clock = clock
     mine = batch_client.schedule(wait_for_file, "x", cron="0 2 * * *", workers=0)
     other = batch_client.schedule(wait_for_file, "y", cron="0 3 * * *", workers=0)
     owner = batch_client.service._schedules
@@ -243,9 +247,7 @@ def test_a_delegation_opens_only_its_own_schedule(batch_client, tmp_path, monkey
         stranger.read(mine.id)
 
 
-def test_a_queued_overlap_runs_when_the_last_run_ends(batch_client, tmp_path):
-    clock = Clock()
-    batch_client.service.clock = clock
+def test_a_queued_overlap_runs_when_the_last_run_ends(batch_client, clock, tmp_path):
     gate = tmp_path / "gate"
     schedule = batch_client.schedule(
         wait_for_file, str(gate), cron="* * * * *", overlap="queue", workers=0
@@ -267,10 +269,8 @@ def test_a_queued_overlap_runs_when_the_last_run_ends(batch_client, tmp_path):
 
 
 def test_concurrency_allow_starts_a_run_beside_the_one_still_going(
-    batch_client, tmp_path
+    batch_client, clock, tmp_path
 ):
-    clock = Clock()
-    batch_client.service.clock = clock
     gate = tmp_path / "gate"
     schedule = batch_client.schedule(
         wait_for_file, str(gate), cron="* * * * *", concurrency="allow", workers=0
@@ -286,9 +286,7 @@ def test_concurrency_allow_starts_a_run_beside_the_one_still_going(
     batch_client.delete_schedule(schedule.id)
 
 
-def test_concurrency_replace_cancels_the_run_still_going(batch_client, tmp_path):
-    clock = Clock()
-    batch_client.service.clock = clock
+def test_concurrency_replace_cancels_the_run_still_going(batch_client, clock, tmp_path):
     gate = tmp_path / "gate"
     schedule = batch_client.schedule(
         wait_for_file, str(gate), cron="* * * * *", concurrency="replace", workers=0
@@ -311,10 +309,8 @@ def test_concurrency_replace_cancels_the_run_still_going(batch_client, tmp_path)
 
 
 def test_a_starting_deadline_records_an_old_missed_time_instead_of_running_it(
-    batch_client, tmp_path
+    batch_client, clock, tmp_path
 ):
-    clock = Clock()
-    batch_client.service.clock = clock
     gate = tmp_path / "gate"
     gate.touch()
     schedule = batch_client.schedule(
@@ -337,9 +333,7 @@ def test_a_starting_deadline_records_an_old_missed_time_instead_of_running_it(
     batch_client.delete_schedule(schedule.id)
 
 
-def test_a_clock_that_jumps_back_fires_no_due_time_twice(batch_client, tmp_path):
-    clock = Clock()
-    batch_client.service.clock = clock
+def test_a_clock_that_jumps_back_fires_no_due_time_twice(batch_client, clock, tmp_path):
     gate = tmp_path / "gate"
     gate.touch()
     schedule = batch_client.schedule(
@@ -373,12 +367,10 @@ def test_a_bad_policy_is_refused_before_it_is_stored(batch_client, policy, why):
 
 
 def test_a_due_time_claimed_by_a_firer_that_died_is_submitted_once_by_another(
-    batch_client, tmp_path
+    batch_client, clock, tmp_path
 ):
     from dask_batch.workflows.schedules import CLAIM_TIMEOUT, ScheduleRun
 
-    clock = Clock()
-    batch_client.service.clock = clock
     gate = tmp_path / "gate"
     gate.touch()
     schedule = batch_client.schedule(
