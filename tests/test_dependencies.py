@@ -96,3 +96,48 @@ def test_a_cycle_planted_in_storage_only_keeps_both_waiting(batch_client, tmp_pa
     record = batch_client.wait(third.id, timeout=60)
     assert record.state is JobState.CANCELLED
     assert f"upstream job {second.id} CANCELLED" in record.message
+
+
+def test_a_waiting_job_starts_after_the_gateway_restarted_and_forgot_everything(
+    tmp_path, monkeypatch
+):
+    import dask_batch.local
+    from dask_batch import BatchClient
+    from dask_batch.storage.store import JobStore
+    from dask_batch.testing import _start_gateway, wait_for
+
+    # The keeper sweeps when its gateway starts, and then not for an hour:
+    # only the restarted gateway's first sweep can start the waiting job.
+    monkeypatch.setenv("DASK_BATCH__LOCAL__KEEPER_INTERVAL", "1h")
+    directory = tmp_path / "local"
+    info = _start_gateway(str(directory))
+    gate = tmp_path / "gate"
+    try:
+        with BatchClient(gateway=info.gateway(), storage=info.storage) as batch:
+            upstream = batch.submit(wait_for_file, str(gate), workers=0)
+            waiting = batch.submit(pair, upstream, "b", workers=0)
+            user = batch.user
+            batch.gateway.close()
+        store = JobStore(info.storage)
+        gate.touch()
+        wait_for(
+            lambda: store.read_record(user, upstream.id).state is JobState.SUCCEEDED,
+            120,
+            "the upstream job to succeed",
+        )
+        assert store.read_record(user, waiting.id).state is JobState.PENDING
+        dask_batch.local.stop(str(directory))
+        # A gateway that remembers no cluster: its database is gone.
+        os.remove(directory / "gateway.sqlite")
+        info = _start_gateway(str(directory))
+        record = wait_for(
+            lambda: (r := store.read_record(user, waiting.id)).state.is_terminal and r,
+            120,
+            "the restarted gateway's keeper to start the waiting job",
+        )
+        assert record.state is JobState.SUCCEEDED and record.released is not None
+        with BatchClient(gateway=info.gateway(), storage=info.storage) as batch:
+            assert batch.result(waiting.id) == ("released", "b")
+            batch.gateway.close()
+    finally:
+        dask_batch.local.stop(str(directory))
