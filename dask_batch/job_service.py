@@ -232,7 +232,7 @@ class JobService:
         """The job's record checked against the gateway, with its tasks."""
         record = await self._reconciler.status(job_id)
         if record.kind in TASK_KINDS:
-            record.tasks = await asyncio.to_thread(self._outputs.tasks, job_id)
+            record.tasks = await asyncio.to_thread(self._outputs.tasks, job_id, record)
         return record
 
     async def jobs(

@@ -510,3 +510,100 @@ def test_fail_fast_stops_the_running_steps_at_the_first_failure(batch_client, tm
     assert record.task_counts == {"FAILED": 1, "CANCELLED": 2}
     # Well before slow_ok's own 60 s: it was stopped, not waited for.
     assert record.duration.total_seconds() < 45
+
+
+def wait_on(path):
+    import time
+
+    deadline = time.monotonic() + 120
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return "released"
+
+
+def test_a_scheduler_killed_during_an_array_leaves_every_element_one_final_state(
+    batch_client, tmp_path
+):
+    import signal
+
+    from dask_batch.testing import job_cluster_client
+
+    gate = str(tmp_path / "gate")
+    job = batch_client.map(wait_on, [gate] * 5, max_parallel=2, workers=0)
+    wait_for(
+        lambda: batch_client.status(job.id).task_counts.get("RUNNING") == 2,
+        120,
+        "two elements to run",
+    )
+    with job_cluster_client(batch_client, job.id) as client:
+        pid = client.run_on_scheduler(os.getpid)
+    os.kill(pid, signal.SIGKILL)
+    record = wait_for(
+        lambda: (r := batch_client.status(job.id)).state.is_terminal and r,
+        90,
+        "the job to be judged",
+    )
+    assert record.state is JobState.LOST
+    tasks = batch_client.tasks(job.id)
+    assert len(tasks) == 5 and all(t.state.is_terminal for t in tasks)
+    assert sorted(t.state.value for t in tasks) == ["CANCELLED"] * 3 + ["LOST"] * 2
+    assert all("the job ended LOST" in t.message for t in tasks)
+    # The counts in the listing say the same, and sum to the elements.
+    (listed,) = [r for r in batch_client.jobs() if r.id == job.id]
+    assert listed.task_counts == {"LOST": 2, "CANCELLED": 3}
+    assert record.task_counts == listed.task_counts
+
+
+def forked_mains(cluster_name):
+    """The task processes a job's zygote forked (not the zygote itself)."""
+    from dask_batch.testing import _cluster_of
+
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() != "dask-batch-main":
+                    continue
+        except OSError:
+            continue
+        if _cluster_of(pid) == cluster_name:
+            found.append(int(pid))
+    return found
+
+
+def test_main_killed_during_a_pipeline_step_fails_it_and_only_its_dependants(
+    batch_client, tmp_path
+):
+    import signal
+
+    gate = str(tmp_path / "gate")
+    beside = tmp_path / "beside"
+    beside.touch()  # the independent step returns at once
+    steps = [
+        Step(wait_on, name="victim", args=[gate]),
+        Step(never, name="below", upstream=["victim"]),
+        Step(slow_ok, name="beside", args=[str(beside)]),
+    ]
+    job = batch_client.submit_pipeline(steps, workers=0)
+
+    def only_the_victim_runs():
+        record = batch_client.status(job.id)
+        states = {t.name: t.state for t in record.tasks or []}
+        done = states.get("beside") is JobState.SUCCEEDED
+        return done and states.get("victim") is JobState.RUNNING and record
+
+    record = wait_for(only_the_victim_runs, 120, "the victim alone to run")
+    (victim,) = wait_for(
+        lambda: forked_mains(record.cluster_name), 30, "the victim's process"
+    )
+    os.kill(victim, signal.SIGKILL)
+    with pytest.raises(TasksFailedError) as info:
+        job.result(timeout=120)
+    assert set(info.value.failed) == {"victim", "below"}
+    assert info.value.partial["beside"] == "independent"
+    tasks = {t.name: t for t in batch_client.tasks(job.id)}
+    assert tasks["victim"].state is JobState.FAILED
+    assert "SIGKILL" in f"{tasks['victim'].message} {tasks['victim'].error}"
+    assert tasks["below"].state is JobState.CANCELLED
+    assert tasks["beside"].state is JobState.SUCCEEDED
+    assert all(t.state.is_terminal for t in tasks.values())

@@ -36,6 +36,7 @@ from dask_batch.core.tasks import (
     TASK_KINDS,
     TaskRecord,
     TaskSpec,
+    settle_tasks,
     task_path,
     task_specs,
 )
@@ -125,9 +126,18 @@ class JobOutputs:
             what="result",
         )
 
-    def tasks(self, job_id: str) -> list[TaskRecord]:
-        """The steps or elements of a pipeline or array job, as they went."""
-        return self.store.read_tasks(self.user, job_id)
+    def tasks(self, job_id: str, record: JobRecord | None = None) -> list[TaskRecord]:
+        """The steps or elements of a pipeline or array job, as they went.
+
+        Those a job left unfinished when it ended end with it (``record``:
+        the job's, read here if not given).
+        """
+        tasks = self.store.read_tasks(self.user, job_id)
+        if tasks:
+            if record is None:
+                record = self.store.read_record(self.user, job_id)
+            tasks = settle_tasks(tasks, record.state, record.message)
+        return tasks
 
     def reusable(self, earlier: str, tasks: list[TaskSpec]) -> list[TaskSpec]:
         """``tasks``, each marked to take over the outputs of ``earlier`` where
@@ -187,7 +197,7 @@ class JobOutputs:
         TasksFailedError, which carries the others' values.
         """
         job_id = record.id
-        tasks = self.store.read_tasks(self.user, job_id)
+        tasks = self.tasks(job_id, record)
         is_array = record.kind == "array"
         job_key = ""
         values: dict[Any, Any] = {}

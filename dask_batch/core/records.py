@@ -297,7 +297,9 @@ class JobRecord:
                 or _document(cluster).get("cluster_name"),
                 "progress": _document(progress).get("progress"),
                 "progress_message": _document(progress).get("message", ""),
-                "task_counts": _document(progress).get("tasks"),
+                "task_counts": settled_counts(
+                    _task_counts(_document(progress).get("tasks")), job_state
+                ),
                 "last_seen": _document(heartbeat).get("time"),
             }
         )
@@ -409,6 +411,32 @@ class JobRecord:
                 else {}
             ),
         }
+
+
+def ended_task_state(task: JobState, job: JobState) -> JobState:
+    """The state of a task that its job left unfinished when it ended.
+
+    A job that ends (LOST with its scheduler, cancelled before it ran, a
+    runner that failed) may leave its tasks as it last recorded them: each
+    gets exactly one final state with the job. A task not yet started was
+    not run (CANCELLED); a running one ended as the job did (LOST,
+    CANCELLED), or FAILED.
+    """
+    if task.is_terminal or not job.is_terminal:
+        return task
+    if task is JobState.PENDING:
+        return JobState.CANCELLED
+    return job if job in (JobState.LOST, JobState.CANCELLED) else JobState.FAILED
+
+
+def settled_counts(counts: dict[str, int], job: JobState) -> dict[str, int]:
+    """Counts per task state, with the tasks an ended job left unfinished
+    counted in their final states."""
+    settled: dict[str, int] = {}
+    for state, count in counts.items():
+        final = ended_task_state(JobState(state), job).value
+        settled[final] = settled.get(final, 0) + count
+    return settled
 
 
 def _task_counts(value: Any) -> dict[str, int]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dask_batch.core.names import InvalidNameError
@@ -27,6 +27,7 @@ from dask_batch.core.records import (
     _number,
     _text,
     _time,
+    ended_task_state,
     to_iso,
 )
 
@@ -412,3 +413,22 @@ def parse_array(text: str, job_id: str | None = None) -> tuple[list[int], int | 
     if len(set(indices)) != len(indices):
         raise bad("names an index twice")
     return indices, limit
+
+
+def settle_tasks(
+    tasks: list[TaskRecord], job: JobState, job_message: str = ""
+) -> list[TaskRecord]:
+    """``tasks`` of a job in state ``job``, each with exactly one final state
+    once the job has ended (see :func:`~dask_batch.core.records.ended_task_state`)."""
+    settled = []
+    for task in tasks:
+        final = ended_task_state(task.state, job)
+        if final is not task.state:
+            why = f": {job_message}" if job_message else ""
+            task = replace(
+                task,
+                state=final,
+                message=f"not finished: the job ended {job.value}{why}",
+            )
+        settled.append(task)
+    return settled
