@@ -226,6 +226,58 @@ def test_storage_outage_is_ridden_out_without_losing_a_log_line(
         gateway.close()
 
 
+def square_slowly(x):
+    import time
+
+    time.sleep(0.5)
+    return x * x
+
+
+def add_up(upstream):
+    return sum(upstream.values())
+
+
+def test_a_storage_outage_during_an_array_and_a_pipeline_loses_no_task(
+    batch_plain_gateway, proxied_s3
+):
+    from dask_batch import Step
+
+    url, options, proxy = proxied_s3
+    gateway = batch_plain_gateway.gateway()
+    try:
+        with BatchClient(
+            gateway=gateway, storage=url, storage_options=options
+        ) as batch:
+            array = batch.map(square_slowly, range(8), max_parallel=2, workers=0)
+            steps = [Step(square_slowly, name=f"s{i}", args=[i]) for i in range(4)] + [
+                Step(add_up, name="sum", upstream=[f"s{i}" for i in range(4)])
+            ]
+            pipeline = batch.submit_pipeline(steps, max_parallel=2, workers=0)
+            wait_for(
+                lambda: batch.status(array.id).task_counts.get("SUCCEEDED", 0) >= 1,
+                120,
+                "the first element to succeed",
+            )
+            proxy.cut()
+            cut_at = time.monotonic()
+            # An outage of 10 s at least (the fault, not a wait for a state),
+            # met by the runners again and again.
+            wait_for(
+                lambda: proxy.refused >= 10 and time.monotonic() - cut_at >= 10,
+                60,
+                "a 10 s outage that the runners met",
+            )
+            proxy.restore()
+            assert array.result(timeout=180) == [i * i for i in range(8)]
+            assert pipeline.result(timeout=180)["sum"] == 0 + 1 + 4 + 9
+            for job in (array, pipeline):
+                tasks = batch.tasks(job.id)
+                assert {t.state for t in tasks} == {JobState.SUCCEEDED}
+                assert all(t.attempt == 1 for t in tasks)  # each ran once
+    finally:
+        gateway.close()
+
+
 @pytest.fixture(scope="module")
 def crowded_gateway(tmp_path_factory, batch_s3_server):
     """A gateway with the default heartbeat timeout (30 s).
