@@ -107,6 +107,8 @@ class JobService:
         self._outputs = JobOutputs(store, "", self._reconciler)
         self._schedules = Schedules(store, self._launcher, "")
         self._schedules.delegation = delegation
+        if delegation is not None:
+            self._reconciler.waiting.delegation = delegation.jobs
 
     def __repr__(self) -> str:
         return f"JobService<user={self.user}, storage={self.store.url}>"
@@ -183,6 +185,7 @@ class JobService:
         if tracking is None:
             job_id = await self._launcher.start_job(submission)
             if submission.spec.get("after") and job_id == submission.job_id:
+                await self._hand_waiting_job_to_service(job_id)
                 # Its upstream jobs may have ended already.
                 await self._reconciler.status(job_id, retry=True)
             return job_id
@@ -202,6 +205,37 @@ class JobService:
         if job_id != submission.job_id:  # an earlier submit with this key
             await asyncio.to_thread(_tracking.discard, submission)
         return job_id
+
+    async def _hand_waiting_job_to_service(self, job_id: str) -> None:
+        """With ``batch.service.url`` set, the hub service gets the waiting
+        job's env key, so that it starts the job with nobody here, whether or
+        not the gateway still remembers the upstream jobs' clusters."""
+        service = dask.config.get("batch.service.url", None)
+        if not service:
+            return
+        from dask_batch.core import signing as _signing
+
+        secret = await asyncio.to_thread(_signing.user_secret, job_id=job_id)
+        env_key = _signing.job_keys(secret, job_id).env_key
+        token = getattr(self.gateway.auth, "api_token", None) or os.environ.get(
+            "JUPYTERHUB_API_TOKEN", ""
+        )
+        try:
+            await asyncio.to_thread(
+                _schedules.delegate_to_service,
+                str(service),
+                str(token),
+                job_id,
+                env_key,
+                "jobs",
+            )
+        except DaskBatchError as exc:
+            logger.warning(
+                "Job %s waits; the service did not take it (%s): it starts when "
+                "a client of yours waits for it or reconciles.",
+                job_id,
+                exc,
+            )
 
     async def submit_target(
         self,
@@ -395,6 +429,29 @@ class JobService:
     async def fire_schedules(self) -> list[ScheduleRun]:
         """Submit the runs of the user's schedules that are due now."""
         return await self._schedules.fire_due()
+
+    async def accept_job(self, job_id: str, env_key: str) -> None:
+        """Take a waiting job its owner hands over (a service with a delegation).
+
+        Raises
+        ------
+        DaskBatchError
+            This service starts no jobs for others, or the env key is not
+            the job's.
+        """
+        if self.delegation is None:
+            raise DaskBatchError(
+                f"Job {job_id!r} not taken: this server does not start jobs for "
+                "others (it has no delegation key).",
+                job_id=job_id,
+            )
+        await asyncio.to_thread(
+            self.delegation.jobs.accept,
+            self.store,
+            self._identified(),
+            check_job_id(job_id),
+            env_key,
+        )
 
     async def accept_schedule(self, schedule_id: str, env_key: str) -> None:
         """Take a schedule its owner hands over (a service with a delegation).

@@ -456,3 +456,76 @@ def test_the_service_fires_a_schedule_handed_to_it(hub, laptop, tmp_path):
         alice.delete_schedule(schedule.id)
     finally:
         close(alice)
+
+
+def shout(text):
+    return text.upper()
+
+
+def test_the_service_starts_a_waiting_job_whose_upstream_cluster_it_never_knew(
+    hub, laptop, batch_gateway, tmp_path
+):
+    """The upstream job ran on another gateway (as after the hub's gateway
+    forgot its cluster): only the key handed to the service at submit can
+    start the waiting job with nobody looking."""
+    import dask
+    from dask_gateway import BasicAuth
+
+    gate = tmp_path / "gate"
+    elsewhere = BatchClient(
+        gateway=BatchGateway(
+            address=batch_gateway.address,
+            proxy_address=batch_gateway.proxy_address,
+            auth=BasicAuth("alice", batch_gateway.password),
+        ),
+        storage=hub.storage,
+        storage_options=hub.storage_options,
+    )
+    alice = laptop_client(hub, "alice")
+    try:
+        upstream = elsewhere.submit(hold_until, str(gate), workers=0)
+        with dask.config.set({"batch.service.url": hub.service_url}):
+            waiting = alice.submit(shout, upstream, workers=0)
+        assert alice.status(waiting.id).message.startswith("waiting for")
+    finally:
+        close(alice, elsewhere)  # nobody is looking from here on
+    gate.touch()
+    store = JobStore(hub.storage, hub.storage_options)
+    record = wait_for(
+        lambda: (r := store.read_record("alice", waiting.id)).state.is_terminal and r,
+        120,
+        "the service to start the waiting job with the key handed to it",
+    )
+    assert record.state is JobState.SUCCEEDED, record.message
+    assert store.read_record("alice", upstream.id).state is JobState.SUCCEEDED
+    alice = laptop_client(hub, "alice")
+    try:
+        assert alice.result(waiting.id) == "HELD"
+    finally:
+        close(alice)
+
+
+def test_the_service_keeps_only_a_key_that_opens_the_job(hub, laptop):
+    import urllib.error
+    import urllib.request
+
+    alice = laptop_client(hub, "alice")
+    try:
+        job = alice.submit(plus_one, 1, workers=0)
+        alice.wait(job.id, timeout=120)
+    finally:
+        close(alice)
+    from cryptography.fernet import Fernet
+
+    request = urllib.request.Request(
+        f"{hub.service_url.rstrip('/')}/api/v1/jobs/{job.id}/delegate",
+        data=json.dumps({"env_key": Fernet.generate_key().decode()}).encode(),
+        headers={"Authorization": f"token {hub.token('alice')}"},
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=30)
+    info.value.close()
+    assert info.value.code >= 400
+    store = JobStore(hub.storage, hub.storage_options)
+    assert not store.exists("alice", job.id, "service.bin")

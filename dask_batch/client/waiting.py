@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 from typing import Any
 
+from dask_batch.client.job_delegation import JobDelegation
 from dask_batch.client.launcher import ClusterLauncher
 from dask_batch.core import signing as _signing
 from dask_batch.core.exceptions import DaskBatchError
@@ -53,6 +54,18 @@ async def signed_spec(
     return None, keys
 
 
+def _server_launch(spec: Any) -> dict[str, Any] | None:
+    """The launch of a server-side job from its stored spec (None otherwise);
+    the new scheduler checks the spec's signature before main runs."""
+    if not isinstance(spec, dict) or spec.get("mode") != "server":
+        return None
+    return {
+        "mode": "server",
+        "cluster_options": dict(spec.get("cluster_options") or {}),
+        "payload_signature": str(spec.get("payload_signature") or ""),
+    }
+
+
 class WaitingJobs:
     """Judge, start or cancel one user's waiting jobs.
 
@@ -74,6 +87,8 @@ class WaitingJobs:
         self.launcher = launcher
         self.user = user
         self.retry_from_gateway = False
+        #: Env keys of waiting jobs handed to this service (None: none).
+        self.delegation: JobDelegation | None = None
 
     async def check(
         self, record: JobRecord, act: bool, seen: frozenset[str] = frozenset()
@@ -121,7 +136,9 @@ class WaitingJobs:
     async def _start(self, record: JobRecord, upstream: dict[str, Any]) -> JobRecord:
         """Ask for the cluster of a job whose upstream jobs all SUCCEEDED."""
         if self.retry_from_gateway:
-            spec, env_key = await self._spec_from_upstream(record, upstream)
+            spec, env_key = await self._spec_from_delegation(record)
+            if spec is None:
+                spec, env_key = await self._spec_from_upstream(record, upstream)
         else:
             spec, keys = await signed_spec(self.store, self.user, record.id)
             env_key = keys.env_key
@@ -155,6 +172,21 @@ class WaitingJobs:
         )
         return await asyncio.to_thread(self.store.read_record, self.user, record.id)
 
+    async def _spec_from_delegation(
+        self, record: JobRecord
+    ) -> tuple[dict[str, Any] | None, str]:
+        """What starting a waiting job needs, from the env key its owner handed
+        to this service at submit (see :mod:`~dask_batch.client.job_delegation`)."""
+        if self.delegation is None:
+            return None, ""
+        env_key = await asyncio.to_thread(
+            self.delegation.env_key, self.store, self.user, record.id
+        )
+        if env_key is None:
+            return None, ""
+        spec = await asyncio.to_thread(self.store.get_json, self.user, record.id, SPEC)
+        return _server_launch(spec), env_key
+
     async def _spec_from_upstream(
         self, record: JobRecord, upstream: dict[str, Any]
     ) -> tuple[dict[str, Any] | None, str]:
@@ -182,11 +214,7 @@ class WaitingJobs:
             env_key = await self._open_env_key(record.id, upstream_id, options)
             if env_key is None:
                 continue  # not sealed with this key: try another upstream job
-            return {
-                "mode": "server",
-                "cluster_options": dict(spec.get("cluster_options") or {}),
-                "payload_signature": str(spec.get("payload_signature") or ""),
-            }, env_key
+            return _server_launch(spec), env_key
         return None, ""
 
     async def _open_env_key(

@@ -360,6 +360,25 @@ class DelegateAPI(Handler):
         self.finish({"schedule": schedule_id, "delegated": True})
 
 
+class JobDelegateAPI(Handler):
+    """Take a waiting job its owner hands to this service (hub service only)."""
+
+    async def post(self, job_id: str) -> None:
+        job_id = check_job_id(job_id)
+        batch = await self.client()
+        if batch.delegation is None:
+            raise tornado.web.HTTPError(
+                404, "this server does not start jobs for others"
+            )
+        try:
+            body = json.loads(self.request.body or b"{}")
+            env_key = str(body["env_key"])
+        except (ValueError, KeyError, TypeError):
+            raise tornado.web.HTTPError(400, 'send {"env_key": ...}') from None
+        await batch.accept_job(job_id, env_key)
+        self.finish({"job": job_id, "delegated": True})
+
+
 class SchedulesPage(Handler):
     async def get(self) -> None:
         batch = await self.client()
@@ -445,6 +464,7 @@ ROUTES: list[tuple[str, type[Handler]]] = [
     (r"api/v1/schedules", SchedulesAPI),
     (r"api/v1/schedules/([^/]+)/(pause|resume)", ScheduleActionAPI),
     (r"api/v1/schedules/([^/]+)/delegate", DelegateAPI),
+    (r"api/v1/jobs/([^/]+)/delegate", JobDelegateAPI),
 ]
 
 

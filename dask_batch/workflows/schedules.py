@@ -35,6 +35,7 @@ from typing import Any
 
 from dask.utils import parse_timedelta
 
+from dask_batch.client.job_delegation import JobDelegation
 from dask_batch.client.reconcile import Reconciler
 from dask_batch.client.submission import Submission
 from dask_batch.core import secrets as _secrets
@@ -736,6 +737,8 @@ class Delegation:
         from cryptography.fernet import Fernet
 
         self._fernet = Fernet(key)
+        #: The same key's hold on waiting jobs handed over.
+        self.jobs = JobDelegation(key)
 
     @classmethod
     def from_config(cls) -> Delegation:
@@ -823,13 +826,16 @@ class Delegation:
         return _signing.JobKeys(job_key=secrets.job_key, env_key=env_key)
 
 
-def delegate_to_service(url: str, token: str, schedule_id: str, env_key: str) -> None:
-    """Hand a schedule's env key to the hub service at ``url`` (its API)."""
+def delegate_to_service(
+    url: str, token: str, schedule_id: str, env_key: str, what: str = "schedules"
+) -> None:
+    """Hand a schedule's (or, ``what="jobs"``, a waiting job's) env key to
+    the hub service at ``url`` (its API)."""
     import urllib.error
     import urllib.request
 
     request = urllib.request.Request(
-        f"{url.rstrip('/')}/api/v1/schedules/{check_job_id(schedule_id)}/delegate",
+        f"{url.rstrip('/')}/api/v1/{what}/{check_job_id(schedule_id)}/delegate",
         data=json.dumps({"env_key": env_key}).encode(),
         headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
         method="POST",
