@@ -392,3 +392,41 @@ def test_a_due_time_claimed_by_a_firer_that_died_is_submitted_once_by_another(
         run.job_id
     ]
     batch_client.delete_schedule(schedule.id)
+
+
+def test_four_firers_at_once_submit_one_run_per_due_time(
+    batch_client, batch_gateway, clock, tmp_path
+):
+    import concurrent.futures
+
+    gate = tmp_path / "gate"
+    gate.touch()
+    schedule = batch_client.schedule(
+        wait_for_file, str(gate), cron="* * * * *", concurrency="allow", workers=0
+    )
+    firers = [
+        BatchClient(gateway=batch_gateway.gateway(), storage=batch_client.store.url)
+        for _ in range(3)
+    ]
+    try:
+        for firer in firers:
+            firer.service.clock = clock  # one clock: the same due times
+        everyone = [batch_client, *firers]
+        with concurrent.futures.ThreadPoolExecutor(len(everyone)) as pool:
+            for _ in range(3):
+                clock.advance(60)
+                fired = [
+                    run
+                    for runs in pool.map(lambda b: b.fire_schedules(), everyone)
+                    for run in runs
+                ]
+                assert [r.outcome for r in fired] == ["submitted"], fired
+        history = batch_client.schedule_history(schedule.id)
+        assert [r.outcome for r in history] == ["submitted"] * 3
+        assert len({r.job_id for r in history}) == 3
+        for run in history:
+            assert batch_client.result(run.job_id, timeout=120) == "done"
+    finally:
+        for firer in firers:
+            firer.gateway.close()
+        batch_client.delete_schedule(schedule.id)
