@@ -206,36 +206,37 @@ class JobService:
             await asyncio.to_thread(_tracking.discard, submission)
         return job_id
 
-    async def _hand_waiting_job_to_service(self, job_id: str) -> None:
-        """With ``batch.service.url`` set, the hub service gets the waiting
-        job's env key, so that it starts the job with nobody here, whether or
-        not the gateway still remembers the upstream jobs' clusters."""
+    async def _hand_to_service(self, what: str, item_id: str, env_key: str) -> None:
+        """Hand a schedule's or a waiting job's env key to the hub service, where
+        ``batch.service.url`` names one, with the user's hub token."""
         service = dask.config.get("batch.service.url", None)
         if not service:
             return
+        token = getattr(self.gateway.auth, "api_token", None) or os.environ.get(
+            "JUPYTERHUB_API_TOKEN", ""
+        )
+        await asyncio.to_thread(
+            _schedules.delegate_to_service,
+            str(service),
+            str(token),
+            item_id,
+            env_key,
+            what,
+        )
+
+    async def _hand_waiting_job_to_service(self, job_id: str) -> None:
+        """So that the service starts the job with nobody here, whether or not
+        the gateway still remembers the upstream jobs' clusters."""
+        if not dask.config.get("batch.service.url", None):
+            return  # no secret read for nothing
         from dask_batch.core import signing as _signing
 
         secret = await asyncio.to_thread(_signing.user_secret, job_id=job_id)
         env_key = _signing.job_keys(secret, job_id).env_key
-        token = getattr(self.gateway.auth, "api_token", None) or os.environ.get(
-            "JUPYTERHUB_API_TOKEN", ""
-        )
         try:
-            await asyncio.to_thread(
-                _schedules.delegate_to_service,
-                str(service),
-                str(token),
-                job_id,
-                env_key,
-                "jobs",
-            )
+            await self._hand_to_service("jobs", job_id, env_key)
         except DaskBatchError as exc:
-            logger.warning(
-                "Job %s waits; the service did not take it (%s): it starts when "
-                "a client of yours waits for it or reconciles.",
-                job_id,
-                exc,
-            )
+            logger.warning("%s", exc)
 
     async def submit_target(
         self,
@@ -380,18 +381,9 @@ class JobService:
             overlap=overlap,
             starting_deadline=deadline,
         )
-        service = dask.config.get("batch.service.url", None)
-        if service:
-            token = getattr(self.gateway.auth, "api_token", None) or os.environ.get(
-                "JUPYTERHUB_API_TOKEN", ""
-            )
-            await asyncio.to_thread(
-                _schedules.delegate_to_service,
-                str(service),
-                str(token),
-                schedule_id,
-                self._schedules.keys(schedule_id).env_key,
-            )
+        if dask.config.get("batch.service.url", None):
+            env_key = self._schedules.keys(schedule_id).env_key
+            await self._hand_to_service("schedules", schedule_id, env_key)
         return added
 
     async def schedules(self) -> list[Schedule]:

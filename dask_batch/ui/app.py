@@ -342,41 +342,29 @@ class ScheduleActionAPI(Handler):
 
 
 class DelegateAPI(Handler):
-    """Take a schedule its owner hands to this service (hub service only)."""
+    """Take a schedule, or a waiting job, its owner hands to this service
+    (``POST .../schedules/{id}/delegate``, ``.../jobs/{id}/delegate``; hub
+    service only)."""
 
-    async def post(self, schedule_id: str) -> None:
-        schedule_id = check_job_id(schedule_id)
+    ACTS = {"schedules": "fire schedules", "jobs": "start jobs"}
+
+    async def post(self, what: str, item_id: str) -> None:
+        item_id = check_job_id(item_id)
         batch = await self.client()
         if batch.delegation is None:
             raise tornado.web.HTTPError(
-                404, "this server does not fire schedules for others"
+                404, f"this server does not {self.ACTS[what]} for others"
             )
         try:
             body = json.loads(self.request.body or b"{}")
             env_key = str(body["env_key"])
         except (ValueError, KeyError, TypeError):
             raise tornado.web.HTTPError(400, 'send {"env_key": ...}') from None
-        await batch.accept_schedule(schedule_id, env_key)
-        self.finish({"schedule": schedule_id, "delegated": True})
-
-
-class JobDelegateAPI(Handler):
-    """Take a waiting job its owner hands to this service (hub service only)."""
-
-    async def post(self, job_id: str) -> None:
-        job_id = check_job_id(job_id)
-        batch = await self.client()
-        if batch.delegation is None:
-            raise tornado.web.HTTPError(
-                404, "this server does not start jobs for others"
-            )
-        try:
-            body = json.loads(self.request.body or b"{}")
-            env_key = str(body["env_key"])
-        except (ValueError, KeyError, TypeError):
-            raise tornado.web.HTTPError(400, 'send {"env_key": ...}') from None
-        await batch.accept_job(job_id, env_key)
-        self.finish({"job": job_id, "delegated": True})
+        if what == "jobs":
+            await batch.accept_job(item_id, env_key)
+        else:
+            await batch.accept_schedule(item_id, env_key)
+        self.finish({what[:-1]: item_id, "delegated": True})
 
 
 class SchedulesPage(Handler):
@@ -463,8 +451,7 @@ ROUTES: list[tuple[str, type[Handler]]] = [
     (r"schedules", SchedulesPage),
     (r"api/v1/schedules", SchedulesAPI),
     (r"api/v1/schedules/([^/]+)/(pause|resume)", ScheduleActionAPI),
-    (r"api/v1/schedules/([^/]+)/delegate", DelegateAPI),
-    (r"api/v1/jobs/([^/]+)/delegate", JobDelegateAPI),
+    (r"api/v1/(schedules|jobs)/([^/]+)/delegate", DelegateAPI),
 ]
 
 

@@ -844,9 +844,17 @@ def delegate_to_service(
         with urllib.request.urlopen(request, timeout=30) as answer:
             answer.read()
     except (urllib.error.URLError, OSError) as exc:
-        raise DaskBatchError(
-            f"schedule {schedule_id!r} was added, but the service at {url} did "
-            f"not take it ({exc}); it runs only when your clients fire it. "
-            "Check batch.service.url and your token, then delete and add it again.",
-            job_id=schedule_id,
-        ) from None
+        if what == "jobs":
+            why = (
+                f"job {schedule_id!r} waits, but the service at {url} did not take "
+                f"it ({exc}); it starts when a client of yours waits for it or "
+                "reconciles. Check batch.service.url and your token."
+            )
+        else:
+            why = (
+                f"schedule {schedule_id!r} was added, but the service at {url} did "
+                f"not take it ({exc}); it runs only when your clients fire it. "
+                "Check batch.service.url and your token, then delete and add it "
+                "again."
+            )
+        raise DaskBatchError(why, job_id=schedule_id) from None
