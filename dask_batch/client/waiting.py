@@ -198,7 +198,8 @@ class WaitingJobs:
         spec before main runs, so what storage says here is checked there.
         """
         spec = await asyncio.to_thread(self.store.get_json, self.user, record.id, SPEC)
-        if not isinstance(spec, dict) or spec.get("mode") != "server":
+        launch = _server_launch(spec)
+        if launch is None:
             return None, ""
         names = {
             r.cluster_name: r.id
@@ -214,7 +215,7 @@ class WaitingJobs:
             env_key = await self._open_env_key(record.id, upstream_id, options)
             if env_key is None:
                 continue  # not sealed with this key: try another upstream job
-            return _server_launch(spec), env_key
+            return launch, env_key
         return None, ""
 
     async def _open_env_key(
