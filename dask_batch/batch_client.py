@@ -509,8 +509,24 @@ class BatchClient:
         """
         return self.sync(self.service.fire_schedules)
 
-    def tasks(self, job_id: str) -> Any:
+    def tasks(
+        self,
+        job_id: str,
+        *,
+        offset: int = 0,
+        limit: int | None = None,
+        state: str | JobState | None = None,
+    ) -> Any:
         """The steps of a pipeline job, or the elements of an array job.
+
+        Parameters
+        ----------
+        job_id : str
+        offset, limit : int, optional
+            A page of them: an array's 100,000 elements are read only as far
+            as the page needs.
+        state : str or JobState, optional
+            Only those in this state (``"FAILED"``), counted for the page.
 
         Returns
         -------
@@ -524,7 +540,9 @@ class BatchClient:
         [('load', 'SUCCEEDED'), ('clean', 'RUNNING')]
         """
 
-        return self.sync(self.service.tasks, job_id)
+        return self.sync(
+            self.service.tasks, job_id, offset=offset, limit=limit, state=state
+        )
 
     def submit_notebook(
         self,

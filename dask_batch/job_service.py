@@ -266,7 +266,9 @@ class JobService:
     async def status(self, job_id: str) -> JobRecord:
         """The job's record checked against the gateway, with its tasks."""
         record = await self._reconciler.status(job_id)
-        if record.kind in TASK_KINDS:
+        # An array's elements can be 100,000: its counts say how they go, and
+        # tasks() pages through them.
+        if record.kind in TASK_KINDS and not record.elements:
             record.tasks = await asyncio.to_thread(self._outputs.tasks, job_id, record)
         return record
 
@@ -284,9 +286,23 @@ class JobService:
             state=state, name=name, since=since, until=until, limit=limit
         )
 
-    async def tasks(self, job_id: str) -> list[TaskRecord]:
-        """The steps of a pipeline job or the elements of an array job."""
-        return await asyncio.to_thread(self._outputs.tasks, job_id)
+    async def tasks(
+        self,
+        job_id: str,
+        *,
+        offset: int = 0,
+        limit: int | None = None,
+        state: str | JobState | None = None,
+    ) -> list[TaskRecord]:
+        """The steps of a pipeline job or the elements of an array job.
+
+        ``offset``, ``limit`` and ``state`` page through an array's elements
+        (those in ``state`` only, if given), reading only the shards needed.
+        """
+        wanted = JobState(state) if state is not None else None
+        return await asyncio.to_thread(
+            self._outputs.tasks, job_id, None, offset=offset, limit=limit, state=wanted
+        )
 
     async def wait(
         self, job_id: str, timeout: float | str | None = None, progress: bool = False

@@ -19,6 +19,7 @@ from typing import Any
 import dask.config
 from dask.utils import format_bytes, parse_bytes
 
+from dask_batch.client import arrays as _arrays
 from dask_batch.client.reconcile import Reconciler
 from dask_batch.core import signing as _signing
 from dask_batch.core.exceptions import (
@@ -82,6 +83,8 @@ class JobOutputs:
             record.state is JobState.FAILED
             and (record.error or {}).get("type") == "TasksFailed"
         )
+        if record.elements and ran:
+            return await asyncio.to_thread(self._array_values, record, partial)
         if record.kind in TASK_KINDS and ran:
             return await asyncio.to_thread(self._task_values, record, partial)
         if record.state is JobState.SUCCEEDED:
@@ -126,18 +129,56 @@ class JobOutputs:
             what="result",
         )
 
-    def tasks(self, job_id: str, record: JobRecord | None = None) -> list[TaskRecord]:
+    def tasks(
+        self,
+        job_id: str,
+        record: JobRecord | None = None,
+        *,
+        offset: int = 0,
+        limit: int | None = None,
+        state: JobState | None = None,
+    ) -> list[TaskRecord]:
         """The steps or elements of a pipeline or array job, as they went.
 
         Those a job left unfinished when it ended end with it (``record``:
         the job's, read here if not given).
         """
-        tasks = self.store.read_tasks(self.user, job_id)
-        if tasks:
-            if record is None:
-                record = self.store.read_record(self.user, job_id)
-            tasks = settle_tasks(tasks, record.state, record.message)
-        return tasks
+        if record is None:
+            record = self.store.read_record(self.user, job_id)
+        if record.elements:
+            shape = _arrays.array_shape(self.store, self.user, job_id)
+            if shape is not None:
+                return _arrays.read_element_page(
+                    self.store, record, shape, offset, limit, state
+                )
+        tasks = settle_tasks(
+            self.store.read_tasks(self.user, job_id), record.state, record.message
+        )
+        if state is not None:
+            tasks = [t for t in tasks if t.state is state]
+        return tasks[offset : None if limit is None else offset + limit]
+
+    def _job_key(self, record: JobRecord) -> str:
+        secret = _signing.user_secret(job_id=record.id)
+        return _signing.keys_for(secret, record.id, record.keys_from).job_key
+
+    def _array_values(self, record: JobRecord, partial: bool) -> Any:
+        """An array's values in order: a list, or with ``partial`` an
+        :class:`ArrayValues` that reads a shard at a time."""
+        shape = _arrays.array_shape(self.store, self.user, record.id)
+        assert shape is not None  # the record says it has elements
+        values = _arrays.ArrayValues(self.store, record, shape, self._job_key(record))
+        if partial:
+            return values
+        failed = _arrays.failed_elements(self.store, record, shape)
+        if failed:
+            succeeded = {
+                index: value
+                for index, value in zip(shape.indices(), values, strict=True)
+                if index not in failed
+            }
+            raise TasksFailedError(record.id, failed, succeeded, "elements")
+        return list(values)
 
     def reusable(self, earlier: str, tasks: list[TaskSpec]) -> list[TaskSpec]:
         """``tasks``, each marked to take over the outputs of ``earlier`` where

@@ -19,6 +19,7 @@ from typing import Any
 import dask.config
 from dask.utils import format_bytes, parse_bytes, parse_timedelta
 
+from dask_batch.core.elements import ArrayShape
 from dask_batch.core.exceptions import SubmitError
 from dask_batch.core.names import JOB_ID, InvalidNameError, check_parameter_name
 from dask_batch.core.options import SubmitOptions
@@ -267,6 +268,11 @@ class Target:
     fail_fast: bool = False
     # Jobs whose results main takes as arguments (JobResult placeholders).
     upstream_values: list[str] = dataclasses.field(default_factory=list)
+    # An array: its indices, what each element is (main hands them out), and
+    # the earlier run whose succeeded elements it takes over.
+    array: ArrayShape | None = None
+    element_kind: str = ""
+    reuses: str = ""
 
 
 def function_target(
@@ -395,6 +401,20 @@ def build(
             max_parallel=target.max_parallel,
             fail_fast=target.fail_fast,
         )
+    if target.array is not None:
+        if workers == 0 or (adapt and adapt[1] == 0):
+            raise SubmitError.not_submitted(
+                job_id,
+                "an array runs its elements on the job's workers: ask for at "
+                "least one (workers=1 or more, or adapt=(0, N) with N >= 1).",
+            )
+        spec.update(
+            array=target.array.to_dict(),
+            element_kind=target.element_kind,
+            max_parallel=target.max_parallel,
+        )
+        if target.reuses:
+            spec["reuses"] = target.reuses
     return Submission(job_id, spec, payload, env_values, archive)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import mmap
 import pickle
@@ -64,9 +65,24 @@ def pickled_by_value(modules: list[ModuleType]) -> Iterator[None]:
             cloudpickle.unregister_pickle_by_value(module)
 
 
+def _carried(value: Any) -> list[Any]:
+    """What a dataclass argument (an array's work) carries: its fields and
+    the values of its dict fields, whose modules may be local too."""
+    if not dataclasses.is_dataclass(value) or isinstance(value, type):
+        return [value]
+    found = []
+    for item in dataclasses.fields(value):
+        field_value = getattr(value, item.name)
+        found.append(field_value)
+        if isinstance(field_value, dict):
+            found.extend(field_value.values())
+    return found
+
+
 def dumps_payload(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """Pickle ``(func, args, kwargs)``; local modules go by value."""
-    with pickled_by_value(local_modules(func, *args, *kwargs.values())):
+    objects = [func, *(o for a in args for o in _carried(a)), *kwargs.values()]
+    with pickled_by_value(local_modules(*objects)):
         return cloudpickle.dumps((func, args, kwargs))
 
 

@@ -215,6 +215,9 @@ class JobRecord:
     keys_from : str
         The schedule whose keys this job's are derived from (a run that a
         service submitted for its owner), "" for a job's own keys.
+    elements : int or None
+        For an array job, how many elements it has (None otherwise, and for
+        arrays of earlier releases, which list their elements in ``tasks``).
     """
 
     id: str
@@ -257,6 +260,7 @@ class JobRecord:
     released: datetime.datetime | None = None
     schedule: str = ""
     keys_from: str = ""
+    elements: int | None = None
 
     @property
     def duration(self) -> datetime.timedelta | None:
@@ -298,7 +302,9 @@ class JobRecord:
                 "progress": _document(progress).get("progress"),
                 "progress_message": _document(progress).get("message", ""),
                 "task_counts": settled_counts(
-                    _task_counts(_document(progress).get("tasks")), job_state
+                    _task_counts(_document(progress).get("tasks"))
+                    or _unstarted(_document(spec)),
+                    job_state,
                 ),
                 "last_seen": _document(heartbeat).get("time"),
             }
@@ -362,6 +368,7 @@ class JobRecord:
             released=_time(d.get("released")),
             schedule=_text(d.get("schedule")),
             keys_from=_text(d.get("keys_from")),
+            elements=_count(d.get("elements")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -405,6 +412,7 @@ class JobRecord:
             "released": to_iso(self.released),
             "schedule": self.schedule,
             "keys_from": self.keys_from,
+            "elements": self.elements,
             **(
                 {"tasks": [t.to_dict() for t in self.tasks]}
                 if self.tasks is not None
@@ -450,6 +458,13 @@ def _task_counts(value: Any) -> dict[str, int]:
     }
 
 
+def _unstarted(spec: dict[str, Any]) -> dict[str, int]:
+    """An array's counts before its main wrote any: every element PENDING."""
+    array = spec.get("array")
+    count = _count(array.get("count")) if isinstance(array, dict) else None
+    return {JobState.PENDING.value: count} if count else {}
+
+
 def _document(value: Any) -> dict[str, Any]:
     """A stored JSON object (None: empty); anything else is not a record."""
     if value is None:
@@ -467,6 +482,8 @@ def _spec_fields(spec: dict[str, Any]) -> dict[str, Any]:
     )  # fmt: skip
     fields = {k: spec.get(k) for k in keys}
     fields["target"] = spec.get("function")
+    array = spec.get("array")
+    fields["elements"] = array.get("count") if isinstance(array, dict) else None
     tracked = _document(spec.get("mlflow"))
     fields["mlflow_run_id"] = tracked.get("run_id")
     fields["mlflow_url"] = tracked.get("run_url")

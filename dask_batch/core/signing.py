@@ -162,6 +162,16 @@ def run_keys(schedule: JobKeys, job_id: str) -> JobKeys:
     return JobKeys(job_key=key, env_key=schedule.env_key)
 
 
+def shard_key(job_key: str, shard: int) -> str:
+    """The key that signs the values of one shard of an array job.
+
+    Bound to the shard's number: values copied from one shard's place to
+    another's never verify, so no value is taken for another element's.
+    """
+    label = f"dask-batch/v1/shard/{int(shard)}".encode()
+    return hmac.new(bytes.fromhex(job_key), label, hashlib.sha256).hexdigest()
+
+
 def keys_for(secret: bytes, job_id: str, keys_from: str = "") -> JobKeys:
     """A job's keys: its own, or those of the schedule run it is (``keys_from``)."""
     if keys_from:

@@ -369,9 +369,8 @@ MAX_ARRAY_ELEMENTS = 100_000
 
 
 def parse_array(text: str, job_id: str | None = None) -> tuple[list[int], int | None]:
-    """Slurm's ``--array`` syntax: ``0-99%10``, ``1,3,5``, ``0-10:2``.
-
-    Returns the indices and the most that run at once (None: no limit given).
+    """The indices of Slurm's ``--array`` syntax and its limit
+    (see :func:`parse_array_spans`).
 
     Examples
     --------
@@ -379,6 +378,25 @@ def parse_array(text: str, job_id: str | None = None) -> tuple[list[int], int | 
     ([0, 1, 2, 3], 2)
     >>> parse_array("1,5-7")
     ([1, 5, 6, 7], None)
+    """
+    spans, limit = parse_array_spans(text, job_id)
+    return [
+        i for first, last, step in spans for i in range(first, last + 1, step)
+    ], limit
+
+
+def parse_array_spans(
+    text: str, job_id: str | None = None
+) -> tuple[list[tuple[int, int, int]], int | None]:
+    """Slurm's ``--array`` syntax: ``0-99%10``, ``1,3,5``, ``0-10:2``.
+
+    Returns ``(first, last, step)`` spans and the most that run at once
+    (None: no limit given).
+
+    Examples
+    --------
+    >>> parse_array_spans("0-99:2%10")
+    ([(0, 98, 2)], 10)
     """
     from dask_batch.core.exceptions import SubmitError
 
@@ -405,14 +423,17 @@ def parse_array(text: str, job_id: str | None = None) -> tuple[list[int], int | 
         step = int(match.group(3)) if match.group(3) else 1
         if last < first or step < 1:
             raise bad(f"has the empty range {part!r}")
-        spans.append(range(first, last + 1, step))
+        span = range(first, last + 1, step)
+        spans.append(span)
         # Counted before any list is built: 0-999999999 is refused at once.
         if sum(len(span) for span in spans) > MAX_ARRAY_ELEMENTS:
             raise bad(f"has more than {MAX_ARRAY_ELEMENTS} elements")
-    indices = [i for span in spans for i in span]
-    if len(set(indices)) != len(indices):
-        raise bad("names an index twice")
-    return indices, limit
+    seen: set[int] = set()
+    for span in spans:
+        if not seen.isdisjoint(span):
+            raise bad("names an index twice")
+        seen.update(span)
+    return [(s.start, s[-1], s.step) for s in spans], limit
 
 
 def settle_tasks(

@@ -35,7 +35,9 @@ from dask_batch.core.pickling import dumps_result
 from dask_batch.core.records import ErrorInfo, JobState
 from dask_batch.core.signing import load_signed_result, loads_verified, sign
 from dask_batch.core.tasks import task_path
+from dask_batch.runtime import arrays as _arrays
 from dask_batch.runtime import context as _context
+from dask_batch.runtime.element_work import describe as describe_job
 from dask_batch.runtime.forking import exit_with_parent
 from dask_batch.runtime.handoff import ENV_RUNNER_PID, MainLaunch, Outcome
 from dask_batch.runtime.zygote import COMMAND as ZYGOTE_COMMAND
@@ -339,6 +341,25 @@ def _prepare(store: JobStore, launch: MainLaunch, env: dict[str, str]) -> Any:
     return reporter
 
 
+def _array_runtime(
+    store: JobStore, launch: MainLaunch, secrets: _secrets.JobSecrets, client: Any
+) -> _arrays.ArrayRuntime:
+    """What an array's main needs beyond its payload: keys, env, the cluster."""
+    job = _context.current_job()
+    assert job is not None  # set up by _prepare
+    return _arrays.ArrayRuntime(
+        store=store,
+        user=launch.user,
+        job_id=launch.job_id,
+        job_key=secrets.job_key,
+        env=dict(secrets.env),
+        upstream_keys=dict(secrets.upstream_keys),
+        client=client,
+        job=describe_job(job),
+        has_files=launch.has_files,
+    )
+
+
 def _run(store: JobStore, launch: MainLaunch) -> tuple[Any, str]:
     """Run main with its cluster as the default client.
 
@@ -350,7 +371,8 @@ def _run(store: JobStore, launch: MainLaunch) -> tuple[Any, str]:
         func, args, kwargs = _select_task(
             store, launch, secrets.job_key, (func, args, kwargs)
         )
-    if secrets.upstream_keys:
+    is_array = func is _arrays.drive_array
+    if secrets.upstream_keys and not is_array:
         args, kwargs = _upstream_job_values(store, launch, secrets, args, kwargs)
     try:
         reporter = _prepare(store, launch, secrets.env)
@@ -369,8 +391,12 @@ def _run(store: JobStore, launch: MainLaunch) -> tuple[Any, str]:
         # After start-up, so that only main's own allocations meet it.
         limit = int(launch.memory_limit)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    if is_array:
+        kwargs = dict(kwargs, runtime=_array_runtime(store, launch, secrets, client))
     try:
         return func(*args, **kwargs), secrets.job_key
+    except _arrays.ElementsFailed as exc:
+        _fail(store, launch, ErrorInfo("TasksFailed", str(exc)))
     except BaseException as exc:  # SystemExit and KeyboardInterrupt included
         traceback.print_exc()
         _fail(store, launch, exc)

@@ -8,6 +8,7 @@ batch job ``current_job()`` is None, ``report`` does nothing and
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import json
 import os
@@ -15,6 +16,7 @@ import posixpath
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -152,6 +154,21 @@ def _from_environment() -> _Reporter | None:
     return _active
 
 
+# An array element running in a worker's thread: its own current_job().
+_element = threading.local()
+
+
+@contextlib.contextmanager
+def element_job(job: CurrentJob) -> Iterator[None]:
+    """``current_job()`` is ``job`` in this thread while the block runs."""
+    before = getattr(_element, "job", None)
+    _element.job = job
+    try:
+        yield
+    finally:
+        _element.job = before
+
+
 def current_job() -> CurrentJob | None:
     """The batch job this code runs in, or None outside a batch job.
 
@@ -161,6 +178,9 @@ def current_job() -> CurrentJob | None:
     >>> job = dask_batch.current_job()      # doctest: +SKIP
     >>> job.id, job.artifacts_url           # doctest: +SKIP
     """
+    element = getattr(_element, "job", None)
+    if element is not None:
+        return element
     active = _from_environment()
     return active.job if active is not None else None
 

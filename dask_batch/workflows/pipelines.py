@@ -25,11 +25,19 @@ import cloudpickle
 from dask.base import tokenize
 
 from dask_batch.client import submission as _submission
+from dask_batch.core.elements import ArrayShape
 from dask_batch.core.exceptions import SubmitError
 from dask_batch.core.names import InvalidNameError
 from dask_batch.core.options import SubmitOptions
-from dask_batch.core.tasks import TaskSpec, check_task_name, order_tasks, parse_array
+from dask_batch.core.tasks import (
+    MAX_ARRAY_ELEMENTS,
+    TaskSpec,
+    check_task_name,
+    order_tasks,
+    parse_array_spans,
+)
 from dask_batch.runtime import targets as _targets
+from dask_batch.runtime.arrays import ArrayWork, drive_array
 
 __all__ = ["Pipeline", "Step"]
 
@@ -313,36 +321,6 @@ def _json_params(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_function_array(
-    job_id: str, func: Any, items: Sequence[Any], kwargs: dict[str, Any]
-) -> tuple[dict[str, tuple[Any, Any, Any]], list[TaskSpec], str]:
-    """One task per item: ``func(item, **kwargs)``; returns the target too."""
-    target = _submission.function_target(job_id, func, (), kwargs)
-    items = list(items)
-    if not items:
-        raise _bad(job_id, "an array needs at least one element.")
-    table = {str(i): (func, (item,), kwargs) for i, item in enumerate(items)}
-    tasks = [
-        TaskSpec(str(i), kind="function", target=target.target, index=i)
-        for i in range(len(items))
-    ]
-    return table, tasks, target.target
-
-
-def build_script_array(
-    job_id: str, target: _submission.Target, array: str
-) -> tuple[dict[str, tuple[Any, Any, Any]], list[TaskSpec], int | None]:
-    """One task per index of ``array`` (Slurm syntax), each running ``target``."""
-    indices, limit = parse_array(array, job_id)
-    main = (target.func, target.args, target.kwargs)
-    table = {str(i): main for i in indices}
-    tasks = [
-        TaskSpec(str(i), kind=target.kind, target=target.target, index=i)
-        for i in indices
-    ]
-    return table, tasks, limit
-
-
 def check_max_parallel(job_id: str, value: Any) -> int | None:
     if value is None:
         return None
@@ -355,17 +333,23 @@ def check_max_parallel(job_id: str, value: Any) -> int | None:
 def script_array_target(
     job_id: str, script: _submission.Target, array: str
 ) -> _submission.Target:
-    """An array job that runs ``script`` once per index of ``array``."""
-    table, tasks, limit = build_script_array(job_id, script, array)
+    """An array job that runs ``script`` once per index of ``array``
+    (Slurm's syntax), each element on the workers."""
+    if script.kind != "script":
+        raise _bad(job_id, "--array runs a script (a path ending in .py).")
+    spans, limit = parse_array_spans(array, job_id)
+    filename, source, argv = script.args
+    work = ArrayWork("script", script=(filename, source, list(argv)))
     return _submission.Target(
         "array",
         script.target,
         script.default_name,
-        None,
-        (table,),
+        drive_array,
+        (work,),
         {},
-        tasks=tasks,
         max_parallel=limit,
+        array=ArrayShape(tuple(spans)),
+        element_kind="script",
     )
 
 
@@ -376,19 +360,31 @@ def function_array_target(
     kwargs: dict[str, Any],
     max_parallel: int | None,
 ) -> _submission.Target:
-    """An array job that runs ``func(item, **kwargs)`` once per item."""
+    """An array job that runs ``func(item, **kwargs)`` once per item, each
+    element on the workers."""
     limit = check_max_parallel(job_id, max_parallel)
-    table, tasks, target = build_function_array(job_id, func, list(items), kwargs)
+    target = _submission.function_target(job_id, func, (), kwargs)
+    items = list(items)
+    if not items:
+        raise _bad(job_id, "an array needs at least one element.")
+    if len(items) > MAX_ARRAY_ELEMENTS:
+        raise _bad(
+            job_id,
+            f"an array has at most {MAX_ARRAY_ELEMENTS} elements, got "
+            f"{len(items)}: split it into several jobs.",
+        )
+    work = ArrayWork("function", func=func, items=items, kwargs=dict(kwargs))
     return _submission.Target(
         "array",
-        target,
+        target.target,
         str(getattr(func, "__name__", "array")),
-        None,
-        (table,),
+        drive_array,
+        (work,),
         {},
         params=dict(kwargs),
-        tasks=tasks,
         max_parallel=limit,
+        array=ArrayShape.of_count(len(items)),
+        element_kind="function",
     )
 
 
