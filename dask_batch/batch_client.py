@@ -820,6 +820,32 @@ class BatchClient:
         """
         return self.sync(self.service.download_artifacts, job_id, destination)
 
+    def resubmit(self, job_id: str, *, failed_only: bool = True) -> Any:
+        """Run an ended job again, as it was submitted, as a new job.
+
+        Parameters
+        ----------
+        job_id : str
+        failed_only : bool
+            Run only what did not succeed: an array's failed elements (the
+            new job takes the others' values over), a pipeline's failed steps
+            and those below them. False runs everything again.
+
+        Returns
+        -------
+        Job
+            The new job; its ``result()`` holds every value, in order.
+
+        Examples
+        --------
+        >>> job = batch.resubmit(sweep.id)       # doctest: +SKIP
+        >>> len(job.result())                     # doctest: +SKIP
+        100000
+        """
+        return self.sync(
+            self._job, self.service.resubmit, job_id, failed_only=failed_only
+        )
+
     def cancel(self, job_id: str) -> Any:
         """Cancel a pending or running job and stop its cluster.
 

@@ -238,6 +238,38 @@ class JobService:
         except DaskBatchError as exc:
             logger.warning("%s", exc)
 
+    async def resubmit(self, job_id: str, *, failed_only: bool = True) -> str:
+        """Run an ended job again, as it was submitted; the new job's id.
+
+        With ``failed_only``, only what did not succeed runs again: an
+        array's failed (and never run) elements, a pipeline's steps that did
+        not succeed and those below them. The new job's result then holds
+        every value, in order, the earlier ones taken over.
+        """
+        from dask_batch.client import resubmit as _resubmit
+        from dask_batch.core.records import new_job_id
+        from dask_batch.core.tasks import task_specs
+
+        user = await self.identify()
+        record = await self._reconciler.status(check_job_id(job_id))
+        new_id = new_job_id()
+        submission, _ = await asyncio.to_thread(
+            _resubmit.resubmission,
+            self.store,
+            user,
+            record,
+            new_id,
+            failed_only=failed_only,
+        )
+        if failed_only and submission.spec.get("tasks"):
+            tasks = await asyncio.to_thread(
+                self._outputs.reusable,
+                record.id,
+                task_specs(submission.spec, record.id),
+            )
+            submission.spec["tasks"] = [t.to_dict() for t in tasks]
+        return await self.submit(submission)
+
     async def submit_target(
         self,
         job_id: str,

@@ -51,10 +51,24 @@ def list_jobs(
 @main.command()
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--elements",
+    is_flag=True,
+    help="List an array's elements too (its counts are always shown).",
+)
+@click.option(
+    "--state",
+    type=click.Choice([s.value for s in JobState], case_sensitive=False),
+    help="With --elements: only the elements in this state.",
+)
 @click.pass_obj
-def status(obj: CliContext, job_id: str, as_json: bool) -> None:
-    """Show a job's record."""
+def status(
+    obj: CliContext, job_id: str, as_json: bool, elements: bool, state: str | None
+) -> None:
+    """Show a job's record (an array's counts by state; --elements lists them)."""
     record = obj.client.status(job_id)
+    if elements and record.elements:
+        record.tasks = obj.client.tasks(job_id, state=state and state.upper())
     if as_json:
         click.echo(json.dumps(record_dict(record), indent=1))
         return
@@ -145,6 +159,23 @@ def result(
         data = cloudpickle.dumps(value)
     with open(output, "wb") as f:
         f.write(data)
+
+
+@main.command()
+@click.argument("job_id")
+@click.option(
+    "--failed/--all",
+    "failed_only",
+    default=True,
+    show_default=True,
+    help="Run only the failed elements of an array (or failed steps of a "
+    "pipeline), or everything again.",
+)
+@click.pass_obj
+def resubmit(obj: CliContext, job_id: str, failed_only: bool) -> None:
+    """Run an ended job again as a new job; prints the new job's id."""
+    job = obj.client.resubmit(job_id, failed_only=failed_only)
+    click.echo(job.id)
 
 
 @main.command()

@@ -124,14 +124,20 @@ class ClusterLauncher:
             submitted=to_iso(utcnow()), gateway_address=self.gateway.address, mode=mode
         )
         after = list(spec.get("after") or [])
-        keys, upstream = await self._keys(job_id, keys, after)
+        # An earlier run whose work a resubmit takes over: its key is sealed
+        # with this job's secrets, as those of the jobs it waits for are.
+        reuses = [spec["reuses"]] if spec.get("reuses") else []
+        keys, upstream = await self._keys(job_id, keys, after + reuses)
         spec["payload_signature"] = _signing.sign(keys.job_key, submission.payload)
         spec["has_secrets"] = True
         spec = _signing.sign_spec(keys.job_key, spec)
         secrets = _secrets.JobSecrets(
             submission.env_values,
             keys.job_key,
-            {u: upstream[u].job_key for u in spec.get("upstream_values") or []},
+            {
+                u: upstream[u].job_key
+                for u in [*(spec.get("upstream_values") or []), *reuses]
+            },
         )
         token = _secrets.seal(secrets, keys.env_key)
         # A service that holds no secret starts a waiting job with the env
@@ -139,6 +145,7 @@ class ClusterLauncher:
         unlocks = {
             u: seal_env_key(keys.env_key, job_id, k.env_key)
             for u, k in upstream.items()
+            if u in after
         }
         try:
             await asyncio.to_thread(

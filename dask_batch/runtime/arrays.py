@@ -62,9 +62,7 @@ class ArrayWork:
     """An array job's payload: what its elements run.
 
     ``items`` are the function's arguments, one per element (empty for a
-    script array, whose elements differ only by index). ``reuse_from``
-    names an earlier run of the same array whose succeeded elements this
-    job takes over instead of running them (``resubmit``).
+    script array, whose elements differ only by index).
     """
 
     kind: str
@@ -72,7 +70,6 @@ class ArrayWork:
     items: list[Any] = field(default_factory=list)
     kwargs: dict[str, Any] = field(default_factory=dict)
     script: tuple[str, bytes, list[str]] | None = None
-    reuse_from: str = ""
 
 
 @dataclass
@@ -120,6 +117,9 @@ class ArrayDriver:
         shape: ArrayShape,
     ) -> None:
         self.work, self.rt, self.shape = work, runtime, shape
+        # An earlier run whose succeeded elements this one takes over
+        # (resubmit), as the signed spec says.
+        self.reuses = str(spec.get("reuses") or "")
         self.indices = list(shape.indices())
         limit = spec.get("max_parallel")
         self.max_parallel = limit if isinstance(limit, int) and limit > 0 else None
@@ -310,7 +310,7 @@ class ArrayDriver:
 
     def _take_over_earlier(self) -> list[int]:
         """Positions to run: all, but those an earlier run already did."""
-        earlier = self.work.reuse_from
+        earlier = self.reuses
         if not earlier:
             return list(range(self.shape.count))
         key = self.rt.upstream_keys[earlier]

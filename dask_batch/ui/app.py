@@ -46,6 +46,7 @@ from dask_batch.storage.store import SPEC
 HERE = os.path.dirname(__file__)
 COOKIE = "dask-batch-ui"
 PAGE_SIZE = 50
+ELEMENTS_PER_PAGE = 100
 MAX_PAGE = 500
 _ERRORS = ((JobNotFoundError, 404), (InvalidNameError, 400), (ValueError, 400))
 CSP = (
@@ -147,6 +148,25 @@ class Handler(tornado.web.RequestHandler):
             value.encode(), self.settings["token"].encode()
         )
 
+    async def element_page(self, batch: Any, record: JobRecord) -> dict[str, Any]:
+        """For an array job, the page of elements the query names, put in
+        ``record.tasks``; what the page's links need."""
+        offset = max(0, self.whole_number("offset", 0))
+        state = self.get_query_argument("state", "") or None
+        if state is not None and state not in JobState.__members__:
+            raise tornado.web.HTTPError(400, f"no state {state[:20]!r}")
+        if record.elements:
+            record.tasks = await batch.tasks(
+                record.id, offset=offset, limit=ELEMENTS_PER_PAGE, state=state
+            )
+        shown = len(record.tasks or [])
+        return {
+            "offset": offset,
+            "state": state or "",
+            "shown": shown,
+            "size": ELEMENTS_PER_PAGE,
+        }
+
     def get_current_user(self) -> str | None:
         if self._header_token_ok() or self.get_signed_cookie(COOKIE):
             return str(self.settings["batch"].user)
@@ -247,9 +267,13 @@ class JobsAPI(Handler):
 
 
 class JobAPI(Handler):
+    """A job's record; an array's with the page of elements that
+    ``?offset=N&state=S`` names (100 at most)."""
+
     async def get(self, job_id: str) -> None:
         job_id, batch = await self.job_client(job_id)
         record = await batch.status(job_id)
+        await self.element_page(batch, record)
         self.finish(record_json(record))
 
 
@@ -391,6 +415,7 @@ class JobPage(Handler):
     async def get(self, job_id: str) -> None:
         job_id, batch = await self.job_client(job_id)
         record = await batch.status(job_id)
+        page = await self.element_page(batch, record)
         store, user = batch.store, batch.user
         self.render(
             "job.html",
@@ -399,6 +424,7 @@ class JobPage(Handler):
             # The record was just read: list the artifacts without reading it again.
             artifacts=await asyncio.to_thread(store.artifacts, user, record.id),
             spec=await asyncio.to_thread(_spec_summary, batch, record.id),
+            page=page,
             **_helpers(),
         )
 

@@ -190,7 +190,9 @@ async function followJob(section) {
   }
   for (;;) {
     try {
-      const job = await (await api(`api/v1/jobs/${id}`)).json();
+      // An array's page of elements (?offset=, ?state=) is polled as shown.
+      const page = new URLSearchParams(window.location.search);
+      const job = await (await api(`api/v1/jobs/${id}?${page}`)).json();
       // The log after the state: the runner stores the last output first.
       const response = await api(`api/v1/jobs/${id}/logs?chunk=${chunk}`);
       chunk = Number(response.headers.get("X-Next-Chunk"));
