@@ -99,8 +99,11 @@ def test_a_forked_main_that_exits_early_is_reported(batch_client, code):
 
 
 def test_a_tasks_main_process_sheds_the_zygote(batch_client):
-    job = batch_client.map(lambda _: describe_process(), range(2), workers=0)
-    for seen in job.result(timeout=120):
+    from dask_batch import Step
+
+    steps = [Step(describe_process, name=name) for name in ("one", "two")]
+    job = batch_client.submit_pipeline(steps, workers=0)
+    for seen in job.result(timeout=120).values():
         # Forked by the zygote, itself the job's early main process: its own
         # session, no secret anywhere, named as a main process.
         assert seen["name"] == "dask-batch-main"
@@ -155,7 +158,13 @@ def test_tasks_go_on_as_new_processes_when_the_zygote_dies(batch_client):
     from dask_batch import TasksFailedError
     from dask_batch.testing import wait_for
 
-    job = batch_client.map(sleeps, [30, 30, 0, 0, 0], max_parallel=2, workers=0)
+    from dask_batch import Step
+
+    steps = [
+        Step(sleeps, name=f"s{i}", args=[seconds])
+        for i, seconds in enumerate([30, 30, 0, 0, 0])
+    ]
+    job = batch_client.submit_pipeline(steps, max_parallel=2, workers=0)
     record = wait_for(
         lambda: (
             (r := batch_client.status(job.id)).task_counts.get("RUNNING") == 2 and r
@@ -170,8 +179,8 @@ def test_tasks_go_on_as_new_processes_when_the_zygote_dies(batch_client):
     with pytest.raises(TasksFailedError) as raised:
         job.result(timeout=120)
     # The two it had forked go with it; the rest run as new interpreters.
-    assert sorted(raised.value.failed) == [0, 1]
-    assert raised.value.partial == {2: 0, 3: 0, 4: 0}
+    assert sorted(raised.value.failed) == ["s0", "s1"]
+    assert raised.value.partial == {"s2": 0, "s3": 0, "s4": 0}
     assert "start as new processes" in batch_client.logs(job.id)
 
 

@@ -220,10 +220,10 @@ def max_overlap(tasks):
     return most
 
 
-def test_an_array_of_20_runs_at_most_4_at_once_and_names_its_failure(
+def test_an_array_of_20_runs_on_the_workers_at_most_4_at_once_and_names_its_failure(
     batch_client,
 ):
-    job = batch_client.map(square_slowly, range(20), max_parallel=4, workers=0)
+    job = batch_client.map(square_slowly, range(20), max_parallel=4, workers=2)
     seen = set()
     most = 0
 
@@ -240,7 +240,8 @@ def test_an_array_of_20_runs_at_most_4_at_once_and_names_its_failure(
         return record.state.is_terminal
 
     wait_for(ended, 240, "the array to end", interval=0.02)
-    assert 2 <= most <= 4, most  # processes seen beside the scheduler
+    # Beside the scheduler: the job's one main process, whatever the array.
+    assert most == 1, most
     with pytest.raises(TasksFailedError) as raised:
         job.result()
     error = raised.value
@@ -249,17 +250,94 @@ def test_an_array_of_20_runs_at_most_4_at_once_and_names_its_failure(
     assert "1 of 20 elements did not succeed" in str(error)
     assert error.partial == {i: i * i for i in range(20) if i != 7}
     values = job.client.result(job.id, partial=True)
+    assert len(values) == 20
     assert values[:7] == [i * i for i in range(7)]
     assert isinstance(values[7], JobFailedError)
     record = batch_client.status(job.id)
-    assert record.kind == "array"
+    assert record.kind == "array" and record.elements == 20
     assert record.task_counts == {"SUCCEEDED": 19, "FAILED": 1}
-    assert [t.index for t in record.tasks] == list(range(20))
-    assert max_overlap(record.tasks) <= 4
+    assert record.tasks is None  # the counts say how it went; tasks() pages
+    tasks = batch_client.tasks(job.id)
+    assert [t.index for t in tasks] == list(range(20))
+    assert max_overlap(tasks) <= 4
+    # The failed element's log is one command away: its traceback.
+    assert "ValueError: seven is unlucky" in batch_client.logs(job.id, task="7")
+    (failed,) = batch_client.tasks(job.id, state="FAILED")
+    assert failed.index == 7 and "seven is unlucky" in failed.message
+    assert [t.index for t in batch_client.tasks(job.id, offset=5, limit=3)] == [5, 6, 7]
     # One entry in the listing, with its counts.
     (listed,) = batch_client.jobs()
     assert listed.id == job.id and listed.task_counts == record.task_counts
     assert "19/20 succeeded, 1 failed" in listed.progress_message
+
+
+def on_a_worker(x):
+    from distributed import get_worker
+
+    with open("/proc/self/comm") as f:
+        name = f.read().strip()
+    return get_worker().address, name  # get_worker raises outside a worker
+
+
+def test_array_elements_run_in_the_workers_processes(batch_client):
+    job = batch_client.map(on_a_worker, range(40), workers=2)
+    values = job.result(timeout=180)
+    assert len(values) == 40
+    # In a worker's own process, never one started beside the scheduler.
+    assert all(address.startswith("tls://") for address, _ in values)
+    assert "dask-batch-main" not in {name for _, name in values}
+
+
+def odd_fails_until(x, marker):
+    if x % 2 and not os.path.exists(marker):
+        raise ValueError(f"odd {x}")
+    return x * 10
+
+
+def test_resubmit_runs_only_the_failed_elements_and_result_has_every_value(
+    batch_client, tmp_path
+):
+    marker = str(tmp_path / "fixed")
+    job = batch_client.map(odd_fails_until, range(2500), marker=marker, workers=1)
+    with pytest.raises(TasksFailedError) as raised:
+        job.result(timeout=180)
+    assert sorted(raised.value.failed) == list(range(1, 2500, 2))
+    open(marker, "w").close()
+    again = batch_client.resubmit(job.id)
+    assert again.result(timeout=180) == [x * 10 for x in range(2500)]
+    tasks = batch_client.tasks(again.id)
+    # The even ones were taken over, the odd ones ran again.
+    assert {t.reused_from for t in tasks[0::2]} == {job.id}
+    assert {t.reused_from for t in tasks[1::2]} == {""}
+    assert batch_client.status(again.id).task_counts == {"SUCCEEDED": 2500}
+
+
+def test_a_stored_shard_moved_to_another_shards_place_is_refused(
+    batch_client, tmp_path
+):
+    from dask_batch import ResultIntegrityError
+    from dask_batch.core.elements import shard_doc_name, shard_result_name
+
+    job = batch_client.map(abs, range(-2000, 0), workers=1)
+    assert job.result(timeout=180)[0] == 2000
+    store, user = batch_client.store, batch_client.user
+    # Someone who can write the storage swaps shard 1 for shard 0: each is
+    # signed with the job key, but with a key bound to its own shard.
+    doc = store.get_json(user, job.id, shard_doc_name(1))
+    store.put_json(user, job.id, shard_doc_name(0), {**doc, "shard": 0, "first": 0})
+    store.put(
+        user,
+        job.id,
+        shard_result_name(0),
+        store.get(user, job.id, shard_result_name(1)),
+    )
+    with pytest.raises(ResultIntegrityError):
+        job.result()
+    # A shard document that does not fit its place reads as never run.
+    store.put_json(user, job.id, shard_doc_name(0), doc)
+    with pytest.raises(TasksFailedError) as raised:
+        job.result()
+    assert len(raised.value.failed) == 1000 and 1000 not in raised.value.failed
 
 
 def flaky_once(marker_dir):
@@ -272,24 +350,27 @@ def flaky_once(marker_dir):
     return "ok"
 
 
-def test_retries_and_timeouts_apply_to_each_element(batch_client, tmp_path):
+def test_retries_apply_to_each_element_and_the_timeout_to_the_array(
+    batch_client, tmp_path
+):
     job = batch_client.map(
         flaky_once,
         [str(tmp_path)] * 3,
         retries=1,
         retry_on=[ConnectionError],
-        workers=0,
+        workers=1,
     )
     assert job.result(timeout=120) == ["ok"] * 3
     assert [t.attempt for t in batch_client.tasks(job.id)] == [2, 2, 2]
-    slow = batch_client.map(slow_ok, [str(tmp_path / "never")], timeout=1, workers=0)
-    with pytest.raises(TasksFailedError, match="timed out"):
+    assert "first try of this element" in batch_client.logs(job.id, task="0")
+    slow = batch_client.map(slow_ok, [str(tmp_path / "never")], timeout=1, workers=1)
+    with pytest.raises(JobFailedError, match="timed out"):
         slow.result(timeout=120)
 
 
 def test_cancelling_an_array_cancels_every_element(batch_client, tmp_path):
     job = batch_client.map(
-        slow_ok, [str(tmp_path / "never")] * 6, max_parallel=2, workers=0
+        slow_ok, [str(tmp_path / "never")] * 6, max_parallel=2, workers=1
     )
     wait_for(
         lambda: batch_client.status(job.id).task_counts.get("RUNNING") == 2,
@@ -332,11 +413,12 @@ def test_dask_batch_submit_array_runs_a_script_per_index(batch_gateway, tmp_path
     }
     done = dask_batch_cli(
         env,
-        *("submit", str(script), "--array", "1,3-5%2", "--workers", "0", "--wait"),
+        *("submit", str(script), "--array", "1,3-5%2", "--workers", "1", "--wait"),
         timeout=240,
     )
     job_id = done.stdout.split()[0]
-    status = dask_batch_cli(env, "status", job_id).stdout
+    assert "4/4 succeeded" in dask_batch_cli(env, "status", job_id).stdout
+    status = dask_batch_cli(env, "status", job_id, "--elements").stdout
     assert "4/4 succeeded" in status
     assert [line.split()[:2] for line in status.splitlines()[-4:]] == [
         [str(i), "SUCCEEDED"] for i in (1, 3, 4, 5)
@@ -529,7 +611,7 @@ def test_a_scheduler_killed_during_an_array_leaves_every_element_one_final_state
     from dask_batch.testing import job_cluster_client
 
     gate = str(tmp_path / "gate")
-    job = batch_client.map(wait_on, [gate] * 5, max_parallel=2, workers=0)
+    job = batch_client.map(wait_on, [gate] * 5, max_parallel=2, workers=1)
     wait_for(
         lambda: batch_client.status(job.id).task_counts.get("RUNNING") == 2,
         120,

@@ -248,7 +248,7 @@ def test_a_storage_outage_during_an_array_and_a_pipeline_loses_no_task(
         with BatchClient(
             gateway=gateway, storage=url, storage_options=options
         ) as batch:
-            array = batch.map(square_slowly, range(8), max_parallel=2, workers=0)
+            array = batch.map(square_slowly, range(8), max_parallel=2, workers=1)
             steps = [Step(square_slowly, name=f"s{i}", args=[i]) for i in range(4)] + [
                 Step(add_up, name="sum", upstream=[f"s{i}" for i in range(4)])
             ]

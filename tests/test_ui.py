@@ -304,7 +304,7 @@ def test_pipelines_arrays_and_schedules_in_a_browser(ui, browser, tmp_path):
         workers=0,
         name="flow",
     )
-    array = ui.batch.map(odd_one_out, range(5), workers=0, name="sweep")
+    array = ui.batch.map(odd_one_out, range(5), workers=1, name="sweep")
     schedule = ui.batch.schedule(double, 4, cron="0 3 * * *", name="nightly")
     page = browser.new_page(accept_downloads=True)
     try:
@@ -340,6 +340,15 @@ def test_pipelines_arrays_and_schedules_in_a_browser(ui, browser, tmp_path):
         counts = page.inner_text("#task-counts")
         assert "4 SUCCEEDED" in counts and "1 FAILED" in counts
         assert "three" in page.inner_text('#tasks tr[data-task="3"]')
+        # A page of elements at a time; the failed ones a click away, each
+        # with its log.
+        assert "1–5 of 5" in page.inner_text("#element-pages")
+        page.click("#failed-elements")
+        page.wait_for_selector("#tasks tbody tr >> nth=0")
+        assert page.locator("#tasks tbody tr").count() == 1
+        with page.expect_download() as download:
+            page.click('#tasks tr[data-task="3"] a')
+        assert "three" in pathlib.Path(download.value.path()).read_text()
         # The listing shows the array as one job with its counts.
         page.goto(ui.base + "/")
         row = page.locator(f'tr[data-id="{array.id}"]')
