@@ -46,7 +46,7 @@ def ended(batch, job_ids):
 def array_run(batch, elements, max_parallel):
     before = gateway_clusters(batch.gateway)
     t0 = time.time()
-    job = batch.map(tiny, range(elements), max_parallel=max_parallel, workers=0)
+    job = batch.map(tiny, range(elements), max_parallel=max_parallel, workers=1)
     assert job.result(timeout=1800) == [i + 1 for i in range(elements)]
     took = ended(batch, [job.id]) - t0
     return took, len(gateway_clusters(batch.gateway) - before)

@@ -252,10 +252,11 @@ class BatchClient:
             Command-line arguments of the script, or positional arguments of
             the function.
         array : str, optional
-            Run it once per index, as an array job, in Slurm's syntax:
-            ``"0-99%10"`` is indices 0 to 99, at most 10 at once (default
-            ``batch.tasks.max-parallel``); also ``"1,3,5"`` and ``"0-10:2"``.
-            Each run reads its index from ``DASK_BATCH_ARRAY_INDEX`` (or
+            Run the script once per index, as an array job, in Slurm's
+            syntax: ``"0-99%10"`` is indices 0 to 99, at most 10 at once
+            (default: as many as the workers have threads); also
+            ``"1,3,5"`` and ``"0-10:2"``. Each run is a process on a worker
+            and reads its index from ``DASK_BATCH_ARRAY_INDEX`` (or
             ``dask_batch.current_job().array_index``).
         submit_options : SubmitOptions, optional
             How the job runs; ``**options`` (its fields as keywords) win.
@@ -289,12 +290,13 @@ class BatchClient:
     ) -> Any:
         """Run ``func(item, **kwargs)`` for every item, as one array job.
 
-        The elements share the job's cluster: each runs in its own process
-        beside the scheduler, at most ``max_parallel`` at once, with the
-        cluster's workers as its default Dask client. ``result()`` returns
-        their values in order. Retries (``retry_on``), the timeout and the
-        memory limit apply to each element; cancelling the job cancels every
-        element.
+        Up to 100,000 elements, run on the job's workers as Dask tasks
+        (``func`` in a worker's thread), as many at once as the workers have
+        threads; main's process beside the scheduler only hands them out and
+        keeps their states. ``result()`` returns their values in order.
+        Retries (``retry_on``) apply to each element, the timeout to the
+        whole array; cancelling the job cancels every element. The job needs
+        at least one worker.
 
         Parameters
         ----------
@@ -302,7 +304,8 @@ class BatchClient:
         items : iterable
             One element per item; ``current_job().array_index`` is its index.
         max_parallel : int, optional
-            Elements that run at once. Default ``batch.tasks.max-parallel``.
+            At most this many elements at once (default: as many as the
+            workers have threads; this can only lower it).
         submit_options, **kwargs
             Submit options (``name``, ``workers``, ``timeout``, ...) as for
             :meth:`submit`; other keywords go to ``func``.

@@ -21,8 +21,10 @@ import concurrent.futures
 import io
 import logging
 import os
+import sys
 import tarfile
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,6 +134,8 @@ class ArrayDriver:
         self.dirty: set[int] = set()
         self.lock = threading.Lock()
         self.stop = threading.Event()
+        # Storage writes of states and values (not logs): reported at the end.
+        self.writes = self.written = 0
         self.logs = concurrent.futures.ThreadPoolExecutor(4, "dask-batch-logs")
         self.log_writes: collections.deque[concurrent.futures.Future[None]] = (
             collections.deque()
@@ -166,6 +170,8 @@ class ArrayDriver:
         """Store the shards that changed, the values of shards that ended, and
         the counts; False if storage refused any of it (kept for next time)."""
         with self.lock:
+            if not self.dirty:
+                return True  # nothing changed since the last round
             dirty, self.dirty = self.dirty, set()
             ended = [
                 n for n in dirty if n not in self.stored and self.shards[n].all_ended()
@@ -178,7 +184,10 @@ class ArrayDriver:
             progress = self._progress()
         for number, shard in docs:
             try:
-                write_shard(self.rt.store, self.rt.user, self.rt.job_id, shard)
+                self.written += write_shard(
+                    self.rt.store, self.rt.user, self.rt.job_id, shard
+                )
+                self.writes += 1
             except Exception:
                 logger.warning("dask-batch: states of shard %d not stored", number)
                 with self.lock:
@@ -186,8 +195,11 @@ class ArrayDriver:
                 ok = False
         try:
             self.rt.store.put_json(self.rt.user, self.rt.job_id, PROGRESS, progress)
+            self.writes += 1
         except Exception:
             logger.warning("dask-batch: the array's counts were not stored")
+            with self.lock:
+                self.dirty.update(dirty)  # tried again next round
             ok = False
         return ok
 
@@ -225,6 +237,7 @@ class ArrayDriver:
                 self.dirty.add(number)
             return False
         size = sum(memoryview(p).nbytes for p in pieces)
+        self.writes, self.written = self.writes + 1, self.written + size
         with self.lock:
             self.shards[number].result = {
                 "digest": digest,
@@ -259,6 +272,7 @@ class ArrayDriver:
 
     # -- the run ---------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        started = time.monotonic()
         to_run = self._take_over_earlier()
         publisher = threading.Thread(
             target=self._publish_periodically, name="dask-batch-shards", daemon=True
@@ -276,6 +290,13 @@ class ArrayDriver:
                     logger.warning("dask-batch: an element's log was not stored")
             self.logs.shutdown()
         self._final_publish()
+        took = time.monotonic() - started
+        print(
+            f"dask-batch: array job {self.rt.job_id}: {self.shape.count} elements "
+            f"in {took:.1f} s; {self.writes} storage writes of states and values, "
+            f"{self.written} bytes ({self.writes / max(took, 1e-3):.1f} writes/s)",
+            file=sys.stderr,
+        )
         return self._outcome()
 
     def _final_publish(self) -> None:

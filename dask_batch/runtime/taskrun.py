@@ -1,4 +1,9 @@
-"""Run the tasks of a pipeline or array job beside the scheduler.
+"""Run the steps of a pipeline job beside the scheduler.
+
+(Arrays of earlier releases, which declared each element as a task, run
+here too; an array's elements now run on the workers: see
+``dask_batch.runtime.arrays``.)
+
 
 The job runner hands a job whose spec declares tasks to a :class:`TaskGraph`:
 it starts each task's main process once its upstream tasks SUCCEEDED, at
@@ -512,8 +517,10 @@ def graph_settings(spec: dict[str, Any], config: Callable[[str], Any]) -> GraphS
     limit = spec.get("max_parallel")
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         limit = int(config("batch.tasks.max-parallel"))
+    # Each step is a process beside the scheduler: bounded whatever was asked.
+    ceiling = max(1, int(config("batch.tasks.max-processes")))
     return GraphSettings(
-        max_parallel=limit,
+        max_parallel=min(limit, ceiling),
         fail_fast=spec.get("fail_fast") is True,
         timeout=spec.get("timeout"),
         retries=int(spec.get("retries") or 0),

@@ -27,8 +27,11 @@ from dask_batch.storage.store import JobStore
 __all__: list[str] = []
 
 
-def write_shard(store: JobStore, user: str, job_id: str, shard: Shard) -> None:
-    store.put_json(user, job_id, shard_doc_name(shard.number), shard.to_dict())
+def write_shard(store: JobStore, user: str, job_id: str, shard: Shard) -> int:
+    """Store a shard's states; the bytes written."""
+    data = json.dumps(shard.to_dict(), separators=(",", ":")).encode()
+    store.put(user, job_id, shard_doc_name(shard.number), data)
+    return len(data)
 
 
 def read_shards(
