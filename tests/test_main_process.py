@@ -155,10 +155,8 @@ def test_tasks_go_on_as_new_processes_when_the_zygote_dies(batch_client):
     import os
     import signal
 
-    from dask_batch import TasksFailedError
+    from dask_batch import Step, TasksFailedError
     from dask_batch.testing import wait_for
-
-    from dask_batch import Step
 
     steps = [
         Step(sleeps, name=f"s{i}", args=[seconds])

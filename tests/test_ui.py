@@ -342,7 +342,7 @@ def test_pipelines_arrays_and_schedules_in_a_browser(ui, browser, tmp_path):
         assert "three" in page.inner_text('#tasks tr[data-task="3"]')
         # A page of elements at a time; the failed ones a click away, each
         # with its log.
-        assert "1–5 of 5" in page.inner_text("#element-pages")
+        assert "1\u20135 of 5" in page.inner_text("#element-pages")
         page.click("#failed-elements")
         page.wait_for_selector("#tasks tbody tr >> nth=0")
         assert page.locator("#tasks tbody tr").count() == 1
