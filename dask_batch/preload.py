@@ -33,6 +33,7 @@ from dask_batch.core.cluster_env import (
     ENV_STORAGE,
     ENV_USER,
 )
+from dask_batch.core.runner_key import is_sealed, open_env_key
 from dask_batch.runtime import prewarm as _prewarm
 from dask_batch.runtime.plugin import JobRunnerPlugin
 
@@ -47,6 +48,28 @@ if os.environ.get(ENV_JOB_ID) and dask.config.get("batch.runner.start-main-early
         _prewarm.start(os.environ[ENV_JOB_ID])
     except Exception:
         logger.exception("dask-batch: main's process not started early")
+
+
+def _env_key(job_id: str) -> str:
+    """The job's env key, opened with the gateway's runner key if it came
+    sealed ("" if it cannot be opened: the runner then fails the job, saying
+    its secrets cannot be read)."""
+    value = os.environ.get(ENV_SECRET_KEY, "")
+    if not is_sealed(value):
+        return value
+    path = dask.config.get("batch.runner.key-file", None)
+    try:
+        with open(str(path), "rb") as f:
+            return open_env_key(f.read(), value)
+    except (OSError, ValueError) as exc:
+        logger.error(
+            "dask-batch: job %s: its env key came sealed and cannot be opened "
+            "with batch.runner.key-file (%s): %s",
+            job_id,
+            path,
+            exc,
+        )
+        return ""
 
 
 def dask_setup(scheduler: Any) -> None:
@@ -71,7 +94,7 @@ def dask_setup(scheduler: Any) -> None:
         storage_url=os.environ[ENV_STORAGE],
         storage_options=dask.config.get("batch.storage-options") or {},
         payload_signature=os.environ.get(ENV_DIGEST, ""),
-        env_key=os.environ.get(ENV_SECRET_KEY, ""),
+        env_key=_env_key(job_id),
     )
     # start() runs after every preload, when the gateway service exists.
     scheduler.add_plugin(plugin)

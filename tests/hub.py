@@ -133,6 +133,11 @@ def _hub_config(
         "DASK_BATCH__SERVICE__INTERVAL": service_interval,
         "DASK_BATCH__SERVICE__CATALOG_INTERVAL": "2s",
         "XDG_CONFIG_HOME": os.path.join(directory, "service-config"),
+        # As a deployment mounts the gateway's runner key in the service: it
+        # opens the env keys the gateway reports for upstream jobs' clusters.
+        "DASK_BATCH__RUNNER__KEY_FILE": os.path.join(
+            gateway.directory, "runner-key.pem"
+        ),
     }
     settings = {
         "ports": ports,

@@ -805,3 +805,76 @@ def test_a_secret_that_cannot_be_made_is_a_clear_error(tmp_path):
         pytest.raises(MissingSecretError, match=r"batch\.secret-file"),
     ):
         user_secret(create=True, job_id="20260101-000000-000-00000001")
+
+
+def test_the_gateway_never_holds_a_jobs_env_key_in_plaintext(batch_gateway, tmp_path):
+    """The local gateway has a runner key: the env key reaches the gateway
+    sealed to it, and its database, its API (the cluster's options, as anyone
+    who can list the cluster sees them) and its log hold only that."""
+    from dask_batch.core.runner_key import is_sealed
+    from dask_batch.core.signing import job_keys, user_secret
+
+    storage = str(tmp_path / "jobs")
+    gateway = batch_gateway.gateway()
+    try:
+        with BatchClient(gateway=gateway, storage=storage) as batch:
+            job = batch.submit(abs, -7, env={"TOKEN": "tok-123"}, workers=0)
+            assert job.result(timeout=90) == 7
+            env_key = job_keys(user_secret(), job.id).env_key
+            report = gateway.get_cluster(job.status().cluster_name)
+            shown = report.options["batch_secret_key"]
+            assert is_sealed(shown) and env_key not in shown
+            # A retry on a new cluster, by a service with no secret, sends the
+            # sealed value the gateway reported as it is.
+    finally:
+        gateway.close()
+    database = os.path.join(batch_gateway.directory, "gateway.sqlite")
+    for path in (database, os.path.join(batch_gateway.directory, "gateway.log")):
+        with open(path, "rb") as f:
+            data = f.read()
+        assert env_key.encode() not in data, path
+    with open(database, "rb") as f:
+        assert shown.encode() in f.read()  # what it does hold
+
+
+def test_a_gateway_with_a_runner_key_refuses_an_unsealed_env_key(tmp_path):
+    from types import SimpleNamespace
+
+    from dask_batch.core.runner_key import (
+        RUNNER_KEY_OPTION,
+        new_private_key,
+        open_env_key,
+        seal_env_key,
+    )
+    from dask_batch.gateway_config import batch_cluster_options
+
+    key_file = tmp_path / "runner-key.pem"
+    key_file.write_bytes(new_private_key())
+    options = batch_cluster_options(
+        allowed_storage=None, runner_key_file=str(key_file)
+    )(SimpleNamespace(name="alice"))
+    (field,) = (
+        f for f in options.get_specification() if f["field"] == RUNNER_KEY_OPTION
+    )
+    (public,) = field["spec"]["options"]  # a choice of one: the public half
+    sealed = seal_env_key(public, "the-env-key")
+    assert open_env_key(key_file.read_bytes(), sealed) == "the-env-key"
+    other = tmp_path / "other.pem"
+    other.write_bytes(new_private_key())
+    with pytest.raises(ValueError, match="not sealed to this gateway"):
+        open_env_key(other.read_bytes(), sealed)
+
+    def request(secret_key):
+        values = SimpleNamespace(
+            batch_job_id="20261126-081530-123-3f9a1c2b",
+            batch_storage="/jobs",
+            batch_payload_digest="d",
+            batch_secret_key=secret_key,
+        )
+        return options.handler(values, SimpleNamespace(name="alice"))["environment"]
+
+    env = request(sealed)
+    assert env["DASK_BATCH_SECRET_KEY"] == sealed
+    assert env["DASK_BATCH__RUNNER__KEY_FILE"] == str(key_file)
+    with pytest.raises(ValueError, match="only sealed"):
+        request("the-env-key")

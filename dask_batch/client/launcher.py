@@ -37,6 +37,8 @@ from dask_batch.storage.store import (
     STATE,
     JobStore,
 )
+from dask_batch.core.runner_key import RUNNER_KEY_OPTION, is_sealed
+from dask_batch.core.runner_key import seal_env_key as seal_for_runner
 from dask_batch.storage.upstream import AFTER_DIR, seal_env_key
 
 if TYPE_CHECKING:
@@ -226,6 +228,7 @@ class ClusterLauncher:
         """
         options = dict(spec.get("cluster_options") or {})
         if spec.get("mode") == "server":
+            env_key = await self._sealed_for_gateway(env_key)
             options.update(
                 batch_job_id=job_id,
                 batch_storage=self.store.url,
@@ -253,6 +256,17 @@ class ClusterLauncher:
         if spec.get("mode") == "client":
             await self._install_runner(job_id, cluster_name, spec, env_key)
         return str(cluster_name)
+
+    async def _sealed_for_gateway(self, env_key: str) -> str:
+        """``env_key`` sealed to the gateway's runner key, where it offers one:
+        its database, API and logs then never hold the key itself."""
+        if is_sealed(env_key):
+            return env_key  # as the gateway reported it (a retry)
+        offered = await self.server_options()
+        runner_key = offered.get(RUNNER_KEY_OPTION)
+        if not runner_key:
+            return env_key
+        return seal_for_runner(str(runner_key), env_key)
 
     async def _fail(self, job_id: str, error: ErrorInfo) -> None:
         await asyncio.to_thread(

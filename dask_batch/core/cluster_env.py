@@ -16,3 +16,6 @@ ENV_USER = "DASK_BATCH_USER"
 ENV_DIGEST = "DASK_BATCH_PAYLOAD_DIGEST"
 ENV_SECRET_KEY = "DASK_BATCH_SECRET_KEY"
 ENV_STORAGE_OPTIONS = "DASK_BATCH__STORAGE_OPTIONS"
+#: Where the job's scheduler finds the runner key that opens a sealed env key
+#: (``batch.runner.key-file``; see ``dask_batch.core.runner_key``).
+ENV_RUNNER_KEY_FILE = "DASK_BATCH__RUNNER__KEY_FILE"

@@ -50,7 +50,11 @@ LOG_FILE = "main.log"
 
 
 # Main gets the decrypted values, not the key nor the gateway's token.
-WITHHELD = ("DASK_BATCH_SECRET_KEY", "DASK_GATEWAY_API_TOKEN")
+WITHHELD = (
+    "DASK_BATCH_SECRET_KEY",
+    "DASK_BATCH__RUNNER__KEY_FILE",
+    "DASK_GATEWAY_API_TOKEN",
+)
 
 
 def child_env() -> dict[str, str]:

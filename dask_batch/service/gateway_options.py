@@ -14,6 +14,7 @@ from dask_gateway_server.options import Field, Options, Select, String
 from dask_batch.core.cluster_env import (
     ENV_DIGEST,
     ENV_JOB_ID,
+    ENV_RUNNER_KEY_FILE,
     ENV_SECRET_KEY,
     ENV_STORAGE,
     ENV_STORAGE_OPTIONS,
@@ -21,6 +22,7 @@ from dask_batch.core.cluster_env import (
     USER_OPTION,
 )
 from dask_batch.core.names import JOB_ID
+from dask_batch.core.runner_key import RUNNER_KEY_OPTION, is_sealed, public_key_text
 
 __all__ = [
     "BATCH_OPTION_FIELDS",
@@ -50,6 +52,7 @@ def batch_cluster_options(
     storage_options: StorageOptionsHook | None = None,
     handler: Callable[..., dict[str, Any]] | None = None,
     environment: dict[str, str] | None = None,
+    runner_key_file: str | None = None,
 ) -> Callable[[Any], Options]:
     """Cluster options that let dask-batch start jobs on the scheduler.
 
@@ -80,6 +83,14 @@ def batch_cluster_options(
         ``environment`` replaces ``c.ClusterConfig.environment`` (that is how
         dask-gateway merges handler results), so give the base environment
         here instead of there.
+    runner_key_file : str, optional
+        A runner key (``python -m dask_batch.core.runner_key`` writes one):
+        a file that the gateway and its schedulers can read, and users
+        cannot (a secret mounted in scheduler pods, a file on the host).
+        Clients then send each job's env key sealed to its public half, so
+        the gateway's database, API and logs never hold it in plaintext;
+        only the job's scheduler opens it. Without it, the env key travels
+        as given.
 
     Returns
     -------
@@ -98,6 +109,11 @@ def batch_cluster_options(
     ... )
     """
     base_environment = dict(environment or {})
+    runner_public = ""
+    if runner_key_file:
+        with open(runner_key_file, "rb") as f:
+            runner_public = public_key_text(f.read())
+        base_environment[ENV_RUNNER_KEY_FILE] = runner_key_file
     own_handler = Options(handler=handler).handler if handler else None
     allowed = [s.rstrip("/") for s in allowed_storage] if allowed_storage else None
     if allowed_storage is not None and not allowed:
@@ -110,6 +126,12 @@ def batch_cluster_options(
         # environment option must not name another user or job.
         environment = {k: v for k, v in merged.items() if k not in _JOB_ENV}
         if options.batch_job_id:
+            if runner_public and not is_sealed(options.batch_secret_key):
+                raise ValueError(
+                    f"batch job {options.batch_job_id!r}: this gateway takes the "
+                    "env key only sealed to its runner key; upgrade dask-batch "
+                    "on the client"
+                )
             environment.update(_job_environment(options, user.name, allowed))
             if storage_options is not None:
                 environment[ENV_STORAGE_OPTIONS] = _minted(
@@ -129,6 +151,17 @@ def batch_cluster_options(
             String("batch_payload_digest", "", label="dask-batch payload signature"),
             String(
                 "batch_secret_key", "", label="dask-batch key of the job's env values"
+            ),
+            *(
+                [
+                    Select(
+                        RUNNER_KEY_OPTION,
+                        [runner_public],
+                        label="dask-batch runner key",
+                    )
+                ]
+                if runner_public
+                else []
             ),
             handler=batch_handler,
         )

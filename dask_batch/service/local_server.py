@@ -38,6 +38,7 @@ from dask_batch.client.local_gateway import (
     read_json,
     write_private,
 )
+from dask_batch.core.runner_key import new_private_key
 from dask_batch.service.gateway_options import (
     WorkerEnvironmentWithoutJobKeys,
     batch_cluster_options,
@@ -91,6 +92,24 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
+RUNNER_KEY_FILE = "runner-key.pem"
+
+
+def runner_key_file(directory: str) -> str:
+    """The local gateway's runner key, made once (mode 0600): clients seal
+    each job's env key to it, so the gateway's database never holds one.
+
+    This process's own keeper opens the keys the gateway reports with it
+    (``batch.runner.key-file``)."""
+    path = os.path.join(directory, RUNNER_KEY_FILE)
+    if not os.path.exists(path):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(new_private_key())
+    dask.config.set({"batch.runner.key-file": path})
+    return path
+
+
 def build_config(
     directory: str,
     settings: dict[str, Any],
@@ -123,6 +142,7 @@ def build_config(
         table = settings.get("storage_options_by_user")
         c.Backend.cluster_options = batch_cluster_options(
             environment=settings.get("environment") or {},
+            runner_key_file=runner_key_file(directory),
             # One user: any storage that user configures.
             allowed_storage=settings.get("allowed_storage"),
             storage_options=storage_options_table(table) if table else None,
