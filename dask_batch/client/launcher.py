@@ -28,6 +28,8 @@ from dask_batch.core.exceptions import (
     not_submitted_message,
 )
 from dask_batch.core.records import ErrorInfo, JobRecord, JobState, to_iso, utcnow
+from dask_batch.core.runner_key import RUNNER_KEY_OPTION, is_sealed
+from dask_batch.core.runner_key import seal_env_key as seal_for_runner
 from dask_batch.storage.store import (
     CLUSTER,
     FILES,
@@ -37,8 +39,6 @@ from dask_batch.storage.store import (
     STATE,
     JobStore,
 )
-from dask_batch.core.runner_key import RUNNER_KEY_OPTION, is_sealed
-from dask_batch.core.runner_key import seal_env_key as seal_for_runner
 from dask_batch.storage.upstream import AFTER_DIR, seal_env_key
 
 if TYPE_CHECKING:

@@ -21,9 +21,9 @@ from dask_batch.client.launcher import ClusterLauncher
 from dask_batch.core import signing as _signing
 from dask_batch.core.exceptions import DaskBatchError
 from dask_batch.core.records import JobRecord, JobState, to_iso, utcnow
-from dask_batch.storage.store import SPEC, JobStore, dumps_json
 from dask_batch.core.runner_key import is_sealed
 from dask_batch.core.runner_key import open_env_key as open_sealed
+from dask_batch.storage.store import SPEC, JobStore, dumps_json
 from dask_batch.storage.upstream import AFTER_DIR, open_env_key
 
 READY = "its upstream jobs SUCCEEDED"
