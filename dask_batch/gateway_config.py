@@ -10,6 +10,7 @@ Used in ``dask_gateway_config.py`` (or the Helm chart's ``extraConfig``)::
         handler=lambda options, user: {"worker_cores": options.worker_cores},
         allowed_storage=["s3://my-bucket/batch-jobs"],
         storage_options=mint_user_credentials,  # see the admin guide
+        runner_key_file="/etc/dask-batch/runner-key.pem",  # write_runner_key()
     )
 
 Requires ``dask-gateway-server``; imported only by the gateway process.
@@ -21,6 +22,7 @@ from dask_batch.service.gateway_options import (
     WorkerEnvironmentWithoutJobKeys,
     batch_cluster_options,
     storage_options_table,
+    write_runner_key,
 )
 
 __all__ = [
@@ -29,4 +31,5 @@ __all__ = [
     "WorkerEnvironmentWithoutJobKeys",
     "batch_cluster_options",
     "storage_options_table",
+    "write_runner_key",
 ]

@@ -466,9 +466,13 @@ class JobService:
         """Remove a schedule; the jobs it submitted stay."""
         await asyncio.to_thread(self._schedules.delete, schedule_id)
 
-    async def fire_schedules(self) -> list[ScheduleRun]:
-        """Submit the runs of the user's schedules that are due now."""
-        return await self._schedules.fire_due()
+    async def fire_schedules(self, *, by: str = "") -> list[ScheduleRun]:
+        """Submit the runs of the user's schedules that are due now.
+
+        ``by`` names a service firing them for the user: each run is then
+        an audit line in its log.
+        """
+        return await self._schedules.fire_due(by)
 
     async def accept_job(self, job_id: str, env_key: str) -> None:
         """Take a waiting job its owner hands over (a service with a delegation).

@@ -293,8 +293,15 @@ def test_the_service_retries_or_loses_jobs_with_nobody_looking(hub, laptop, tmp_
     )
     assert record.state is JobState.LOST
     assert "never recorded an outcome" in record.message
+    # Each act the service did for alice is an audit line, once the sweep
+    # that did it has ended.
+    acts = (
+        f"dask-batch audit: user=alice act=retry-job id={retried.id} by=service",
+        f"dask-batch audit: user=alice act=judge-lost id={lost.id} by=service",
+    )
+    wait_for(lambda: all(a in hub.log() for a in acts), 30, "the audit lines")
     log = hub.log()
-    assert f"Job {retried.id} of user 'alice' is now PENDING (attempt 2)" in log
+    assert log.count(acts[0]) == 1
     assert "Could not check the jobs of user 'mallory'" in log
     assert log.count("Could not check the jobs of user 'mallory'") == 1
     # The writer of the LOST state folds the job into the catalog just after
@@ -405,6 +412,9 @@ def test_the_service_starts_a_waiting_job_without_the_users_secret(hub, laptop):
     )
     assert record.state is JobState.SUCCEEDED, record.message
     assert record.released is not None
+    assert (
+        f"dask-batch audit: user=alice act=start-waiting-job id={waiting.id} by=service"
+    ) in hub.log()
     alice = laptop_client(hub, "alice")
     try:
         assert alice.result(waiting.id) == 2
@@ -452,7 +462,15 @@ def test_the_service_fires_a_schedule_handed_to_it(hub, laptop, tmp_path):
             assert alice.result(job_id, timeout=120) == "held"
             record = alice.status(job_id)
             assert record.schedule == schedule.id == record.keys_from
-        assert "Schedule of user 'alice'" in hub.log()
+        # One audit line per run the service submitted or skipped for her.
+        log = hub.log()
+        for job_id in runs:
+            assert (
+                f"dask-batch audit: user=alice act=fire-schedule id={schedule.id} "
+                "by=service"
+            ) in log and f"job={job_id}" in log
+        assert "outcome=skipped" in log
+        assert "act=issue-gateway-token id=alice by=service" in log
         alice.delete_schedule(schedule.id)
     finally:
         close(alice)

@@ -123,6 +123,10 @@ class GatewayTokens:
         self._tokens: dict[str, tuple[str, float]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
+    def cached(self, user: str) -> str:
+        """The token ``token_for`` last issued for ``user`` ("" if none)."""
+        return self._tokens.get(user, ("", 0.0))[0]
+
     async def token_for(self, user: str) -> str:
         """A token for ``user`` valid for at least another TOKEN_MARGIN seconds."""
         lock = self._locks.setdefault(user, asyncio.Lock())

@@ -6,6 +6,7 @@ imports only :mod:`dask_batch.core` and ``dask-gateway-server``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,7 +23,12 @@ from dask_batch.core.cluster_env import (
     USER_OPTION,
 )
 from dask_batch.core.names import JOB_ID
-from dask_batch.core.runner_key import RUNNER_KEY_OPTION, is_sealed, public_key_text
+from dask_batch.core.runner_key import (
+    RUNNER_KEY_OPTION,
+    is_sealed,
+    new_private_key,
+    public_key_text,
+)
 
 __all__ = [
     "BATCH_OPTION_FIELDS",
@@ -30,6 +36,7 @@ __all__ = [
     "WorkerEnvironmentWithoutJobKeys",
     "batch_cluster_options",
     "storage_options_table",
+    "write_runner_key",
 ]
 
 #: ``storage_options(user_name, storage) -> fsspec storage options``
@@ -84,7 +91,7 @@ def batch_cluster_options(
         dask-gateway merges handler results), so give the base environment
         here instead of there.
     runner_key_file : str, optional
-        A runner key (``python -m dask_batch.core.runner_key`` writes one):
+        A runner key (:func:`write_runner_key` makes one):
         a file that the gateway and its schedulers can read, and users
         cannot (a secret mounted in scheduler pods, a file on the host).
         Clients then send each job's env key sealed to its public half, so
@@ -207,6 +214,26 @@ def _minted(hook: StorageOptionsHook, user_name: str, storage: str) -> str:
             f"({type(exc).__name__}); ask the gateway's admins"
         ) from None
     return repr(minted)
+
+
+def write_runner_key(path: str) -> str:
+    """Make a gateway's runner key at ``path`` (mode 0600; never replaced).
+
+    Give it to ``batch_cluster_options(runner_key_file=...)``, and make it
+    readable where job schedulers run (a Kubernetes secret mounted in the
+    scheduler pods) and by the hub service; keep it from users. Returns the
+    public half, which the gateway offers to clients.
+
+    Examples
+    --------
+    >>> write_runner_key("/etc/dask-batch/runner-key.pem")   # doctest: +SKIP
+    'x25519:...'
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    pem = new_private_key()
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    return public_key_text(pem)
 
 
 def storage_options_table(table: Mapping[str, Mapping[str, Any]]) -> StorageOptionsHook:

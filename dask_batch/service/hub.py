@@ -39,7 +39,7 @@ from dask_batch.client.connection import check_mode, open_store
 from dask_batch.client.gateway import BatchGateway
 from dask_batch.client.hub import GatewayTokens
 from dask_batch.client.reconcile import live_records
-from dask_batch.core.records import JobState
+from dask_batch.core.audit import audit, audit_job_changes
 from dask_batch.job_service import JobService
 from dask_batch.storage.store import JobStore
 from dask_batch.workflows.schedules import Delegation, Schedules
@@ -74,7 +74,11 @@ class UserClients:
 
     async def client_for(self, user: str) -> JobService:
         """The client acting for ``user`` (the gateway confirms who it is)."""
+        before = self.tokens.cached(user)
         token = await self.tokens.token_for(user)
+        if token != before:
+            # The token itself is never logged: only that one was issued.
+            audit(user, "issue-gateway-token", user, "service", scope="gateway")
         client = self._clients.get(user)
         if client is not None:
             client.gateway.auth.api_token = token
@@ -148,15 +152,7 @@ class JobKeeper:
                     continue  # no token minted, no gateway asked
                 client = await self.clients.client_for(user)
                 if schedules:
-                    for run in await client.fire_schedules():
-                        logger.info(
-                            "Schedule of user %r: due %s, %s %s %s",
-                            user,
-                            run.time.isoformat(),
-                            run.outcome,
-                            run.job_id,
-                            run.message,
-                        )
+                    await client.fire_schedules(by="service")
                 # The records just read: the reconciler reads each again
                 # before it writes.
                 checked[user] = list(await client.reconcile(live)) if live else []
@@ -178,20 +174,7 @@ class JobKeeper:
                 self._failing[user] = str(exc)
                 continue
             self._failing.pop(user, None)
-            attempts = {r.id: r.attempt for r in live}
-            for record in checked[user]:
-                acted = record.state is JobState.LOST or (
-                    record.attempt > attempts.get(record.id, record.attempt)
-                )
-                if acted:
-                    logger.info(
-                        "Job %s of user %r is now %s (attempt %d): %s",
-                        record.id,
-                        user,
-                        record.state.value,
-                        record.attempt,
-                        record.message,
-                    )
+            audit_job_changes(user, {r.id: r for r in live}, checked[user])
         self.sweeps += 1
         self.last_sweep = time.time()
         return checked

@@ -38,11 +38,11 @@ from dask_batch.client.local_gateway import (
     read_json,
     write_private,
 )
-from dask_batch.core.runner_key import new_private_key
 from dask_batch.service.gateway_options import (
     WorkerEnvironmentWithoutJobKeys,
     batch_cluster_options,
     storage_options_table,
+    write_runner_key,
 )
 
 
@@ -103,9 +103,7 @@ def runner_key_file(directory: str) -> str:
     (``batch.runner.key-file``)."""
     path = os.path.join(directory, RUNNER_KEY_FILE)
     if not os.path.exists(path):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(new_private_key())
+        write_runner_key(path)
     dask.config.set({"batch.runner.key-file": path})
     return path
 

@@ -32,6 +32,7 @@ from dask_batch.client.display import (
     format_progress,
     format_time,
 )
+from dask_batch.core.audit import audit
 from dask_batch.core.exceptions import DaskBatchError, JobNotFoundError
 from dask_batch.core.names import (
     InvalidNameError,
@@ -220,6 +221,11 @@ class Handler(tornado.web.RequestHandler):
         job_id = check_job_id(raw)
         return job_id, await self.client(job_id)
 
+    def audit(self, batch: Any, act: str, subject: str) -> None:
+        """An audit line for an act done through the page, in its owner's
+        name, by the signed-in user (an admin may act for others)."""
+        audit(str(batch.user), act, subject, f"{self.current_user} (page)")
+
     def whole_number(self, name: str, default: int) -> int:
         text = self.get_query_argument(name, str(default))
         try:
@@ -338,6 +344,7 @@ class CancelAPI(Handler):
     async def post(self, job_id: str) -> None:
         job_id, batch = await self.job_client(job_id)
         record = await batch.cancel(job_id)
+        self.audit(batch, "cancel-job", job_id)
         self.settings["listings"].forget(id(batch))
         self.finish(record_json(record))
 
@@ -362,6 +369,7 @@ class ScheduleActionAPI(Handler):
             schedule = await batch.pause_schedule(schedule_id)
         else:
             schedule = await batch.resume_schedule(schedule_id)
+        self.audit(batch, f"{action}-schedule", schedule_id)
         self.finish(schedule_json(schedule))
 
 
@@ -388,6 +396,7 @@ class DelegateAPI(Handler):
             await batch.accept_job(item_id, env_key)
         else:
             await batch.accept_schedule(item_id, env_key)
+        self.audit(batch, f"accept-{what[:-1]}", item_id)
         self.finish({what[:-1]: item_id, "delegated": True})
 
 

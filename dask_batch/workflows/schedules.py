@@ -40,6 +40,7 @@ from dask_batch.client.reconcile import Reconciler
 from dask_batch.client.submission import Submission
 from dask_batch.core import secrets as _secrets
 from dask_batch.core import signing as _signing
+from dask_batch.core.audit import audit
 from dask_batch.core.exceptions import DaskBatchError, JobNotFoundError, SubmitError
 from dask_batch.core.names import check_job_id
 from dask_batch.core.records import from_iso, new_job_id, to_iso, utcnow
@@ -512,12 +513,28 @@ class Schedules:
             self.store.backend.put_whole(path, data)
         return True
 
-    async def fire_due(self) -> list[ScheduleRun]:
-        """Submit the runs now due for every schedule of the user."""
+    async def fire_due(self, by: str = "") -> list[ScheduleRun]:
+        """Submit the runs now due for every schedule of the user.
+
+        ``by`` names a firer acting for the user (a service): each run it
+        records gets an audit line.
+        """
         fired = []
         for schedule_id in await asyncio.to_thread(self.ids):
             try:
-                fired.extend(await self.fire(schedule_id))
+                runs = await self.fire(schedule_id)
+                fired.extend(runs)
+                for run in runs if by else []:
+                    audit(
+                        self.user,
+                        "fire-schedule",
+                        schedule_id,
+                        by,
+                        due=run.time.isoformat(),
+                        outcome=run.outcome,
+                        job=run.job_id,
+                        message=run.message,
+                    )
             except DaskBatchError as exc:
                 # One broken or planted schedule does not stop the others.
                 # Said once per reason: firers sweep every few seconds.
