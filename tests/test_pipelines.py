@@ -636,6 +636,57 @@ def test_a_scheduler_killed_during_an_array_leaves_every_element_one_final_state
     assert record.task_counts == listed.task_counts
 
 
+def wait_then_say(index_and_gate):
+    import time
+
+    index, gate = index_and_gate
+    deadline = time.monotonic() + 120
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return index
+
+
+def test_a_worker_killed_during_an_array_loses_no_element_and_runs_none_twice(
+    batch_client, tmp_path
+):
+    import signal
+
+    from dask_batch.testing import job_cluster_client
+
+    gate = str(tmp_path / "gate")
+    job = batch_client.map(wait_then_say, [(i, gate) for i in range(6)], workers=2)
+    with job_cluster_client(batch_client, job.id) as client:
+        client.wait_for_workers(2, timeout=120)
+        # Both workers hold a waiting element: kill one of them.
+        wait_for(
+            lambda: (
+                len(
+                    client.processing()
+                    and {w for w, keys in client.processing().items() if keys}
+                )
+                == 2
+            ),
+            120,
+            "an element on each worker",
+        )
+        victim, pid = next(iter(client.run(os.getpid).items()))
+        os.kill(pid, signal.SIGKILL)
+        wait_for(
+            lambda: victim not in client.scheduler_info()["workers"],
+            60,
+            "the scheduler to notice the dead worker",
+        )
+    open(gate, "w").close()
+    # Its elements ran again elsewhere (Dask's own rescheduling): every value
+    # once, in its place.
+    assert job.result(timeout=180) == list(range(6))
+    record = batch_client.status(job.id)
+    assert record.task_counts == {"SUCCEEDED": 6}
+    tasks = batch_client.tasks(job.id)
+    assert [t.index for t in tasks] == list(range(6))
+    assert all(t.state is JobState.SUCCEEDED and t.attempt == 1 for t in tasks)
+
+
 def forked_mains(cluster_name):
     """The task processes a job's zygote forked (not the zygote itself)."""
     from dask_batch.testing import _cluster_of

@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import cloudpickle
+
 from dask_batch.core.elements import (
     ArrayShape,
     Shard,
@@ -37,7 +39,7 @@ from dask_batch.core.pickling import dumps_result
 from dask_batch.core.records import JobState, to_iso, utcnow
 from dask_batch.core.signing import load_signed_result, shard_key, spec_is_signed
 from dask_batch.core.tasks import describe_counts
-from dask_batch.runtime.element_work import ElementWork, run_chunk
+from dask_batch.runtime.element_work import ElementWork, load_work, run_chunk
 from dask_batch.storage.elements import read_shards, write_shard
 from dask_batch.storage.store import PROGRESS, SPEC, JobStore
 
@@ -50,6 +52,12 @@ PUBLISH_INTERVAL = 0.5
 # Elements per Dask task: enough that a trivial element costs little more
 # than its own work, few enough that the states stay current.
 MAX_CHUNK = 100
+# Seconds between looks at the workers while no chunk ends.
+WINDOW_CHECK = 1.0
+# Work that pickles to at most this travels with every chunk's task.
+INLINE_WORK_BYTES = 1 << 20
+# Runs of one element lost with their worker before it counts as failed.
+MAX_LOST_RUNS = 3
 # Element logs being written at once (a failed element's traceback, a
 # script's output); the loop waits when this many are in flight.
 MAX_LOG_WRITES = 64
@@ -131,6 +139,7 @@ class ArrayDriver:
         self.counts = collections.Counter({"PENDING": shape.count})
         self.values: dict[int, dict[int, Any]] = collections.defaultdict(dict)
         self.stored: set[int] = set()  # shards whose values are stored
+        self.lost_runs: collections.Counter[int] = collections.Counter()
         self.dirty: set[int] = set()
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -392,15 +401,15 @@ class ArrayDriver:
         return max(1, min(MAX_CHUNK, remaining // (window * 4)))
 
     def _run_elements(self, to_run: list[int]) -> None:
-        from distributed import as_completed
+        from distributed import wait
+        from distributed.client import FuturesCancelledError
 
         client = self.rt.client
-        work = client.scatter(self._work(), hash=False)
+        work = self._work_for_tasks(client)
         queue: collections.deque[tuple[int, int]] = collections.deque(
             (p, 1) for p in to_run
         )
         flying: dict[Any, list[tuple[int, int]]] = {}
-        done = as_completed()
         while queue or flying:
             window = self._window()
             while queue and len(flying) < window:
@@ -415,11 +424,46 @@ class ArrayDriver:
                 flying[future] = chunk
                 with self.lock:
                     self._set(chunk[0][0], JobState.RUNNING)
-                done.add(future)
-            future = next(done)
-            chunk = flying.pop(future)
-            for retry in self._settle(future, chunk):
-                queue.appendleft(retry)
+            try:
+                # A bounded wait: workers that join meanwhile widen the window.
+                wait(list(flying), timeout=WINDOW_CHECK, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                continue
+            except FuturesCancelledError:
+                pass  # lost with a worker: settled below, as any that ended
+            finished = [f for f in flying if f.status != "pending"]
+            for future in finished:
+                chunk = flying.pop(future)
+                for retry in self._settle(future, chunk):
+                    queue.appendleft(retry)
+
+    def _lost_again(self, position: int) -> bool:
+        """Whether an element lost with its worker may run again."""
+        self.lost_runs[position] += 1
+        return self.lost_runs[position] <= MAX_LOST_RUNS
+
+    def _lost_entry(self, position: int, attempt: int) -> dict[str, Any]:
+        error = {
+            "type": "distributed.client.FutureCancelledError",
+            "message": f"lost with its worker {MAX_LOST_RUNS + 1} times",
+        }
+        return {
+            "position": position,
+            "ok": False,
+            "error": error,
+            "log": "",
+            "attempt": attempt,
+        }
+
+    def _work_for_tasks(self, client: Any) -> Any:
+        """What each chunk's task is given: the work's pickle itself when it
+        is small (each task stands alone: any worker can run it, and a worker
+        lost is no loss), else a task that makes it (the scheduler computes
+        it again when the worker holding it dies)."""
+        data = cloudpickle.dumps(self._work())
+        if len(data) <= INLINE_WORK_BYTES:
+            return data
+        return client.submit(load_work, data, pure=False)
 
     def _item(self, position: int) -> Any:
         return self.work.items[position] if self.work.items else None
@@ -428,8 +472,14 @@ class ArrayDriver:
         self, future: Any, chunk: list[tuple[int, int]]
     ) -> list[tuple[int, int]]:
         """Record how a chunk went; the elements to try again."""
+        again: list[tuple[int, int]] = []
         try:
             entries = future.result()
+        except concurrent.futures.CancelledError:
+            # Lost with its worker (Dask gave up on it): the elements did not
+            # end, so they run again, a few times at most.
+            again = [(p, a) for p, a in chunk if self._lost_again(p)]
+            entries = [self._lost_entry(p, a) for p, a in chunk if (p, a) not in again]
         except Exception as exc:  # the chunk's worker died, or it was lost
             cls = type(exc)
             error = {
@@ -442,7 +492,7 @@ class ArrayDriver:
             ]
         finally:
             future.release()
-        retries = []
+        retries = list(again)
         for entry in entries:
             position, attempt = int(entry["position"]), int(entry["attempt"])
             index = self.indices[position]

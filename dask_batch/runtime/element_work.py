@@ -29,6 +29,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+import cloudpickle
+
 from dask_batch.core.names import check_relative_path
 from dask_batch.runtime import context as _context
 
@@ -57,6 +59,24 @@ class ElementWork:
     process_env: dict[str, str] = field(default_factory=dict, repr=False)
 
 
+_loaded: dict[str, ElementWork] = {}
+
+
+def load_work(data: bytes) -> ElementWork:
+    """The array's work, from the pickle main's process sent; unpickled once
+    per worker process (every chunk of the array sends the same bytes)."""
+    digest = hashlib.sha256(data).hexdigest()
+    with _env_lock:
+        work = _loaded.get(digest)
+    if work is None:
+        work = cloudpickle.loads(data)
+        assert isinstance(work, ElementWork)
+        with _env_lock:
+            _loaded.clear()  # one array's work at a time per worker
+            _loaded[digest] = work
+    return work
+
+
 def _error(exc: BaseException) -> dict[str, Any]:
     cls = type(exc)
     return {
@@ -77,13 +97,15 @@ def _set_env_once(env: dict[str, str]) -> None:
 
 
 def run_chunk(
-    work: ElementWork, elements: list[tuple[int, int, Any]], attempt: int
+    work: ElementWork | bytes, elements: list[tuple[int, int, Any]], attempt: int
 ) -> list[dict[str, Any]]:
     """Run ``(position, index, item)`` elements in turn; how each went.
 
     Each entry has ``position``, ``ok``, ``value`` or ``error``, ``started``
     and ``finished`` (epoch seconds) and ``log`` (text, maybe empty).
     """
+    if isinstance(work, bytes):
+        work = load_work(work)
     out = []
     for position, index, item in elements:
         started = time.time()
