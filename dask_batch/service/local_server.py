@@ -140,7 +140,11 @@ def build_config(
         table = settings.get("storage_options_by_user")
         c.Backend.cluster_options = batch_cluster_options(
             environment=settings.get("environment") or {},
-            runner_key_file=runner_key_file(directory),
+            # Schedulers of another back end (Slurm) may run as other Unix
+            # users, who cannot read this directory's key.
+            runner_key_file=None
+            if (settings.get("gateway_config") or {}).get("DaskGateway.backend_class")
+            else runner_key_file(directory),
             # One user: any storage that user configures.
             allowed_storage=settings.get("allowed_storage"),
             storage_options=storage_options_table(table) if table else None,
