@@ -253,7 +253,7 @@ class JobService:
         user = await self.identify()
         record = await self._reconciler.status(check_job_id(job_id))
         new_id = new_job_id()
-        submission, _ = await asyncio.to_thread(
+        submission = await asyncio.to_thread(
             _resubmit.resubmission,
             self.store,
             user,

@@ -33,9 +33,9 @@ from dask_batch.core.cluster_env import (
     ENV_STORAGE,
     ENV_USER,
 )
-from dask_batch.core.runner_key import is_sealed, open_env_key
 from dask_batch.runtime import prewarm as _prewarm
 from dask_batch.runtime.plugin import JobRunnerPlugin
+from dask_batch.runtime.spec import unsealed
 
 logger = logging.getLogger("distributed.scheduler.dask_batch")
 
@@ -54,19 +54,14 @@ def _env_key(job_id: str) -> str:
     """The job's env key, opened with the gateway's runner key if it came
     sealed ("" if it cannot be opened: the runner then fails the job, saying
     its secrets cannot be read)."""
-    value = os.environ.get(ENV_SECRET_KEY, "")
-    if not is_sealed(value):
-        return value
-    path = dask.config.get("batch.runner.key-file", None)
     try:
-        with open(str(path), "rb") as f:
-            return open_env_key(f.read(), value)
+        return unsealed(os.environ.get(ENV_SECRET_KEY, ""))
     except (OSError, ValueError) as exc:
         logger.error(
             "dask-batch: job %s: its env key came sealed and cannot be opened "
             "with batch.runner.key-file (%s): %s",
             job_id,
-            path,
+            dask.config.get("batch.runner.key-file", None),
             exc,
         )
         return ""

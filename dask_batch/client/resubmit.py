@@ -57,9 +57,10 @@ def resubmission(
     job_id: str,
     *,
     failed_only: bool,
-) -> tuple[Submission, str]:
-    """The new job ``job_id`` that runs ``record``'s job again, and the earlier
-    job whose succeeded work it takes over ("" for none)."""
+) -> Submission:
+    """The new job ``job_id`` that runs ``record``'s job again; an array's
+    spec names the earlier job whose succeeded elements it takes over
+    (``reuses``)."""
     earlier = record.id
     if not record.state.is_terminal:
         raise SubmitError.not_submitted(
@@ -86,7 +87,6 @@ def resubmission(
     archive = store.get(user, earlier, FILES) if spec.get("files_bytes") else b""
     new: dict[str, Any] = {k: v for k, v in spec.items() if k not in _NOT_CARRIED}
     new["id"] = job_id
-    reuses = ""
     if failed_only and "array" in spec:
-        reuses = new["reuses"] = earlier
-    return Submission(job_id, new, payload, env, archive), reuses
+        new["reuses"] = earlier
+    return Submission(job_id, new, payload, env, archive)

@@ -14,15 +14,12 @@ import contextlib
 import dataclasses
 from typing import Any
 
-import dask.config
-
 from dask_batch.client.job_delegation import JobDelegation
 from dask_batch.client.launcher import ClusterLauncher
 from dask_batch.core import signing as _signing
 from dask_batch.core.exceptions import DaskBatchError
 from dask_batch.core.records import JobRecord, JobState, to_iso, utcnow
-from dask_batch.core.runner_key import is_sealed
-from dask_batch.core.runner_key import open_env_key as open_sealed
+from dask_batch.runtime.spec import unsealed
 from dask_batch.storage.store import SPEC, JobStore, dumps_json
 from dask_batch.storage.upstream import AFTER_DIR, open_env_key
 
@@ -242,17 +239,3 @@ class WaitingJobs:
             KeyError,
         ):
             return None
-
-
-def unsealed(reported: str) -> str:
-    """An env key as the gateway reports it, opened with the runner key when
-    it was sealed to one (a service beside the gateway, such as the local
-    keeper, may read it: ``batch.runner.key-file``). Raises OSError or
-    ValueError when it cannot be opened here."""
-    if not is_sealed(reported):
-        return reported
-    path = dask.config.get("batch.runner.key-file", None)
-    if not path:
-        raise ValueError("the env key is sealed and no runner key is configured")
-    with open(str(path), "rb") as f:
-        return open_sealed(f.read(), reported)

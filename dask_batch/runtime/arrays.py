@@ -23,38 +23,32 @@ import logging
 import os
 import sys
 import tarfile
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import cloudpickle
-
 from dask_batch.core.elements import (
     ArrayShape,
-    Shard,
     shard_result_name,
 )
-from dask_batch.core.pickling import dumps_result
-from dask_batch.core.records import JobState, to_iso, utcnow
+from dask_batch.core.records import JobState
 from dask_batch.core.signing import load_signed_result, shard_key, spec_is_signed
-from dask_batch.core.tasks import describe_counts
-from dask_batch.runtime.element_work import ElementWork, load_work, run_chunk
-from dask_batch.storage.elements import read_shards, write_shard
-from dask_batch.storage.store import PROGRESS, SPEC, JobStore
+from dask_batch.runtime.array_states import ElementStates
+from dask_batch.runtime.element_work import ElementWork, run_chunk, same_work
+from dask_batch.runtime.handoff import named_in
+from dask_batch.storage.elements import read_shards
+from dask_batch.storage.store import SPEC, JobStore
 
 __all__: list[str] = []
 
 logger = logging.getLogger("dask_batch.array")
 
-# Shard and progress writes: at most one round per interval.
-PUBLISH_INTERVAL = 0.5
 # Elements per Dask task: enough that a trivial element costs little more
 # than its own work, few enough that the states stay current.
 MAX_CHUNK = 100
 # Seconds between looks at the workers while no chunk ends.
 WINDOW_CHECK = 1.0
-# Work that pickles to at most this travels with every chunk's task.
+# Work whose payload is at most this travels with every chunk's task.
 INLINE_WORK_BYTES = 1 << 20
 # Runs of one element lost with their worker before it counts as failed.
 MAX_LOST_RUNS = 3
@@ -111,11 +105,6 @@ def drive_array(work: ArrayWork, *, runtime: ArrayRuntime) -> dict[str, Any]:
     return driver.run()
 
 
-def _retry_wanted(error: dict[str, Any], retry_on: list[str]) -> bool:
-    kind = str(error.get("type", ""))
-    return any(name in (kind, kind.rsplit(".", 1)[-1]) for name in retry_on)
-
-
 class ArrayDriver:
     """The elements of one array, handed to the workers and kept in shards."""
 
@@ -134,133 +123,16 @@ class ArrayDriver:
         limit = spec.get("max_parallel")
         self.max_parallel = limit if isinstance(limit, int) and limit > 0 else None
         self.retries = int(spec.get("retries") or 0)
+        self.payload_bytes = int(spec.get("payload_bytes") or 0)
         self.retry_on = [str(n) for n in spec.get("retry_on") or []]
-        self.shards = {n: Shard.empty(shape, n) for n in range(shape.shards)}
-        self.counts = collections.Counter({"PENDING": shape.count})
-        self.values: dict[int, dict[int, Any]] = collections.defaultdict(dict)
-        self.stored: set[int] = set()  # shards whose values are stored
+        self.states = ElementStates(
+            runtime.store, runtime.user, runtime.job_id, runtime.job_key, shape
+        )
         self.lost_runs: collections.Counter[int] = collections.Counter()
-        self.dirty: set[int] = set()
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        # Storage writes of states and values (not logs): reported at the end.
-        self.writes = self.written = 0
         self.logs = concurrent.futures.ThreadPoolExecutor(4, "dask-batch-logs")
         self.log_writes: collections.deque[concurrent.futures.Future[None]] = (
             collections.deque()
         )
-
-    # -- states ----------------------------------------------------------------
-    def _set(self, position: int, state: JobState, **fields: Any) -> None:
-        """Called with the lock held."""
-        shard = self.shards[self.shape.shard_of(position)]
-        before = shard.state(position)
-        shard.set(position, state)
-        self.counts[before.value] -= 1
-        self.counts[state.value] += 1
-        for name, value in fields.items():
-            getattr(shard, name)[position] = value
-        self.dirty.add(shard.number)
-
-    def _progress(self) -> dict[str, Any]:
-        counts = {
-            s.value: self.counts[s.value] for s in JobState if self.counts[s.value]
-        }
-        done = sum(n for s, n in counts.items() if JobState(s).is_terminal)
-        return {
-            "progress": done / self.shape.count,
-            "message": describe_counts(counts),
-            "tasks": counts,
-            "updated": to_iso(utcnow()),
-        }
-
-    # -- storage ---------------------------------------------------------------
-    def publish(self) -> bool:
-        """Store the shards that changed, the values of shards that ended, and
-        the counts; False if storage refused any of it (kept for next time)."""
-        with self.lock:
-            if not self.dirty:
-                return True  # nothing changed since the last round
-            dirty, self.dirty = self.dirty, set()
-            ended = [
-                n for n in dirty if n not in self.stored and self.shards[n].all_ended()
-            ]
-        ok = True
-        for number in sorted(ended):
-            ok = self._store_values(number) and ok
-        with self.lock:
-            docs = [(n, self._copy(n)) for n in sorted(dirty)]
-            progress = self._progress()
-        for number, shard in docs:
-            try:
-                self.written += write_shard(
-                    self.rt.store, self.rt.user, self.rt.job_id, shard
-                )
-                self.writes += 1
-            except Exception:
-                logger.warning("dask-batch: states of shard %d not stored", number)
-                with self.lock:
-                    self.dirty.add(number)
-                ok = False
-        try:
-            self.rt.store.put_json(self.rt.user, self.rt.job_id, PROGRESS, progress)
-            self.writes += 1
-        except Exception:
-            logger.warning("dask-batch: the array's counts were not stored")
-            with self.lock:
-                self.dirty.update(dirty)  # tried again next round
-            ok = False
-        return ok
-
-    def _copy(self, number: int) -> Shard:
-        shard = self.shards[number]
-        return Shard(
-            shard.number,
-            shard.first,
-            list(shard.states),
-            dict(shard.attempts),
-            dict(shard.errors),
-            dict(shard.started),
-            dict(shard.finished),
-            dict(shard.reused_from),
-            dict(shard.result),
-        )
-
-    def _store_values(self, number: int) -> bool:
-        positions = self.shape.positions(number)
-        with self.lock:
-            found = self.values.get(number, {})
-            values = [found.get(p) for p in positions]
-        try:
-            pieces = dumps_result(values)
-            digest, signature = self.rt.store.put_pieces(
-                self.rt.user,
-                self.rt.job_id,
-                shard_result_name(number),
-                pieces,
-                shard_key(self.rt.job_key, number),
-            )
-        except Exception:
-            logger.warning("dask-batch: values of shard %d not stored", number)
-            with self.lock:
-                self.dirty.add(number)
-            return False
-        size = sum(memoryview(p).nbytes for p in pieces)
-        self.writes, self.written = self.writes + 1, self.written + size
-        with self.lock:
-            self.shards[number].result = {
-                "digest": digest,
-                "hmac": signature,
-                "bytes": size,
-            }
-            self.stored.add(number)
-            self.values.pop(number, None)  # stored: no longer held here
-            self.dirty.add(number)
-        return True
-
-    def _publish_periodically(self) -> None:
-        while not self.stop.wait(PUBLISH_INTERVAL):
-            self.publish()
 
     def _store_log(self, index: int, attempt: int, text: str) -> None:
         if not text:
@@ -282,61 +154,39 @@ class ArrayDriver:
     # -- the run ---------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         started = time.monotonic()
+        states = self.states
         to_run = self._take_over_earlier()
-        publisher = threading.Thread(
-            target=self._publish_periodically, name="dask-batch-shards", daemon=True
-        )
-        publisher.start()
+        states.start()
         try:
             self._run_elements(to_run)
         finally:
-            self.stop.set()
-            publisher.join()
             for write in self.log_writes:
                 try:
                     write.result()
                 except Exception:
                     logger.warning("dask-batch: an element's log was not stored")
             self.logs.shutdown()
-        self._final_publish()
+            states.close()
         took = time.monotonic() - started
         print(
             f"dask-batch: array job {self.rt.job_id}: {self.shape.count} elements "
-            f"in {took:.1f} s; {self.writes} storage writes of states and values, "
-            f"{self.written} bytes ({self.writes / max(took, 1e-3):.1f} writes/s)",
+            f"in {took:.1f} s; {states.writes} storage writes of states and values, "
+            f"{states.written} bytes ({states.writes / max(took, 1e-3):.1f} writes/s)",
             file=sys.stderr,
         )
         return self._outcome()
 
-    def _final_publish(self) -> None:
-        with self.lock:
-            self.dirty.update(self.shards)
-        for _ in range(5):
-            if self.publish():
-                return
-        raise RuntimeError(
-            f"the states of array job {self.rt.job_id!r} could not be stored: "
-            "storage refused every try"
-        )
-
     def _outcome(self) -> dict[str, Any]:
-        failed = self.counts["FAILED"]
+        failed = self.states.counts["FAILED"]
         if not failed:
             return {"elements": self.shape.count, "shards": self.shape.shards}
-        first, error = self._first_failure()
+        position, error = self.states.first_failure()
+        first = self.indices[position]
         detail = f"{error.get('type', 'Error')}: {error.get('message', '')}"
         raise ElementsFailed(
             f"{failed} of {self.shape.count} elements failed; element {first}: "
             f"{detail}. See its log: dask batch logs {self.rt.job_id} --task {first}"
         )
-
-    def _first_failure(self) -> tuple[int, dict[str, Any]]:
-        for shard in self.shards.values():
-            for offset, state in enumerate(shard.states):
-                if state is JobState.FAILED:
-                    position = shard.first + offset
-                    return self.indices[position], shard.errors.get(position, {})
-        return -1, {}
 
     def _take_over_earlier(self) -> list[int]:
         """Positions to run: all, but those an earlier run already did."""
@@ -364,9 +214,12 @@ class ArrayDriver:
             for offset, state in enumerate(shard.states):
                 position = shard.first + offset
                 if values is not None and state is JobState.SUCCEEDED:
-                    with self.lock:
-                        self.values[shard.number][position] = values[offset]
-                        self._set(position, JobState.SUCCEEDED, reused_from=earlier)
+                    self.states.set(
+                        position,
+                        JobState.SUCCEEDED,
+                        value=values[offset],
+                        reused_from=earlier,
+                    )
                 else:
                     to_run.append(position)
         return to_run
@@ -422,8 +275,7 @@ class ArrayDriver:
                 elements = [(p, self.indices[p], self._item(p)) for p, _ in chunk]
                 future = client.submit(run_chunk, work, elements, attempt, pure=False)
                 flying[future] = chunk
-                with self.lock:
-                    self._set(chunk[0][0], JobState.RUNNING)
+                self.states.set(chunk[0][0], JobState.RUNNING)
             try:
                 # A bounded wait: workers that join meanwhile widen the window.
                 wait(list(flying), timeout=WINDOW_CHECK, return_when="FIRST_COMPLETED")
@@ -456,14 +308,15 @@ class ArrayDriver:
         }
 
     def _work_for_tasks(self, client: Any) -> Any:
-        """What each chunk's task is given: the work's pickle itself when it
+        """What each chunk's task is given: the work itself when its payload
         is small (each task stands alone: any worker can run it, and a worker
-        lost is no loss), else a task that makes it (the scheduler computes
-        it again when the worker holding it dies)."""
-        data = cloudpickle.dumps(self._work())
-        if len(data) <= INLINE_WORK_BYTES:
-            return data
-        return client.submit(load_work, data, pure=False)
+        lost is no loss), else a task that gives it (the scheduler runs it
+        again when the worker holding it dies). Either way Dask carries it
+        within the job's own cluster; nothing is unpickled from storage."""
+        work = self._work()
+        if self.payload_bytes <= INLINE_WORK_BYTES:
+            return work
+        return client.submit(same_work, work, pure=False)
 
     def _item(self, position: int) -> Any:
         return self.work.items[position] if self.work.items else None
@@ -499,7 +352,7 @@ class ArrayDriver:
             if (
                 not entry["ok"]
                 and attempt <= self.retries
-                and _retry_wanted(entry["error"], self.retry_on)
+                and named_in(self.retry_on, str(entry["error"].get("type", "")))
             ):
                 retries.append((position, attempt + 1))
                 self._store_log(index, attempt, entry.get("log", ""))
@@ -509,16 +362,14 @@ class ArrayDriver:
                 fields.update(started=entry["started"], finished=entry["finished"])
             if attempt > 1:
                 fields["attempts"] = attempt
-            with self.lock:
-                if entry["ok"]:
-                    self.values[self.shape.shard_of(position)][position] = entry[
-                        "value"
-                    ]
-                    self._set(position, JobState.SUCCEEDED, **fields)
-                else:
-                    self._set(
-                        position, JobState.FAILED, errors=entry["error"], **fields
-                    )
+            if entry["ok"]:
+                self.states.set(
+                    position, JobState.SUCCEEDED, value=entry["value"], **fields
+                )
+            else:
+                self.states.set(
+                    position, JobState.FAILED, errors=entry["error"], **fields
+                )
             self._store_log(index, attempt, entry.get("log", ""))
         return list(reversed(retries))
 

@@ -29,8 +29,6 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-import cloudpickle
-
 from dask_batch.core.names import check_relative_path
 from dask_batch.runtime import context as _context
 
@@ -59,21 +57,9 @@ class ElementWork:
     process_env: dict[str, str] = field(default_factory=dict, repr=False)
 
 
-_loaded: dict[str, ElementWork] = {}
-
-
-def load_work(data: bytes) -> ElementWork:
-    """The array's work, from the pickle main's process sent; unpickled once
-    per worker process (every chunk of the array sends the same bytes)."""
-    digest = hashlib.sha256(data).hexdigest()
-    with _env_lock:
-        work = _loaded.get(digest)
-    if work is None:
-        work = cloudpickle.loads(data)
-        assert isinstance(work, ElementWork)
-        with _env_lock:
-            _loaded.clear()  # one array's work at a time per worker
-            _loaded[digest] = work
+def same_work(work: ElementWork) -> ElementWork:
+    """A task that gives the array's work to the chunks that need it: when
+    the worker holding it dies, the scheduler runs it again."""
     return work
 
 
@@ -97,15 +83,13 @@ def _set_env_once(env: dict[str, str]) -> None:
 
 
 def run_chunk(
-    work: ElementWork | bytes, elements: list[tuple[int, int, Any]], attempt: int
+    work: ElementWork, elements: list[tuple[int, int, Any]], attempt: int
 ) -> list[dict[str, Any]]:
     """Run ``(position, index, item)`` elements in turn; how each went.
 
     Each entry has ``position``, ``ok``, ``value`` or ``error``, ``started``
     and ``finished`` (epoch seconds) and ``log`` (text, maybe empty).
     """
-    if isinstance(work, bytes):
-        work = load_work(work)
     out = []
     for position, index, item in elements:
         started = time.time()

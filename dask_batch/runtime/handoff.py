@@ -174,6 +174,11 @@ def retry_wanted(
     being stopped."""
     if stopped_from_outside or attempt > int(spec.get("retries") or 0):
         return False
-    wanted = spec.get("retry_on") or []
-    short = error.type.rsplit(".", 1)[-1]
-    return any(name in (error.type, short) for name in wanted)
+    return named_in(spec.get("retry_on") or [], error.type)
+
+
+def named_in(retry_on: list[str], error_type: str) -> bool:
+    """Whether ``retry_on`` names an error of ``error_type`` (its qualified
+    name, or the class name alone)."""
+    short = error_type.rsplit(".", 1)[-1]
+    return any(name in (error_type, short) for name in retry_on)

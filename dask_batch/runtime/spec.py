@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import dask.config
+
 from dask_batch.core import secrets as _secrets
 from dask_batch.core import signing as _signing
 from dask_batch.core.exceptions import ResultIntegrityError
+from dask_batch.core.runner_key import is_sealed, open_env_key
 from dask_batch.storage.store import SECRETS, SPEC, JobStore
 
 
@@ -28,3 +31,19 @@ def read_signed_spec(
             job_id=job_id,
         )
     return spec, secrets
+
+
+def unsealed(value: str) -> str:
+    """An env key as the gateway carries it, opened with the runner key
+    (``batch.runner.key-file``) when it was sealed to one: by the job's
+    scheduler, or by a service beside the gateway that reads the key.
+
+    Raises OSError or ValueError when it cannot be opened here.
+    """
+    if not is_sealed(value):
+        return value
+    path = dask.config.get("batch.runner.key-file", None)
+    if not path:
+        raise ValueError("the env key is sealed and no runner key is configured")
+    with open(str(path), "rb") as f:
+        return open_env_key(f.read(), value)

@@ -39,7 +39,7 @@ from dask_batch.core.tasks import (
     count_states,
     task_path,
 )
-from dask_batch.runtime.handoff import OUTCOME_FILE, MainLaunch, Outcome
+from dask_batch.runtime.handoff import OUTCOME_FILE, MainLaunch, Outcome, named_in
 from dask_batch.runtime.prewarm import LOG_FILE, MainProcess, spawn_main
 from dask_batch.runtime.taskstates import TaskStatePublisher
 from dask_batch.runtime.zygote import Zygote
@@ -419,10 +419,7 @@ class TaskGraph:
                 error is None
                 or self.stopping
                 or attempt > settings.retries
-                or not any(
-                    n in (error.type, error.type.rsplit(".", 1)[-1])
-                    for n in settings.retry_on
-                )
+                or not named_in(settings.retry_on, error.type)
             ):
                 return outcome
             attempt += 1

@@ -116,11 +116,7 @@ def batch_cluster_options(
     ... )
     """
     base_environment = dict(environment or {})
-    runner_public = ""
-    if runner_key_file:
-        with open(runner_key_file, "rb") as f:
-            runner_public = public_key_text(f.read())
-        base_environment[ENV_RUNNER_KEY_FILE] = runner_key_file
+    runner_public = _runner_public(runner_key_file, base_environment)
     own_handler = Options(handler=handler).handler if handler else None
     allowed = [s.rstrip("/") for s in allowed_storage] if allowed_storage else None
     if allowed_storage is not None and not allowed:
@@ -174,6 +170,17 @@ def batch_cluster_options(
         )
 
     return options_for
+
+
+def _runner_public(key_file: str | None, environment: dict[str, str]) -> str:
+    """The runner key's public half ("" without one); its path goes into
+    ``environment``, for the schedulers."""
+    if not key_file:
+        return ""
+    with open(key_file, "rb") as f:
+        public = public_key_text(f.read())
+    environment[ENV_RUNNER_KEY_FILE] = key_file
+    return public
 
 
 def _job_environment(

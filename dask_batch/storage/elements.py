@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import Any
 
 from dask_batch.core.elements import (
     ArrayShape,
@@ -97,29 +96,3 @@ def element_records(
                 )
             )
     return out
-
-
-def read_elements(
-    store: JobStore,
-    user: str,
-    job_id: str,
-    spec: dict[str, Any],
-    shape: ArrayShape,
-    *,
-    offset: int = 0,
-    limit: int | None = None,
-) -> list[TaskRecord]:
-    """Elements ``offset`` to ``offset + limit`` of an array, in order."""
-    stop = shape.count if limit is None else min(shape.count, offset + limit)
-    positions = range(max(0, offset), stop)
-    if not positions:
-        return []
-    numbers = range(shape.shard_of(positions.start), shape.shard_of(stop - 1) + 1)
-    shards = read_shards(store, user, job_id, shape, numbers)
-    return element_records(
-        shape,
-        shards,
-        str(spec.get("kind_of_element") or "function"),
-        str(spec.get("function") or ""),
-        positions,
-    )

@@ -524,17 +524,8 @@ class Schedules:
             try:
                 runs = await self.fire(schedule_id)
                 fired.extend(runs)
-                for run in runs if by else []:
-                    audit(
-                        self.user,
-                        "fire-schedule",
-                        schedule_id,
-                        by,
-                        due=run.time.isoformat(),
-                        outcome=run.outcome,
-                        job=run.job_id,
-                        message=run.message,
-                    )
+                if by:
+                    _audit_runs(self.user, schedule_id, runs, by)
             except DaskBatchError as exc:
                 # One broken or planted schedule does not stop the others.
                 # Said once per reason: firers sweep every few seconds.
@@ -875,3 +866,18 @@ def delegate_to_service(
                 "again."
             )
         raise DaskBatchError(why, job_id=schedule_id) from None
+
+
+def _audit_runs(user: str, schedule_id: str, runs: list[ScheduleRun], by: str) -> None:
+    """An audit line for each due time a firer acting for ``user`` recorded."""
+    for run in runs:
+        audit(
+            user,
+            "fire-schedule",
+            schedule_id,
+            by,
+            due=run.time.isoformat(),
+            outcome=run.outcome,
+            job=run.job_id,
+            message=run.message,
+        )
