@@ -37,6 +37,8 @@ from dask_batch.core.exceptions import DaskBatchError
 from dask_batch.core.names import check_job_id, check_user
 from dask_batch.core.options import SubmitOptions
 from dask_batch.core.records import JobRecord, JobState
+from dask_batch.core.runner_key import RUNNER_KEY_OPTION
+from dask_batch.core.runner_key import seal_env_key as seal_for_runner
 from dask_batch.core.tasks import TASK_KINDS, TaskRecord, check_task_name
 from dask_batch.storage.store import JobStore
 from dask_batch.workflows import schedules as _schedules
@@ -206,8 +208,10 @@ class JobService:
             await asyncio.to_thread(_tracking.discard, submission)
         return job_id
 
-    async def _hand_to_service(self, what: str, item_id: str, env_key: str) -> None:
-        """Hand a schedule's or a waiting job's env key to the hub service, where
+    async def _hand_to_service(
+        self, what: str, item_id: str, handover: dict[str, str]
+    ) -> None:
+        """Hand a schedule's or a waiting job's keys to the hub service, where
         ``batch.service.url`` names one, with the user's hub token."""
         service = dask.config.get("batch.service.url", None)
         if not service:
@@ -220,7 +224,7 @@ class JobService:
             str(service),
             str(token),
             item_id,
-            env_key,
+            handover,
             what,
         )
 
@@ -234,7 +238,7 @@ class JobService:
         secret = await asyncio.to_thread(_signing.user_secret, job_id=job_id)
         env_key = _signing.job_keys(secret, job_id).env_key
         try:
-            await self._hand_to_service("jobs", job_id, env_key)
+            await self._hand_to_service("jobs", job_id, {"env_key": env_key})
         except DaskBatchError as exc:
             logger.warning("%s", exc)
 
@@ -430,8 +434,15 @@ class JobService:
             starting_deadline=deadline,
         )
         if dask.config.get("batch.service.url", None):
-            env_key = self._schedules.keys(schedule_id).env_key
-            await self._hand_to_service("schedules", schedule_id, env_key)
+            keys = self._schedules.keys(schedule_id)
+            handover = {"env_key": keys.env_key}
+            runner_key = (await self._launcher.server_options()).get(RUNNER_KEY_OPTION)
+            if runner_key:
+                # Only the job's scheduler opens the schedule's secrets: the
+                # service gets what firing needs (signing runs), not env values.
+                sealed = seal_for_runner(str(runner_key), keys.env_key)
+                handover = {"env_key": sealed, "job_key": keys.job_key}
+            await self._hand_to_service("schedules", schedule_id, handover)
         return added
 
     async def schedules(self) -> list[Schedule]:
@@ -497,8 +508,14 @@ class JobService:
             env_key,
         )
 
-    async def accept_schedule(self, schedule_id: str, env_key: str) -> None:
+    async def accept_schedule(
+        self, schedule_id: str, env_key: str, job_key: str | None = None
+    ) -> None:
         """Take a schedule its owner hands over (a service with a delegation).
+
+        ``env_key`` is the schedule's env key, or, with ``job_key``, the env
+        key sealed to the gateway's runner key (see
+        :meth:`~dask_batch.workflows.schedules.Delegation.accept`).
 
         Raises
         ------
@@ -512,5 +529,5 @@ class JobService:
                 "schedules for others (it has no delegation key)."
             )
         await asyncio.to_thread(
-            self.delegation.accept, self._schedules, schedule_id, env_key
+            self.delegation.accept, self._schedules, schedule_id, env_key, job_key
         )

@@ -18,11 +18,14 @@ from conftest import (
     wait_for_skip_then_second_run,
     wait_until_nothing_left,
 )
+from cryptography.fernet import InvalidToken
 from dask_gateway import JupyterHubAuth
 from hub import PASSWORD, http, running_hub
 
 from dask_batch import AuthenticationError, BatchClient, JobNotFoundError, JobState
 from dask_batch.client.gateway import BatchGateway
+from dask_batch.core.runner_key import SEALED_PREFIX, open_env_key
+from dask_batch.core.secrets import unseal
 from dask_batch.storage.store import STATE, JobStore
 from dask_batch.testing import (
     job_cluster_client,
@@ -429,7 +432,24 @@ def hold_until(path):
     deadline = time.monotonic() + 120
     while not os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return "held"
+    return "held" + os.environ.get("RUN_SECRET", "")
+
+
+def what_the_service_holds(hub, schedule_id):
+    """The service's delegation of a schedule, opened with the service's key."""
+    import json as _json
+
+    from cryptography.fernet import Fernet
+
+    from dask_batch.workflows.schedules import Delegation, Schedules
+
+    config = os.path.join(hub.directory, "service-config")
+    key_file = os.path.join(config, "dask-batch", "service-key")
+    with open(key_file) as f:
+        fernet = Fernet(f.read().strip())
+    schedules = Schedules(JobStore(hub.storage, hub.storage_options), None, "alice")
+    sealed = schedules.read_part(schedule_id, Delegation.SEALED)
+    return _json.loads(fernet.decrypt(sealed)), schedules
 
 
 def test_the_service_fires_a_schedule_handed_to_it(hub, laptop, tmp_path):
@@ -443,7 +463,11 @@ def test_the_service_fires_a_schedule_handed_to_it(hub, laptop, tmp_path):
         with dask.config.set({"batch.service.url": hub.service_url}):
             # Every two seconds: a run, then a due time while it still goes.
             schedule = alice.schedule(
-                hold_until, str(gate), cron="* * * * * */2", workers=0
+                hold_until,
+                str(gate),
+                cron="* * * * * */2",
+                workers=0,
+                env={"RUN_SECRET": "-psst"},
             )
     finally:
         close(alice)  # nobody is looking from here on
@@ -459,7 +483,7 @@ def test_the_service_fires_a_schedule_handed_to_it(hub, laptop, tmp_path):
         for job_id in runs:
             # Signed by the service with keys derived from the schedule's:
             # the owner's client checks them with the owner's secret.
-            assert alice.result(job_id, timeout=120) == "held"
+            assert alice.result(job_id, timeout=120) == "held-psst"
             record = alice.status(job_id)
             assert record.schedule == schedule.id == record.keys_from
         # One audit line per run the service submitted or skipped for her.
@@ -471,6 +495,19 @@ def test_the_service_fires_a_schedule_handed_to_it(hub, laptop, tmp_path):
             ) in log and f"job={job_id}" in log
         assert "outcome=skipped" in log
         assert "act=issue-gateway-token id=alice by=service" in log
+        # What the service holds fires runs (a job key to sign them, the env
+        # key sealed to the gateway's runner key) and opens no env value.
+        held, schedules = what_the_service_holds(hub, schedule.id)
+        assert set(held) == {"user", "schedule", "env_key", "job_key"}
+        assert held["env_key"].startswith(SEALED_PREFIX)
+        sealed_secrets = schedules.read_part(schedule.id, "secrets.bin")
+        for key in (held["env_key"], held["job_key"]):
+            with pytest.raises((ValueError, InvalidToken)):
+                unseal(key, sealed_secrets)
+        # Only with the runner key, which the gateway's schedulers hold.
+        runner_key = pathlib.Path(hub.gateway.directory, "runner-key.pem")
+        env_key = open_env_key(runner_key.read_bytes(), held["env_key"])
+        assert unseal(env_key, sealed_secrets).env == {"RUN_SECRET": "-psst"}
         alice.delete_schedule(schedule.id)
     finally:
         close(alice)

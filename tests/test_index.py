@@ -291,3 +291,171 @@ def test_a_forged_pack_entry_never_hides_a_live_job_from_the_service(
     assert job.result(timeout=60) == "done"
     wait_until_packed(batch_client, {job.id})
     assert live_markers(batch_client) == set()
+
+
+# -- the head: on S3 a listing reads one object instead of LISTing the folder --
+@pytest.fixture
+def s3_store(batch_s3_storage):
+    from dask_batch.storage.store import JobStore
+
+    storage, options = batch_s3_storage
+    return JobStore(storage, options)
+
+
+def count_lists(monkeypatch, store):
+    """A list that grows by one path per LIST the store makes."""
+    made = []
+    names = store.backend.names
+
+    def counting(path):
+        made.append(path)
+        return names(path)
+
+    monkeypatch.setattr(store.backend, "names", counting)
+    return made
+
+
+def read_head(store, user):
+    from dask_batch.storage.catalog_head import HEAD
+
+    return json.loads(store.fs.cat_file(store.index_path(user, HEAD)))
+
+
+def test_on_s3_a_windowed_listing_reads_the_head_and_lists_nothing(
+    any_batch, monkeypatch
+):
+    batch = any_batch
+    store, user = batch.store, batch.user
+    ids = write_job_records(store, user, 30, indexed=True, pack_size=10)
+    batch.jobs(limit=5)  # the first listing LISTs, then publishes the head
+    made = count_lists(monkeypatch, store)
+    listed = [r.id for r in batch.jobs(limit=12)]
+    assert listed == ids[:-13:-1]
+    if store.backend.tagged_writes:
+        assert made == []
+        head = read_head(store, user)
+        assert head["complete"] is True
+        assert sorted(head["packs"]) == packs(batch)
+    else:  # local folders are listed: a directory read is cheap and flat
+        assert made == [store.index_path(user)]
+
+
+def test_the_head_follows_submissions_endings_and_merges(batch_gateway, s3_store):
+    store, user = s3_store, "alice"
+    ids = write_job_records(store, user, 3, indexed=True)
+    store.catalog(user)  # publishes the head
+    live = write_job_records(store, user, 2)  # records only: these stay live
+    for job_id in live:
+        store.mark_live(user, job_id)
+    assert set(read_head(store, user)["live"]) == set(live)
+    store.add_to_index(user, store.read_record(user, live[0]))
+    head = read_head(store, user)
+    assert head["live"] == [live[1]]
+    assert sorted(head["packs"]) == sorted(
+        os.path.basename(p.path) for p in store._listed_catalog(user).packs
+    )
+    catalog = store.catalog(user)
+    assert catalog.complete and catalog.live == {live[1]}
+    assert set(store.read_index(user, catalog.packs)) == {*ids, live[0]}
+
+
+def test_writers_racing_for_the_head_lose_no_change(s3_store):
+    from concurrent.futures import ThreadPoolExecutor
+
+    store, user = s3_store, "alice"
+    write_job_records(store, user, 1, indexed=True)
+    store.catalog(user)
+    ids = [new_job_id() for _ in range(24)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: store.mark_live(user, i), ids))
+    assert set(read_head(store, user)["live"]) == set(ids)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: store.forget_live(user, [i]), ids[:12]))
+    assert set(read_head(store, user)["live"]) == set(ids[12:])
+    assert store.catalog(user).live == set(ids[12:])
+
+
+def test_a_head_changed_during_a_listing_is_not_overwritten(s3_store, monkeypatch):
+    from dask_batch.storage.catalog import ListingIndex
+
+    store, user = s3_store, "alice"
+    write_job_records(store, user, 2, indexed=True)
+    submitted = new_job_id()
+    listed_catalog = ListingIndex._listed_catalog
+
+    def list_while_a_job_is_submitted(self, who):
+        found = listed_catalog(self, who)
+        store.mark_live(user, submitted)  # after the LIST: not in `found`
+        return found
+
+    monkeypatch.setattr(ListingIndex, "_listed_catalog", list_while_a_job_is_submitted)
+    assert submitted not in store.catalog(user).live
+    monkeypatch.undo()
+    # The publication lost to the submission; the next listing publishes.
+    assert read_head(store, user)["complete"] is False
+    assert submitted in store.catalog(user).live
+    assert read_head(store, user)["complete"] is True
+    assert submitted in read_head(store, user)["live"]
+
+
+def test_a_head_that_says_too_much_still_lists_right_and_heals(
+    batch_gateway, batch_s3_storage
+):
+    storage, options = batch_s3_storage
+    gateway = batch_gateway.gateway()
+    batch = BatchClient(gateway=gateway, storage=storage, storage_options=options)
+    store, user = batch.store, batch.user
+    ids = write_job_records(store, user, 40, indexed=True, pack_size=10)
+    batch.jobs(limit=5)
+    # Writers that died midway: one named a live job before creating it, and
+    # the head names a pack that another removed.
+    ghost = new_job_id()
+    store._change_head(user, lambda h: h.live.add(ghost))
+    newest = max(store.catalog(user).packs, key=lambda p: p.newest)
+    store.fs.rm_file(newest.path)
+    assert [r.id for r in batch.jobs(limit=15)] == ids[:-16:-1]
+    assert ghost not in read_head(store, user)["live"]
+    assert os.path.basename(newest.path) not in read_head(store, user)["packs"]
+    assert [r.id for r in batch.jobs(limit=15)] == ids[:-16:-1]
+    batch.close()
+    gateway.close()
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        b"not json",
+        b'{"version": 1, "complete": true, "live": ["../x"], "packs": []}',
+        b'{"version": 1, "complete": true, "live": [], "packs": ["../../bob/x"]}',
+        b'{"version": 1, "complete": "yes", "live": [], "packs": []}',
+    ],
+)
+def test_a_planted_head_is_ignored_with_a_warning_and_replaced(
+    s3_store, caplog, planted
+):
+    from dask_batch.storage.catalog_head import HEAD
+
+    store, user = s3_store, "alice"
+    ids = write_job_records(store, user, 5, indexed=True)
+    store.fs.pipe_file(store.index_path(user, HEAD), planted)
+    with caplog.at_level(logging.WARNING, logger="dask_batch.store"):
+        catalog = store.catalog(user)
+    assert "Ignoring the damaged job index head" in caplog.text
+    assert set(store.read_index(user, catalog.packs)) == set(ids)
+    assert read_head(store, user)["complete"] is True  # published from the LIST
+
+
+def test_a_writer_that_keeps_losing_the_race_removes_the_head(
+    s3_store, monkeypatch, caplog
+):
+    store, user = s3_store, "alice"
+    write_job_records(store, user, 2, indexed=True)
+    store.catalog(user)
+    monkeypatch.setattr("dask_batch.storage.catalog.HEAD_BACKOFF", 0.001)
+    monkeypatch.setattr(store.backend, "put_tagged", lambda *a: False)
+    job_id = new_job_id()
+    with caplog.at_level(logging.WARNING, logger="dask_batch.store"):
+        store.mark_live(user, job_id)
+    assert "kept changing; removing it" in caplog.text
+    monkeypatch.undo()
+    assert job_id in store.catalog(user).live  # listed from the folder

@@ -141,7 +141,7 @@ class ClusterLauncher:
                 for u in [*(spec.get("upstream_values") or []), *reuses]
             },
         )
-        token = _secrets.seal(secrets, keys.env_key)
+        token = submission.sealed_secrets or _secrets.seal(secrets, keys.env_key)
         # A service that holds no secret starts a waiting job with the env
         # key the gateway reports for an upstream job's cluster.
         unlocks = {

@@ -47,6 +47,9 @@ class Submission:
         Env values for main (stored encrypted, never in the spec).
     archive : bytes
         The uploaded files as a tar.gz (empty: none).
+    sealed_secrets : bytes
+        A schedule's own sealed secrets, stored as the run's as they are, by
+        a service that cannot open them (empty: seal ``env_values``).
     """
 
     job_id: str
@@ -54,6 +57,7 @@ class Submission:
     payload: bytes
     env_values: dict[str, str]
     archive: bytes
+    sealed_secrets: bytes = b""
 
 
 def check_scaling(job_id: str, workers: Any, adapt: Any) -> tuple[Any, Any]:

@@ -83,7 +83,8 @@ def _open_secrets(store: JobStore, launch: MainLaunch) -> _secrets.JobSecrets:
     """The job key and env values, decrypted with the env key from the runner."""
     try:
         token = store.get(launch.user, launch.job_id, SECRETS)
-        return _secrets.unseal(launch.env_key, token)
+        secrets = _secrets.unseal(launch.env_key, token)
+        return _secrets.for_job(secrets, launch.job_id, launch.env_key)
     except Exception as exc:
         _fail(
             store,

@@ -24,6 +24,7 @@ def read_signed_spec(
     """
     spec = store.get_json(user, job_id, SPEC)
     secrets = _secrets.unseal(env_key, store.get(user, job_id, SECRETS))
+    secrets = _secrets.for_job(secrets, job_id, env_key)
     if not isinstance(spec, dict) or not _signing.spec_is_signed(secrets.job_key, spec):
         raise ResultIntegrityError(
             f"the spec of job {job_id!r} is not signed with its key: it "

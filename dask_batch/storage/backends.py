@@ -1,10 +1,13 @@
 """What differs between kinds of storage, in one table.
 
-The job store needs three things that each kind of fsspec filesystem gives in
+The job store needs four things that each kind of fsspec filesystem gives in
 its own way: a write that no reader sees half done, a create-only write (the
-compare-and-set under terminal states and idempotency keys), and a fast
-listing of a prefix. :func:`backend_for` picks the strategy for a filesystem;
-nothing else in dask-batch asks what kind of filesystem it has.
+compare-and-set under terminal states and idempotency keys), a fast listing
+of a prefix, and, where the store has one, a write that succeeds only if the
+object is unchanged since it was read (S3's ``If-Match``: the job catalog's
+head, which spares listings a LIST). :func:`backend_for` picks the strategy
+for a filesystem; nothing else in dask-batch asks what kind of filesystem it
+has.
 
 Shared by client and scheduler side: imports neither.
 """
@@ -20,6 +23,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 import fsspec
+import fsspec.asyn
 from fsspec.implementations.local import LocalFileSystem
 
 
@@ -31,10 +35,15 @@ def _aside(path: str) -> str:
 class ObjectStoreBackend:
     """Object stores (S3, GCS, Azure): one PUT is atomic and conditional PUTs exist.
 
+    ``tagged_writes`` says whether :meth:`get_tagged` and :meth:`put_tagged`
+    work; where they do not, the job catalog is read by listing its folder.
+
     An exception inside ``fs.open(path, "wb")`` still commits a truncated
     object on s3fs when the file is closed, so a failed streamed write is
     discarded (which aborts a multipart upload) instead of closed.
     """
+
+    tagged_writes = False
 
     def __init__(self, fs: fsspec.AbstractFileSystem) -> None:
         self.fs = fs
@@ -60,6 +69,17 @@ class ObjectStoreBackend:
     def names(self, path: str) -> list[str]:
         """Paths directly below ``path``; FileNotFoundError if there is none."""
         return list(self.fs.ls(path, detail=False, refresh=True))
+
+    def get_tagged(self, path: str) -> tuple[bytes, str] | None:
+        """An object and the tag of that version of it; None if it is missing."""
+        raise NotImplementedError
+
+    def put_tagged(self, path: str, data: bytes, tag: str | None) -> bool:
+        """Write ``path`` if it is still the version ``tag`` (None: still missing).
+
+        False, and nothing written, if another writer came first.
+        """
+        raise NotImplementedError
 
     @contextlib.contextmanager
     def open_whole(self, path: str) -> Iterator[IO[bytes]]:
@@ -118,6 +138,51 @@ class LocalBackend(ObjectStoreBackend):
             raise
 
 
+def _lost_race(exc: BaseException) -> bool:
+    """Whether a failed conditional PUT failed on its condition."""
+    if isinstance(exc, (FileExistsError, FileNotFoundError)):
+        return True  # If-None-Match: the object appeared; If-Match: it went
+    response = getattr(exc.__cause__, "response", None) or {}
+    code = response.get("Error", {}).get("Code")
+    # 412, or 409 when S3 is given two conditional writes of a key at once.
+    return code in ("PreconditionFailed", "ConditionalRequestConflict")
+
+
+class S3Backend(ObjectStoreBackend):
+    """S3 through s3fs: GET gives an ETag, and PUT takes ``If-Match`` on it."""
+
+    tagged_writes = True
+
+    def get_tagged(self, path: str) -> tuple[bytes, str] | None:
+        return fsspec.asyn.sync(self.fs.loop, self._get_tagged, path)
+
+    async def _get_tagged(self, path: str) -> tuple[bytes, str] | None:
+        bucket, key, _ = self.fs.split_path(path)
+        # fsspec's async filesystems name their coroutines with an underscore:
+        # it is their async API, not a private one.
+        call_s3 = self.fs._call_s3  # noqa: SLF001
+        try:
+            out = await call_s3("get_object", Bucket=bucket, Key=key)
+        except FileNotFoundError:
+            return None
+        async with out["Body"] as body:
+            data = await body.read()
+        return data, str(out["ETag"])
+
+    def put_tagged(self, path: str, data: bytes, tag: str | None) -> bool:
+        bucket, key, _ = self.fs.split_path(path)
+        condition = {"IfMatch": tag} if tag else {"IfNoneMatch": "*"}
+        try:
+            self.fs.call_s3(
+                "put_object", Bucket=bucket, Key=key, Body=data, **condition
+            )
+        except OSError as exc:
+            if _lost_race(exc):
+                return False
+            raise
+        return True
+
+
 class MemoryBackend(ObjectStoreBackend):
     """fsspec's in-memory filesystem (tests): one process, no partial writes."""
 
@@ -141,4 +206,6 @@ def backend_for(fs: fsspec.AbstractFileSystem) -> ObjectStoreBackend:
         return LocalBackend(fs)
     if "memory" in protocols:
         return MemoryBackend(fs)
+    if "s3" in protocols and hasattr(fs, "_call_s3"):
+        return S3Backend(fs)
     return ObjectStoreBackend(fs)

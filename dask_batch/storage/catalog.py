@@ -8,6 +8,8 @@ Layout, per user, in one flat folder::
                              {"version": 1, "jobs": [{"id", "name", "state", ...}]}
                          {newest id}-{count}-{random}.json.gz
                              a pack of the first layout (no oldest id)
+                         head.json    on S3: these names in one object, read
+                                      instead of a LIST (see catalog_head)
 
 A submission creates its job's live marker. Whoever writes a terminal state
 adds the record to the newest small pack and removes the marker. So one LIST
@@ -36,13 +38,17 @@ import json
 import logging
 import os
 import posixpath
+import random
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dask_batch.core.exceptions import DaskBatchError
 from dask_batch.core.names import JOB_ID
 from dask_batch.core.records import JobRecord
+from dask_batch.storage.catalog_head import HEAD, HEAD_ATTEMPTS, HEAD_BACKOFF, Head
 from dask_batch.storage.parts import StoreParts
 
 logger = logging.getLogger("dask_batch.store")
@@ -136,7 +142,24 @@ class ListingIndex(StoreParts):
         return posixpath.join(base, name) if name else base
 
     def catalog(self, user: str) -> Catalog:
-        """The user's catalog: packs, live job ids, and whether it is complete."""
+        """The user's catalog: packs, live job ids, and whether it is complete.
+
+        From the head where the store keeps one and it is complete (one
+        GET), else from a LIST of the folder, which then publishes the head.
+        """
+        tagged = self._read_head(user)
+        if tagged is not None and tagged[0] is not None and tagged[0].complete:
+            head = tagged[0]
+            packs = [parse_pack(self.index_path(user, n)) for n in head.packs]
+            out = Catalog([p for p in packs if p is not None], set(head.live), True)
+        else:
+            out = self._listed_catalog(user)
+            if tagged is not None and out.complete:
+                self._publish_head(user, out, *tagged)
+        out.packs.sort(key=lambda p: p.newest, reverse=True)
+        return out
+
+    def _listed_catalog(self, user: str) -> Catalog:
         out = Catalog()
         for entry in self.list_names(self.index_path(user), "list the job index"):
             path = self.strip_protocol(entry).rstrip("/")
@@ -149,8 +172,68 @@ class ListingIndex(StoreParts):
                     out.live.add(job_id)
             elif (pack := parse_pack(path)) is not None:
                 out.packs.append(pack)
-        out.packs.sort(key=lambda p: p.newest, reverse=True)
         return out
+
+    # -- the head (stores with conditional writes) -------------------------------
+    def _read_head(self, user: str) -> tuple[Head | None, str | None] | None:
+        """The head and its version tag; None where the store keeps no head.
+
+        ``(None, None)``: there is none yet; ``(None, tag)``: it is damaged.
+        """
+        if not self.backend.tagged_writes:
+            return None
+        path = self.index_path(user, HEAD)
+        with self.storage_errors("read the job index"):
+            found = self._retrying(self.backend.get_tagged, path)
+        if found is None:
+            return None, None
+        data, tag = found
+        try:
+            return Head.from_bytes(data, lambda n: parse_pack(n) is not None), tag
+        except ValueError as exc:
+            logger.warning("Ignoring the damaged job index head %s: %s", path, exc)
+            return None, tag
+
+    def _publish_head(
+        self, user: str, listed: Catalog, read: Head | None, tag: str | None
+    ) -> None:
+        """Write a complete head from a LIST, unless a writer changed it since."""
+        head = Head(complete=True, live=set(listed.live))
+        head.packs = {posixpath.basename(p.path) for p in listed.packs}
+        if read is not None:  # what writers added before the LIST saw it
+            head.live |= read.live
+            head.packs |= read.packs
+        path = self.index_path(user, HEAD)
+        try:
+            with self.storage_errors("write the job index"):
+                self._retrying(self.backend.put_tagged, path, head.to_bytes(), tag)
+        except DaskBatchError as exc:  # a read-only user still gets listings
+            logger.warning("Not publishing the job index head: %s", exc)
+
+    def _change_head(self, user: str, change: Callable[[Head], None]) -> None:
+        """Apply ``change`` to the head, however many writers race for it."""
+        if not self.backend.tagged_writes:
+            return
+        path = self.index_path(user, HEAD)
+        for attempt in range(HEAD_ATTEMPTS):
+            head, tag = self._read_head(user) or (None, None)
+            head = head or Head()  # none yet, or damaged: listings LIST
+            change(head)
+            with self.storage_errors("update the job index"):
+                if self._retrying(self.backend.put_tagged, path, head.to_bytes(), tag):
+                    return
+            # Jitter, so that writers that collided do not collide again.
+            time.sleep(random.uniform(0, HEAD_BACKOFF * 2**attempt))
+        logger.warning(
+            "The job index head of %s kept changing; removing it (listings "
+            "list the folder until the next one publishes it again)",
+            user,
+        )
+        with (
+            self.storage_errors("update the job index"),
+            contextlib.suppress(FileNotFoundError),
+        ):
+            self.fs.rm_file(path)
 
     def index_packs(self, user: str) -> list[Pack]:
         """The user's index packs, newest first."""
@@ -225,6 +308,8 @@ class ListingIndex(StoreParts):
         all deleted) nothing is written.
         """
         ordered = sorted(entries, key=lambda e: e["id"])
+        replaces = list(replaces)
+        written: set[str] = set()
         with self.storage_errors("write the job index"):
             for first in range(0, len(ordered), split):
                 chunk = ordered[first : first + split]
@@ -236,6 +321,14 @@ class ListingIndex(StoreParts):
                 document = json.dumps({"version": 1, "jobs": chunk}).encode()
                 path = self.index_path(user, name)
                 self.backend.put_whole(path, gzip.compress(document, 6))
+                written.add(name)
+            gone = {posixpath.basename(p.path) for p in replaces}
+
+            def swap_packs(head: Head) -> None:
+                head.packs = (head.packs - gone) | written
+
+            if written or gone:
+                self._change_head(user, swap_packs)
             for old in replaces:
                 # Gone already: another client merged it first, the same outcome.
                 with contextlib.suppress(FileNotFoundError):
@@ -263,12 +356,15 @@ class ListingIndex(StoreParts):
     # -- live markers ------------------------------------------------------------
     def mark_live(self, user: str, job_id: str) -> None:
         """Create the marker that lists a job while it has not ended."""
+        # The head first: a writer that dies in between leaves it saying more.
+        self._change_head(user, lambda h: h.live.add(job_id))
         path = self.index_path(user, LIVE_PREFIX + job_id)
         with self.storage_errors("mark the job live in the job index", job_id):
             self.backend.put_whole(path, b"")
 
     def forget_live(self, user: str, job_ids: Iterable[str]) -> None:
         """Remove the live markers of jobs that ended or no longer exist."""
+        job_ids = list(job_ids)
         for job_id in job_ids:
             path = self.index_path(user, LIVE_PREFIX + job_id)
             with (
@@ -276,6 +372,8 @@ class ListingIndex(StoreParts):
                 contextlib.suppress(FileNotFoundError),
             ):
                 self.fs.rm_file(path)
+        if job_ids:
+            self._change_head(user, lambda h: h.live.difference_update(job_ids))
 
     def mark_complete(self, user: str) -> None:
         """Record that every live job of ``user`` has its marker."""

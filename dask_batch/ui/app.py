@@ -390,12 +390,17 @@ class DelegateAPI(Handler):
         try:
             body = json.loads(self.request.body or b"{}")
             env_key = str(body["env_key"])
-        except (ValueError, KeyError, TypeError):
-            raise tornado.web.HTTPError(400, 'send {"env_key": ...}') from None
+            job_key = body.get("job_key")
+            if job_key is not None and not isinstance(job_key, str):
+                raise TypeError("job_key")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise tornado.web.HTTPError(
+                400, 'send {"env_key": ...} (and "job_key" with a sealed env key)'
+            ) from None
         if what == "jobs":
             await batch.accept_job(item_id, env_key)
         else:
-            await batch.accept_schedule(item_id, env_key)
+            await batch.accept_schedule(item_id, env_key, job_key)
         self.audit(batch, f"accept-{what[:-1]}", item_id)
         self.finish({what[:-1]: item_id, "delegated": True})
 

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,7 @@ from dask_batch.core.audit import audit
 from dask_batch.core.exceptions import DaskBatchError, JobNotFoundError, SubmitError
 from dask_batch.core.names import check_job_id
 from dask_batch.core.records import from_iso, new_job_id, to_iso, utcnow
+from dask_batch.core.runner_key import is_sealed
 from dask_batch.storage.store import (
     FILES,
     PAYLOAD,
@@ -67,6 +69,7 @@ OVERLAPS = ("skip", "queue", "allow", "replace")
 #: Seconds after a due time when a firer's claim that never became a run is
 #: taken to be a dead firer's, and the due time is submitted by another.
 CLAIM_TIMEOUT = 300.0
+_HEX_KEY = re.compile(r"^[0-9a-f]{64}$")  # a job key: 32 bytes, hex
 #: Kubernetes' names (a CronJob's ``concurrencyPolicy``) for the same choices.
 CONCURRENCY = {"allow": "allow", "forbid": "skip", "replace": "replace"}
 
@@ -413,7 +416,10 @@ class Schedules:
             starting_deadline=starting_deadline,
         )
         sealed = _secrets.seal(
-            _secrets.JobSecrets(submission.env_values, keys.job_key), keys.env_key
+            _secrets.JobSecrets(
+                submission.env_values, keys.job_key, schedule=schedule_id
+            ),
+            keys.env_key,
         )
         self.write_part(schedule_id, PAYLOAD, submission.payload)
         if submission.archive:
@@ -698,7 +704,13 @@ def run_submission(
                 "storage; no run submitted. Add the schedule again.",
                 job_id=schedule.id,
             )
-    secrets = _secrets.unseal(keys.env_key, schedules.read_part(schedule.id, SECRETS))
+    sealed = schedules.read_part(schedule.id, SECRETS)
+    if is_sealed(keys.env_key):
+        # A service that cannot open the schedule's secrets: the run gets
+        # them as they are, and derives its own key from them.
+        env, copied = {}, sealed
+    else:
+        env, copied = _secrets.unseal(keys.env_key, sealed).env, b""
     run_id = new_job_id()
     spec = dict(schedule.spec)
     spec.update(
@@ -715,7 +727,8 @@ def run_submission(
     if schedules.delegation is not None:
         run_keys = _signing.run_keys(keys, run_id)
         spec["keys_from"] = schedule.id
-    return Submission(run_id, spec, payload, secrets.env, archive), run_keys
+    submission = Submission(run_id, spec, payload, env, archive, copied)
+    return submission, run_keys
 
 
 def default_service_key_path() -> str:
@@ -769,14 +782,32 @@ class Delegation:
                 f.write(key + "\n")
             return cls(key)
 
-    def accept(self, schedules: Schedules, schedule_id: str, env_key: str) -> None:
-        """Keep ``env_key`` for a schedule, once it proves to be that schedule's.
+    def accept(
+        self,
+        schedules: Schedules,
+        schedule_id: str,
+        env_key: str,
+        job_key: str | None = None,
+    ) -> None:
+        """Keep what the owner hands over for a schedule, once it proves to be
+        that schedule's.
 
-        It must open the schedule's sealed secrets, and the job key inside
-        must verify the schedule's signature: a key for anything else is
-        refused.
+        Either the schedule's env key, which must open the schedule's sealed
+        secrets, the job key inside verifying the schedule's signature; or,
+        where the gateway has a runner key, the env key sealed to it (which
+        this service cannot open) and the schedule's job key, which must
+        verify the schedule's signature. A key for anything else is refused.
         """
-        keys = self._open_schedule(schedules, schedule_id, env_key)
+        if is_sealed(env_key):
+            if not isinstance(job_key, str) or not _HEX_KEY.match(job_key):
+                raise DaskBatchError(
+                    f"schedule {schedule_id!r}: a sealed env key comes with the "
+                    "schedule's job key",
+                    job_id=schedule_id,
+                )
+            keys = _signing.JobKeys(job_key=job_key, env_key=env_key)
+        else:
+            keys = self._open_schedule(schedules, schedule_id, env_key)
         doc = json.loads(schedules.read_part(schedule_id, SCHEDULE_DOC))
         if not isinstance(doc, dict) or not _signing.spec_is_signed(keys.job_key, doc):
             raise DaskBatchError(
@@ -784,6 +815,8 @@ class Delegation:
                 job_id=schedule_id,
             )
         document = {"user": schedules.user, "schedule": schedule_id, "env_key": env_key}
+        if is_sealed(env_key):
+            document["job_key"] = keys.job_key
         sealed = self._fernet.encrypt(json.dumps(document).encode())
         schedules.write_part(schedule_id, self.SEALED, sealed)
 
@@ -815,7 +848,10 @@ class Delegation:
                 "another schedule or user in storage.",
                 job_id=schedule_id,
             )
-        return self._open_schedule(schedules, schedule_id, str(document["env_key"]))
+        env_key = str(document["env_key"])
+        if is_sealed(env_key):  # the schedule's secrets stay closed to us
+            return _signing.JobKeys(job_key=str(document["job_key"]), env_key=env_key)
+        return self._open_schedule(schedules, schedule_id, env_key)
 
     @staticmethod
     def _open_schedule(
@@ -835,16 +871,21 @@ class Delegation:
 
 
 def delegate_to_service(
-    url: str, token: str, schedule_id: str, env_key: str, what: str = "schedules"
+    url: str,
+    token: str,
+    schedule_id: str,
+    handover: dict[str, str],
+    what: str = "schedules",
 ) -> None:
-    """Hand a schedule's (or, ``what="jobs"``, a waiting job's) env key to
-    the hub service at ``url`` (its API)."""
+    """Hand a schedule's (or, ``what="jobs"``, a waiting job's) keys to the
+    hub service at ``url`` (its API): ``{"env_key"}``, or ``{"env_key",
+    "job_key"}`` with the env key sealed to the gateway's runner key."""
     import urllib.error
     import urllib.request
 
     request = urllib.request.Request(
         f"{url.rstrip('/')}/api/v1/{what}/{check_job_id(schedule_id)}/delegate",
-        data=json.dumps({"env_key": env_key}).encode(),
+        data=json.dumps(handover).encode(),
         headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
         method="POST",
     )
