@@ -20,6 +20,7 @@ SCRIPTS = [
     "bench_core.py",  # submit, submit-to-running, STOPPED, scheduler health, many jobs
     "bench_visibility.py",  # log latency, listing 1,000 jobs
     "bench_scale.py",  # listing 10,000 jobs, local and S3
+    "bench_history.py",  # the newest 50 of 1,000 to 100,000 jobs on S3: flat
     "bench_ui.py",  # the jobs page with 10,000 jobs, log latency, server memory
     "bench_hub.py",  # the hub service: gateway noticing -> retry, nobody looking
     "bench_slurm.py",  # start and end of a job on Slurm beside the local backend

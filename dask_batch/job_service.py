@@ -38,7 +38,6 @@ from dask_batch.core.names import check_job_id, check_user
 from dask_batch.core.options import SubmitOptions
 from dask_batch.core.records import JobRecord, JobState
 from dask_batch.core.runner_key import RUNNER_KEY_OPTION
-from dask_batch.core.runner_key import seal_env_key as seal_for_runner
 from dask_batch.core.tasks import TASK_KINDS, TaskRecord, check_task_name
 from dask_batch.storage.store import JobStore
 from dask_batch.workflows import schedules as _schedules
@@ -219,14 +218,8 @@ class JobService:
         token = getattr(self.gateway.auth, "api_token", None) or os.environ.get(
             "JUPYTERHUB_API_TOKEN", ""
         )
-        await asyncio.to_thread(
-            _schedules.delegate_to_service,
-            str(service),
-            str(token),
-            item_id,
-            handover,
-            what,
-        )
+        args = (str(service), str(token), item_id, handover, what)
+        await asyncio.to_thread(_schedules.delegate_to_service, *args)
 
     async def _hand_waiting_job_to_service(self, job_id: str) -> None:
         """So that the service starts the job with nobody here, whether or not
@@ -434,14 +427,10 @@ class JobService:
             starting_deadline=deadline,
         )
         if dask.config.get("batch.service.url", None):
-            keys = self._schedules.keys(schedule_id)
-            handover = {"env_key": keys.env_key}
-            runner_key = (await self._launcher.server_options()).get(RUNNER_KEY_OPTION)
-            if runner_key:
-                # Only the job's scheduler opens the schedule's secrets: the
-                # service gets what firing needs (signing runs), not env values.
-                sealed = seal_for_runner(str(runner_key), keys.env_key)
-                handover = {"env_key": sealed, "job_key": keys.job_key}
+            offered = await self._launcher.server_options()
+            handover = _schedules.handover(
+                self._schedules.keys(schedule_id), offered.get(RUNNER_KEY_OPTION)
+            )
             await self._hand_to_service("schedules", schedule_id, handover)
         return added
 

@@ -229,6 +229,27 @@ def job_cluster_client(batch: Any, job_id: str, timeout: float = 60) -> Any:
     )
 
 
+def kill_a_busy_worker(client: Any, workers: int = 2, timeout: float = 120) -> str:
+    """SIGKILL one of a cluster's ``workers`` once each of them holds a task,
+    and wait until the scheduler has dropped it; its address."""
+    import signal
+
+    client.wait_for_workers(workers, timeout=timeout)
+    wait_for(
+        lambda: sum(bool(keys) for keys in client.processing().values()) == workers,
+        timeout,
+        "a task on each worker",
+    )
+    victim, pid = next(iter(client.run(os.getpid).items()))
+    os.kill(pid, signal.SIGKILL)
+    wait_for(
+        lambda: victim not in client.scheduler_info()["workers"],
+        60,
+        "the scheduler to notice the dead worker",
+    )
+    return str(victim)
+
+
 class CuttableProxy:
     """Forwards 127.0.0.1:<port> to a target; ``cut()`` drops every connection
     and refuses new ones until ``restore()``."""

@@ -649,33 +649,13 @@ def wait_then_say(index_and_gate):
 def test_a_worker_killed_during_an_array_loses_no_element_and_runs_none_twice(
     batch_client, tmp_path
 ):
-    import signal
-
-    from dask_batch.testing import job_cluster_client
+    from dask_batch.testing import job_cluster_client, kill_a_busy_worker
 
     gate = str(tmp_path / "gate")
     job = batch_client.map(wait_then_say, [(i, gate) for i in range(6)], workers=2)
     with job_cluster_client(batch_client, job.id) as client:
-        client.wait_for_workers(2, timeout=120)
         # Both workers hold a waiting element: kill one of them.
-        wait_for(
-            lambda: (
-                len(
-                    client.processing()
-                    and {w for w, keys in client.processing().items() if keys}
-                )
-                == 2
-            ),
-            120,
-            "an element on each worker",
-        )
-        victim, pid = next(iter(client.run(os.getpid).items()))
-        os.kill(pid, signal.SIGKILL)
-        wait_for(
-            lambda: victim not in client.scheduler_info()["workers"],
-            60,
-            "the scheduler to notice the dead worker",
-        )
+        kill_a_busy_worker(client)
     open(gate, "w").close()
     # Its elements ran again elsewhere (Dask's own rescheduling): every value
     # once, in its place.

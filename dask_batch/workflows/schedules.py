@@ -45,7 +45,7 @@ from dask_batch.core.audit import audit
 from dask_batch.core.exceptions import DaskBatchError, JobNotFoundError, SubmitError
 from dask_batch.core.names import check_job_id
 from dask_batch.core.records import from_iso, new_job_id, to_iso, utcnow
-from dask_batch.core.runner_key import is_sealed
+from dask_batch.core.runner_key import is_sealed, seal_env_key
 from dask_batch.storage.store import (
     FILES,
     PAYLOAD,
@@ -68,7 +68,7 @@ RUNS = "runs"
 OVERLAPS = ("skip", "queue", "allow", "replace")
 #: Seconds after a due time when a firer's claim that never became a run is
 #: taken to be a dead firer's, and the due time is submitted by another.
-CLAIM_TIMEOUT = 300.0
+CLAIM_TIMEOUT = 300.0  # the default of batch.schedules.claim-timeout
 _HEX_KEY = re.compile(r"^[0-9a-f]{64}$")  # a job key: 32 bytes, hex
 #: Kubernetes' names (a CronJob's ``concurrencyPolicy``) for the same choices.
 CONCURRENCY = {"allow": "allow", "forbid": "skip", "replace": "replace"}
@@ -549,7 +549,7 @@ class Schedules:
             return []
         now = self.clock()
         stale = next((r for r in history if r.outcome == "starting"), None)
-        if stale is not None and (now - stale.time).total_seconds() > CLAIM_TIMEOUT:
+        if stale is not None and (now - stale.time).total_seconds() > claim_timeout():
             run = await self._take_over(schedule, keys, stale)
             return [run] if run else []
         queued = [r for r in history if r.outcome == "queued"]
@@ -678,6 +678,14 @@ class Schedules:
             run = ScheduleRun(when, outcome="failed", message=str(exc)[:1000])
         await asyncio.to_thread(self._record, schedule.id, run, create=False)
         return run
+
+
+def claim_timeout() -> float:
+    """Seconds after which a due time claimed by a firer that died is taken over."""
+    import dask.config
+
+    value = dask.config.get("batch.schedules.claim-timeout", CLAIM_TIMEOUT)
+    return float(parse_timedelta(value) or 0)
 
 
 def run_submission(
@@ -868,6 +876,17 @@ class Delegation:
                 job_id=schedule_id,
             ) from None
         return _signing.JobKeys(job_key=secrets.job_key, env_key=env_key)
+
+
+def handover(keys: _signing.JobKeys, runner_key: Any = None) -> dict[str, str]:
+    """What a schedule's owner hands the service: where the gateway offers a
+    runner key, what firing needs (the job key, to sign runs) and the env key
+    sealed to the runner key, so that only a run's scheduler opens the
+    schedule's secrets; else the env key."""
+    if not runner_key:
+        return {"env_key": keys.env_key}
+    sealed = seal_env_key(str(runner_key), keys.env_key)
+    return {"env_key": sealed, "job_key": keys.job_key}
 
 
 def delegate_to_service(
