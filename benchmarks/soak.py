@@ -317,9 +317,22 @@ def scenario_schedule_firer_killed(batch, ctx):
     )
     try:
         firer.stdout.readline()
-        deadline = time.monotonic() + random.uniform(2, 6)
-        while time.monotonic() < deadline:  # this client fires too
-            batch.fire_schedules()
+        if random.random() < 0.5:
+            # Aimed: the moment its claim of a due time shows, before the
+            # run is recorded (the window a restarted service falls in).
+            wait_for(
+                lambda: any(
+                    r.outcome == "starting"
+                    for r in batch.schedule_history(schedule.id)
+                ),
+                60,
+                "the firer to claim a due time",
+                interval=0.005,
+            )
+        else:
+            deadline = time.monotonic() + random.uniform(2, 6)
+            while time.monotonic() < deadline:  # this client fires too
+                batch.fire_schedules()
         firer.send_signal(signal.SIGKILL)
         firer.wait(10)
         # After the claim timeout, whatever it claimed is taken over.
