@@ -322,8 +322,7 @@ def scenario_schedule_firer_killed(batch, ctx):
             # run is recorded (the window a restarted service falls in).
             wait_for(
                 lambda: any(
-                    r.outcome == "starting"
-                    for r in batch.schedule_history(schedule.id)
+                    r.outcome == "starting" for r in batch.schedule_history(schedule.id)
                 ),
                 60,
                 "the firer to claim a due time",
