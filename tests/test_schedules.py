@@ -433,3 +433,42 @@ def test_four_firers_at_once_submit_one_run_per_due_time(
         for firer in firers:
             firer.gateway.close()
         batch_client.delete_schedule(schedule.id)
+
+
+def test_a_sealed_handover_gives_the_service_no_env_value(
+    batch_client, batch_gateway, clock
+):
+    import pathlib
+
+    from cryptography.fernet import Fernet
+
+    from dask_batch.core.runner_key import public_key_text
+    from dask_batch.core.secrets import unseal
+    from dask_batch.workflows.schedules import SECRETS, Delegation, Schedules, handover
+
+    pem = pathlib.Path(batch_gateway.directory, "runner-key.pem").read_bytes()
+    runner_key = public_key_text(pem)
+    mine = batch_client.schedule(
+        wait_for_file, "x", cron="0 2 * * *", workers=0, env={"TOKEN": "s3cr3t"}
+    )
+    other = batch_client.schedule(wait_for_file, "y", cron="0 3 * * *", workers=0)
+    owner = batch_client.service._schedules
+    service = Schedules(batch_client.store, None, batch_client.user)
+    service.delegation = Delegation(Fernet.generate_key().decode())
+    sealed = handover(owner.keys(mine.id), runner_key)
+    assert set(sealed) == {"env_key", "job_key"}
+    # The sealed env key comes with the schedule's own job key, or not at all.
+    with pytest.raises(DaskBatchError, match="comes with the schedule's job key"):
+        service.delegation.accept(service, mine.id, sealed["env_key"])
+    with pytest.raises(DaskBatchError, match="is not signed with the key sent"):
+        service.delegation.accept(
+            service, mine.id, sealed["env_key"], owner.keys(other.id).job_key
+        )
+    service.delegation.accept(service, mine.id, sealed["env_key"], sealed["job_key"])
+    assert service.read(mine.id).cron == "0 2 * * *"  # it can check and fire it
+    keys = service.keys(mine.id)
+    secrets = service.read_part(mine.id, SECRETS)
+    for key in (keys.env_key, keys.job_key):
+        with pytest.raises(ValueError):  # neither is a key that opens them
+            unseal(key, secrets)
+    assert unseal(owner.keys(mine.id).env_key, secrets).env == {"TOKEN": "s3cr3t"}
