@@ -335,6 +335,7 @@ class BatchClient(ScheduleMethods):
         max_parallel: int | None = None,
         fail_fast: bool | None = None,
         resume: str | Job | None = None,
+        ploomber_args: Iterable[str] = (),
         submit_options: SubmitOptions | None = None,
         **options: Any,
     ) -> Any:
@@ -364,6 +365,12 @@ class BatchClient(ScheduleMethods):
             upstream steps are unchanged (same content digest) and that
             SUCCEEDED there are not run again; their results and files are
             taken over.
+        ploomber_args : list of str, optional
+            For a Ploomber spec (a YAML file with top-level ``tasks:``):
+            ``ploomber build``'s options, parsed as it parses them
+            (``["--env--sample", "true", "--force"]``). The project's folder
+            is uploaded and built with each task on the workers; see
+            "Ploomber projects" in the docs.
         submit_options, **options
             As for :meth:`submit_script`.
 
@@ -382,7 +389,7 @@ class BatchClient(ScheduleMethods):
         """
         job_id = new_job_id()
         what, submit_options = _pipeline.pipeline_target(
-            job_id, steps, max_parallel, fail_fast, submit_options
+            job_id, steps, max_parallel, fail_fast, submit_options, ploomber_args
         )
         merged = SubmitOptions.merge(submit_options, options)
         if resume is not None:

@@ -878,3 +878,48 @@ def test_a_gateway_with_a_runner_key_refuses_an_unsealed_env_key(tmp_path):
     assert env["DASK_BATCH__RUNNER__KEY_FILE"] == str(key_file)
     with pytest.raises(ValueError, match="only sealed"):
         request("the-env-key")
+
+
+def wait_for_path(path):
+    import os
+    import time
+
+    deadline = time.monotonic() + 120
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return "released"
+
+
+def read_helper():
+    with open("helper.py") as f:  # the uploaded files are main's folder
+        return f.read()
+
+
+def test_uploaded_files_swapped_in_storage_are_never_unpacked(batch_client, tmp_path):
+    import io
+    import tarfile
+
+    from dask_batch.storage.store import FILES
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "helper.py").write_text("VALUE = 'mine'\n")
+    gate = tmp_path / "gate"
+    upstream = batch_client.submit(wait_for_path, str(gate), workers=0)
+    job = batch_client.submit(read_helper, after=upstream, files=project, workers=0)
+    # While it waits, someone who can write the storage swaps its code.
+    planted = io.BytesIO()
+    with tarfile.open(fileobj=planted, mode="w:gz") as tar:
+        evil = b"VALUE = 'planted'\n"
+        info = tarfile.TarInfo("helper.py")
+        info.size = len(evil)
+        tar.addfile(info, io.BytesIO(evil))
+    batch_client.store.put(batch_client.user, job.id, FILES, planted.getvalue())
+    gate.touch()
+    record = batch_client.wait(job.id, timeout=120)
+    assert record.state is JobState.FAILED
+    assert "not those its submitter signed" in record.message
+    assert job.id in record.message
+    # Unchanged, the same job's files are unpacked and imported.
+    again = batch_client.submit(read_helper, files=project, workers=0)
+    assert again.result(timeout=120) == "VALUE = 'mine'\n"

@@ -16,6 +16,7 @@ from dask_batch.cli.run_options import (
 )
 from dask_batch.core.names import strip_control
 from dask_batch.core.records import JobState
+from dask_batch.workflows.ploomber_specs import is_ploomber_spec
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -67,7 +68,9 @@ def submit(
     TARGET is a script (train.py, run as __main__ with ARGS as sys.argv), a
     package.module:function (called with ARGS), a notebook (analysis.ipynb,
     executed with papermill; parameters with -p NAME VALUE), or a pipeline
-    (pipeline.yaml: steps that run in dependency order on one cluster).
+    (pipeline.yaml: steps that run in dependency order on one cluster). A
+    Ploomber spec (a YAML file with top-level tasks:) takes `ploomber build`'s
+    options after it (--env--KEY VALUE, --force, --partially TASK).
     """
     options = submit_options(run_options)
     is_pipeline = target.endswith((".yaml", ".yml"))
@@ -79,13 +82,14 @@ def submit(
         raise click.UsageError("--array is for scripts and package.module:function")
     batch = obj.client
     if is_pipeline:
-        if args or parameters:
+        if parameters or (args and not is_ploomber_spec(target)):
             raise click.UsageError("a pipeline takes its params from its file")
         job = batch.submit_pipeline(
             target,
             max_parallel=max_parallel,
             fail_fast=fail_fast,
             resume=resume,
+            ploomber_args=list(args),
             submit_options=options,
         )
     elif target.endswith(".ipynb"):

@@ -34,7 +34,7 @@ from dask_batch.core.exceptions import (
 from dask_batch.core.names import InvalidNameError
 from dask_batch.core.records import JobRecord, JobState
 from dask_batch.core.tasks import (
-    TASK_KINDS,
+    VALUE_KINDS,
     TaskRecord,
     TaskSpec,
     settle_tasks,
@@ -85,7 +85,7 @@ class JobOutputs:
         )
         if record.elements and ran:
             return await asyncio.to_thread(self._array_values, record, partial)
-        if record.kind in TASK_KINDS and ran:
+        if record.kind in VALUE_KINDS and ran:
             return await asyncio.to_thread(self._task_values, record, partial)
         if record.state is JobState.SUCCEEDED:
             return await asyncio.to_thread(self._load_result, record)

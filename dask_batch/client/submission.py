@@ -390,6 +390,8 @@ def build(
         "payload_bytes": len(payload),
         "env_names": sorted(env_values),
         "files_bytes": len(archive),
+        # Signed with the spec: main's process unpacks only these files.
+        "files_digest": digest(archive) if archive else "",
         "artifacts_url": artifacts_url,
         "timeout": timeout,
         "idempotency_key": options.idempotency_key,

@@ -36,7 +36,10 @@ __all__ = ["TaskRecord"]
 TASKS_DOC = "tasks.json"
 TASKS_DIR = "tasks"
 #: Kinds of job whose main is a graph of tasks.
-TASK_KINDS = frozenset({"pipeline", "array"})
+TASK_KINDS = frozenset({"pipeline", "array", "ploomber"})
+#: Kinds of job whose value is their tasks' values (a Ploomber project's is
+#: the states its main returns: its products are the job's artifacts).
+VALUE_KINDS = frozenset({"pipeline", "array"})
 
 _TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

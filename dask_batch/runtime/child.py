@@ -42,7 +42,15 @@ from dask_batch.runtime.forking import exit_with_parent
 from dask_batch.runtime.handoff import ENV_RUNNER_PID, MainLaunch, Outcome
 from dask_batch.runtime.zygote import COMMAND as ZYGOTE_COMMAND
 from dask_batch.runtime.zygote import serve as serve_tasks
-from dask_batch.storage.store import ERROR, FILES, PAYLOAD, RESULT, SECRETS, JobStore
+from dask_batch.storage.store import (
+    ERROR,
+    FILES,
+    PAYLOAD,
+    RESULT,
+    SECRETS,
+    JobStore,
+    digest,
+)
 from dask_batch.storage.upstream import JobResult, job_value, substitute
 
 
@@ -175,6 +183,14 @@ def _unpack_files(store: JobStore, launch: MainLaunch) -> None:
     storage, so it is treated as written by anyone who can write there.
     """
     archive = store.get(launch.user, launch.job_id, FILES)
+    # Jobs submitted before the digest was signed have none to compare.
+    if launch.files_digest and digest(archive) != launch.files_digest:
+        raise ResultIntegrityError(
+            f"the uploaded files of job {launch.job_id!r} are not those its "
+            "submitter signed: they were changed in storage. Submit the job "
+            "again.",
+            job_id=launch.job_id,
+        )
     limit = parse_bytes(dask.config.get("batch.upload-limit"))
     total = 0
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
@@ -373,6 +389,7 @@ def _run(store: JobStore, launch: MainLaunch) -> tuple[Any, str]:
             store, launch, secrets.job_key, (func, args, kwargs)
         )
     is_array = func is _arrays.drive_array
+    needs_runtime = is_array or getattr(func, "__dask_batch_runtime__", False)
     if secrets.upstream_keys and not is_array:
         args, kwargs = _upstream_job_values(store, launch, secrets, args, kwargs)
     try:
@@ -392,7 +409,7 @@ def _run(store: JobStore, launch: MainLaunch) -> tuple[Any, str]:
         # After start-up, so that only main's own allocations meet it.
         limit = int(launch.memory_limit)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    if is_array:
+    if needs_runtime:
         kwargs = dict(kwargs, runtime=_array_runtime(store, launch, secrets, client))
     try:
         return func(*args, **kwargs), secrets.job_key

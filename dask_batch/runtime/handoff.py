@@ -49,6 +49,7 @@ class MainLaunch:
     artifacts_dir: str = ""
     mlflow_run_id: str = ""
     has_files: bool = False
+    files_digest: str = ""
     memory_limit: int | None = None
     env_key: str = field(default="", repr=False)
     # A task of a pipeline or array job (see dask_batch.core.tasks): its name,
@@ -90,6 +91,7 @@ class MainLaunch:
             workdir=os.path.join(workdir, "work"),
             artifacts_dir=os.path.join(workdir, ARTIFACTS_DIR),
             has_files=bool(spec.get("files_bytes")),
+            files_digest=str(spec.get("files_digest") or ""),
             memory_limit=spec.get("memory_limit"),
             **fields,
         )

@@ -207,7 +207,8 @@ class JobRunnerPlugin(SchedulerPlugin):
                 await self._shutdown_cluster()
                 return
             await self._gateway.scale(spec)
-            if spec.get("tasks"):
+            # A Ploomber project's main drives its own tasks.
+            if spec.get("tasks") and spec.get("kind") != "ploomber":
                 outcome = await self._run_graph(log_path, spec, doc)
             else:
                 outcome = await self._run_attempts(log_path, spec, doc)

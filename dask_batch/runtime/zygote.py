@@ -239,7 +239,7 @@ class Zygote:
             try:
                 self._write(request.encode() + b"\n")
             except (BrokenPipeError, OSError) as exc:
-                raise RuntimeError(f"the task launcher is gone ({exc})") from None
+                raise RuntimeError(f"the task launcher exited ({exc})") from None
             assert self._exited is not None, "start() first"
             started = asyncio.ensure_future(self._starts.get())
             await asyncio.wait(

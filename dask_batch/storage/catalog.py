@@ -48,7 +48,13 @@ from typing import Any
 from dask_batch.core.exceptions import DaskBatchError
 from dask_batch.core.names import JOB_ID
 from dask_batch.core.records import JobRecord
-from dask_batch.storage.catalog_head import HEAD, HEAD_ATTEMPTS, HEAD_BACKOFF, Head
+from dask_batch.storage.catalog_head import (
+    HEAD,
+    HEAD_ATTEMPTS,
+    HEAD_BACKOFF,
+    HEAD_BACKOFF_MAX,
+    Head,
+)
 from dask_batch.storage.parts import StoreParts
 
 logger = logging.getLogger("dask_batch.store")
@@ -223,7 +229,8 @@ class ListingIndex(StoreParts):
                 if self._retrying(self.backend.put_tagged, path, head.to_bytes(), tag):
                     return
             # Jitter, so that writers that collided do not collide again.
-            time.sleep(random.uniform(0, HEAD_BACKOFF * 2**attempt))
+            pause = min(HEAD_BACKOFF * 2**attempt, HEAD_BACKOFF_MAX)
+            time.sleep(random.uniform(0, pause))
         logger.warning(
             "The job index head of %s kept changing; removing it (listings "
             "list the folder until the next one publishes it again)",

@@ -37,8 +37,9 @@ from dask_batch.core.names import JOB_ID
 
 HEAD = "head.json"
 HEAD_VERSION = 1
-HEAD_ATTEMPTS = 8  # conditional writes lost to other writers before giving up
-HEAD_BACKOFF = 0.02  # seconds; doubled after each lost write, with jitter
+HEAD_ATTEMPTS = 12  # conditional writes lost to other writers before giving up
+HEAD_BACKOFF = 0.02  # seconds; doubled after each lost write (at most 1 s), jittered
+HEAD_BACKOFF_MAX = 1.0
 
 
 @dataclass

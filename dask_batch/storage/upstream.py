@@ -23,7 +23,7 @@ from typing import Any
 
 from dask_batch.core.records import JobRecord, JobState
 from dask_batch.core.signing import load_signed_result
-from dask_batch.core.tasks import TASK_KINDS, task_path
+from dask_batch.core.tasks import VALUE_KINDS, task_path
 from dask_batch.storage.store import RESULT, JobStore
 
 AFTER_DIR = "after"
@@ -97,7 +97,7 @@ def job_value(store: JobStore, record: JobRecord, job_key: str) -> Any:
 
     Every stored result is checked against ``job_key`` before it is loaded.
     """
-    if record.kind not in TASK_KINDS:
+    if record.kind not in VALUE_KINDS:
         return load_signed_result(
             store,
             record.user,

@@ -38,6 +38,7 @@ from dask_batch.core.tasks import (
 )
 from dask_batch.runtime import targets as _targets
 from dask_batch.runtime.arrays import ArrayWork, drive_array
+from dask_batch.workflows.ploomber_specs import is_ploomber_spec, ploomber_target
 
 __all__ = ["Pipeline", "Step"]
 
@@ -394,13 +395,23 @@ def pipeline_target(
     max_parallel: int | None,
     fail_fast: bool | None,
     submit_options: SubmitOptions | None,
+    ploomber_options: Iterable[str] = (),
 ) -> tuple[_submission.Target, SubmitOptions | None]:
-    """A pipeline job of ``steps`` (or of a pipeline YAML file).
+    """A pipeline job of ``steps`` (or of a pipeline YAML file, ours or a
+    Ploomber spec, which takes ``ploomber build``'s ``ploomber_options``).
 
     Returns the target and the submit options, the file's own merged under
     ``submit_options`` (arguments win over the file).
     """
     name = None
+    if isinstance(steps, (str, os.PathLike)) and is_ploomber_spec(steps):
+        target, folder = ploomber_target(job_id, steps, list(ploomber_options))
+        # The project's folder is the job's files: main builds it there.
+        return target, SubmitOptions.merge(submit_options, {"files": folder})
+    if ploomber_options:
+        raise SubmitError.not_submitted(
+            job_id, "Ploomber's options are for Ploomber specs (top-level tasks:)."
+        )
     if isinstance(steps, (str, os.PathLike)):
         pipeline = load_pipeline(steps, job_id)
         try:

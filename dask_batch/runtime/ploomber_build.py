@@ -1,0 +1,432 @@
+"""A Ploomber project's build: the DAG in main's process, each task on a worker.
+
+Main's process loads the project exactly as ``ploomber build`` does (its own
+command-line parser and ``DAGSpec``, in the uploaded project's folder), then
+builds it with :class:`DaskExecutor`, a Ploomber executor that hands each
+ready task to the job's Dask workers and feeds the outcome back to the DAG,
+as Ploomber's own ``Parallel`` executor does with its process pool. So
+Ploomber decides what is outdated, what runs, and what a failure aborts;
+dask-batch decides where.
+
+On a worker each task runs as a process of its own (a notebook's kernel, a
+script, a function: none outlives it), in the project's folder at the same
+absolute path as in main's process: Ploomber's products and sources are
+absolute paths. A worker on another host unpacks the project there first,
+and receives the upstream products the task reads; the products it makes
+come back with its outcome. The task's output is its log.
+
+Runs in main's process and on the workers; imports nothing from the client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from dask_batch.core.records import JobState, utcnow
+from dask_batch.core.tasks import TASKS_DOC, TaskRecord
+from dask_batch.runtime.arrays import ElementsFailed, _pack_cwd
+from dask_batch.runtime.element_work import _unpack, run_logged
+
+__all__: list[str] = []
+
+#: What Ploomber does on import and at each command unless told not to:
+#: telemetry and a version check over the network.
+QUIET = {"PLOOMBER_STATS_ENABLED": "false", "PLOOMBER_VERSION_CHECK_DISABLED": "1"}
+#: How long a worker keeps a ready task's outcome before main looks again.
+POLL_SECONDS = 1.0
+
+
+def quiet_ploomber() -> None:
+    """Ploomber imported without telemetry, version checks or the deprecation
+    warnings its dependencies raise on import (ImportError if missing)."""
+    for key, value in QUIET.items():
+        os.environ.setdefault(key, value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import ploomber
+        import ploomber.cli.parsers  # noqa: F401
+
+
+def build_parser() -> Any:
+    """The command line of ``ploomber build``, declared as Ploomber declares it."""
+    quiet_ploomber()
+    from ploomber.cli.parsers import CustomParser
+
+    parser = CustomParser(description="Build pipeline", prog="ploomber build")
+    with parser:
+        parser.add_argument("--force", "-f", action="store_true", default=False)
+        parser.add_argument(
+            "--skip-upstream", "-su", action="store_true", default=False
+        )
+        parser.add_argument("--partially", "-p", default=None)
+    return parser
+
+
+@contextlib.contextmanager
+def _argv(argv: list[str]) -> Iterator[None]:
+    # Ploomber's parser reads sys.argv itself (the entry point first, to
+    # learn which --env-- options the project has).
+    saved = sys.argv
+    sys.argv = argv
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def load_dag(spec: str, options: list[str]) -> tuple[Any, Any]:
+    """The DAG and parsed options, as ``ploomber build -e SPEC *options`` has them.
+
+    Raises ValueError with Ploomber's own message for a bad option (an
+    unknown ``--env--`` key); Ploomber's spec errors pass through.
+    """
+    parser = build_parser()
+    errors = io.StringIO()
+    with _argv(["ploomber build", "--entry-point", spec, *options]):
+        try:
+            with contextlib.redirect_stderr(errors):
+                return parser.load_from_entry_point_arg()
+        except SystemExit:
+            lines = [line for line in errors.getvalue().splitlines() if line]
+            raise ValueError(lines[-1] if lines else "bad options") from None
+
+
+@dataclass
+class ProjectFiles:
+    """The uploaded project, as a worker needs it to run one task."""
+
+    folder: str  # absolute, as in main's process
+    spec: str  # the spec's path relative to the folder
+    archive: bytes = field(repr=False)
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+def product_paths(task: Any) -> list[str]:
+    """Every file a task's product names, its metadata sidecars included."""
+    product = task.product
+    parts = list(product) if hasattr(product, "products") else [product]
+    paths = []
+    for part in parts:
+        path = getattr(part, "_path_to_file", None)
+        if path is None:
+            continue
+        paths.append(str(path))
+        sidecar = getattr(part, "_path_to_metadata", None)
+        if sidecar is not None:
+            paths.append(str(sidecar))
+    return paths
+
+
+def run_on_worker(
+    task: bytes, products: list[str], project: ProjectFiles, upstream: dict[str, bytes]
+) -> dict[str, Any]:
+    """Run one Ploomber task in a process of its own; how it went.
+
+    ``task`` is the task pickled by main's process: only the task's process,
+    where the project's modules import, unpickles it. ``products``: the files
+    it makes. ``upstream``: files of upstream products by absolute path, for
+    a worker whose folder is not main's (written only where missing).
+    """
+    own_folder = not os.path.isfile(os.path.join(project.folder, project.spec))
+    if own_folder:
+        os.makedirs(project.folder, exist_ok=True)
+        _unpack(project.archive, project.folder)
+        for path, data in upstream.items():
+            _write_inside(project.folder, path, data)
+    started = time.time()
+    with tempfile.NamedTemporaryFile(prefix="dask-batch-ploomber-") as outcome:
+        argv = [sys.executable, "-m", "dask_batch.runtime.ploomber_task", outcome.name]
+        env = {**os.environ, **project.env, **QUIET}
+        returncode, text = run_logged(argv, project.folder, env, stdin=task)
+        report = _read_outcome(outcome.name)
+    import distributed
+
+    worker = distributed.get_worker().address
+    out: dict[str, Any] = {
+        "log": text,
+        "started": started,
+        "finished": time.time(),
+        "worker": worker,
+    }
+    if returncode != 0 and not report:
+        report = {"ok": False, "error": f"the task's process exited {returncode}"}
+    out.update(report)
+    if own_folder and out.get("ok"):
+        made = [p for p in products if os.path.isfile(p)]
+        out["products"] = {p: _read(p) for p in made}
+    return out
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _read_outcome(path: str) -> dict[str, Any]:
+    import json
+
+    with open(path, "rb") as f:
+        data = f.read()
+    return json.loads(data) if data else {}
+
+
+def _write_inside(folder: str, path: str, data: bytes) -> None:
+    """Write ``data`` at ``path`` if it lies inside ``folder`` and is missing."""
+    real = os.path.realpath(path)
+    if os.path.commonpath([real, os.path.realpath(folder)]) != os.path.realpath(folder):
+        raise ValueError(f"{path!r} is outside the project's folder")
+    if not os.path.exists(real):
+        os.makedirs(os.path.dirname(real), exist_ok=True)
+        with open(real, "wb") as f:
+            f.write(data)
+
+
+class TaskStates:
+    """The Ploomber tasks' records, written to ``tasks.json`` as they change."""
+
+    def __init__(self, runtime: Any, names: list[str]) -> None:
+        self.runtime = runtime
+        self.records = {name: TaskRecord(name=name) for name in names}
+
+    def set(self, name: str, state: JobState, **fields: Any) -> None:
+        record = self.records.setdefault(name, TaskRecord(name=name))
+        record.state = state
+        for key, value in fields.items():
+            setattr(record, key, value)
+        self.publish()
+
+    def publish(self) -> None:
+        from dask_batch.core.tasks import count_states
+        from dask_batch.storage.store import PROGRESS
+
+        rt = self.runtime
+        doc = {"tasks": [r.to_dict() for r in self.records.values()]}
+        rt.store.put_json(rt.user, rt.job_id, TASKS_DOC, doc)
+        counts = count_states(self.records.values())
+        rt.store.put_json(rt.user, rt.job_id, PROGRESS, {"task_counts": counts})
+
+    def log(self, name: str, text: str) -> None:
+        if text:
+            rt = self.runtime
+            rt.store.put_log_chunk(rt.user, rt.job_id, 1, 0, text.encode(), task=name)
+
+
+class TaskDispatcher:
+    """The work of Ploomber's ``Parallel`` executor, with the job's Dask
+    workers as its pool: hand out ready tasks, feed outcomes back."""
+
+    def __init__(self, runtime: Any, project: ProjectFiles, states: TaskStates):
+        self.runtime, self.project, self.states = runtime, project, states
+        self.failures: list[Any] = []
+
+    def run(self, dag: Any) -> None:
+        import cloudpickle
+        import distributed
+        from ploomber.constants import TaskStatus
+
+        client = self.runtime.client
+        running: dict[Any, Any] = {}
+        started: set[str] = set()
+        waiting = (TaskStatus.WaitingExecution, TaskStatus.WaitingDownload)
+        while True:
+            self._settle_waiting(dag)
+            ready = [
+                t
+                for t in dag.values()
+                if t.exec_status in waiting and t.name not in started
+            ]
+            for task in ready[: max(0, self._slots(client) - len(running))]:
+                future = client.submit(
+                    run_on_worker,
+                    cloudpickle.dumps(task),
+                    product_paths(task),
+                    self.project,
+                    self._upstream_files(task),
+                    pure=False,
+                )
+                running[future] = task
+                started.add(task.name)
+                self.states.set(task.name, JobState.RUNNING, started=utcnow())
+            if not running:
+                return
+            try:
+                done = distributed.wait(
+                    list(running), timeout=POLL_SECONDS, return_when="FIRST_COMPLETED"
+                ).done
+            except distributed.TimeoutError:
+                continue  # the workers may have grown: look again
+            for future in done:
+                task = running.pop(future)
+                self._record(task, self._outcome(future))
+
+    @staticmethod
+    def _slots(client: Any) -> int:
+        info = client.scheduler_info()
+        return max(1, sum(w["nthreads"] for w in info["workers"].values()))
+
+    @staticmethod
+    def _upstream_files(task: Any) -> dict[str, bytes]:
+        return {
+            path: _read(path)
+            for up in task.upstream.values()
+            for path in product_paths(up)
+            if os.path.isfile(path)
+        }
+
+    @staticmethod
+    def _outcome(future: Any) -> dict[str, Any]:
+        try:
+            return dict(future.result())
+        except Exception as exc:  # the worker died, the task was lost
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+    def _settle_waiting(self, dag: Any) -> None:
+        """Tasks Ploomber found up to date, or aborted below a failure."""
+        from ploomber.constants import TaskStatus
+
+        for task in dag.values():
+            record = self.states.records.get(task.name)
+            if record is None or record.state.is_terminal:
+                continue
+            if task.exec_status == TaskStatus.Skipped:
+                self.states.set(
+                    task.name,
+                    JobState.SUCCEEDED,
+                    reused_from="up to date",
+                    message="up to date: not run",
+                )
+            elif task.exec_status == TaskStatus.Aborted:
+                self.states.set(
+                    task.name,
+                    JobState.CANCELLED,
+                    message="not run: a task it depends on failed",
+                )
+
+    def _record(self, task: Any, outcome: dict[str, Any]) -> None:
+        from ploomber.constants import TaskStatus
+        from ploomber.messagecollector import Message
+
+        fields = {
+            "finished": utcnow(),
+            "progress_message": f"ran on {outcome.get('worker', '?')}",
+        }
+        self.states.log(task.name, str(outcome.get("log") or ""))
+        if outcome.get("ok"):
+            for path, data in (outcome.get("products") or {}).items():
+                _write_inside(self.project.folder, path, data)
+            task.product.metadata.update_locally(outcome.get("metadata") or {})
+            # As Parallel does: Executed unblocks what depends on the task,
+            # Errored aborts it.
+            task.exec_status = TaskStatus.Executed
+            self.states.set(task.name, JobState.SUCCEEDED, **fields)
+            return
+        error = str(outcome.get("error") or "failed")
+        task.exec_status = TaskStatus.Errored
+        self.states.set(
+            task.name,
+            JobState.FAILED,
+            message=error.strip().splitlines()[-1][:1000],
+            error={"type": "TaskBuildError", "message": error[-20000:]},
+            **fields,
+        )
+        self.failures.append(Message(task=task, message=error, obj=None))
+
+
+def make_executor(dispatcher: TaskDispatcher) -> Any:
+    """A Ploomber executor (``ploomber.executors.abc.Executor``) over ``dispatcher``."""
+    from ploomber.exceptions import DAGBuildError
+    from ploomber.executors import Serial
+    from ploomber.executors.abc import Executor
+    from ploomber.messagecollector import BuildExceptionsCollector
+
+    class DaskExecutor(Executor):
+        def __call__(self, dag: Any, show_progress: bool = False) -> list[Any]:
+            super().__call__(dag)  # Ploomber's checks of the tasks' states
+            dispatcher.run(dag)
+            if dispatcher.failures:
+                raise DAGBuildError(str(BuildExceptionsCollector(dispatcher.failures)))
+            return []
+
+        def __reduce__(self) -> tuple[Any, tuple[()]]:
+            # A task drags its DAG, executor included, to the worker; there
+            # it builds itself alone, so Ploomber's Serial stands in.
+            return Serial, ()
+
+    return DaskExecutor()
+
+
+def build_project(
+    spec: str,
+    options: list[str],
+    task_names: list[str],
+    *,
+    runtime: Any,
+) -> dict[str, str]:
+    """Main of a Ploomber job: build the project in this folder on the workers.
+
+    Returns each task's final state by name.
+    """
+    quiet_ploomber()
+    from ploomber.exceptions import DAGBuildError
+
+    folder = os.getcwd()
+    sys.path.insert(0, folder)  # the project's modules, as `ploomber build` has them
+    dag, args = load_dag(spec, options)
+    states = TaskStates(runtime, task_names)
+    # The files main's process checked and unpacked, before any task adds
+    # products to the folder.
+    archive = _pack_cwd()
+    project = ProjectFiles(folder=folder, spec=spec, archive=archive, env=runtime.env)
+    dag.executor = make_executor(TaskDispatcher(runtime, project, states))
+    try:
+        if args.partially:
+            dag.build_partially(
+                args.partially,
+                force=args.force,
+                skip_upstream=args.skip_upstream,
+                show_progress=False,
+            )
+        else:
+            dag.build(force=args.force, show_progress=False)
+    except DAGBuildError as exc:
+        print(str(exc), file=sys.stderr)
+        failed = [n for n, r in states.records.items() if r.state is JobState.FAILED]
+        raise ElementsFailed(
+            f"Ploomber tasks failed: {', '.join(failed) or 'see the log'}"
+        ) from None
+    finally:
+        _keep_products(dag, folder)
+    return {name: r.state.value for name, r in states.records.items()}
+
+
+#: Main's process passes it what it knows beyond the payload (see child).
+build_project.__dask_batch_runtime__ = True  # type: ignore[attr-defined]
+
+
+def _keep_products(dag: Any, folder: str) -> None:
+    """Copy every product and its metadata into the job's artifacts, under
+    its path in the project."""
+    import shutil
+
+    from dask_batch.runtime.context import artifacts_dir
+
+    target = artifacts_dir()
+    for task in dag.values():
+        for path in product_paths(task):
+            if not os.path.isfile(path):
+                continue
+            relative = os.path.relpath(path, folder)
+            if relative.startswith(".."):
+                continue  # a product outside the project: not ours to keep
+            destination = os.path.join(target, relative)
+            os.makedirs(os.path.dirname(destination), exist_ok=True)
+            shutil.copy2(path, destination)

@@ -1,0 +1,137 @@
+"""Ploomber projects, unchanged, as dask-batch jobs: each task on the workers."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import shutil
+
+import pytest
+
+from dask_batch import JobState, SubmitError
+
+PROJECTS = pathlib.Path(__file__).parent / "data" / "ploomber"
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A copy of the basic project (function tasks, a script run as a notebook)."""
+    folder = tmp_path / "basic"
+    shutil.copytree(PROJECTS / "basic", folder)
+    return folder
+
+
+def test_a_ploomber_project_runs_unchanged_with_each_task_on_a_worker(
+    batch_client, project, tmp_path
+):
+    job = batch_client.submit_pipeline(project / "pipeline.yaml", workers=1)
+    record = job.wait(timeout=240)
+    tasks = {t.name: t for t in batch_client.tasks(job.id)}
+    assert record.state is JobState.SUCCEEDED, [
+        (t.name, t.message, batch_client.logs(job.id, task=t.name)[-3000:])
+        for t in tasks.values()
+    ]
+    assert set(tasks) == {"numbers", "total", "report"}
+    assert tasks["total"].upstream == ["numbers"]
+    assert tasks["report"].upstream == ["total"]
+    for task in tasks.values():
+        assert task.state is JobState.SUCCEEDED
+        assert re.match(r"ran on (tcp|tls)://127\.0\.0\.1:\d+$", task.progress_message)
+        assert task.started and task.finished
+    # The products, with Ploomber's metadata sidecars, are the job's artifacts.
+    got = tmp_path / "got"
+    batch_client.download_artifacts(job.id, got)
+    assert (got / "output" / "total.txt").read_text() == "45"
+    assert (got / "output" / "summary.txt").read_text() == "total=45"
+    assert (got / "output" / "report.ipynb").is_file()
+    for name in ("numbers.txt", "total.txt", "summary.txt", "report.ipynb"):
+        assert (got / "output" / f".{name}.metadata").is_file()
+    # The executed notebook holds its output; the task's log, papermill's.
+    assert "the total is 45" in (got / "output" / "report.ipynb").read_text()
+    assert "Executing" in batch_client.logs(job.id, task="report")
+    # Nothing was written into the submitter's folder.
+    assert not (project / "output").exists()
+
+
+def test_a_failing_task_fails_the_job_and_what_depends_on_it(batch_client, project):
+    tasks = project / "tasks.py"
+    tasks.write_text(
+        tasks.read_text().replace(
+            "    values = [", "    raise ValueError('no total today')\n    values = ["
+        )
+    )
+    job = batch_client.submit_pipeline(project / "pipeline.yaml", workers=1)
+    record = job.wait(timeout=240)
+    assert record.state is JobState.FAILED
+    assert "total" in record.message
+    states = {t.name: t for t in batch_client.tasks(job.id)}
+    assert states["numbers"].state is JobState.SUCCEEDED
+    assert states["total"].state is JobState.FAILED
+    assert "no total today" in states["total"].message + str(states["total"].error)
+    assert states["report"].state is JobState.CANCELLED
+    assert "no total today" in batch_client.logs(job.id, task="total")
+
+
+@pytest.mark.parametrize(
+    ("change", "options", "expected"),
+    [
+        (("source: tasks.total", "source: tasks.nowhere"), [], "nowhere"),
+        (("tasks:", "tasks: 3\nnot_tasks:"), [], "pipeline.yaml"),
+        (None, ["--env--nope", "1"], "--env--nope"),
+    ],
+)
+def test_ploomber_refuses_a_bad_project_before_any_cluster_starts(
+    batch_client, project, change, options, expected
+):
+    spec = project / "pipeline.yaml"
+    if change is not None:
+        spec.write_text(spec.read_text().replace(*change))
+    with pytest.raises(SubmitError, match=expected.replace("-", r"\-")) as info:
+        batch_client.submit_pipeline(spec, ploomber_args=options, workers=1)
+    assert "no cluster was requested" in str(info.value) or "not submitted" in str(
+        info.value
+    )
+    assert batch_client.jobs() == [] and batch_client.gateway.list_clusters() == []
+
+
+def test_the_command_line_passes_ploomber_options_through(
+    batch_gateway, project, tmp_path, monkeypatch
+):
+    import json
+
+    import dask
+    from click.testing import CliRunner
+
+    from dask_batch.cli import main
+
+    environment = {
+        **batch_gateway.environment(),
+        "DASK_BATCH__STORAGE": str(tmp_path / "jobs"),
+    }
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    dask.config.refresh()
+    monkeypatch.chdir(project)
+    try:
+        runner = CliRunner()
+        ploomber_options = ["--env--count", "5"]
+        done = runner.invoke(
+            main,
+            ["submit", "pipeline.yaml", *ploomber_options, "--workers", "1", "--wait"],
+        )
+        assert done.exit_code == 0, done.output
+        job_id = done.stdout.split()[0]
+        shown = runner.invoke(main, ["status", job_id, "--json"])
+        assert shown.exit_code == 0, shown.output
+        status = json.loads(shown.output)
+        assert status["state"] == "SUCCEEDED"
+        assert [t["name"] for t in status["tasks"]] == ["numbers", "total", "report"]
+        got = tmp_path / "got"
+        runner.invoke(main, ["artifacts", job_id, "--download", str(got)])
+        assert (got / "output" / "total.txt").read_text() == "10"  # 0 + ... + 4
+        bad = runner.invoke(main, ["submit", "pipeline.yaml", "--env--nope", "1"])
+        assert bad.exit_code != 0 and "--env--nope" in bad.output
+        assert "Traceback" not in bad.output
+    finally:
+        monkeypatch.undo()
+        dask.config.refresh()
