@@ -135,3 +135,36 @@ def test_the_command_line_passes_ploomber_options_through(
     finally:
         monkeypatch.undo()
         dask.config.refresh()
+
+
+def test_git_and_user_placeholders_are_the_submitting_machines(
+    batch_client, project, tmp_path
+):
+    import getpass
+    import subprocess
+
+    with open(project / "tasks.py", "a") as f:
+        f.write(
+            "\n\ndef stamp(product, branch, who):\n"
+            '    Path(str(product)).write_text(f"{branch} {who}")\n'
+        )
+    with open(project / "pipeline.yaml", "a") as f:
+        f.write(
+            "\n  - source: tasks.stamp\n"
+            "    product: output/stamp.txt\n"
+            "    params:\n"
+            '      branch: "{{git}}"\n'
+            '      who: "{{user}}"\n'
+        )
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "init", "-q", "-b", "feature-x"], cwd=project, check=True)
+    subprocess.run([*git, "add", "."], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "x"], cwd=project, check=True)
+    job = batch_client.submit_pipeline(project / "pipeline.yaml", workers=1)
+    record = job.wait(timeout=240)
+    assert record.state is JobState.SUCCEEDED, record.message
+    got = tmp_path / "got"
+    batch_client.download_artifacts(job.id, got)
+    # The job's folder is no git work tree (.git is never uploaded).
+    stamp = (got / "output" / "stamp.txt").read_text()
+    assert stamp == f"feature-x {getpass.getuser()}"

@@ -173,17 +173,26 @@ def resolve_env(job_id: str, env: Any) -> dict[str, str]:
     return items
 
 
+#: Folders of an uploaded directory that are never uploaded: version control
+#: and caches, which main does not need (a Ploomber project's {{git}} is
+#: taken on the submitting machine).
+NOT_UPLOADED = frozenset({".git", ".hg", "__pycache__", ".ipynb_checkpoints"})
+
+
 def _members(job_id: str, path: str) -> list[tuple[str, str]]:
     """``(source, name in the archive)`` of a file, or of a directory's files."""
     if not os.path.exists(path):
         raise SubmitError.not_submitted(job_id, f"file {path!r} does not exist.")
     if not os.path.isdir(path):
         return [(path, os.path.basename(path))]
-    return [
-        (os.path.join(root, f), os.path.relpath(os.path.join(root, f), path))
-        for root, _, names in os.walk(path)
-        for f in names
-    ]
+    members = []
+    for root, folders, names in os.walk(path):
+        folders[:] = sorted(f for f in folders if f not in NOT_UPLOADED)
+        members += [
+            (os.path.join(root, f), os.path.relpath(os.path.join(root, f), path))
+            for f in sorted(names)
+        ]
+    return members
 
 
 def pack_files(job_id: str, files: Any) -> bytes:

@@ -100,6 +100,67 @@ def load_dag(spec: str, options: list[str]) -> tuple[Any, Any]:
             raise ValueError(lines[-1] if lines else "bad options") from None
 
 
+#: Placeholders that say where and when a build was asked for: taken on the
+#: submitting machine, where the project is a git work tree and the user is
+#: the submitter, not in the job's folder on the cluster.
+CAPTURED = ("git", "git_hash", "now", "user")
+
+
+def capture_placeholders(folder: str) -> dict[str, str]:
+    """``{{git}}``, ``{{git_hash}}``, ``{{now}}`` and ``{{user}}`` as Ploomber
+    resolves them here, for ``folder``."""
+    import datetime
+    import getpass
+
+    from ploomber import repo
+
+    values = {"now": datetime.datetime.now().isoformat(), "user": getpass.getuser()}
+    if repo.is_repo(folder):
+        values["git"] = str(repo.git_location(folder))
+        values["git_hash"] = str(repo.git_hash(folder))
+    return values
+
+
+@contextlib.contextmanager
+def captured_placeholders(values: dict[str, str]) -> Iterator[None]:
+    """Ploomber resolves the captured placeholders to ``values``.
+
+    Ploomber's placeholder machinery stays in charge (which placeholders a
+    spec may use, where they expand); only the lookups it makes of the git
+    work tree, the clock and the user answer with what the submitter saw.
+    """
+    import shutil
+    import types
+
+    from ploomber import repo
+    from ploomber.env import expand
+
+    patches: list[tuple[Any, str, Any]] = [
+        (expand.EnvironmentExpander, "get_now", lambda self: values["now"]),
+        (expand.EnvironmentExpander, "get_user", lambda self: values["user"]),
+    ]
+    if "git" in values:
+        # Ploomber also asks for a git program before it expands {{git}};
+        # the job's image need not have one.
+        with_git = types.SimpleNamespace(
+            which=lambda name, *a, **k: name if name == "git" else shutil.which(name)
+        )
+        patches += [
+            (repo, "is_repo", lambda path: True),
+            (repo, "git_location", lambda path: values["git"]),
+            (repo, "git_hash", lambda path: values["git_hash"]),
+            (expand, "shutil", with_git),
+        ]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    for owner, name, value in patches:
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
+
+
 @dataclass
 class ProjectFiles:
     """The uploaded project, as a worker needs it to run one task."""
@@ -368,19 +429,22 @@ def build_project(
     spec: str,
     options: list[str],
     task_names: list[str],
+    placeholders: dict[str, str] | None = None,
     *,
     runtime: Any,
 ) -> dict[str, str]:
     """Main of a Ploomber job: build the project in this folder on the workers.
 
-    Returns each task's final state by name.
+    ``placeholders``: those of :data:`CAPTURED` as the submitter's machine
+    resolved them. Returns each task's final state by name.
     """
     quiet_ploomber()
     from ploomber.exceptions import DAGBuildError
 
     folder = os.getcwd()
     sys.path.insert(0, folder)  # the project's modules, as `ploomber build` has them
-    dag, args = load_dag(spec, options)
+    with captured_placeholders(placeholders or capture_placeholders(folder)):
+        dag, args = load_dag(spec, options)
     states = TaskStates(runtime, task_names)
     # The files main's process checked and unpacked, before any task adds
     # products to the folder.

@@ -83,8 +83,10 @@ def ploomber_target(
             f"installed here: {INSTALL}.",
         ) from None
     with _in_folder(folder):
+        placeholders = _build.capture_placeholders(folder)
         try:
-            dag, _ = _build.load_dag(spec, list(options))
+            with _build.captured_placeholders(placeholders):
+                dag, _ = _build.load_dag(spec, list(options))
             dag.render(show_progress=False)
         except Exception as exc:  # Ploomber's own errors say what is wrong
             raise SubmitError.not_submitted(
@@ -96,7 +98,7 @@ def ploomber_target(
         spec,
         os.path.basename(folder) or "ploomber",
         _build.build_project,
-        (spec, list(options), [t.name for t in tasks]),
+        (spec, list(options), [t.name for t in tasks], placeholders),
         {},
         tasks=tasks,
     )
