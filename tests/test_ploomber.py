@@ -168,3 +168,51 @@ def test_git_and_user_placeholders_are_the_submitting_machines(
     # The job's folder is no git work tree (.git is never uploaded).
     stamp = (got / "output" / "stamp.txt").read_text()
     assert stamp == f"feature-x {getpass.getuser()}"
+
+
+def copy_of_basic(tmp_path, where):
+    """A fresh checkout of the project: same folder name, another place."""
+    folder = tmp_path / where / "basic"
+    shutil.copytree(PROJECTS / "basic", folder)
+    return folder
+
+
+def built(batch_client, folder):
+    job = batch_client.submit_pipeline(folder / "pipeline.yaml", workers=1)
+    record = job.wait(timeout=240)
+    tasks = {t.name: t for t in batch_client.tasks(job.id)}
+    assert record.state is JobState.SUCCEEDED, [
+        (t.name, t.message) for t in tasks.values()
+    ]
+    return job, {name: t.reused_from for name, t in tasks.items()}
+
+
+def test_later_jobs_of_a_project_make_only_what_ploomber_finds_outdated(
+    batch_client, tmp_path
+):
+    _, first = built(batch_client, copy_of_basic(tmp_path, "a"))
+    assert first == {"numbers": "", "total": "", "report": ""}  # all made
+    # From a fresh checkout elsewhere: everything is up to date in storage.
+    job, again = built(batch_client, copy_of_basic(tmp_path, "b"))
+    assert again == {"numbers": "storage", "total": "storage", "report": "storage"}
+    got = tmp_path / "got"
+    batch_client.download_artifacts(job.id, got)
+    assert (got / "output" / "total.txt").read_text() == "45"
+    assert (got / "output" / ".total.txt.metadata").is_file()
+    # A trailing comment and a docstring are no change to Ploomber (it
+    # compares code without them): nothing is made.
+    commented = copy_of_basic(tmp_path, "c")
+    tasks = commented / "tasks.py"
+    code = tasks.read_text().replace(
+        "def total(upstream, product):",
+        'def total(upstream, product):\n    """Add them up."""',
+    )
+    tasks.write_text(code.replace("str(sum(values)))", "str(sum(values)))  # all"))
+    _, after_comment = built(batch_client, commented)
+    assert set(after_comment.values()) == {"storage"}
+    # A real change makes that task and what depends on it, nothing else.
+    changed = copy_of_basic(tmp_path, "d")
+    tasks = changed / "tasks.py"
+    tasks.write_text(tasks.read_text().replace("sum(values)", "sum(sorted(values))"))
+    _, after_change = built(batch_client, changed)
+    assert after_change == {"numbers": "storage", "total": "", "report": ""}

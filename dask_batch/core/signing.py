@@ -150,6 +150,15 @@ def job_keys(secret: bytes, job_id: str) -> JobKeys:
     )
 
 
+def project_key(secret: bytes, project: str) -> str:
+    """The key that signs a Ploomber project's stored products (hex).
+
+    The same for every job of the project, so that a later job checks what
+    an earlier one stored; bound to the project's name.
+    """
+    return _derive(secret, "ploomber-project", project).hex()
+
+
 def run_keys(schedule: JobKeys, job_id: str) -> JobKeys:
     """The keys of a schedule's run ``job_id``, from the schedule's keys.
 

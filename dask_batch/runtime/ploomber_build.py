@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import posixpath
 import sys
 import tempfile
 import time
@@ -43,6 +44,11 @@ __all__: list[str] = []
 QUIET = {"PLOOMBER_STATS_ENABLED": "false", "PLOOMBER_VERSION_CHECK_DISABLED": "1"}
 #: How long a worker keeps a ready task's outcome before main looks again.
 POLL_SECONDS = 1.0
+#: The folder below a user's where each project's products are kept.
+PROJECTS = ".ploomber"
+#: The env value that carries a project's key (which signs its stored
+#: products) to main and to the tasks, sealed like any env value.
+KEY_ENV = "DASK_BATCH_PLOOMBER_KEY"
 
 
 def quiet_ploomber() -> None:
@@ -297,13 +303,16 @@ class TaskDispatcher:
         client = self.runtime.client
         running: dict[Any, Any] = {}
         started: set[str] = set()
-        waiting = (TaskStatus.WaitingExecution, TaskStatus.WaitingDownload)
         while True:
             self._settle_waiting(dag)
+            for task in list(dag.values()):
+                if task.exec_status == TaskStatus.WaitingDownload:
+                    self._download(task)
             ready = [
                 t
                 for t in dag.values()
-                if t.exec_status in waiting and t.name not in started
+                if t.exec_status == TaskStatus.WaitingExecution
+                and t.name not in started
             ]
             for task in ready[: max(0, self._slots(client) - len(running))]:
                 future = client.submit(
@@ -328,6 +337,27 @@ class TaskDispatcher:
             for future in done:
                 task = running.pop(future)
                 self._record(task, self._outcome(future))
+
+    def _download(self, task: Any) -> None:
+        """A task whose stored products are up to date: they are fetched (and
+        checked), not made. Ploomber's own decision; the download is main's,
+        so no task process starts for it."""
+        from ploomber.constants import TaskStatus
+
+        try:
+            task.product.download()
+        except Exception as exc:
+            self._record(task, {"ok": False, "error": f"download failed: {exc}"})
+            return
+        task.product.metadata.clear()  # read again from the downloaded copy
+        task.exec_status = TaskStatus.Executed
+        self.states.set(
+            task.name,
+            JobState.SUCCEEDED,
+            reused_from="storage",
+            message="up to date in storage: its products were taken, not made",
+            finished=utcnow(),
+        )
 
     @staticmethod
     def _slots(client: Any) -> int:
@@ -430,21 +460,32 @@ def build_project(
     options: list[str],
     task_names: list[str],
     placeholders: dict[str, str] | None = None,
+    project_name: str = "",
     *,
     runtime: Any,
 ) -> dict[str, str]:
     """Main of a Ploomber job: build the project in this folder on the workers.
 
     ``placeholders``: those of :data:`CAPTURED` as the submitter's machine
-    resolved them. Returns each task's final state by name.
+    resolved them. ``project_name``: where the project's products are kept
+    in storage, for later jobs of the same project. Returns each task's
+    final state by name.
     """
     quiet_ploomber()
     from ploomber.exceptions import DAGBuildError
+    from ploomber.products import File
+
+    from dask_batch.runtime.ploomber_client import ProjectStorageClient
 
     folder = os.getcwd()
     sys.path.insert(0, folder)  # the project's modules, as `ploomber build` has them
     with captured_placeholders(placeholders or capture_placeholders(folder)):
         dag, args = load_dag(spec, options)
+    if project_name:
+        store = runtime.store
+        prefix = posixpath.join(store.user_path(runtime.user), PROJECTS, project_name)
+        url = store.fs.unstrip_protocol(prefix)
+        dag.clients[File] = ProjectStorageClient(url, store.storage_options, folder)
     states = TaskStates(runtime, task_names)
     # The files main's process checked and unpacked, before any task adds
     # products to the folder.

@@ -405,9 +405,11 @@ def pipeline_target(
     """
     name = None
     if isinstance(steps, (str, os.PathLike)) and is_ploomber_spec(steps):
-        target, folder = ploomber_target(job_id, steps, list(ploomber_options))
+        target, folder, env = ploomber_target(job_id, steps, list(ploomber_options))
+        own = _submission.resolve_env(job_id, (submit_options or SubmitOptions()).env)
         # The project's folder is the job's files: main builds it there.
-        return target, SubmitOptions.merge(submit_options, {"files": folder})
+        extra = {"files": folder, "env": {**own, **env}}
+        return target, SubmitOptions.merge(submit_options, extra)
     if ploomber_options:
         raise SubmitError.not_submitted(
             job_id, "Ploomber's options are for Ploomber specs (top-level tasks:)."

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from dask_batch.client import submission as _submission
+from dask_batch.core import signing as _signing
 from dask_batch.core.exceptions import SubmitError
 from dask_batch.core.names import InvalidNameError
 from dask_batch.core.tasks import TaskSpec, check_task_name
@@ -63,9 +64,10 @@ def _in_folder(folder: str) -> Iterator[None]:
 
 def ploomber_target(
     job_id: str, path: str | os.PathLike[str], options: list[str]
-) -> tuple[_submission.Target, str]:
-    """The job that builds the Ploomber project of spec ``path``, and the
-    project's folder (its files are the job's).
+) -> tuple[_submission.Target, str, dict[str, str]]:
+    """The job that builds the Ploomber project of spec ``path``, the
+    project's folder (its files are the job's) and the env values it needs
+    (the key of the project's stored products, sealed like any env value).
 
     Raises SubmitError, naming the file, for anything ``ploomber build``
     would refuse, and when Ploomber is not installed.
@@ -93,16 +95,32 @@ def ploomber_target(
                 job_id, f"Ploomber refuses {os.fspath(path)!r}: {_one_line(exc)}"
             ) from None
         tasks = [_task_spec(job_id, task) for task in dag.values()]
+    project = project_name(job_id, folder)
+    secret = _signing.user_secret(create=True, job_id=job_id)
+    env = {_build.KEY_ENV: _signing.project_key(secret, project)}
     target = _submission.Target(
         "ploomber",
         spec,
-        os.path.basename(folder) or "ploomber",
+        project,
         _build.build_project,
-        (spec, list(options), [t.name for t in tasks], placeholders),
+        (spec, list(options), [t.name for t in tasks], placeholders, project),
         {},
         tasks=tasks,
     )
-    return target, folder
+    return target, folder, env
+
+
+def project_name(job_id: str, folder: str) -> str:
+    """The name a project's stored products are found by: its folder's."""
+    name = os.path.basename(os.path.normpath(folder))
+    try:
+        return check_task_name(name, job_id=job_id)
+    except InvalidNameError:
+        raise SubmitError.not_submitted(
+            job_id,
+            f"a Ploomber project's folder names it in storage, and {name!r} "
+            "cannot: use letters, digits and _ . - (at most 64).",
+        ) from None
 
 
 def _task_spec(job_id: str, task: Any) -> TaskSpec:
