@@ -216,3 +216,29 @@ def test_later_jobs_of_a_project_make_only_what_ploomber_finds_outdated(
     tasks.write_text(tasks.read_text().replace("sum(values)", "sum(sorted(values))"))
     _, after_change = built(batch_client, changed)
     assert after_change == {"numbers": "storage", "total": "", "report": ""}
+
+
+def test_on_s3_a_project_is_built_then_reused_from_a_fresh_checkout(
+    batch_gateway, batch_s3_storage, tmp_path
+):
+    from dask_batch import BatchClient
+
+    storage, options = batch_s3_storage
+    gateway = batch_gateway.gateway()
+    with BatchClient(gateway=gateway, storage=storage, storage_options=options) as b:
+        _, first = built(b, copy_of_basic(tmp_path, "a"))
+        assert set(first.values()) == {""}
+        job, again = built(b, copy_of_basic(tmp_path, "b"))
+        assert set(again.values()) == {"storage"}
+        got = tmp_path / "got"
+        b.download_artifacts(job.id, got)
+        assert (got / "output" / "summary.txt").read_text() == "total=45"
+        # Each stored product is signed; one planted over it is not taken.
+        stored = f"{storage}/{b.user}/.ploomber/basic/output/total.txt"
+        b.store.fs.pipe_file(b.store.strip_protocol(stored), b"999")
+        job, planted = built(b, copy_of_basic(tmp_path, "c"))
+        assert planted["total"] == "" and planted["numbers"] == "storage"
+        got = tmp_path / "got-c"
+        b.download_artifacts(job.id, got)
+        assert (got / "output" / "total.txt").read_text() == "45"
+    gateway.close()

@@ -347,7 +347,12 @@ class TaskDispatcher:
         try:
             task.product.download()
         except Exception as exc:
-            self._record(task, {"ok": False, "error": f"download failed: {exc}"})
+            # A stored copy that is gone or does not verify is never used:
+            # the task is made again, which replaces it.
+            note = f"stored products not taken ({exc}); making them again\n"
+            print(f"dask-batch: task {task.name}: {note}", file=sys.stderr, end="")
+            self.states.log(task.name, note)
+            task.exec_status = TaskStatus.WaitingExecution
             return
         task.product.metadata.clear()  # read again from the downloaded copy
         task.exec_status = TaskStatus.Executed
