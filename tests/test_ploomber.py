@@ -44,6 +44,7 @@ def test_a_ploomber_project_runs_unchanged_with_each_task_on_a_worker(
     assert (got / "output" / "total.txt").read_text() == "45"
     assert (got / "output" / "summary.txt").read_text() == "total=45"
     assert (got / "output" / "report.ipynb").is_file()
+    assert "the total is 45" in (got / "output" / "report.html").read_text()
     for name in ("numbers.txt", "total.txt", "summary.txt", "report.ipynb"):
         assert (got / "output" / f".{name}.metadata").is_file()
     # The executed notebook holds its output; the task's log, papermill's.
@@ -242,3 +243,51 @@ def test_on_s3_a_project_is_built_then_reused_from_a_fresh_checkout(
         b.download_artifacts(job.id, got)
         assert (got / "output" / "total.txt").read_text() == "45"
     gateway.close()
+
+
+def test_grids_serializers_hooks_and_build_options_behave_as_in_ploomber(
+    batch_client, tmp_path
+):
+    import json
+
+    folder = tmp_path / "features"
+    shutil.copytree(PROJECTS / "features", folder)
+    spec = folder / "pipeline.yaml"
+    # `executor: parallel` in the spec: the tasks still go to the workers.
+    job = batch_client.submit_pipeline(
+        spec, ploomber_args=["--env--size", "3"], workers=2
+    )
+    record = job.wait(timeout=300)
+    tasks = {t.name: t for t in batch_client.tasks(job.id)}
+    assert record.state is JobState.SUCCEEDED, [
+        (t.name, t.message) for t in tasks.values()
+    ]
+    assert set(tasks) == {"make", "fit-0", "fit-1", "fit-2", "fit-3", "combine"}
+    assert all(t.progress_message.startswith("ran on ") for t in tasks.values())
+    got = tmp_path / "got"
+    batch_client.download_artifacts(job.id, got)
+    combined = json.loads((got / "output" / "combined.json").read_text())
+    assert combined == [3, 6, 9, 12]  # (0 + 1 + 2) times each alpha
+    # --partially builds a task and what it needs; with --force, even what
+    # is stored up to date.
+    partial = batch_client.submit_pipeline(
+        spec,
+        ploomber_args=["--env--size", "3", "--partially", "fit-1", "--force"],
+        workers=1,
+    )
+    assert partial.wait(timeout=300).state is JobState.SUCCEEDED
+    states = {t.name: (t.state, t.reused_from) for t in batch_client.tasks(partial.id)}
+    assert states["make"] == (JobState.SUCCEEDED, "")
+    assert states["fit-1"] == (JobState.SUCCEEDED, "")
+    # A failing hook fails its task, and its message is in the task's status.
+    (folder / "hooks.py").write_text(
+        "def fit_done(product):\n    raise RuntimeError('hook says no')\n"
+    )
+    failing = batch_client.submit_pipeline(
+        spec, ploomber_args=["--env--size", "4"], workers=1
+    )
+    assert failing.wait(timeout=300).state is JobState.FAILED
+    failed = [t for t in batch_client.tasks(failing.id) if t.state is JobState.FAILED]
+    assert failed and all("hook says no" in str(t.error) for t in failed)
+    combine = next(t for t in batch_client.tasks(failing.id) if t.name == "combine")
+    assert combine.state is JobState.CANCELLED

@@ -176,9 +176,18 @@ def _run_script(work: ElementWork, index: int) -> dict[str, Any]:
 
 
 def run_logged(
-    argv: list[str], cwd: str, env: dict[str, str], stdin: bytes | None = None
+    argv: list[str],
+    cwd: str,
+    env: dict[str, str],
+    stdin: bytes | None = None,
+    *,
+    new_session: bool = False,
 ) -> tuple[int, str]:
-    """Run a process to its end; its exit code and the end of its output."""
+    """Run a process to its end; its exit code and the end of its output.
+
+    ``new_session``: the process leads a group of its own (so that it can
+    take what it starts down with it).
+    """
     with tempfile.TemporaryFile() as log:
         done = subprocess.run(
             argv,
@@ -189,6 +198,7 @@ def run_logged(
             stdout=log,
             stderr=subprocess.STDOUT,
             check=False,
+            start_new_session=new_session,
         )
         size = log.tell()
         log.seek(max(0, size - LOG_TAIL_BYTES))

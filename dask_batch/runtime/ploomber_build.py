@@ -211,9 +211,12 @@ def run_on_worker(
             _write_inside(project.folder, path, data)
     started = time.time()
     with tempfile.NamedTemporaryFile(prefix="dask-batch-ploomber-") as outcome:
-        argv = [sys.executable, "-m", "dask_batch.runtime.ploomber_task", outcome.name]
+        module = "dask_batch.runtime.ploomber_task"
+        argv = [sys.executable, "-m", module, outcome.name, str(os.getpid())]
         env = {**os.environ, **project.env, **QUIET}
-        returncode, text = run_logged(argv, project.folder, env, stdin=task)
+        returncode, text = run_logged(
+            argv, project.folder, env, stdin=task, new_session=True
+        )
         report = _read_outcome(outcome.name)
     import distributed
 
@@ -452,6 +455,10 @@ def make_executor(dispatcher: TaskDispatcher) -> Any:
                 raise DAGBuildError(str(BuildExceptionsCollector(dispatcher.failures)))
             return []
 
+        def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+            # build_partially copies the DAG: the copy runs on the workers too.
+            return self
+
         def __reduce__(self) -> tuple[Any, tuple[()]]:
             # A task drags its DAG, executor included, to the worker; there
             # it builds itself alone, so Ploomber's Serial stands in.
@@ -540,3 +547,24 @@ def _keep_products(dag: Any, folder: str) -> None:
             destination = os.path.join(target, relative)
             os.makedirs(os.path.dirname(destination), exist_ok=True)
             shutil.copy2(path, destination)
+            if path.endswith(".ipynb"):
+                _keep_as_html(path, destination[: -len(".ipynb")] + ".html")
+
+
+def _keep_as_html(notebook: str, destination: str) -> None:
+    """An executed notebook, as HTML beside it in the artifacts (for
+    reading it on the jobs page or in a browser); not one of its products."""
+    if os.path.exists(destination):
+        return  # the spec makes one itself
+    try:
+        import nbconvert
+        import nbformat
+
+        html, _ = nbconvert.HTMLExporter().from_notebook_node(
+            nbformat.read(notebook, as_version=4)
+        )
+    except Exception as exc:  # a notebook nbconvert cannot render
+        print(f"dask-batch: no HTML of {notebook}: {exc}", file=sys.stderr)
+        return
+    with open(destination, "w", encoding="utf-8") as f:
+        f.write(html)

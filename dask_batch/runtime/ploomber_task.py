@@ -1,6 +1,6 @@
 """One Ploomber task, built in a process of its own on a worker.
 
-    python -m dask_batch.runtime.ploomber_task OUTCOME_FILE < pickled task
+    python -m dask_batch.runtime.ploomber_task OUTCOME_FILE WORKER_PID < pickled task
 
 Started by :func:`dask_batch.runtime.ploomber_build.run_on_worker`, which
 pickled the task itself (from the DAG that main's process loaded) and reads
@@ -15,13 +15,19 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import traceback
+
+from dask_batch.runtime.forking import exit_with_parent
 
 
 def main() -> None:
     import cloudpickle
 
-    outcome_path = sys.argv[1]
+    outcome_path, worker = sys.argv[1], int(sys.argv[2])
+    # A worker killed with its cluster must not leave the task (or the
+    # notebook kernel it started) running.
+    threading.Thread(target=exit_with_parent, args=(worker,), daemon=True).start()
     # The project's modules, as the DAG in main's process imported them.
     sys.path.insert(0, os.getcwd())
     # Bytes from the worker process that started this one, over a pipe.

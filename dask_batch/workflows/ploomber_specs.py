@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,14 +53,44 @@ def is_ploomber_spec(path: str | os.PathLike[str]) -> bool:
 
 @contextlib.contextmanager
 def _in_folder(folder: str) -> Iterator[None]:
-    # Ploomber resolves a project's paths from the working directory, as in
-    # `cd project && ploomber build`.
+    """The project's folder as working directory, and its modules fresh.
+
+    Ploomber resolves a project's paths from the working directory, as in
+    `cd project && ploomber build`, and imports the project's modules
+    (``tasks``, ``hooks``...) to find its functions: modules of the same
+    name imported before (another project, an older version of this one)
+    must not answer for them, and this project's must not stay behind.
+    """
     saved = os.getcwd()
+    own = _top_level_modules(folder)
+    _forget_modules(lambda name, path: name.split(".")[0] in own)
     os.chdir(folder)
     try:
         yield
     finally:
         os.chdir(saved)
+        inside = os.path.realpath(folder) + os.sep
+        _forget_modules(
+            lambda name, path: (
+                name.split(".")[0] in own or os.path.realpath(path).startswith(inside)
+            )
+        )
+
+
+def _top_level_modules(folder: str) -> set[str]:
+    names = set()
+    for entry in os.listdir(folder):
+        stem, ext = os.path.splitext(entry)
+        if ext == ".py" or os.path.isfile(os.path.join(folder, entry, "__init__.py")):
+            names.add(stem)
+    return names
+
+
+def _forget_modules(match: Any) -> None:
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None) or ""
+        if path and match(name, path):
+            del sys.modules[name]
 
 
 def ploomber_target(
