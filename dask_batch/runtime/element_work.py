@@ -175,30 +175,17 @@ def _run_script(work: ElementWork, index: int) -> dict[str, Any]:
     return {"ok": False, "error": error, "log": text}
 
 
-def run_logged(
-    argv: list[str],
-    cwd: str,
-    env: dict[str, str],
-    stdin: bytes | None = None,
-    *,
-    new_session: bool = False,
-) -> tuple[int, str]:
-    """Run a process to its end; its exit code and the end of its output.
-
-    ``new_session``: the process leads a group of its own (so that it can
-    take what it starts down with it).
-    """
+def run_logged(argv: list[str], cwd: str, env: dict[str, str]) -> tuple[int, str]:
+    """Run a process to its end; its exit code and the end of its output."""
     with tempfile.TemporaryFile() as log:
         done = subprocess.run(
             argv,
             cwd=cwd,
             env=env,
-            input=stdin,
-            stdin=None if stdin is not None else subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             check=False,
-            start_new_session=new_session,
         )
         size = log.tell()
         log.seek(max(0, size - LOG_TAIL_BYTES))

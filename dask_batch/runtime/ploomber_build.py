@@ -8,12 +8,13 @@ as Ploomber's own ``Parallel`` executor does with its process pool. So
 Ploomber decides what is outdated, what runs, and what a failure aborts;
 dask-batch decides where.
 
-On a worker each task runs as a process of its own (a notebook's kernel, a
-script, a function: none outlives it), in the project's folder at the same
-absolute path as in main's process: Ploomber's products and sources are
-absolute paths. A worker on another host unpacks the project there first,
-and receives the upstream products the task reads; the products it makes
-come back with its outcome. The task's output is its log.
+On a worker each task is built as Dask runs any task, in one of its threads
+(a notebook's kernel is a process of the worker's, which ends with it),
+with the project's folder at the same absolute path as in main's process:
+Ploomber's products and sources are absolute paths. A worker on another
+host unpacks the project there first, and receives the upstream products
+the task reads; the products it makes come back with its outcome. The
+task's output is its log.
 
 Runs in main's process and on the workers; imports nothing from the client.
 """
@@ -25,8 +26,9 @@ import io
 import os
 import posixpath
 import sys
-import tempfile
+import threading
 import time
+import traceback
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,7 +37,7 @@ from typing import Any
 from dask_batch.core.records import JobState, utcnow
 from dask_batch.core.tasks import TASKS_DOC, TaskRecord
 from dask_batch.runtime.arrays import ElementsFailed, _pack_cwd
-from dask_batch.runtime.element_work import _unpack, run_logged
+from dask_batch.runtime.element_work import LOG_TAIL_BYTES, _unpack
 
 __all__: list[str] = []
 
@@ -196,44 +198,96 @@ def product_paths(task: Any) -> list[str]:
 def run_on_worker(
     task: bytes, products: list[str], project: ProjectFiles, upstream: dict[str, bytes]
 ) -> dict[str, Any]:
-    """Run one Ploomber task in a process of its own; how it went.
+    """Build one Ploomber task in this worker, as Dask runs any task; how it went.
 
-    ``task`` is the task pickled by main's process: only the task's process,
-    where the project's modules import, unpickles it. ``products``: the files
-    it makes. ``upstream``: files of upstream products by absolute path, for
-    a worker whose folder is not main's (written only where missing).
+    ``task`` is the task pickled by main's process; it is unpickled here once
+    the project's modules import (Dask would unpickle arguments before).
+    ``products``: the files it makes. ``upstream``: files of upstream
+    products by absolute path, for a worker whose folder is not main's
+    (written only where missing). The task's output (``print``, a
+    notebook's progress) is its log.
     """
-    own_folder = not os.path.isfile(os.path.join(project.folder, project.spec))
-    if own_folder:
-        os.makedirs(project.folder, exist_ok=True)
-        _unpack(project.archive, project.folder)
-        for path, data in upstream.items():
-            _write_inside(project.folder, path, data)
-    started = time.time()
-    with tempfile.NamedTemporaryFile(prefix="dask-batch-ploomber-") as outcome:
-        module = "dask_batch.runtime.ploomber_task"
-        argv = [sys.executable, "-m", module, outcome.name, str(os.getpid())]
-        env = {**os.environ, **project.env, **QUIET}
-        returncode, text = run_logged(
-            argv, project.folder, env, stdin=task, new_session=True
-        )
-        report = _read_outcome(outcome.name)
+    import cloudpickle
     import distributed
 
-    worker = distributed.get_worker().address
-    out: dict[str, Any] = {
-        "log": text,
+    own_folder = _project_here(project)
+    for path, data in upstream.items() if own_folder else ():
+        _write_inside(project.folder, path, data)
+    started = time.time()
+    with _task_output() as output:
+        try:
+            built = cloudpickle.loads(task)
+            _, metadata = built._build(catch_exceptions=True)  # noqa: SLF001
+            report: dict[str, Any] = {"ok": True, "metadata": metadata}
+        except Exception:
+            text = traceback.format_exc()
+            print(text, file=sys.stderr)
+            report = {"ok": False, "error": text}
+    out = {
+        "log": output.getvalue()[-LOG_TAIL_BYTES:],
         "started": started,
         "finished": time.time(),
-        "worker": worker,
+        "worker": distributed.get_worker().address,
+        **report,
     }
-    if returncode != 0 and not report:
-        report = {"ok": False, "error": f"the task's process exited {returncode}"}
-    out.update(report)
-    if own_folder and out.get("ok"):
+    if own_folder and out["ok"]:
         made = [p for p in products if os.path.isfile(p)]
         out["products"] = {p: _read(p) for p in made}
     return out
+
+
+_worker_lock = threading.Lock()
+_unpacked: set[str] = set()  # project folders this worker unpacked itself
+
+
+def _project_here(project: ProjectFiles) -> bool:
+    """Make the project importable in this worker (which belongs to this job
+    alone), unpacked at main's path if this host does not have it there;
+    whether it was unpacked here (not main's folder)."""
+    with _worker_lock:
+        quiet_ploomber()
+        if not os.path.isfile(os.path.join(project.folder, project.spec)):
+            os.makedirs(project.folder, exist_ok=True)
+            _unpack(project.archive, project.folder)
+            _unpacked.add(project.folder)
+        if project.folder not in sys.path:
+            sys.path.insert(0, project.folder)
+        for key, value in {**project.env, **QUIET}.items():
+            os.environ[key] = value
+        return project.folder in _unpacked
+
+
+class _ThreadOutput(io.TextIOBase):
+    """``sys.stdout``/``sys.stderr`` of a worker: what a task's thread
+    writes goes to that task's log, anything else where it went before."""
+
+    def __init__(self, fallback: Any) -> None:
+        self.fallback = fallback
+        self.local = threading.local()
+
+    def write(self, text: str) -> int:
+        buffer = getattr(self.local, "buffer", None)
+        return (buffer or self.fallback).write(text)
+
+    def flush(self) -> None:
+        self.fallback.flush()
+
+
+@contextlib.contextmanager
+def _task_output() -> Iterator[io.StringIO]:
+    with _worker_lock:
+        for name in ("stdout", "stderr"):
+            if not isinstance(getattr(sys, name), _ThreadOutput):
+                setattr(sys, name, _ThreadOutput(getattr(sys, name)))
+    buffer = io.StringIO()
+    outputs: list[Any] = [sys.stdout, sys.stderr]
+    for stream in outputs:
+        stream.local.buffer = buffer
+    try:
+        yield buffer
+    finally:
+        for stream in outputs:
+            stream.local.buffer = None
 
 
 def _read(path: str) -> bytes:
