@@ -28,6 +28,7 @@ SCRIPTS = [
     "bench_start.py",  # main started early vs after the runner, vs a bare cluster
     "bench_workflows.py",  # arrays vs a job each, pipeline cost per step
     "bench_arrays.py",  # 1,000 to 100,000 elements on the workers
+    "bench_ploomber.py",  # a Ploomber project as a job beside `ploomber build`
     "bench_load.py",  # the API at 100 requests/s, 20 browsers on live logs
     "bench_throughput.py",  # 1 GB result against raw pipe/cat
     "bench_imports.py",  # what a gateway imports to load dask-batch
