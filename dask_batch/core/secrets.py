@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 
 from dask_batch.core import signing as _signing
 
+#: The env value that carries a Ploomber project's key (which signs its
+#: stored products) to the job's main and tasks, sealed like any env value.
+PLOOMBER_KEY_ENV = "DASK_BATCH_PLOOMBER_KEY"
+
 
 @dataclass(frozen=True)
 class JobSecrets:

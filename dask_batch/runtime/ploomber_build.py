@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dask_batch.core.records import JobState, utcnow
+from dask_batch.core.secrets import PLOOMBER_KEY_ENV
 from dask_batch.core.tasks import TASKS_DOC, TaskRecord
 from dask_batch.runtime.arrays import ElementsFailed, _pack_cwd
 from dask_batch.runtime.element_work import LOG_TAIL_BYTES, _unpack
@@ -48,9 +49,7 @@ QUIET = {"PLOOMBER_STATS_ENABLED": "false", "PLOOMBER_VERSION_CHECK_DISABLED": "
 POLL_SECONDS = 1.0
 #: The folder below a user's where each project's products are kept.
 PROJECTS = ".ploomber"
-#: The env value that carries a project's key (which signs its stored
-#: products) to main and to the tasks, sealed like any env value.
-KEY_ENV = "DASK_BATCH_PLOOMBER_KEY"
+KEY_ENV = PLOOMBER_KEY_ENV
 
 
 def quiet_ploomber() -> None:

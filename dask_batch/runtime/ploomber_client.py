@@ -32,7 +32,7 @@ from ploomber.clients.storage.abc import AbstractStorageClient
 from ploomber.exceptions import RemoteFileNotFound
 
 from dask_batch.core.names import check_relative_path
-from dask_batch.runtime.ploomber_build import KEY_ENV
+from dask_batch.core.secrets import PLOOMBER_KEY_ENV as KEY_ENV
 
 __all__: list[str] = []
 
