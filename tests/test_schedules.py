@@ -472,3 +472,65 @@ def test_a_sealed_handover_gives_the_service_no_env_value(
         with pytest.raises(ValueError):  # neither is a key that opens them
             unseal(key, secrets)
     assert unseal(owner.keys(mine.id).env_key, secrets).env == {"TOKEN": "s3cr3t"}
+
+
+@pytest.mark.parametrize(
+    ("cron", "start", "end", "expected"),
+    [
+        # Weekdays at midnight across the spring change: no Sunday run.
+        (
+            "0 0 * * MON-FRI",
+            "2026-03-26T12:00",
+            "2026-04-01T12:00",
+            ["03-27 00:00", "03-30 00:00", "03-31 00:00", "04-01 00:00"],
+        ),
+        # 02:30 does not exist on 29 March: it runs once, at 03:00.
+        (
+            "30 2 * * *",
+            "2026-03-28T12:00",
+            "2026-03-30T12:00",
+            ["03-29 03:00", "03-30 02:30"],
+        ),
+        # 02:30 happens twice on 25 October: it runs once.
+        (
+            "30 2 * * *",
+            "2026-10-24T12:00",
+            "2026-10-26T12:00",
+            ["10-25 02:30", "10-26 02:30"],
+        ),
+        # Seconds: a sixth field at the end, as stored schedules have it.
+        (
+            "* * * * * */20",
+            "2026-03-26T12:00",
+            "2026-03-26T12:01",
+            ["03-26 12:00", "03-26 12:00", "03-26 12:01"],
+        ),
+    ],
+)
+def test_due_times_keep_crons_rules_across_daylight_saving_changes(
+    cron, start, end, expected
+):
+    import zoneinfo
+
+    from dask_batch.workflows.schedules import Schedule
+
+    paris = zoneinfo.ZoneInfo("Europe/Paris")
+    after = datetime.datetime.fromisoformat(start).replace(tzinfo=paris)
+    until = datetime.datetime.fromisoformat(end).replace(tzinfo=paris)
+    schedule = Schedule(
+        "20260101-000000-000-00000000",
+        "alice",
+        "s",
+        cron,
+        "Europe/Paris",
+        "skip",
+        False,
+        after,
+        "f",
+        {},
+        "",
+        "",
+    )
+    times = schedule.due_times(after, until)
+    assert [t.astimezone(paris).strftime("%m-%d %H:%M") for t in times] == expected
+    assert len(set(times)) == len(times)

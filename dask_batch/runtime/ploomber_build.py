@@ -8,15 +8,10 @@ as Ploomber's own ``Parallel`` executor does with its process pool. So
 Ploomber decides what is outdated, what runs, and what a failure aborts;
 dask-batch decides where.
 
-On a worker each task is built as Dask runs any task, in one of its threads
-(a notebook's kernel is a process of the worker's, which ends with it),
-with the project's folder at the same absolute path as in main's process:
-Ploomber's products and sources are absolute paths. A worker on another
-host unpacks the project there first, and receives the upstream products
-the task reads; the products it makes come back with its outcome. The
-task's output is its log.
+How a task is built on a worker: :mod:`dask_batch.runtime.ploomber_worker`.
 
-Runs in main's process and on the workers; imports nothing from the client.
+Runs in main's process (and, to load a project the same way, on the
+submitting machine); imports nothing from the client.
 """
 
 from __future__ import annotations
@@ -26,41 +21,28 @@ import io
 import os
 import posixpath
 import sys
-import threading
-import time
-import traceback
-import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from dask_batch.core.records import JobState, utcnow
 from dask_batch.core.secrets import PLOOMBER_KEY_ENV
 from dask_batch.core.tasks import TASKS_DOC, TaskRecord
 from dask_batch.runtime.arrays import ElementsFailed, _pack_cwd
-from dask_batch.runtime.element_work import LOG_TAIL_BYTES, _unpack
+from dask_batch.runtime.ploomber_worker import (
+    ProjectFiles,
+    _read,
+    _write_inside,
+    quiet_ploomber,
+    run_on_worker,
+)
 
 __all__: list[str] = []
 
-#: What Ploomber does on import and at each command unless told not to:
-#: telemetry and a version check over the network.
-QUIET = {"PLOOMBER_STATS_ENABLED": "false", "PLOOMBER_VERSION_CHECK_DISABLED": "1"}
 #: How long a worker keeps a ready task's outcome before main looks again.
 POLL_SECONDS = 1.0
 #: The folder below a user's where each project's products are kept.
 PROJECTS = ".ploomber"
 KEY_ENV = PLOOMBER_KEY_ENV
-
-
-def quiet_ploomber() -> None:
-    """Ploomber imported without telemetry, version checks or the deprecation
-    warnings its dependencies raise on import (ImportError if missing)."""
-    for key, value in QUIET.items():
-        os.environ.setdefault(key, value)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import ploomber
-        import ploomber.cli.parsers  # noqa: F401
 
 
 def build_parser() -> Any:
@@ -168,16 +150,6 @@ def captured_placeholders(values: dict[str, str]) -> Iterator[None]:
             setattr(owner, name, value)
 
 
-@dataclass
-class ProjectFiles:
-    """The uploaded project, as a worker needs it to run one task."""
-
-    folder: str  # absolute, as in main's process
-    spec: str  # the spec's path relative to the folder
-    archive: bytes = field(repr=False)
-    env: dict[str, str] = field(default_factory=dict, repr=False)
-
-
 def product_paths(task: Any) -> list[str]:
     """Every file a task's product names, its metadata sidecars included."""
     product = task.product
@@ -192,125 +164,6 @@ def product_paths(task: Any) -> list[str]:
         if sidecar is not None:
             paths.append(str(sidecar))
     return paths
-
-
-def run_on_worker(
-    task: bytes, products: list[str], project: ProjectFiles, upstream: dict[str, bytes]
-) -> dict[str, Any]:
-    """Build one Ploomber task in this worker, as Dask runs any task; how it went.
-
-    ``task`` is the task pickled by main's process; it is unpickled here once
-    the project's modules import (Dask would unpickle arguments before).
-    ``products``: the files it makes. ``upstream``: files of upstream
-    products by absolute path, for a worker whose folder is not main's
-    (written only where missing). The task's output (``print``, a
-    notebook's progress) is its log.
-    """
-    import cloudpickle
-    import distributed
-
-    own_folder = _project_here(project)
-    for path, data in upstream.items() if own_folder else ():
-        _write_inside(project.folder, path, data)
-    started = time.time()
-    with _task_output() as output:
-        try:
-            built = cloudpickle.loads(task)
-            _, metadata = built._build(catch_exceptions=True)  # noqa: SLF001
-            report: dict[str, Any] = {"ok": True, "metadata": metadata}
-        except Exception:
-            text = traceback.format_exc()
-            print(text, file=sys.stderr)
-            report = {"ok": False, "error": text}
-    out = {
-        "log": output.getvalue()[-LOG_TAIL_BYTES:],
-        "started": started,
-        "finished": time.time(),
-        "worker": distributed.get_worker().address,
-        **report,
-    }
-    if own_folder and out["ok"]:
-        made = [p for p in products if os.path.isfile(p)]
-        out["products"] = {p: _read(p) for p in made}
-    return out
-
-
-_worker_lock = threading.Lock()
-_unpacked: set[str] = set()  # project folders this worker unpacked itself
-
-
-def _project_here(project: ProjectFiles) -> bool:
-    """Make the project importable in this worker (which belongs to this job
-    alone), unpacked at main's path if this host does not have it there;
-    whether it was unpacked here (not main's folder)."""
-    with _worker_lock:
-        quiet_ploomber()
-        if not os.path.isfile(os.path.join(project.folder, project.spec)):
-            os.makedirs(project.folder, exist_ok=True)
-            _unpack(project.archive, project.folder)
-            _unpacked.add(project.folder)
-        if project.folder not in sys.path:
-            sys.path.insert(0, project.folder)
-        for key, value in {**project.env, **QUIET}.items():
-            os.environ[key] = value
-        return project.folder in _unpacked
-
-
-class _ThreadOutput(io.TextIOBase):
-    """``sys.stdout``/``sys.stderr`` of a worker: what a task's thread
-    writes goes to that task's log, anything else where it went before."""
-
-    def __init__(self, fallback: Any) -> None:
-        self.fallback = fallback
-        self.local = threading.local()
-
-    def write(self, text: str) -> int:
-        buffer = getattr(self.local, "buffer", None)
-        return (buffer or self.fallback).write(text)
-
-    def flush(self) -> None:
-        self.fallback.flush()
-
-
-@contextlib.contextmanager
-def _task_output() -> Iterator[io.StringIO]:
-    with _worker_lock:
-        for name in ("stdout", "stderr"):
-            if not isinstance(getattr(sys, name), _ThreadOutput):
-                setattr(sys, name, _ThreadOutput(getattr(sys, name)))
-    buffer = io.StringIO()
-    outputs: list[Any] = [sys.stdout, sys.stderr]
-    for stream in outputs:
-        stream.local.buffer = buffer
-    try:
-        yield buffer
-    finally:
-        for stream in outputs:
-            stream.local.buffer = None
-
-
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def _read_outcome(path: str) -> dict[str, Any]:
-    import json
-
-    with open(path, "rb") as f:
-        data = f.read()
-    return json.loads(data) if data else {}
-
-
-def _write_inside(folder: str, path: str, data: bytes) -> None:
-    """Write ``data`` at ``path`` if it lies inside ``folder`` and is missing."""
-    real = os.path.realpath(path)
-    if os.path.commonpath([real, os.path.realpath(folder)]) != os.path.realpath(folder):
-        raise ValueError(f"{path!r} is outside the project's folder")
-    if not os.path.exists(real):
-        os.makedirs(os.path.dirname(real), exist_ok=True)
-        with open(real, "wb") as f:
-            f.write(data)
 
 
 class TaskStates:

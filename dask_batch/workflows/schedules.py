@@ -75,16 +75,8 @@ CONCURRENCY = {"allow": "allow", "forbid": "skip", "replace": "replace"}
 
 
 def check_cron(schedule_id: str, cron: Any, timezone: Any = "UTC") -> None:
-    """Refuse what croniter cannot read, and unknown time zones."""
-    from croniter import croniter
-
-    if not isinstance(cron, str) or not croniter.is_valid(cron):
-        raise SubmitError.not_submitted(
-            schedule_id,
-            f"{cron!r} is not a cron expression (five fields: minute hour "
-            "day-of-month month day-of-week, such as '0 2 * * *'; a sixth "
-            "field gives seconds).",
-        )
+    """Refuse what is not a cron expression, one that never comes, and
+    unknown time zones."""
     zone = _zone(schedule_id, timezone)
     _next_time(schedule_id, cron, datetime.datetime.now(zone))
 
@@ -120,15 +112,52 @@ def _never_comes(schedule_id: str, cron: str) -> SubmitError:
     )
 
 
-def _next_time(schedule_id: str, cron: str, after: datetime.datetime) -> Any:
-    """croniter's iterator from ``after``, and the first time it gives."""
-    from croniter import CroniterError, croniter
+def _cron_fields(cron: str) -> str:
+    """``cron`` as cronsim reads it. dask-batch's sixth field is seconds at
+    the end (as schedules stored by earlier releases have it); cronsim's
+    comes first."""
+    parts = cron.split()
+    if len(parts) == 6:
+        parts = [parts[5], *parts[:5]]
+    return " ".join(parts)
 
-    it = croniter(cron, after)
+
+def _next_time(schedule_id: str, cron: Any, after: datetime.datetime) -> Any:
+    """The due times after ``after`` (an iterator), and the first of them.
+
+    Read by cronsim, which keeps cron's own rules across daylight-saving
+    changes (a time skipped runs once just after, a time repeated runs
+    once), in ``after``'s time zone.
+    """
+    from cronsim import CronSim, CronSimError
+
+    if not isinstance(cron, str) or len(cron.split()) not in (5, 6):
+        raise _not_cron(schedule_id, cron)
+    fields = _cron_fields(cron)
     try:
-        return it, it.get_next(datetime.datetime)
-    except CroniterError:
+        it = CronSim(fields, after)
+    except (CronSimError, ValueError, LookupError):
+        # Readable with every month, it names a day no month of it has.
+        any_month = fields.split()
+        any_month[-2] = "*"  # the month: second to last, as cronsim orders them
+        try:
+            CronSim(" ".join(any_month), after)
+        except (CronSimError, ValueError, LookupError):
+            raise _not_cron(schedule_id, cron) from None
         raise _never_comes(schedule_id, cron) from None
+    try:
+        return it, next(it)
+    except (StopIteration, CronSimError):
+        raise _never_comes(schedule_id, cron) from None
+
+
+def _not_cron(schedule_id: str, cron: Any) -> SubmitError:
+    return SubmitError.not_submitted(
+        schedule_id,
+        f"{cron!r} is not a cron expression (five fields: minute hour "
+        "day-of-month month day-of-week, such as '0 2 * * *'; a sixth "
+        "field gives seconds).",
+    )
 
 
 def _deadline(value: Any) -> float | None:
@@ -203,7 +232,8 @@ class Schedule:
     ----------
     id, user, name : str
     cron : str
-        When runs are due (croniter syntax, in ``timezone``).
+        When runs are due (cron syntax, in ``timezone``; a sixth field at
+        the end gives seconds).
     timezone : str
     overlap : str
         ``"skip"``: a due time while the last run is still going is skipped
@@ -301,7 +331,7 @@ class Schedule:
             times.append(when.astimezone(datetime.timezone.utc))
             if len(times) > 1000:
                 times.pop(0)
-            when = it.get_next(datetime.datetime)
+            when = next(it)
         return times
 
     def following(self, after: datetime.datetime) -> datetime.datetime:
