@@ -36,7 +36,7 @@ def test_a_ploomber_project_runs_unchanged_with_each_task_on_a_worker(
     assert tasks["report"].upstream == ["total"]
     for task in tasks.values():
         assert task.state is JobState.SUCCEEDED
-        assert re.match(r"ran on (tcp|tls)://127\.0\.0\.1:\d+$", task.progress_message)
+        assert re.match(r"(tcp|tls)://127\.0\.0\.1:\d+$", task.worker)
         assert task.started and task.finished
     # The products, with Ploomber's metadata sidecars, are the job's artifacts.
     got = tmp_path / "got"
@@ -127,6 +127,7 @@ def test_the_command_line_passes_ploomber_options_through(
         status = json.loads(shown.output)
         assert status["state"] == "SUCCEEDED"
         assert [t["name"] for t in status["tasks"]] == ["numbers", "total", "report"]
+        assert all(t["worker"] and t["started"] for t in status["tasks"])
         got = tmp_path / "got"
         runner.invoke(main, ["artifacts", job_id, "--download", str(got)])
         assert (got / "output" / "total.txt").read_text() == "10"  # 0 + ... + 4
@@ -263,7 +264,7 @@ def test_grids_serializers_hooks_and_build_options_behave_as_in_ploomber(
         (t.name, t.message) for t in tasks.values()
     ]
     assert set(tasks) == {"make", "fit-0", "fit-1", "fit-2", "fit-3", "combine"}
-    assert all(t.progress_message.startswith("ran on ") for t in tasks.values())
+    assert all(t.worker for t in tasks.values())
     got = tmp_path / "got"
     batch_client.download_artifacts(job.id, got)
     combined = json.loads((got / "output" / "combined.json").read_text())

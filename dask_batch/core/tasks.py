@@ -225,6 +225,8 @@ class TaskRecord:
         The earlier job whose outputs this task took over (``resume=``).
     digest : str
         The task's content digest.
+    worker : str
+        The Dask worker it ran on, where it ran on one (Ploomber tasks).
     """
 
     name: str
@@ -246,6 +248,7 @@ class TaskRecord:
     progress_message: str = ""
     reused_from: str = ""
     digest: str = ""
+    worker: str = ""
 
     @property
     def duration(self) -> Any:
@@ -287,6 +290,7 @@ class TaskRecord:
             "progress_message": self.progress_message,
             "reused_from": self.reused_from,
             "digest": self.digest,
+            "worker": self.worker,
         }
 
     @classmethod
@@ -321,6 +325,7 @@ class TaskRecord:
             progress_message=_text(doc.get("progress_message")),
             reused_from=_text(doc.get("reused_from")),
             digest=_text(doc.get("digest")),
+            worker=_text(doc.get("worker")),
         )
 
 

@@ -17,6 +17,7 @@ submitting machine); imports nothing from the client.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import io
 import os
 import posixpath
@@ -320,10 +321,13 @@ class TaskDispatcher:
         from ploomber.constants import TaskStatus
         from ploomber.messagecollector import Message
 
-        fields = {
-            "finished": utcnow(),
-            "progress_message": f"ran on {outcome.get('worker', '?')}",
-        }
+        fields: dict[str, Any] = {"finished": utcnow()}
+        fields["worker"] = str(outcome.get("worker") or "")
+        for name in ("started", "finished"):  # the worker's own times
+            if isinstance(outcome.get(name), (int, float)):
+                fields[name] = datetime.datetime.fromtimestamp(
+                    outcome[name], datetime.timezone.utc
+                )
         self.states.log(task.name, str(outcome.get("log") or ""))
         if outcome.get("ok"):
             for path, data in (outcome.get("products") or {}).items():
