@@ -292,3 +292,36 @@ def test_grids_serializers_hooks_and_build_options_behave_as_in_ploomber(
     assert failed and all("hook says no" in str(t.error) for t in failed)
     combine = next(t for t in batch_client.tasks(failing.id) if t.name == "combine")
     assert combine.state is JobState.CANCELLED
+
+
+class Planted:
+    """Unpickling it leaves a mark: what a forged task would do."""
+
+    def __init__(self, mark):
+        self.mark = mark
+
+    def __reduce__(self):
+        return (open, (self.mark, "w"))
+
+
+def test_a_task_not_signed_with_the_projects_key_is_never_unpickled(tmp_path):
+    import cloudpickle
+
+    from dask_batch.runtime import ploomber_worker as worker
+
+    folder, key = str(tmp_path / "project"), "ab" * 32
+    mark = tmp_path / "unpickled"
+    forged = cloudpickle.dumps(Planted(str(mark)))
+    worker._keys[folder] = key
+    try:
+        for signature in ("", worker.task_signature("cd" * 32, forged)):
+            with pytest.raises(PermissionError, match="not signed with its key"):
+                worker.run_on_worker(forged, signature, [], folder, {})
+        # A project no plugin prepared on this worker has no key at all.
+        with pytest.raises(PermissionError):
+            worker.run_on_worker(
+                forged, worker.task_signature(key, forged), [], "/elsewhere", {}
+            )
+    finally:
+        del worker._keys[folder]
+    assert not mark.exists()

@@ -31,10 +31,12 @@ from dask_batch.core.tasks import TASKS_DOC, TaskRecord
 from dask_batch.runtime.arrays import ElementsFailed, _pack_cwd
 from dask_batch.runtime.ploomber_worker import (
     ProjectFiles,
+    ProjectPlugin,
     _read,
     _write_inside,
     quiet_ploomber,
     run_on_worker,
+    task_signature,
 )
 
 __all__: list[str] = []
@@ -211,6 +213,8 @@ class TaskDispatcher:
         from ploomber.constants import TaskStatus
 
         client = self.runtime.client
+        client.register_plugin(ProjectPlugin(self.project))
+        key = self.project.env[KEY_ENV]
         running: dict[Any, Any] = {}
         started: set[str] = set()
         while True:
@@ -225,11 +229,13 @@ class TaskDispatcher:
                 and t.name not in started
             ]
             for task in ready[: max(0, self._slots(client) - len(running))]:
+                pickled = cloudpickle.dumps(task)
                 future = client.submit(
                     run_on_worker,
-                    cloudpickle.dumps(task),
+                    pickled,
+                    task_signature(key, pickled),
                     product_paths(task),
-                    self.project,
+                    self.project.folder,
                     self._upstream_files(task),
                     pure=False,
                 )

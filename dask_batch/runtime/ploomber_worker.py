@@ -1,8 +1,11 @@
 """One Ploomber task, built on a worker as Dask runs any task.
 
-Main's process (:mod:`dask_batch.runtime.ploomber_build`) hands each task
-here pickled; it is built in one of the worker's threads (a notebook's
-kernel is a process of the worker's, which ends with it) with Ploomber's own
+Main's process (:mod:`dask_batch.runtime.ploomber_build`) first registers a
+worker plugin that prepares the project on every worker, then hands each
+task here pickled and signed with the project's key (derived from the
+user's secret; only a signed task is unpickled); it is built in one of
+the worker's threads (a notebook's kernel is a process of the worker's,
+which ends with it) with Ploomber's own
 ``Task._build``, hooks included. The worker belongs to the job alone: the
 project is importable from its folder, at the same absolute path as in
 main's process (Ploomber's products and sources are absolute paths), and
@@ -18,6 +21,7 @@ imported); imports nothing from the client.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import io
 import os
 import sys
@@ -29,6 +33,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from dask_batch.core.secrets import PLOOMBER_KEY_ENV
+from dask_batch.core.signing import sign
 from dask_batch.runtime.element_work import LOG_TAIL_BYTES, _unpack
 
 __all__: list[str] = []
@@ -59,13 +67,38 @@ class ProjectFiles:
     env: dict[str, str] = field(default_factory=dict, repr=False)
 
 
+def task_signature(key: str, task: bytes) -> str:
+    """The signature of a pickled task with the project's key."""
+    return sign(key, b"dask-batch/v1/ploomber-task\0" + task)
+
+
+class ProjectPlugin(WorkerPlugin):
+    """Makes the project ready on every worker of the job, those that join
+    later included, before any task reaches it: unpacked at main's path
+    where this host lacks it, importable, the job's env values set, and the
+    project's key kept, which every task must be signed with."""
+
+    name = "dask-batch-ploomber-project"
+
+    def __init__(self, project: ProjectFiles) -> None:
+        self.project = project
+
+    def setup(self, worker: Any) -> None:
+        _project_here(self.project)
+
+
 def run_on_worker(
-    task: bytes, products: list[str], project: ProjectFiles, upstream: dict[str, bytes]
+    task: bytes,
+    signature: str,
+    products: list[str],
+    folder: str,
+    upstream: dict[str, bytes],
 ) -> dict[str, Any]:
     """Build one Ploomber task in this worker, as Dask runs any task; how it went.
 
-    ``task`` is the task pickled by main's process; it is unpickled here once
-    the project's modules import (Dask would unpickle arguments before).
+    ``task`` is the task pickled by main's process, unpickled here once the
+    project's modules import, and only if ``signature`` is its signature
+    with the key of the project the :class:`ProjectPlugin` prepared.
     ``products``: the files it makes. ``upstream``: files of upstream
     products by absolute path, for a worker whose folder is not main's
     (written only where missing). The task's output (``print``, a
@@ -74,13 +107,19 @@ def run_on_worker(
     import cloudpickle
     import distributed
 
-    own_folder = _project_here(project)
+    key = _keys.get(folder, "")
+    if not key or not hmac.compare_digest(signature, task_signature(key, task)):
+        raise PermissionError(
+            f"a task for the project in {folder} is not signed with its key; "
+            "it is not run"
+        )
+    own_folder = folder in _unpacked
     for path, data in upstream.items() if own_folder else ():
-        _write_inside(project.folder, path, data)
+        _write_inside(folder, path, data)
     started = time.time()
     with _task_output() as output:
         try:
-            built = cloudpickle.loads(task)
+            built = cloudpickle.loads(task)  # signed by this job's main
             _, metadata = built._build(catch_exceptions=True)  # noqa: SLF001
             report: dict[str, Any] = {"ok": True, "metadata": metadata}
         except Exception:
@@ -102,12 +141,13 @@ def run_on_worker(
 
 _worker_lock = threading.Lock()
 _unpacked: set[str] = set()  # project folders this worker unpacked itself
+_keys: dict[str, str] = {}  # project folder -> its key, from the plugin
 
 
-def _project_here(project: ProjectFiles) -> bool:
+def _project_here(project: ProjectFiles) -> None:
     """Make the project importable in this worker (which belongs to this job
-    alone), unpacked at main's path if this host does not have it there;
-    whether it was unpacked here (not main's folder)."""
+    alone), unpacked at main's path if this host does not have it there
+    (then remembered in ``_unpacked``: not main's folder)."""
     with _worker_lock:
         quiet_ploomber()
         if not os.path.isfile(os.path.join(project.folder, project.spec)):
@@ -118,7 +158,7 @@ def _project_here(project: ProjectFiles) -> bool:
             sys.path.insert(0, project.folder)
         for key, value in {**project.env, **QUIET}.items():
             os.environ[key] = value
-        return project.folder in _unpacked
+        _keys[project.folder] = project.env.get(PLOOMBER_KEY_ENV, "")
 
 
 class _ThreadOutput(io.TextIOBase):
