@@ -32,6 +32,7 @@ import time
 
 import dask_batch.local
 from dask_batch import BatchClient, JobState
+from dask_batch.testing import most_at_once
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BASIC = os.path.join(HERE, "..", "tests", "data", "ploomber", "basic")
@@ -88,19 +89,6 @@ def ploomber_build(folder):
         capture_output=True,
     )
     return time.perf_counter() - t0
-
-
-def most_at_once(tasks):
-    """The largest number of tasks whose [started, finished] overlap."""
-    events = sorted(
-        [(t.started, 1) for t in tasks] + [(t.finished, -1) for t in tasks],
-        key=lambda e: (e[0], e[1]),
-    )
-    running = peak = 0
-    for _, step in events:
-        running += step
-        peak = max(peak, running)
-    return peak
 
 
 def main(argv=None):

@@ -229,6 +229,20 @@ def job_cluster_client(batch: Any, job_id: str, timeout: float = 60) -> Any:
     )
 
 
+def most_at_once(tasks: Any) -> int:
+    """The most tasks that were running at one moment, from their own
+    ``started`` and ``finished`` times."""
+    events = sorted(
+        [(t.started, 1) for t in tasks] + [(t.finished, -1) for t in tasks],
+        key=lambda e: (e[0], e[1]),
+    )
+    running = most = 0
+    for _, change in events:
+        running += change
+        most = max(most, running)
+    return most
+
+
 def kill_a_busy_worker(client: Any, workers: int = 2, timeout: float = 120) -> str:
     """SIGKILL one of a cluster's ``workers`` once each of them holds a task,
     and wait until the scheduler has dropped it; its address."""

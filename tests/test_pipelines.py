@@ -18,7 +18,7 @@ from dask_batch import (
     SubmitError,
     TasksFailedError,
 )
-from dask_batch.testing import main_processes, wait_for
+from dask_batch.testing import main_processes, most_at_once, wait_for
 
 
 def load(n):
@@ -207,19 +207,6 @@ def dask_batch_cli(env, *args, check=True, timeout=60):
     return done
 
 
-def max_overlap(tasks):
-    """The most tasks that were running at one moment, from their times."""
-    events = sorted(
-        [(t.started, 1) for t in tasks] + [(t.finished, -1) for t in tasks],
-        key=lambda e: (e[0], e[1]),
-    )
-    running = most = 0
-    for _, change in events:
-        running += change
-        most = max(most, running)
-    return most
-
-
 def test_an_array_of_20_runs_on_the_workers_at_most_4_at_once_and_names_its_failure(
     batch_client,
 ):
@@ -259,7 +246,7 @@ def test_an_array_of_20_runs_on_the_workers_at_most_4_at_once_and_names_its_fail
     assert record.tasks is None  # the counts say how it went; tasks() pages
     tasks = batch_client.tasks(job.id)
     assert [t.index for t in tasks] == list(range(20))
-    assert max_overlap(tasks) <= 4
+    assert most_at_once(tasks) <= 4
     # The failed element's log is one command away: its traceback.
     assert "ValueError: seven is unlucky" in batch_client.logs(job.id, task="7")
     (failed,) = batch_client.tasks(job.id, state="FAILED")
