@@ -164,32 +164,27 @@ def _run_script(work: ElementWork, index: int) -> dict[str, Any]:
             "DASK_BATCH_ARRAY_INDEX": str(index),
             _context.ENV_CURRENT_JOB: json.dumps(job),
         }
-        returncode, text = run_logged([sys.executable, filename, *argv], workdir, env)
-    if returncode == 0:
+        with tempfile.TemporaryFile() as log:
+            done = subprocess.run(
+                [sys.executable, filename, *argv],
+                cwd=workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
+            size = log.tell()
+            log.seek(max(0, size - LOG_TAIL_BYTES))
+            text = log.read().decode(errors="replace")
+    if done.returncode == 0:
         return {"ok": True, "value": None, "log": text}
     error = {
         "type": "dask_batch.runtime.targets.ScriptExit",
-        "message": f"{filename} exited with code {returncode}",
-        "returncode": returncode,
+        "message": f"{filename} exited with code {done.returncode}",
+        "returncode": done.returncode,
     }
     return {"ok": False, "error": error, "log": text}
-
-
-def run_logged(argv: list[str], cwd: str, env: dict[str, str]) -> tuple[int, str]:
-    """Run a process to its end; its exit code and the end of its output."""
-    with tempfile.TemporaryFile() as log:
-        done = subprocess.run(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            check=False,
-        )
-        size = log.tell()
-        log.seek(max(0, size - LOG_TAIL_BYTES))
-        return done.returncode, log.read().decode(errors="replace")
 
 
 def describe(job: _context.CurrentJob) -> dict[str, Any]:

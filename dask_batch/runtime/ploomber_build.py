@@ -45,7 +45,6 @@ __all__: list[str] = []
 POLL_SECONDS = 1.0
 #: The folder below a user's where each project's products are kept.
 PROJECTS = ".ploomber"
-KEY_ENV = PLOOMBER_KEY_ENV
 
 
 def build_parser() -> Any:
@@ -214,7 +213,7 @@ class TaskDispatcher:
 
         client = self.runtime.client
         client.register_plugin(ProjectPlugin(self.project))
-        key = self.project.env[KEY_ENV]
+        key = self.project.env[PLOOMBER_KEY_ENV]
         running: dict[Any, Any] = {}
         started: set[str] = set()
         while True:

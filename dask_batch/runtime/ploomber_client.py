@@ -32,7 +32,7 @@ from ploomber.clients.storage.abc import AbstractStorageClient
 from ploomber.exceptions import RemoteFileNotFound
 
 from dask_batch.core.names import check_relative_path
-from dask_batch.core.secrets import PLOOMBER_KEY_ENV as KEY_ENV
+from dask_batch.core.secrets import PLOOMBER_KEY_ENV
 
 __all__: list[str] = []
 
@@ -111,10 +111,10 @@ class ProjectStorageClient(AbstractStorageClient):
 
     @staticmethod
     def _key() -> str:
-        key = os.environ.get(KEY_ENV, "")
+        key = os.environ.get(PLOOMBER_KEY_ENV, "")
         if not key:
             raise RuntimeError(
-                f"{KEY_ENV} is not set: the project's products cannot be "
+                f"{PLOOMBER_KEY_ENV} is not set: the project's products cannot be "
                 "signed or checked"
             )
         return key

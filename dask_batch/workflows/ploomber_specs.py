@@ -26,6 +26,7 @@ from dask_batch.client import submission as _submission
 from dask_batch.core import signing as _signing
 from dask_batch.core.exceptions import SubmitError
 from dask_batch.core.names import InvalidNameError
+from dask_batch.core.secrets import PLOOMBER_KEY_ENV
 from dask_batch.core.tasks import TaskSpec, check_task_name
 
 __all__ = ["is_ploomber_spec"]
@@ -128,7 +129,7 @@ def ploomber_target(
         tasks = [_task_spec(job_id, task) for task in dag.values()]
     project = project_name(job_id, folder)
     secret = _signing.user_secret(create=True, job_id=job_id)
-    env = {_build.KEY_ENV: _signing.project_key(secret, project)}
+    env = {PLOOMBER_KEY_ENV: _signing.project_key(secret, project)}
     target = _submission.Target(
         "ploomber",
         spec,
