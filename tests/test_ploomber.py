@@ -7,10 +7,12 @@ import re
 import shutil
 
 import pytest
+from jobs_page import UI
 
 from dask_batch import JobState, SubmitError
 
 PROJECTS = pathlib.Path(__file__).parent / "data" / "ploomber"
+DOCS = pathlib.Path(__file__).parent.parent / "docs" / "_static"
 
 
 @pytest.fixture
@@ -54,23 +56,58 @@ def test_a_ploomber_project_runs_unchanged_with_each_task_on_a_worker(
     assert not (project / "output").exists()
 
 
-def test_a_failing_task_fails_the_job_and_what_depends_on_it(batch_client, project):
-    tasks = project / "tasks.py"
-    tasks.write_text(
-        tasks.read_text().replace(
-            "    values = [", "    raise ValueError('no total today')\n    values = ["
+def test_a_failing_task_fails_the_job_and_the_page_shows_the_build(
+    batch_gateway, browser, tmp_path
+):
+    """A build, then a fresh checkout whose middle task fails: what is up to
+    date is reused, what fails fails the job, what depends on it never runs,
+    and the jobs page draws it as Ploomber's DAG."""
+    page_server = UI(batch_gateway, str(tmp_path / "jobs"))
+    batch = page_server.batch
+    page = browser.new_page()
+    try:
+        built(batch, copy_of_basic(tmp_path, "a"))
+        project = copy_of_basic(tmp_path, "b")
+        tasks = project / "tasks.py"
+        tasks.write_text(
+            tasks.read_text().replace(
+                "    values = [",
+                "    raise ValueError('no total today')\n    values = [",
+            )
         )
-    )
-    job = batch_client.submit_pipeline(project / "pipeline.yaml", workers=1)
-    record = job.wait(timeout=240)
-    assert record.state is JobState.FAILED
-    assert "total" in record.message
-    states = {t.name: t for t in batch_client.tasks(job.id)}
-    assert states["numbers"].state is JobState.SUCCEEDED
-    assert states["total"].state is JobState.FAILED
-    assert "no total today" in states["total"].message + str(states["total"].error)
-    assert states["report"].state is JobState.CANCELLED
-    assert "no total today" in batch_client.logs(job.id, task="total")
+        job = batch.submit_pipeline(project / "pipeline.yaml", workers=1)
+        record = job.wait(timeout=240)
+        assert record.state is JobState.FAILED
+        assert "total" in record.message and job.id in record.message
+        states = {t.name: t for t in batch.tasks(job.id)}
+        assert states["numbers"].state is JobState.SUCCEEDED
+        assert states["numbers"].reused_from == "storage"
+        assert states["total"].state is JobState.FAILED
+        assert "no total today" in states["total"].message + str(states["total"].error)
+        assert states["report"].state is JobState.CANCELLED
+        assert "no total today" in batch.logs(job.id, task="total")
+        page.goto(page_server.url)
+        page.goto(f"{page_server.base}/jobs/{job.id}")
+        levels = page.locator(".dag-level")
+        assert levels.count() == 3
+        for level, name in enumerate(["numbers", "total", "report"]):
+            node = levels.nth(level).locator(f'.dag-node[data-task="{name}"]')
+            assert node.count() == 1, name
+        reused = page.locator('.dag-node[data-task="numbers"]')
+        assert "node-SUCCEEDED" in reused.get_attribute("class")
+        assert "node-reused" in reused.get_attribute("class")
+        assert "reused" in reused.inner_text()
+        failed = page.locator('.dag-node[data-task="total"]')
+        assert "node-FAILED" in failed.get_attribute("class")
+        assert "node-reused" not in failed.get_attribute("class")
+        report = page.locator('.dag-node[data-task="report"]')
+        assert "node-CANCELLED" in report.get_attribute("class")
+        assert "no total today" in page.inner_text('#tasks tr[data-task="total"]')
+        assert "1 FAILED" in page.inner_text("#task-counts")
+        page.screenshot(path=str(DOCS / "ui-ploomber.png"), full_page=True)
+    finally:
+        page.close()
+        page_server.close()
 
 
 @pytest.mark.parametrize(

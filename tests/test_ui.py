@@ -3,16 +3,12 @@ over HTTP, and in a real headless Chromium driven by Playwright."""
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import re
-import subprocess
-import sys
-import urllib.error
-import urllib.request
 
 import pytest
+from jobs_page import UI
 
 from dask_batch import BatchClient, JobState
 from dask_batch.testing import wait_for
@@ -30,7 +26,6 @@ def fails():
 
 
 def talks_until(path):
-    import os
     import time
 
     import dask_batch
@@ -56,55 +51,6 @@ def keeps_artifact():
     with fsspec.open(dask_batch.artifacts_path("out/model.txt"), "w") as f:
         f.write("weights")
     return 1
-
-
-class UI:
-    """A running `python -m dask_batch.ui` and a client on the same storage."""
-
-    def __init__(self, gateway_info, storage, storage_options=None):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
-        env.update(gateway_info.environment(), DASK_BATCH__STORAGE=storage)
-        if storage_options:
-            env["DASK_BATCH__STORAGE_OPTIONS"] = json.dumps(storage_options)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dask_batch.ui", "--no-browser"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        line = self.proc.stdout.readline()
-        assert line.startswith("Jobs page: "), line + self.proc.stderr.read()
-        self.url = line.split(" ", 2)[2].strip()
-        self.base, _, self.token = self.url.partition("/?token=")
-        self.batch = BatchClient(
-            gateway=gateway_info.gateway(),
-            storage=storage,
-            storage_options=storage_options,
-        )
-
-    def request(self, path, *, method="GET", token=True, headers=None):
-        request = urllib.request.Request(self.base + path, method=method)
-        if token:
-            request.add_header("Authorization", f"token {self.token}")
-        for key, value in (headers or {}).items():
-            request.add_header(key, value)
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, dict(response.headers), response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, dict(error.headers), error.read()
-
-    def json(self, path, **kwargs):
-        status, _, body = self.request(path, **kwargs)
-        return status, json.loads(body)
-
-    def close(self):
-        self.batch.gateway.close()
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
-        self.proc.stdout.close()
-        self.proc.stderr.close()
 
 
 @pytest.fixture
@@ -276,7 +222,6 @@ def test_the_pages_in_a_browser(ui, browser, tmp_path):
 
 
 def hold(path):
-    import os
     import time
 
     deadline = time.monotonic() + 120

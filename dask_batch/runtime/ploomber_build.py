@@ -19,13 +19,15 @@ from __future__ import annotations
 import contextlib
 import datetime
 import io
+import math
 import os
 import posixpath
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
-from dask_batch.core.records import JobState, utcnow
+from dask_batch.core.records import JobState, to_iso, utcnow
 from dask_batch.core.secrets import PLOOMBER_KEY_ENV
 from dask_batch.core.tasks import TASKS_DOC, TaskRecord
 from dask_batch.runtime.arrays import ElementsFailed, _pack_cwd
@@ -38,6 +40,7 @@ from dask_batch.runtime.ploomber_worker import (
     run_on_worker,
     task_signature,
 )
+from dask_batch.runtime.taskstates import PUBLISH_INTERVAL
 
 __all__: list[str] = []
 
@@ -169,28 +172,49 @@ def product_paths(task: Any) -> list[str]:
 
 
 class TaskStates:
-    """The Ploomber tasks' records, written to ``tasks.json`` as they change."""
+    """The Ploomber tasks' records, written to ``tasks.json`` as they change:
+    at most once per :data:`PUBLISH_INTERVAL` while the build runs (a grid of
+    thousands of tasks would otherwise rewrite it per task), and always once
+    at its end (:meth:`flush`)."""
 
     def __init__(self, runtime: Any, names: list[str]) -> None:
         self.runtime = runtime
         self.records = {name: TaskRecord(name=name) for name in names}
+        self._dirty = False
+        self._published = -math.inf
 
     def set(self, name: str, state: JobState, **fields: Any) -> None:
         record = self.records.setdefault(name, TaskRecord(name=name))
         record.state = state
         for key, value in fields.items():
             setattr(record, key, value)
-        self.publish()
+        self._dirty = True
+        self.publish_if_due()
 
-    def publish(self) -> None:
-        from dask_batch.core.tasks import count_states
+    def publish_if_due(self) -> None:
+        if self._dirty and time.monotonic() - self._published >= PUBLISH_INTERVAL:
+            self.flush()
+
+    def flush(self) -> None:
+        """``tasks.json`` and the job's progress (counts per state), now."""
+        from dask_batch.core.tasks import count_states, describe_counts
         from dask_batch.storage.store import PROGRESS
 
         rt = self.runtime
-        doc = {"tasks": [r.to_dict() for r in self.records.values()]}
+        records = list(self.records.values())
+        counts = count_states(records)
+        done = sum(n for s, n in counts.items() if JobState(s).is_terminal)
+        progress = {
+            "progress": done / len(records) if records else 1.0,
+            "message": describe_counts(counts),
+            "tasks": counts,
+            "updated": to_iso(utcnow()),
+        }
+        doc = {"tasks": [r.to_dict() for r in records]}
         rt.store.put_json(rt.user, rt.job_id, TASKS_DOC, doc)
-        counts = count_states(self.records.values())
-        rt.store.put_json(rt.user, rt.job_id, PROGRESS, {"task_counts": counts})
+        rt.store.put_json(rt.user, rt.job_id, PROGRESS, progress)
+        self._dirty = False
+        self._published = time.monotonic()
 
     def log(self, name: str, text: str) -> None:
         if text:
@@ -248,6 +272,7 @@ class TaskDispatcher:
                     list(running), timeout=POLL_SECONDS, return_when="FIRST_COMPLETED"
                 ).done
             except distributed.TimeoutError:
+                self.states.publish_if_due()
                 continue  # the workers may have grown: look again
             for future in done:
                 task = running.pop(future)
@@ -348,7 +373,7 @@ class TaskDispatcher:
         self.states.set(
             task.name,
             JobState.FAILED,
-            message=error.strip().splitlines()[-1][:1000],
+            message=str(outcome.get("cause") or error.strip().splitlines()[-1])[:1000],
             error={"type": "TaskBuildError", "message": error[-20000:]},
             **fields,
         )
@@ -431,11 +456,9 @@ def build_project(
             dag.build(force=args.force, show_progress=False)
     except DAGBuildError as exc:
         print(str(exc), file=sys.stderr)
-        failed = [n for n, r in states.records.items() if r.state is JobState.FAILED]
-        raise ElementsFailed(
-            f"Ploomber tasks failed: {', '.join(failed) or 'see the log'}"
-        ) from None
+        raise ElementsFailed(_failure_message(runtime.job_id, states)) from None
     finally:
+        states.flush()
         _keep_products(dag, folder)
     return {name: r.state.value for name, r in states.records.items()}
 
@@ -483,3 +506,22 @@ def _keep_as_html(notebook: str, destination: str) -> None:
         return
     with open(destination, "w", encoding="utf-8") as f:
         f.write(html)
+
+
+def _failure_message(job_id: str, states: TaskStates) -> str:
+    """Which tasks failed, the first one's error, and where its log is."""
+    failed = [r for r in states.records.values() if r.state is JobState.FAILED]
+    if not failed:  # Ploomber failed outside a task (a DAG-level hook)
+        return (
+            f"the Ploomber build of job {job_id} failed outside its tasks; "
+            f"see its log: dask batch logs {job_id}"
+        )
+    first = failed[0]
+    detail = first.message  # the task's own error, without Ploomber's wrapping
+    names = ", ".join(repr(r.name) for r in failed[:10])
+    more = f" and {len(failed) - 10} more" if len(failed) > 10 else ""
+    return (
+        f"{len(failed)} of {len(states.records)} Ploomber tasks of job {job_id} "
+        f"failed ({names}{more}); task {first.name!r}: {detail}. See its log: "
+        f"dask batch logs {job_id} --task {first.name}"
+    )

@@ -122,10 +122,10 @@ def run_on_worker(
             built = cloudpickle.loads(task)  # signed by this job's main
             _, metadata = built._build(catch_exceptions=True)  # noqa: SLF001
             report: dict[str, Any] = {"ok": True, "metadata": metadata}
-        except Exception:
+        except Exception as exc:
             text = traceback.format_exc()
             print(text, file=sys.stderr)
-            report = {"ok": False, "error": text}
+            report = {"ok": False, "error": text, "cause": _root_cause(exc)}
     out = {
         "log": output.getvalue()[-LOG_TAIL_BYTES:],
         "started": started,
@@ -137,6 +137,16 @@ def run_on_worker(
         made = [p for p in products if os.path.isfile(p)]
         out["products"] = {p: _read(p) for p in made}
     return out
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The error under Ploomber's ``TaskBuildError`` wrappers: what the
+    task's own code (or its hook) raised."""
+    seen = {id(exc)}
+    while (inner := exc.__cause__ or exc.__context__) and id(inner) not in seen:
+        seen.add(id(inner))
+        exc = inner
+    return f"{type(exc).__name__}: {exc}"[:1000]
 
 
 _worker_lock = threading.Lock()

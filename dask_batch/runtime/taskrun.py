@@ -317,8 +317,9 @@ class TaskGraph:
             names = ", ".join(repr(r.name) for r in failed[:10])
             more = f" and {len(failed) - 10} more" if len(failed) > 10 else ""
             message = (
-                f"{len(failed)} of {len(self.records)} steps failed ({names}{more}); "
-                f"step {first.name!r}: {detail}"
+                f"{len(failed)} of {len(self.records)} steps of job {self.job_id} "
+                f"failed ({names}{more}); step {first.name!r}: {detail}. See its "
+                f"log: dask batch logs {self.job_id} --task {first.name}"
             )
             return Outcome.failure("TasksFailed", message)
         return Outcome.failure(

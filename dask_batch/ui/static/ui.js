@@ -116,8 +116,9 @@ function showTasks(job) {
   for (const task of job.tasks) {
     const node = document.querySelector(`.dag-node[data-task="${CSS.escape(task.name)}"]`);
     if (node) {
-      node.className = `dag-node node-${task.state}`;
-      node.querySelector(".node-state").textContent = task.state;
+      node.className = `dag-node node-${task.state}${task.reused_from ? " node-reused" : ""}`;
+      node.querySelector(".node-state").textContent =
+        task.state + (task.reused_from ? " \u00b7 reused" : "");
     }
     const row = document.querySelector(`#tasks tr[data-task="${CSS.escape(task.name)}"]`);
     if (!row) continue;
