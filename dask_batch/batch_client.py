@@ -444,8 +444,9 @@ class BatchClient(ScheduleMethods):
         """Execute a notebook with papermill as a batch job.
 
         The executed notebook is kept as the artifact
-        ``<name>.output.ipynb`` (also when a cell fails, which fails the job
-        with that cell's error). The cluster's image needs ``papermill`` and
+        ``<name>.output.ipynb``, beside the notebook as it ran
+        (``<name>.input.ipynb``), also when a cell fails (which fails the
+        job with that cell's error). The cluster's image needs ``papermill`` and
         an ``ipykernel`` named ``python3``.
 
         Parameters
@@ -519,6 +520,9 @@ class BatchClient(ScheduleMethods):
         since: datetime.datetime | str | None = None,
         until: datetime.datetime | str | None = None,
         limit: int | None = None,
+        kind: str | None = None,
+        schedule: str | None = None,
+        before: str | None = None,
     ) -> Any:
         """The user's jobs, newest first (a read: it never starts a cluster).
 
@@ -533,6 +537,14 @@ class BatchClient(ScheduleMethods):
             duration such as ``"2h"`` meaning that long ago).
         limit : int, optional
             At most this many jobs.
+        kind : str, optional
+            Keep one kind of job: ``"function"``, ``"notebook"``,
+            ``"pipeline"``, ``"array"``, ...
+        schedule : str, optional
+            Keep the runs of this schedule.
+        before : str, optional
+            Keep jobs older than this job id: the next page after a page
+            that ended with it.
 
         Returns
         -------
@@ -549,6 +561,9 @@ class BatchClient(ScheduleMethods):
             since=since,
             until=until,
             limit=limit,
+            kind=kind,
+            schedule=schedule,
+            before=before,
         )
 
     def reconcile(self) -> Any:

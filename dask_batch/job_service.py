@@ -47,6 +47,7 @@ from dask_batch.workflows.schedules import (
     ScheduleRun,
     Schedules,
 )
+from dask_batch.workflows.service_handover import hand_to_service, hand_waiting_job
 
 __all__ = ["JobService"]
 
@@ -186,7 +187,7 @@ class JobService:
         if tracking is None:
             job_id = await self._launcher.start_job(submission)
             if submission.spec.get("after") and job_id == submission.job_id:
-                await self._hand_waiting_job_to_service(job_id)
+                await hand_waiting_job(self.gateway, job_id)
                 # Its upstream jobs may have ended already.
                 await self._reconciler.status(job_id, retry=True)
             return job_id
@@ -206,34 +207,6 @@ class JobService:
         if job_id != submission.job_id:  # an earlier submit with this key
             await asyncio.to_thread(_tracking.discard, submission)
         return job_id
-
-    async def _hand_to_service(
-        self, what: str, item_id: str, handover: dict[str, str]
-    ) -> None:
-        """Hand a schedule's or a waiting job's keys to the hub service, where
-        ``batch.service.url`` names one, with the user's hub token."""
-        service = dask.config.get("batch.service.url", None)
-        if not service:
-            return
-        token = getattr(self.gateway.auth, "api_token", None) or os.environ.get(
-            "JUPYTERHUB_API_TOKEN", ""
-        )
-        args = (str(service), str(token), item_id, handover, what)
-        await asyncio.to_thread(_schedules.delegate_to_service, *args)
-
-    async def _hand_waiting_job_to_service(self, job_id: str) -> None:
-        """So that the service starts the job with nobody here, whether or not
-        the gateway still remembers the upstream jobs' clusters."""
-        if not dask.config.get("batch.service.url", None):
-            return  # no secret read for nothing
-        from dask_batch.core import signing as _signing
-
-        secret = await asyncio.to_thread(_signing.user_secret, job_id=job_id)
-        env_key = _signing.job_keys(secret, job_id).env_key
-        try:
-            await self._hand_to_service("jobs", job_id, {"env_key": env_key})
-        except DaskBatchError as exc:
-            logger.warning("%s", exc)
 
     async def resubmit(self, job_id: str, *, failed_only: bool = True) -> str:
         """Run an ended job again, as it was submitted; the new job's id.
@@ -309,10 +282,30 @@ class JobService:
         since: datetime.datetime | str | None = None,
         until: datetime.datetime | str | None = None,
         limit: int | None = None,
+        kind: str | None = None,
+        schedule: str | None = None,
+        before: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> Any:
-        """The user's jobs, newest first, as a ``JobList`` (a list that displays)."""
+        """The user's jobs, newest first, as a ``JobList`` (a list that displays).
+
+        ``kind`` keeps one kind of job (``"notebook"``), ``schedule`` the
+        runs of one schedule, ``labels`` the jobs with these labels, and
+        ``before`` the jobs older than that job id (the next page after a
+        page that ended with it).
+        """
+        if before is not None:
+            check_job_id(before)
         return await self._lister.jobs(
-            state=state, name=name, since=since, until=until, limit=limit
+            state=state,
+            name=name,
+            since=since,
+            until=until,
+            limit=limit,
+            kind=kind,
+            schedule=schedule,
+            before=before,
+            labels=labels,
         )
 
     async def tasks(
@@ -372,14 +365,30 @@ class JobService:
         return await self._outputs.artifacts(job_id)
 
     async def download_artifacts(
-        self, job_id: str, destination: str | os.PathLike[str]
+        self,
+        job_id: str,
+        destination: str | os.PathLike[str],
+        names: Iterable[str] | None = None,
     ) -> list[str]:
-        """Copy the job's artifacts into a local directory; returns the paths."""
-        return await self._outputs.download_artifacts(job_id, os.fspath(destination))
+        """Copy the job's artifacts (those in ``names``, if given) into a
+        local directory; returns the paths."""
+        dest = os.fspath(destination)
+        return await self._outputs.download_artifacts(job_id, dest, names)
 
     async def cancel(self, job_id: str) -> JobRecord:
         """Cancel a pending or running job and stop its cluster."""
         return await self._reconciler.cancel(job_id)
+
+    async def delete(self, job_id: str, *, timeout: float = 60) -> None:
+        """Remove a job: cancelled first if it has not ended, then, once its
+        cluster is gone, everything stored for it (record, result, logs,
+        artifacts) and its listing entry."""
+        user = await self.identify()
+        record = await self.cancel(check_job_id(job_id))
+        if record.cluster_name:
+            await self._launcher.wait_stopped(job_id, record.cluster_name, timeout)
+        await asyncio.to_thread(self.store.delete_job, user, job_id)
+        await asyncio.to_thread(self.store.drop_from_index, user, job_id)
 
     async def reconcile(self, records: list[JobRecord] | None = None) -> Any:
         """Act on live jobs whose cluster is gone: retry, start, or mark LOST.
@@ -403,8 +412,12 @@ class JobService:
         concurrency: str | None = None,
         overlap: str = "skip",
         starting_deadline: float | str | None = None,
+        paused: bool = False,
     ) -> Schedule:
         """Keep ``target`` as a schedule; hand it to the hub service if one is set.
+
+        Adding it again under the same id edits it in place (its runs so far
+        stay its runs); ``paused`` keeps it from firing until resumed.
 
         With ``batch.service.url`` set, the schedule's env key goes to the
         service with the user's hub token, so that it fires with nobody here.
@@ -425,13 +438,14 @@ class JobService:
             timezone=timezone,
             overlap=overlap,
             starting_deadline=deadline,
+            paused=paused,
         )
         if dask.config.get("batch.service.url", None):
             offered = await self._launcher.server_options()
             handover = _schedules.handover(
                 self._schedules.keys(schedule_id), offered.get(RUNNER_KEY_OPTION)
             )
-            await self._hand_to_service("schedules", schedule_id, handover)
+            await hand_to_service(self.gateway, "schedules", schedule_id, handover)
         return added
 
     async def schedules(self) -> list[Schedule]:

@@ -68,6 +68,13 @@ RUN_OPTION_DECORATORS = [
         metavar="NAME",
         help="The MLflow experiment of the job's run (implies --mlflow).",
     ),
+    click.option(
+        "--label",
+        "labels",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Text filed with the job, shown in its status (not secret). Repeatable.",
+    ),
 ]
 
 
@@ -117,4 +124,16 @@ def submit_options(params: dict[str, Any]) -> SubmitOptions:
         retry_on=list(params.pop("retry_on")),
         memory_limit=params.pop("memory_limit"),
         mlflow=experiment or params.pop("mlflow"),
+        labels=_labels(params.pop("labels")) or None,
     )
+
+
+def _labels(values: tuple[str, ...]) -> dict[str, str]:
+    """``--label`` items; values stay text (no YAML: a label is text)."""
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--label")
+        out[key] = value
+    return out

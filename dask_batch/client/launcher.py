@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from dask_gateway import Gateway
@@ -23,6 +24,7 @@ from dask_batch.core import secrets as _secrets
 from dask_batch.core import signing as _signing
 from dask_batch.core.exceptions import (
     DaskBatchError,
+    JobError,
     StorageError,
     SubmitError,
     not_submitted_message,
@@ -327,6 +329,25 @@ class ClusterLauncher:
             await self.gateway._stop_cluster(cluster_name)
         except (ValueError, GatewayClusterError) as exc:
             logger.debug("cluster of job %s already gone: %s", job_id, exc)
+
+    async def wait_stopped(
+        self, job_id: str, cluster_name: str, timeout: float
+    ) -> None:
+        """Return once the gateway reports the cluster gone (stopped, failed
+        or forgotten); JobError naming the job past ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            report = (await self.reports([cluster_name]))[cluster_name]
+            if report is None or report.status.name in ("STOPPED", "FAILED"):
+                return
+            if time.monotonic() > deadline:
+                raise JobError(
+                    job_id,
+                    f"the cluster of job {job_id} ({cluster_name}) was still "
+                    f"{report.status.name} {timeout:.0f} s after it was asked to "
+                    "stop; try again, or stop it with `dask-gateway stop`.",
+                )
+            await asyncio.sleep(0.5)  # polling the gateway: it sends no event
 
     async def reports(self, names: list[str]) -> dict[str, ClusterReport | None]:
         """The gateway's report of each cluster; None when it does not know it."""

@@ -32,7 +32,7 @@ logger = logging.getLogger("dask_batch")
 LIST_PAGE = 200  # records read per storage round when listing
 MAX_INDEX_PACKS = 8  # small index packs before they are merged
 
-Keep = Callable[[str, str], bool]  # (name, state) -> listed
+Keep = Callable[[JobRecord], bool]  # listed or not
 
 
 def wanted_states(state: Any) -> set[JobState] | None:
@@ -79,16 +79,28 @@ class JobLister:
         since: Any = None,
         until: Any = None,
         limit: int | None = None,
+        kind: str | None = None,
+        schedule: str | None = None,
+        before: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> JobList:
-        """See :meth:`dask_batch.BatchClient.jobs`."""
+        """See :meth:`dask_batch.JobService.jobs`."""
         wanted = wanted_states(state)
 
-        def keep(job_name: str, job_state: str) -> bool:
-            return (name is None or job_name == name) and (
-                wanted is None or JobState(job_state) in wanted
+        def keep(record: JobRecord) -> bool:
+            return (
+                (name is None or record.name == name)
+                and (wanted is None or record.state in wanted)
+                and (kind is None or record.kind == kind)
+                and (schedule is None or record.schedule == schedule)
+                and (before is None or record.id < before)
+                and all(record.labels.get(k) == v for k, v in (labels or {}).items())
             )
 
-        bounds = id_bounds(since, until)
+        since_id, until_id = id_bounds(since, until)
+        if before is not None and (until_id is None or before[:19] < until_id):
+            until_id = before[:19]  # ids start with their time: a tighter window
+        bounds = (since_id, until_id)
         catalog = await asyncio.to_thread(self.store.catalog, self.user)
         if catalog.complete and (limit is not None or since is not None):
             only_live = wanted is not None and not any(s.is_terminal for s in wanted)
@@ -167,7 +179,7 @@ class JobLister:
                 break
             # A packed record wins over a live one read a moment earlier.
             record = ended.get(job_id) or live.get(job_id)
-            if record is not None and keep(record.name, record.state.value):
+            if record is not None and keep(record):
                 out.append(record)
                 if limit is not None and len(out) >= limit:
                     break
@@ -195,11 +207,7 @@ class JobLister:
         out = []
         for job_id in every_id:
             record = ended.get(job_id) or read.get(job_id)
-            if (
-                record is not None
-                and in_window(job_id, *bounds)
-                and keep(record.name, record.state.value)
-            ):
+            if record is not None and in_window(job_id, *bounds) and keep(record):
                 out.append(record)
                 if limit is not None and len(out) >= limit:
                     break

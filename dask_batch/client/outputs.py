@@ -13,7 +13,7 @@ import codecs
 import dataclasses
 import hmac
 import os
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from typing import Any
 
 import dask.config
@@ -350,15 +350,21 @@ class JobOutputs:
         await asyncio.to_thread(self.store.read_record, self.user, job_id)
         return dict(await asyncio.to_thread(self.store.artifacts, self.user, job_id))
 
-    async def download_artifacts(self, job_id: str, destination: str) -> list[str]:
-        """Copy the artifacts below ``destination``; return the local paths."""
-        names = await self.artifacts(job_id)
+    async def download_artifacts(
+        self, job_id: str, destination: str, names: Iterable[str] | None = None
+    ) -> list[str]:
+        """Copy the artifacts (those in ``names`` only, if given) below
+        ``destination``; return the local paths."""
+        found = await self.artifacts(job_id)
+        if names is not None:
+            wanted = set(names)
+            found = {n: size for n, size in found.items() if n in wanted}
 
         def download() -> list[str]:
             os.makedirs(destination, exist_ok=True)
             top = os.path.realpath(destination)
             written = []
-            for name in names:
+            for name in found:
                 local = os.path.join(top, *name.split("/"))
                 os.makedirs(os.path.dirname(local), exist_ok=True)
                 # A link already in the destination must not lead outside it.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import re
 import tarfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -141,6 +142,41 @@ def check_memory_limit(job_id: str, memory_limit: int | str | None) -> int | Non
             f"got {memory_limit!r}.",
         )
     return int(limit)
+
+
+_LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}\Z")
+_LABEL_VALUE_CHARS = 4096
+_LABELS_CHARS = 16 * 1024
+
+
+def check_labels(job_id: str, labels: Any) -> dict[str, str]:
+    """``labels=`` as a dict of short texts, or SubmitError naming the job."""
+    if labels is None:
+        return {}
+    if not isinstance(labels, Mapping):
+        raise SubmitError.not_submitted(
+            job_id, f"labels= takes a dict of texts, got {type(labels).__name__}."
+        )
+    checked: dict[str, str] = {}
+    for key, value in labels.items():
+        if not isinstance(key, str) or not _LABEL_KEY.match(key):
+            raise SubmitError.not_submitted(
+                job_id,
+                f"label {key!r}: a label's name is 1 to 63 letters, digits, "
+                "'.', '_', '/' or '-', starting with a letter or digit.",
+            )
+        if not isinstance(value, str) or len(value) > _LABEL_VALUE_CHARS:
+            raise SubmitError.not_submitted(
+                job_id,
+                f"label {key!r}: its value must be text of at most "
+                f"{_LABEL_VALUE_CHARS} characters.",
+            )
+        checked[key] = value
+    if sum(len(k) + len(v) for k, v in checked.items()) > _LABELS_CHARS:
+        raise SubmitError.not_submitted(
+            job_id, "labels: at most 16 KiB of names and values in all."
+        )
+    return checked
 
 
 def resolve_env(job_id: str, env: Any) -> dict[str, str]:
@@ -407,6 +443,7 @@ def build(
         "retries": options.retries,
         "retry_on": retry_names,
         "memory_limit": memory_limit,
+        "labels": check_labels(job_id, options.labels),
     }
     if after:
         spec.update(after=after, upstream_values=list(target.upstream_values))

@@ -89,6 +89,13 @@ class SubmitOptions:
         the reason if one of them fails, is cancelled or is lost. A
         :class:`~dask_batch.Job` passed among main's arguments is waited for
         too, and replaced by the value its main returned.
+    labels : dict, optional
+        Short text filed with the job and shown in its record
+        (``status().labels``), in listings and on the jobs page; a
+        schedule's runs carry the schedule's. For tools that file their own
+        details with a job (JupyterLab's Notebook Jobs does). Keys are up to
+        63 letters, digits and ``._/-``; values up to 4,096 characters, 16 KiB
+        in all. Not secret: use ``env`` for secrets.
 
     Examples
     --------
@@ -110,6 +117,7 @@ class SubmitOptions:
     memory_limit: int | str | None = None
     mlflow: bool | str | None = None
     after: Sequence[Any] = ()
+    labels: Mapping[str, str] | None = None
 
     @classmethod
     def names(cls) -> frozenset[str]:

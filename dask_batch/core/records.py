@@ -215,6 +215,9 @@ class JobRecord:
     keys_from : str
         The schedule whose keys this job's are derived from (a run that a
         service submitted for its owner), "" for a job's own keys.
+    labels : dict
+        The ``labels=`` it was submitted with (a schedule's runs carry the
+        schedule's): short text that tools file with a job, not secret.
     elements : int or None
         For an array job, how many elements it has (None otherwise, and for
         arrays of earlier releases, which list their elements in ``tasks``).
@@ -260,6 +263,7 @@ class JobRecord:
     released: datetime.datetime | None = None
     schedule: str = ""
     keys_from: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
     elements: int | None = None
 
     @property
@@ -368,6 +372,7 @@ class JobRecord:
             released=_time(d.get("released")),
             schedule=_text(d.get("schedule")),
             keys_from=_text(d.get("keys_from")),
+            labels=_labels(d.get("labels")),
             elements=_count(d.get("elements")),
         )
 
@@ -412,6 +417,7 @@ class JobRecord:
             "released": to_iso(self.released),
             "schedule": self.schedule,
             "keys_from": self.keys_from,
+            "labels": self.labels,
             "elements": self.elements,
             **(
                 {"tasks": [t.to_dict() for t in self.tasks]}
@@ -478,7 +484,7 @@ def _spec_fields(spec: dict[str, Any]) -> dict[str, Any]:
     keys = (
         "id", "user", "name", "submitted", "gateway_address", "workers", "adapt",
         "payload_digest", "mode", "kind", "env_names", "artifacts_url", "timeout",
-        "retries", "after", "schedule", "keys_from",
+        "retries", "after", "schedule", "keys_from", "labels",
     )  # fmt: skip
     fields = {k: spec.get(k) for k in keys}
     fields["target"] = spec.get("function")
@@ -499,6 +505,13 @@ def _state_fields(state: dict[str, Any]) -> dict[str, Any]:
     fields = {k: state.get(k) for k in keys}
     fields["state"] = state.get("state", JobState.PENDING.value)
     return fields
+
+
+def _labels(value: Any) -> dict[str, str]:
+    """Text labels only: a stored document may say anything."""
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def _text(value: Any, default: str = "") -> str:

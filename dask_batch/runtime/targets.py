@@ -100,7 +100,8 @@ def run_function(target: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
 
 
 def run_notebook(filename: str, source: bytes, parameters: dict[str, Any]) -> str:
-    """Execute a notebook with papermill; keep the executed copy as an artifact.
+    """Execute a notebook with papermill; keep the executed copy as an artifact
+    (``<name>.output.ipynb``), and the notebook as it ran (``<name>.input.ipynb``).
 
     Returns the artifact path of the executed notebook. A failing cell fails
     the job with that cell's error; the executed notebook, with the failing
@@ -121,6 +122,10 @@ def run_notebook(filename: str, source: bytes, parameters: dict[str, Any]) -> st
         f.write(source)
     stem = name[: -len(".ipynb")] if name.endswith(".ipynb") else name
     output = f"{stem}.output.ipynb"
+    # The notebook as it ran, beside what it made: the submitter's copy may
+    # have changed since (JupyterLab's Notebook Jobs offer it as "Input").
+    with fsspec.open(artifacts_path(f"{stem}.input.ipynb"), "wb") as dst:
+        dst.write(source)
     try:
         papermill.execute_notebook(
             name,

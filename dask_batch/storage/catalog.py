@@ -360,6 +360,17 @@ class ListingIndex(StoreParts):
         self.write_index(user, entries, replaces=[p for p, _ in read])
         self.forget_live(user, [record.id])
 
+    def drop_from_index(self, user: str, job_id: str) -> None:
+        """Rewrite the packs that hold ``job_id`` without it (a deleted job).
+
+        As every rewrite, the new pack is written before the old one goes.
+        """
+        holding = [p for p in self.index_packs(user) if p.overlaps(job_id, job_id)]
+        for pack, records in self.read_packs(user, holding):
+            if job_id in records:
+                rest = [index_entry(r) for i, r in records.items() if i != job_id]
+                self.write_index(user, rest, replaces=[pack], split=len(rest) + 1)
+
     # -- live markers ------------------------------------------------------------
     def mark_live(self, user: str, job_id: str) -> None:
         """Create the marker that lists a job while it has not ended."""

@@ -423,8 +423,13 @@ class Schedules:
         timezone: str = "UTC",
         overlap: str = "skip",
         starting_deadline: float | None = None,
+        paused: bool = False,
     ) -> Schedule:
-        """Store a schedule whose runs are ``submission`` (its id the schedule's)."""
+        """Store a schedule whose runs are ``submission`` (its id the schedule's).
+
+        Storing it again under the same id edits it in place: its history
+        stays, and it runs as it now says from the next due time.
+        """
         schedule_id = submission.job_id
         check_cron(schedule_id, cron, timezone)
         check_policy(schedule_id, overlap, starting_deadline)
@@ -437,7 +442,7 @@ class Schedules:
             cron=cron,
             timezone=timezone,
             overlap=overlap,
-            paused=False,
+            paused=paused,
             created=self.clock(),
             target=str(spec.get("function") or ""),
             spec=spec,

@@ -1,0 +1,221 @@
+"""JupyterLab's Notebook Jobs on dask-batch: a real `jupyter server` with
+jupyter-scheduler and the backend, a real gateway and storage, driven through
+the REST API exactly as the Jobs UI calls it."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import pytest
+from lab_server import JupyterServer, notebook
+
+from dask_batch import BatchClient, JobState
+from dask_batch.testing import wait_for
+
+SHOW = (
+    "print(f'n={n!r} {type(n).__name__}')\n"
+    "print(f'greeting={greeting!r} {type(greeting).__name__}')"
+)
+WAIT_FOR_FILE = (
+    "import os, time\nwhile not os.path.exists(go):\n    time.sleep(0.1)\nprint('went')"
+)
+
+
+def job_body(name, input_uri, **extra):
+    """`POST /scheduler/jobs` as the UI sends it."""
+    body = {
+        "name": name,
+        "input_uri": input_uri,
+        "runtime_environment_name": "dask-gateway",
+        "output_formats": ["ipynb"],
+        "compute_type": "1 worker",
+        "idempotency_token": None,
+        "tags": [],
+        "runtime_environment_parameters": {},
+        "package_input_folder": False,
+    }
+    body.update(extra)
+    return body
+
+
+@pytest.fixture
+def lab(batch_gateway, tmp_path):
+    storage = str(tmp_path / "jobs")
+    server = JupyterServer(tmp_path / "home", tmp_path / "root", batch_gateway, storage)
+    batch = BatchClient(gateway=batch_gateway.gateway(), storage=storage)
+    server.batch = batch
+    try:
+        yield server
+    finally:
+        server.stop()
+        batch.gateway.close()
+
+
+def until_status(lab, job_id, status, timeout=180):
+    def seen():
+        code, job = lab.request("GET", f"/scheduler/jobs/{job_id}")
+        assert code == 200, job
+        return job if job["status"] == status else None
+
+    return wait_for(seen, timeout, f"job {job_id} to be {status}")
+
+
+def test_a_notebook_job_from_the_rest_api_is_a_dask_batch_job(lab):
+    root = pathlib.Path(lab.root)
+    notebook(str(root / "work" / "show.ipynb"), SHOW, "n = 1\ngreeting = 'x'")
+    code, config = lab.request("GET", "/scheduler/config")
+    assert code == 200 and config["supported_features"]["job_definition"] is True
+    code, environments = lab.request("GET", "/scheduler/runtime_environments")
+    assert code == 200
+    assert [e["name"] for e in environments] == ["dask-gateway"]
+    assert "2 workers" in environments[0]["compute_types"]
+    code, made = lab.request(
+        "POST",
+        "/scheduler/jobs",
+        job_body(
+            "show",
+            "work/show.ipynb",
+            output_formats=["ipynb", "html"],
+            parameters={"n": "3", "greeting": "'hi'"},
+            tags=["nightly"],
+        ),
+    )
+    assert code == 200, made
+    job_id = made["job_id"]
+    # The same job, seen by dask-batch: a notebook job with its labels.
+    record = lab.batch.status(job_id)
+    assert record.kind == "notebook" and record.name == "show"
+    assert record.labels["jupyter/input_uri"] == "work/show.ipynb"
+    assert [r.id for r in lab.batch.jobs(kind="notebook")] == [job_id]
+    job = until_status(lab, job_id, "COMPLETED")
+    assert job["job_id"] == job_id and job["tags"] == ["nightly"]
+    assert job["parameters"] == {"n": "3", "greeting": "'hi'"}
+    assert job["start_time"] and job["end_time"] >= job["start_time"]
+    assert lab.batch.status(job_id).state is JobState.SUCCEEDED
+    code, listed = lab.request("GET", "/scheduler/jobs?max_items=25")
+    assert code == 200 and [j["job_id"] for j in listed["jobs"]] == [job_id]
+    assert not job["downloaded"]
+    # Download: the files are under the root when the request answers.
+    code, _ = lab.request("GET", f"/scheduler/jobs/{job_id}/download_files")
+    assert code == 204
+    code, job = lab.request("GET", f"/scheduler/jobs/{job_id}")
+    assert job["downloaded"], job["job_files"]
+    files = {f["file_format"]: root / f["file_path"] for f in job["job_files"]}
+    executed = json.loads(files["ipynb"].read_text())
+    text = json.dumps(executed["cells"])
+    # "3" arrives as an int, "'hi'" as a str, injected after `parameters`.
+    assert "n=3 int" in text and "greeting='hi' str" in text
+    assert "injected-parameters" in text
+    assert "n=3 int" in files["html"].read_text()
+    assert "greeting = 'x'" in files["input"].read_text()
+    for path in files.values():
+        assert path.is_file() and path.stat().st_size > 0
+        assert str(path).startswith(lab.root + os.sep)
+
+
+def test_stop_delete_and_bad_input(lab, tmp_path):
+    root = pathlib.Path(lab.root)
+    go = tmp_path / "go"
+    notebook(str(root / "wait.ipynb"), WAIT_FOR_FILE, f"go = {str(go)!r}")
+    code, made = lab.request("POST", "/scheduler/jobs", job_body("wait", "wait.ipynb"))
+    assert code == 200, made
+    job_id = made["job_id"]
+    until_status(lab, job_id, "IN_PROGRESS")
+    code, _ = lab.request("PATCH", f"/scheduler/jobs/{job_id}", {"status": "STOPPED"})
+    assert code == 204
+    assert until_status(lab, job_id, "STOPPED")["status_message"]
+    assert lab.batch.status(job_id).state is JobState.CANCELLED
+    code, _ = lab.request("DELETE", f"/scheduler/jobs/{job_id}")
+    assert code == 204
+    code, listed = lab.request("GET", "/scheduler/jobs?max_items=25")
+    assert listed["jobs"] == []
+    assert lab.batch.jobs() == []
+    code, answer = lab.request("GET", f"/scheduler/jobs/{job_id}")
+    assert code == 500 and job_id in answer["message"]
+    # Bad input: a clear message, nothing submitted.
+    for body, expected in [
+        (job_body("x", "missing.ipynb"), "missing.ipynb"),
+        (job_body("x", "../outside.ipynb"), "outside.ipynb"),
+        (job_body("x", "wait.ipynb", compute_type="99 workers"), "compute type"),
+        (
+            job_body("x", "wait.ipynb", runtime_environment_name="gpu"),
+            "runtime environment",
+        ),
+    ]:
+        code, answer = lab.request("POST", "/scheduler/jobs", body)
+        assert code == 500 and expected in answer["message"], answer
+    for schedule, zone, expected in [
+        ("0 3 * * * 10", "UTC", "five-field"),
+        ("0 3 * * *", "Mars/Olympus", "Mars/Olympus"),
+        ("61 3 * * *", "UTC", "61 3"),
+    ]:
+        body = job_body("x", "wait.ipynb", schedule=schedule, timezone=zone)
+        code, answer = lab.request("POST", "/scheduler/job_definitions", body)
+        assert code == 500 and expected in answer["message"], answer
+    assert lab.batch.jobs() == [] and lab.batch.schedules() == []
+
+
+def test_job_definitions_are_dask_batch_schedules(lab):
+    import datetime
+
+    notebook(str(pathlib.Path(lab.root) / "daily.ipynb"), SHOW, "n = 1\ngreeting = 'x'")
+    body = job_body(
+        "daily",
+        "daily.ipynb",
+        schedule="0 3 * * MON-FRI",
+        timezone="Europe/Paris",
+        parameters={"n": "5", "greeting": "'day'"},
+    )
+    code, made = lab.request("POST", "/scheduler/job_definitions", body)
+    assert code == 200, made
+    definition_id = made["job_definition_id"]
+    (schedule,) = lab.batch.schedules()
+    assert schedule.id == definition_id
+    assert (schedule.cron, schedule.timezone) == ("0 3 * * MON-FRI", "Europe/Paris")
+    path = f"/scheduler/job_definitions/{definition_id}"
+    # Pause, edit in place (same id, still paused), resume.
+    assert lab.request("PATCH", path, {"active": False})[0] == 204
+    assert lab.batch.schedules()[0].paused
+    code, _ = lab.request(
+        "PATCH", path, {"schedule": "30 4 * * *", "timezone": "UTC", "name": "early"}
+    )
+    assert code == 204
+    (schedule,) = lab.batch.schedules()
+    assert (schedule.id, schedule.cron, schedule.timezone) == (
+        definition_id,
+        "30 4 * * *",
+        "UTC",
+    )
+    assert schedule.paused and schedule.name == "early"
+    code, described = lab.request("GET", path)
+    assert described["schedule"] == "30 4 * * *" and described["active"] is False
+    assert lab.request("PATCH", path, {"active": True})[0] == 204
+    assert not lab.batch.schedules()[0].paused
+    code, listed = lab.request("GET", "/scheduler/job_definitions?max_items=25")
+    assert [d["job_definition_id"] for d in listed["job_definitions"]] == [
+        definition_id
+    ]
+    # Run now, with a parameter of its own.
+    code, made = lab.request("POST", f"{path}/jobs", {"parameters": {"n": "7"}})
+    assert code == 200, made
+    now_id = made["job_id"]
+    # A run that dask-batch fires itself, with no Jupyter server involved:
+    # the next due time, as any firer (hub service, local keeper) sees it.
+    firer = BatchClient(gateway=lab.batch.gateway, storage=lab.batch.store.url)
+    due = schedule.next_run + datetime.timedelta(seconds=1)
+    firer.service.clock = lambda: due
+    (fired,) = firer.fire_schedules()
+    runs = f"/scheduler/jobs?job_definition_id={definition_id}&max_items=25"
+    code, listed = lab.request("GET", runs)
+    ids = {j["job_id"] for j in listed["jobs"]}
+    assert ids == {now_id, fired.job_id}
+    assert all(j["job_definition_id"] == definition_id for j in listed["jobs"])
+    done = {i: until_status(lab, i, "COMPLETED") for i in ids}
+    assert done[now_id]["parameters"] == {"n": "7", "greeting": "'day'"}
+    assert done[fired.job_id]["name"] == "early"
+    # Deleting the definition deletes the schedule; its runs stay.
+    assert lab.request("DELETE", path)[0] == 204
+    assert lab.batch.schedules() == []
+    assert {r.id for r in lab.batch.jobs()} == ids
