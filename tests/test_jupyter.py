@@ -204,7 +204,7 @@ def test_job_definitions_are_dask_batch_schedules(lab):
     # A run that dask-batch fires itself, with no Jupyter server involved:
     # the next due time, as any firer (hub service, local keeper) sees it.
     firer = BatchClient(gateway=lab.batch.gateway, storage=lab.batch.store.url)
-    due = schedule.next_run + datetime.timedelta(seconds=1)
+    due = lab.batch.schedules()[0].next_run + datetime.timedelta(seconds=1)
     firer.service.clock = lambda: due
     (fired,) = firer.fire_schedules()
     runs = f"/scheduler/jobs?job_definition_id={definition_id}&max_items=25"
