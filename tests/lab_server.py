@@ -59,7 +59,9 @@ class JupyterServer:
     whole process group, as a culled pod is), on ``gateway_info`` and
     ``storage``."""
 
-    def __init__(self, home, root, gateway_info, storage, storage_options=None):
+    def __init__(
+        self, home, root, gateway_info, storage, storage_options=None, args=()
+    ):
         self.home, self.root = str(home), str(root)
         os.makedirs(self.root, exist_ok=True)
         config_dir = os.path.join(self.home, "config")
@@ -67,9 +69,11 @@ class JupyterServer:
         with open(os.path.join(config_dir, "jupyter_server_config.py"), "w") as f:
             f.write(CONFIG.format(token=TOKEN, root=self.root, home=self.home))
         env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+        if storage:
+            env["DASK_BATCH__STORAGE"] = storage
+        self.args = list(args)
         env.update(
             gateway_info.environment(),
-            DASK_BATCH__STORAGE=storage,
             JUPYTER_CONFIG_DIR=config_dir,
             JUPYTER_DATA_DIR=os.path.join(self.home, "data"),
             JUPYTER_RUNTIME_DIR=os.path.join(self.home, "runtime"),
@@ -79,12 +83,15 @@ class JupyterServer:
         self.env = env
         self.url = ""
         self.proc = None
+        self.starts = 0
         self.start()
 
     def start(self):
-        self.log = open(os.path.join(self.home, "server.log"), "ab")  # noqa: SIM115
+        self.starts += 1  # a log per start: each says its own port
+        self.log_path = os.path.join(self.home, f"server-{self.starts}.log")
+        self.log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyter_server"],
+            [sys.executable, "-m", "jupyter_server", *self.args],
             env=self.env,
             cwd=self.root,
             stdout=self.log,
@@ -105,7 +112,7 @@ class JupyterServer:
         )
 
     def read_log(self):
-        with open(os.path.join(self.home, "server.log"), "rb") as f:
+        with open(self.log_path, "rb") as f:
             return f.read()
 
     def ping(self):

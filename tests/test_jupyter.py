@@ -43,7 +43,12 @@ def job_body(name, input_uri, **extra):
 @pytest.fixture
 def lab(batch_gateway, tmp_path):
     storage = str(tmp_path / "jobs")
-    server = JupyterServer(tmp_path / "home", tmp_path / "root", batch_gateway, storage)
+    # The storage given as a flag on the server's command line, not in dask
+    # config: the flag wins, as arguments do.
+    flag = f"--DaskBatchScheduler.storage={storage}"
+    server = JupyterServer(
+        tmp_path / "home", tmp_path / "root", batch_gateway, None, args=[flag]
+    )
     batch = BatchClient(gateway=batch_gateway.gateway(), storage=storage)
     server.batch = batch
     try:
@@ -219,3 +224,90 @@ def test_job_definitions_are_dask_batch_schedules(lab):
     assert lab.request("DELETE", path)[0] == 204
     assert lab.batch.schedules() == []
     assert {r.id for r in lab.batch.jobs()} == ids
+
+
+def test_a_job_outlives_the_server_that_made_it(lab, tmp_path):
+    """The server's whole process group is killed while the job runs (a
+    culled pod); the job still finishes, and the restarted server shows it
+    COMPLETED with its outputs."""
+    go = tmp_path / "go"
+    notebook(
+        str(pathlib.Path(lab.root) / "long.ipynb"), WAIT_FOR_FILE, f"go = {str(go)!r}"
+    )
+    code, made = lab.request("POST", "/scheduler/jobs", job_body("long", "long.ipynb"))
+    assert code == 200, made
+    job_id = made["job_id"]
+    until_status(lab, job_id, "IN_PROGRESS")
+    lab.kill()
+    go.touch()
+    assert lab.batch.wait(job_id, timeout=180).state is JobState.SUCCEEDED
+    lab.start()
+    job = until_status(lab, job_id, "COMPLETED")
+    assert job["end_time"] and not job["downloaded"]
+    code, _ = lab.request("GET", f"/scheduler/jobs/{job_id}/download_files")
+    assert code == 204
+    code, job = lab.request("GET", f"/scheduler/jobs/{job_id}")
+    assert job["downloaded"]
+    executed = pathlib.Path(lab.root) / job["job_files"][0]["file_path"]
+    assert "went" in executed.read_text()
+
+
+def test_the_jobs_list_pages_as_the_ui_pages_it(batch_gateway, tmp_path):
+    """60 notebook jobs and 20 others in the history: pages of 25 with a
+    next token, newest first, each job once; a status filter."""
+    from dask_batch.storage.store import JobStore
+    from dask_batch.testing import write_job_records
+
+    storage = str(tmp_path / "jobs")
+    store = JobStore(storage)
+    batch = BatchClient(gateway=batch_gateway.gateway(), storage=storage)
+    try:
+        ids = write_job_records(store, batch.user, 80, days=2, indexed=True)
+        notebook_ids = set(ids[::4]) | set(ids[1::4]) | set(ids[2::4])
+        for job_id in notebook_ids:
+            path = store.job_path(batch.user, job_id, "spec.json")
+            spec = json.loads(store.fs.cat_file(path))
+            spec.update(kind="notebook", function="report.ipynb")
+            store.fs.pipe_file(path, json.dumps(spec).encode())
+        # The index holds what listings read: write it again from the records.
+        for pack in store.index_packs(batch.user):
+            store.fs.rm_file(pack.path)
+        records = [batch.status(i) for i in ids]
+        from dask_batch.storage.catalog import index_entry
+
+        store.write_index(batch.user, [index_entry(r) for r in records])
+    finally:
+        batch.gateway.close()
+    # The storage given as a flag on the server's command line, not in dask
+    # config: the flag wins, as arguments do.
+    flag = f"--DaskBatchScheduler.storage={storage}"
+    server = JupyterServer(
+        tmp_path / "home", tmp_path / "root", batch_gateway, None, args=[flag]
+    )
+    try:
+        seen, token, pages = [], None, 0
+        while True:
+            query = "/scheduler/jobs?sort_by=desc(create_time)&max_items=25"
+            code, page = server.request(
+                "GET", query + (f"&next_token={token}" if token else "")
+            )
+            assert code == 200, page
+            seen += [j["job_id"] for j in page["jobs"]]
+            pages += 1
+            token = page.get("next_token")
+            if not token:
+                assert page["total_count"] == len(notebook_ids)
+                break
+            assert page["total_count"] == -1
+        assert pages == 3
+        assert seen == sorted(notebook_ids, reverse=True)
+        code, failed = server.request(
+            "GET", "/scheduler/jobs?status=FAILED&max_items=25"
+        )
+        assert {j["job_id"] for j in failed["jobs"]} == {
+            i for i in notebook_ids if ids.index(i) % 10 == 0
+        }
+        code, answer = server.request("GET", "/scheduler/jobs?next_token=../../x")
+        assert code == 500 and "page token" in answer["message"]
+    finally:
+        server.stop()
