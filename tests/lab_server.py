@@ -68,6 +68,13 @@ class JupyterServer:
         os.makedirs(config_dir, exist_ok=True)
         with open(os.path.join(config_dir, "jupyter_server_config.py"), "w") as f:
             f.write(CONFIG.format(token=TOKEN, root=self.root, home=self.home))
+        # No "get notified about Jupyter news?" toast over the screenshots.
+        settings = os.path.join(
+            config_dir, "lab", "user-settings", "@jupyterlab", "apputils-extension"
+        )
+        os.makedirs(settings, exist_ok=True)
+        with open(os.path.join(settings, "notification.jupyterlab-settings"), "w") as f:
+            json.dump({"fetchNews": "false"}, f)
         env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
         if storage:
             env["DASK_BATCH__STORAGE"] = storage

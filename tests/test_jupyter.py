@@ -311,3 +311,58 @@ def test_the_jobs_list_pages_as_the_ui_pages_it(batch_gateway, tmp_path):
         assert code == 500 and "page token" in answer["message"]
     finally:
         server.stop()
+
+
+DOCS = pathlib.Path(__file__).parent.parent / "docs" / "_static"
+
+
+def test_a_notebook_job_made_in_jupyterlab_completes_in_the_jobs_panel(lab, browser):
+    """JupyterLab for real: "Create Job" from the file browser's menu, the
+    form as a user fills it, and the job COMPLETED in the Jobs panel."""
+    import re
+
+    notebook(str(pathlib.Path(lab.root) / "show.ipynb"), SHOW, "n = 1\ngreeting = 'x'")
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    try:
+        page.goto(f"{lab.url}/lab?token=jupyter-test-token")
+        item = page.locator(
+            '.jp-DirListing-item[data-file-type="notebook"]', has_text="show.ipynb"
+        )
+        item.wait_for(timeout=60000)
+        item.click(button="right")
+        page.get_by_text(re.compile(r"^Create (Notebook )?Job$")).click()
+        name = page.locator("input[name=jobName]")
+        name.wait_for(timeout=30000)
+        name.fill("from-lab")
+        page.wait_for_selector("text=Loading …", state="hidden")
+        page.screenshot(path=str(DOCS / "jupyterlab-create-job.png"))
+        page.get_by_role("button", name="Create").click()
+        # The Jobs panel lists the job; it reloads when asked.
+        row = page.locator("tr", has_text="from-lab")
+        row.wait_for(timeout=30000)
+        (job,) = lab.batch.jobs(kind="notebook")
+        assert job.name == "from-lab"
+        assert lab.batch.wait(job.id, timeout=180).state is JobState.SUCCEEDED
+
+        def completed():
+            page.get_by_role("button", name="Reload").click()
+            return "Completed" in row.inner_text(timeout=5000)
+
+        wait_for(completed, 60, "the Jobs panel to show the job Completed", 1.0)
+        # "Download" from the row: the outputs land under the root.
+        row.locator("button").first.click()
+        outputs = pathlib.Path(lab.root) / "jobs"
+        wait_for(
+            lambda: list(outputs.glob("show-*/show-*.ipynb")),
+            60,
+            "the downloaded output notebook under the Jupyter root",
+        )
+
+        def linked():
+            page.get_by_role("button", name="Reload").click()
+            return row.get_by_role("link", name="Notebook").count() == 1
+
+        wait_for(linked, 60, "the Jobs panel to link the downloaded files", 1.0)
+        page.screenshot(path=str(DOCS / "jupyterlab-jobs.png"))
+    finally:
+        page.close()
