@@ -111,9 +111,56 @@ class Hub:
         )
         return env
 
+    def start_server(self, user: str) -> str:
+        """Start ``user``'s single-user server; its URL once it is ready."""
+        api = f"{self.api_url}/users/{user}"
+        status, data = http(f"{api}/server", token=self.admin_token, method="POST")
+        assert status in (201, 202), data
+
+        def ready() -> bool:
+            status, data = http(api, token=self.admin_token)
+            assert status == 200, data
+            server = json.loads(data).get("servers", {}).get("")
+            return bool(server and server.get("ready"))
+
+        wait_for(ready, 90, f"{user}'s single-user server")
+        return f"{self.url}/user/{user}"
+
+    def stop_server(self, user: str) -> None:
+        api = f"{self.api_url}/users/{user}"
+        status, data = http(f"{api}/server", token=self.admin_token, method="DELETE")
+        assert status in (202, 204), data
+
+        def stopped() -> bool:
+            _, data = http(api, token=self.admin_token)
+            return not json.loads(data).get("servers")
+
+        wait_for(stopped, 60, f"{user}'s single-user server to stop")
+
+    def home(self, user: str) -> str:
+        """``user``'s home: the root folder of their single-user server."""
+        path = os.path.join(self.directory, "homes", user)
+        os.makedirs(path, exist_ok=True)
+        return path
+
     def log(self) -> str:
         with open(os.path.join(self.directory, "hub.log"), errors="replace") as f:
             return f.read()
+
+
+# The single-user image's Jupyter server config, as a deployment bakes it in.
+SESSION_CONFIG = """
+c.SchedulerApp.scheduler_class = "dask_batch.jupyter.DaskBatchScheduler"
+c.SchedulerApp.environment_manager_class = "dask_batch.jupyter.GatewayEnvironments"
+c.SchedulerApp.job_files_manager_class = "dask_batch.jupyter.ArtifactFiles"
+# Extensions of other packages in the test environment (Ploomber's replaces
+# the contents manager), not of a Notebook Jobs deployment.
+c.ServerApp.jpserver_extensions = {
+    "ploomber": False, "ploomber_extension": False,
+    "jupyterlab_jupytext": False, "nbclassic": False,
+}
+c.ServerApp.allow_root = True  # the test machine runs everything as root
+"""
 
 
 def _hub_config(
@@ -139,6 +186,24 @@ def _hub_config(
             gateway.directory, "runner-key.pem"
         ),
     }
+    # Each user's own single-user server (JupyterLab), as a deployment's
+    # image has it: dask-gateway through the hub, dask-batch's storage and
+    # service, and Notebook Jobs on dask-batch.
+    session_env = {
+        "DASK_GATEWAY__ADDRESS": gateway.address,
+        "DASK_GATEWAY__PROXY_ADDRESS": gateway.proxy_address,
+        "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
+        "DASK_BATCH__STORAGE": storage,
+        "DASK_BATCH__STORAGE_OPTIONS": repr(storage_options),
+        "DASK_BATCH__SERVICE__URL": (
+            f"http://127.0.0.1:{ports['public']}/services/{BATCH_SERVICE}/"
+        ),
+        "JUPYTER_CONFIG_DIR": os.path.join(directory, "session-config"),
+    }
+    os.makedirs(session_env["JUPYTER_CONFIG_DIR"], exist_ok=True)
+    config = os.path.join(session_env["JUPYTER_CONFIG_DIR"], "jupyter_server_config.py")
+    with open(config, "w") as f:
+        f.write(SESSION_CONFIG)
     settings = {
         "ports": ports,
         "directory": directory,
@@ -146,6 +211,7 @@ def _hub_config(
         "tokens": tokens,
         "python": sys.executable,
         "service_env": service_env,
+        "session_env": session_env,
     }
     return textwrap.dedent(
         f"""
@@ -168,6 +234,20 @@ def _hub_config(
         c.JupyterHub.custom_scopes = {{
             {ADMIN_SCOPE!r}: {{"description": "Read every user's dask-batch jobs"}},
         }}
+        c.JupyterHub.spawner_class = "simple"
+        c.SimpleLocalProcessSpawner.home_dir_template = (
+            s["directory"] + "/homes/{{username}}"
+        )
+        c.Spawner.cmd = [s["python"], "-m", "jupyterhub.singleuser"]
+        c.Spawner.environment = s["session_env"]
+        c.Spawner.start_timeout = 90
+        c.Spawner.http_timeout = 90
+        c.Spawner.server_token_scopes = [
+            "users:activity!user",
+            "access:servers!server",
+            "access:services!service={GATEWAY_SERVICE}",
+            "access:services!service={BATCH_SERVICE}",
+        ]
         c.JupyterHub.services = [
             {{
                 "name": {GATEWAY_SERVICE!r},
@@ -204,7 +284,7 @@ def _hub_config(
             {{
                 "name": "test-admin",
                 "services": ["test-admin"],
-                "scopes": ["tokens", "admin:users"],
+                "scopes": ["tokens", "admin:users", "admin:servers"],
             }},
         ]
         """

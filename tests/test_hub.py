@@ -584,3 +584,85 @@ def test_the_service_keeps_only_a_key_that_opens_the_job(hub, laptop):
     assert info.value.code >= 400
     store = JobStore(hub.storage, hub.storage_options)
     assert not store.exists("alice", job.id, "service.bin")
+
+
+def notebook_job(server, token, method, path, body=None):
+    """One Notebook Jobs REST call to a single-user server, through the hub."""
+    status, data = http(f"{server}{path}", token=token, method=method, body=body)
+    try:
+        return status, json.loads(data) if data else None
+    except ValueError:
+        return status, data.decode(errors="replace")
+
+
+def test_notebook_jobs_in_hub_sessions_are_each_users_own(hub, laptop):
+    """Real single-user servers spawned by the hub, with Notebook Jobs on
+    dask-batch: alice's job and definition are hers alone, her definition is
+    handed to the service, and bob's server sees none of it."""
+    from lab_server import notebook
+
+    notebook(os.path.join(hub.home("alice"), "mine.ipynb"), "print(n * 2)", "n = 1")
+    hub.home("bob")
+    alice_server, bob_server = hub.start_server("alice"), hub.start_server("bob")
+    alice, bob = hub.token("alice"), hub.token("bob")
+    try:
+        body = {
+            "name": "mine",
+            "input_uri": "mine.ipynb",
+            "runtime_environment_name": "dask-gateway",
+            "output_formats": ["ipynb"],
+            "compute_type": "1 worker",
+            "parameters": {"n": "21"},
+        }
+        status, made = notebook_job(
+            alice_server, alice, "POST", "/scheduler/jobs", body
+        )
+        assert status == 200, made
+        job_id = made["job_id"]
+        definition = dict(body, schedule="0 5 * * *", timezone="Europe/Paris")
+        status, made = notebook_job(
+            alice_server, alice, "POST", "/scheduler/job_definitions", definition
+        )
+        assert status == 200, made
+        definition_id = made["job_definition_id"]
+        # Handed to the service with the session's token, as schedules are.
+        held, _ = what_the_service_holds(hub, definition_id)
+        assert held["user"] == "alice" and held["schedule"] == definition_id
+
+        def completed():
+            status, job = notebook_job(
+                alice_server, alice, "GET", f"/scheduler/jobs/{job_id}"
+            )
+            assert status == 200, job
+            return job["status"] == "COMPLETED"
+
+        wait_for(completed, 180, f"alice's notebook job {job_id} to complete")
+        status, _ = notebook_job(
+            alice_server, alice, "GET", f"/scheduler/jobs/{job_id}/download_files"
+        )
+        assert status == 204
+        outputs = pathlib.Path(hub.home("alice"), "jobs")
+        (executed,) = outputs.glob("mine-*/mine-*.ipynb")
+        assert '"42' in executed.read_text()
+        # Bob sees none of it, from his own server; nor can he reach hers.
+        status, listed = notebook_job(bob_server, bob, "GET", "/scheduler/jobs")
+        assert status == 200 and listed["jobs"] == []
+        status, listed = notebook_job(
+            bob_server, bob, "GET", "/scheduler/job_definitions"
+        )
+        assert status == 200 and listed["job_definitions"] == []
+        status, answer = notebook_job(
+            bob_server, bob, "GET", f"/scheduler/jobs/{job_id}"
+        )
+        assert status == 500 and job_id in str(answer)
+        assert notebook_job(alice_server, bob, "GET", "/scheduler/jobs")[0] in (
+            302,
+            403,
+        )
+        status, answer = notebook_job(
+            alice_server, alice, "DELETE", f"/scheduler/job_definitions/{definition_id}"
+        )
+        assert status == 204
+    finally:
+        hub.stop_server("alice")
+        hub.stop_server("bob")
