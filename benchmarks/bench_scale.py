@@ -70,8 +70,9 @@ class FilledMoto:
             "client_kwargs": {"endpoint_url": url},
         }
 
-    def fill(self, storage, user, count, *, indexed):
+    def fill(self, storage, user, count, *, indexed, kind="function"):
         order = dict(
+            kind=kind,
             storage=storage,
             options=self.options,
             user=user,

@@ -51,6 +51,7 @@ def main() -> None:
             days=order["days"],
             indexed=order["indexed"],
             put=put,
+            kind=order.get("kind", "function"),
         )
         print(json.dumps({"seconds": time.perf_counter() - t0}), flush=True)
     server.stop()

@@ -59,6 +59,7 @@ def write_job_records(
     indexed: bool = False,
     pack_size: int | None = None,
     put: Callable[[dict[str, bytes]], Any] | None = None,
+    kind: str = "function",
 ) -> list[str]:
     """Fill ``store`` with ``count`` finished jobs of ``user``.
 
@@ -68,6 +69,7 @@ def write_job_records(
     ``indexed`` (packs of ``pack_size`` entries, or ``LARGE_PACK``), else
     as a store from before the catalog. The job objects are written by
     ``put`` (default: the store's filesystem), given ``{path: bytes}``.
+    Jobs are of ``kind`` (``"notebook"``: a notebook ``report.ipynb``).
     Returns the ids, oldest first.
     """
     import datetime
@@ -90,8 +92,8 @@ def write_job_records(
             "user": user,
             "name": f"job-{i % 7}",
             "submitted": to_iso(submitted),
-            "kind": "function",
-            "function": "train.main",
+            "kind": kind,
+            "function": "report.ipynb" if kind == "notebook" else "train.main",
             "workers": 2,
         }
         state = {

@@ -31,10 +31,12 @@ c.ServerApp.jpserver_extensions = {{
     "ploomber": False, "ploomber_extension": False,
     "jupyterlab_jupytext": False, "nbclassic": False,
 }}
+c.SchedulerApp.db_url = "sqlite:///{home}/scheduler.sqlite"
+"""
+BACKEND = """
 c.SchedulerApp.scheduler_class = "dask_batch.jupyter.DaskBatchScheduler"
 c.SchedulerApp.environment_manager_class = "dask_batch.jupyter.GatewayEnvironments"
 c.SchedulerApp.job_files_manager_class = "dask_batch.jupyter.ArtifactFiles"
-c.SchedulerApp.db_url = "sqlite:///{home}/scheduler.sqlite"
 """
 
 
@@ -57,10 +59,17 @@ def notebook(path, source, parameters="n = 1"):
 class JupyterServer:
     """`jupyter server` in a session of its own (so that a test can kill its
     whole process group, as a culled pod is), on ``gateway_info`` and
-    ``storage``."""
+    ``storage``; with ``stock``, jupyter-scheduler's own backend instead."""
 
     def __init__(
-        self, home, root, gateway_info, storage, storage_options=None, args=()
+        self,
+        home,
+        root,
+        gateway_info,
+        storage,
+        storage_options=None,
+        args=(),
+        stock=False,
     ):
         self.home, self.root = str(home), str(root)
         os.makedirs(self.root, exist_ok=True)
@@ -68,6 +77,8 @@ class JupyterServer:
         os.makedirs(config_dir, exist_ok=True)
         with open(os.path.join(config_dir, "jupyter_server_config.py"), "w") as f:
             f.write(CONFIG.format(token=TOKEN, root=self.root, home=self.home))
+            if not stock:  # else jupyter-scheduler's own backend, for comparison
+                f.write(BACKEND)
         # No "get notified about Jupyter news?" toast over the screenshots.
         settings = os.path.join(
             config_dir, "lab", "user-settings", "@jupyterlab", "apputils-extension"
