@@ -11,7 +11,14 @@ import textwrap
 import pytest
 from dask_gateway.client import ClusterStatus
 
-from dask_batch import BatchClient, JobFailedError, JobRecord, JobState
+from dask_batch import (
+    BatchClient,
+    JobFailedError,
+    JobNotFoundError,
+    JobRecord,
+    JobState,
+    SubmitError,
+)
 from dask_batch.testing import wait_for
 
 
@@ -152,6 +159,49 @@ def test_jobs_lists_newest_first_with_filters(batch_client):
     assert [r.id for r in batch_client.jobs(name="one")] == [first.id]
     assert [r.id for r in batch_client.jobs(limit=1)] == [second.id]
     assert batch_client.jobs(since="1h") and not batch_client.jobs(until="1h")
+    # Labels are filed with a job and kept in listings; a page goes on
+    # before the last job of the one before.
+    third = batch_client.submit(
+        add, 2, name="three", workers=0, labels={"team": "ocean"}
+    )
+    third.result(timeout=60)
+    assert batch_client.status(third.id).labels == {"team": "ocean"}
+    listed = batch_client.jobs(limit=1)
+    assert listed[0].labels == {"team": "ocean"}
+    assert [r.id for r in batch_client.jobs(before=third.id)] == [second.id, first.id]
+    assert [r.id for r in batch_client.jobs(kind="function", limit=2)] == [
+        third.id,
+        second.id,
+    ]
+    service = batch_client.service
+    labelled = batch_client.sync(service.jobs, labels={"team": "ocean"})
+    assert [r.id for r in labelled] == [third.id]
+    # Deleting a job removes it from storage and from every listing.
+    batch_client.sync(service.delete, first.id)
+    assert [r.id for r in batch_client.jobs()] == [third.id, second.id]
+    assert [r.id for r in batch_client.jobs(limit=5)] == [third.id, second.id]
+    with pytest.raises(JobNotFoundError, match=first.id):
+        batch_client.status(first.id)
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        ({"": "x"}, "label ''"),
+        ({"../x": "y"}, "label '../x'"),
+        ({"k": 3}, "its value must be text"),
+        ({"k": "v" * 5000}, "at most 4096"),
+        ({f"k{i}": "v" * 4000 for i in range(5)}, "16 KiB"),
+        (["k=v"], "dict of texts"),
+    ],
+)
+def test_bad_labels_are_refused_before_anything_is_stored(
+    batch_client, labels, expected
+):
+    with pytest.raises(SubmitError, match=expected) as info:
+        batch_client.submit(add, 1, workers=0, labels=labels)
+    assert info.value.job_id in str(info.value)
+    assert batch_client.jobs() == []
 
 
 SUBMIT_AND_DIE = textwrap.dedent(
