@@ -29,6 +29,7 @@ SCRIPTS = [
     "bench_workflows.py",  # arrays vs a job each, pipeline cost per step
     "bench_arrays.py",  # 1,000 to 100,000 elements on the workers
     "bench_ploomber.py",  # a Ploomber project as a job beside `ploomber build`
+    "bench_jupyter.py",  # Notebook Jobs beside jupyter-scheduler's own backend
     "bench_load.py",  # the API at 100 requests/s, 20 browsers on live logs
     "bench_throughput.py",  # 1 GB result against raw pipe/cat
     "bench_imports.py",  # what a gateway imports to load dask-batch
