@@ -142,15 +142,9 @@ class JobService:
                 self.gateway, self._launcher.server_options, self.requested_user
             )
             user = check_user(user)
-            parts = (
-                self._launcher,
-                self._reconciler,
-                self._lister,
-                self._outputs,
-                self._schedules,
-            )
-            for part in parts:
+            for part in (self._launcher, self._reconciler, self._lister):
                 part.user = user
+            self._outputs.user = self._schedules.user = user
             self.user = user
         return self.user
 
