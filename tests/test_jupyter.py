@@ -358,3 +358,40 @@ def test_a_notebook_job_made_in_jupyterlab_completes_in_the_jobs_panel(lab, brow
         page.screenshot(path=str(DOCS / "jupyterlab-jobs.png"))
     finally:
         page.close()
+
+
+FAILS_AFTER_READING = (
+    "import dask_batch\n"
+    "rows = open('data/rows.csv').read().split()\n"
+    "with open(dask_batch.artifacts_dir('summary.txt'), 'w') as f:\n"
+    "    f.write(f'{len(rows)} rows')\n"
+    "raise ValueError(f'{len(rows)} rows is too few')"
+)
+
+
+def test_a_failing_notebook_with_its_folder(lab):
+    """ "Run job with input folder": the notebook reads a file beside it; its
+    failing cell fails the job with the reason shown, and its outputs (the
+    executed notebook, what it kept) download all the same. A download
+    before the job ended is refused with a message."""
+    root = pathlib.Path(lab.root) / "project"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "rows.csv").write_text("a\nb\nc\n")
+    notebook(str(root / "report.ipynb"), FAILS_AFTER_READING)
+    body = job_body("report", "project/report.ipynb", package_input_folder=True)
+    code, made = lab.request("POST", "/scheduler/jobs", body)
+    assert code == 200, made
+    job_id = made["job_id"]
+    code, answer = lab.request("GET", f"/scheduler/jobs/{job_id}/download_files")
+    if code != 204:  # it had not ended yet: said so, with the job named
+        assert code == 500 and job_id in answer["message"], answer
+    job = until_status(lab, job_id, "FAILED")
+    assert "3 rows is too few" in job["status_message"]
+    assert job["package_input_folder"] is True
+    code, _ = lab.request("GET", f"/scheduler/jobs/{job_id}/download_files")
+    assert code == 204
+    code, job = lab.request("GET", f"/scheduler/jobs/{job_id}")
+    files = {f["file_format"]: f["file_path"] for f in job["job_files"]}
+    executed = pathlib.Path(lab.root) / files["ipynb"]
+    assert "3 rows is too few" in executed.read_text()
+    assert (executed.parent / "summary.txt").read_text() == "3 rows"
