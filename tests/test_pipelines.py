@@ -8,8 +8,8 @@ import subprocess
 import sys
 import textwrap
 
-import nbformat
 import pytest
+from lab_server import notebook
 
 from dask_batch import (
     JobFailedError,
@@ -58,16 +58,7 @@ DOUBLE_SCRIPT = textwrap.dedent(
 
 
 def write_notebook(path, source):
-    notebook = nbformat.v4.new_notebook()
-    parameters = nbformat.v4.new_code_cell("upstream = None\nfactor = 1")
-    parameters.metadata["tags"] = ["parameters"]
-    notebook.cells = [parameters, nbformat.v4.new_code_cell(source)]
-    notebook.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nbformat.write(notebook, str(path))
+    notebook(str(path), source, "upstream = None\nfactor = 1")
 
 
 @pytest.fixture
