@@ -14,6 +14,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from importlib.metadata import version
 
 SCRIPTS = [
@@ -62,11 +63,17 @@ def machine() -> str:
 def main() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     print(f"# dask-batch benchmarks\n\n{machine()}\n", flush=True)
+    took = {}
     for script in SCRIPTS:
         print(f"\n## {script}\n", flush=True)
+        started = time.monotonic()
         subprocess.run(
             [sys.executable, os.path.join(here, script), *sys.argv[1:]], check=True
         )
+        took[script] = time.monotonic() - started
+    print("\n## How long each took\n")
+    for script, seconds in sorted(took.items(), key=lambda item: -item[1]):
+        print(f"- {script}: {seconds:.0f} s")
 
 
 if __name__ == "__main__":
