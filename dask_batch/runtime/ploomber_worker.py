@@ -36,7 +36,7 @@ from typing import Any
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from dask_batch.core.secrets import PLOOMBER_KEY_ENV
-from dask_batch.core.signing import sign
+from dask_batch.core.signing import loads_verified, sign
 from dask_batch.runtime.element_work import LOG_TAIL_BYTES, _unpack
 
 __all__: list[str] = []
@@ -104,11 +104,11 @@ def run_on_worker(
     (written only where missing). The task's output (``print``, a
     notebook's progress) is its log.
     """
-    import cloudpickle
     import distributed
 
     key = _keys.get(folder, "")
-    if not key or not hmac.compare_digest(signature, task_signature(key, task)):
+    expected = task_signature(key, task) if key else ""
+    if not expected or not hmac.compare_digest(signature, expected):
         raise PermissionError(
             f"a task for the project in {folder} is not signed with its key; "
             "it is not run"
@@ -119,7 +119,8 @@ def run_on_worker(
     started = time.time()
     with _task_output() as output:
         try:
-            built = cloudpickle.loads(task)  # signed by this job's main
+            # The one loader of pickles: it checks the signature itself.
+            built = loads_verified(folder, "Ploomber task", task, signature, expected)
             _, metadata = built._build(catch_exceptions=True)  # noqa: SLF001
             report: dict[str, Any] = {"ok": True, "metadata": metadata}
         except Exception as exc:
