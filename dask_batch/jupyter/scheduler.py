@@ -156,14 +156,7 @@ class DaskBatchScheduler(BaseScheduler):
         self, job_id: str, model: Any, path: str, labels: dict[str, str]
     ) -> str:
         service = await self._service()
-        options = SubmitOptions(
-            name=model.name,
-            workers=workers_of(model.compute_type, job_id),
-            cluster_options=await self._cluster_options(model, job_id),
-            files=os.path.dirname(path) if model.package_input_folder else None,
-            idempotency_key=getattr(model, "idempotency_token", None) or None,
-            labels=labels,
-        )
+        options = await self._options(model, job_id, path, labels)
         values = models.parameter_values(model.parameters)
         with _as_scheduler_errors():
             # Reading the notebook and packing its folder: not on the loop.
@@ -173,6 +166,20 @@ class DaskBatchScheduler(BaseScheduler):
                 )
             )
             return await service.submit(submission)
+
+    async def _options(
+        self, model: Any, job_id: str, path: str, labels: dict[str, str]
+    ) -> SubmitOptions:
+        """How a job (or a definition's runs) runs, from the form's model.
+        A definition has no idempotency token."""
+        return SubmitOptions(
+            name=model.name,
+            workers=workers_of(model.compute_type, job_id),
+            cluster_options=await self._cluster_options(model, job_id),
+            files=os.path.dirname(path) if model.package_input_folder else None,
+            idempotency_key=getattr(model, "idempotency_token", None) or None,
+            labels=labels,
+        )
 
     async def _cluster_options(self, model: Any, job_id: str) -> dict[str, Any]:
         environments = self.environments_manager
@@ -293,13 +300,7 @@ class DaskBatchScheduler(BaseScheduler):
     ) -> None:
         service = await self._service()
         labels = models.labels_for(model, input_uri, schedule_id)
-        options = SubmitOptions(
-            name=model.name,
-            workers=workers_of(model.compute_type, schedule_id),
-            cluster_options=await self._cluster_options(model, schedule_id),
-            files=os.path.dirname(path) if model.package_input_folder else None,
-            labels=labels,
-        )
+        options = await self._options(model, schedule_id, path, labels)
         values = models.parameter_values(model.parameters)
         with _as_scheduler_errors():
             target = await asyncio.to_thread(notebook_target, schedule_id, path, values)
