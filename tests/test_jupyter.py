@@ -325,8 +325,11 @@ def test_a_notebook_job_made_in_jupyterlab_completes_in_the_jobs_panel(lab, brow
         page.get_by_text(re.compile(r"^Create (Notebook )?Job$")).click()
         name = page.locator("input[name=jobName]")
         name.wait_for(timeout=30000)
+        # The form sets its environment once the list arrives, from the model
+        # as it was when the form opened: a name typed before that is reset.
+        page.wait_for_selector("text=Loading …", state="hidden", timeout=30000)
         name.fill("from-lab")
-        page.wait_for_selector("text=Loading …", state="hidden")
+        assert name.input_value() == "from-lab"
         page.screenshot(path=str(DOCS / "jupyterlab-create-job.png"))
         page.get_by_role("button", name="Create").click()
         # The Jobs panel lists the job; it reloads when asked.
