@@ -22,5 +22,9 @@ numpydoc_class_members_toctree = False
 autodoc_member_order = "bysource"
 autodoc_typehints = "none"  # the numpydoc sections say it
 suppress_warnings = ["config.cache"]
-html_theme = "alabaster"
+# The theme of the Dask projects users already read (dask, distributed,
+# dask-gateway). Its page is ours in _templates, without the tag manager.
+html_theme = "dask_sphinx_theme"
+templates_path = ["_templates"]
 html_title = "dask-batch"
+html_static_path = ["_static"]
