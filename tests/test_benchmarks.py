@@ -50,7 +50,7 @@ def smoke(*args):
 @pytest.mark.parametrize("script", scripts())
 def test_each_benchmark_runs(script):
     printed = smoke(BENCHMARKS / script)
-    assert "|" in printed, f"{script} printed no table:\n{printed[-2000:]}"
+    assert printed.strip(), f"{script} printed no figures"
 
 
 @pytest.mark.timeout(600)

@@ -173,6 +173,18 @@ def test_the_pages_in_a_browser(ui, browser, tmp_path):
         assert page.locator(f'tr[data-id="{bad.id}"] .state-FAILED').count() == 1
         DOCS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(DOCS / "ui-jobs.png"), full_page=True)
+        # What a notebook shows for batch.jobs(): the same HTML, in a browser.
+        table = browser.new_page(viewport={"width": 1300, "height": 120})
+        try:
+            table.set_content(
+                '<body style="font: 13px sans-serif; margin: 12px">'
+                f"{ui.batch.jobs()._repr_html_()}</body>"
+            )
+            assert "<b>bold</b> & co" in table.inner_text("table")  # as text
+            assert table.locator("td", has_text="FAILED").count() == 1
+            table.screenshot(path=str(DOCS / "notebook-jobs.png"), full_page=True)
+        finally:
+            table.close()
         page.select_option("select[name=state]", "FAILED")
         page.click("button[type=submit]")
         page.wait_for_url("**state=FAILED**")
