@@ -37,7 +37,8 @@ def run(*args, **kwargs):
     return done.stdout
 
 
-@pytest.fixture(scope="module")
+# Session-scoped: built once, however the suite's workers order these tests.
+@pytest.fixture(scope="session")
 def installed(tmp_path_factory):
     """``(venv, dist)``: a fresh venv with the built wheel and its ``local``
     extra, and the folder of the sdist and the wheel."""
