@@ -13,11 +13,48 @@ from dask_batch.testing import gateway_clusters, main_processes, wait_for
 
 
 def pytest_configure(config):
+    # pytest 9.2 keeps node ids where pytest-xdist 3.8 cannot add a test's
+    # group to them, so `--dist loadgroup` would silently not group (every
+    # worker would start its own hub, Slurm and MLflow): refuse to run so.
+    if config.getoption("dist", "no") == "loadgroup":
+        from importlib.metadata import version
+
+        from packaging.version import Version
+
+        if Version(pytest.__version__) >= Version("9.2") and Version(
+            version("pytest-xdist")
+        ) <= Version("3.8.0"):
+            raise pytest.UsageError(
+                f"pytest {pytest.__version__} with pytest-xdist "
+                f"{version('pytest-xdist')} does not group tests under "
+                "--dist loadgroup (pytest-xdist issue 1386): install the "
+                "versions of pyproject.toml's test extra (pytest<9.2)."
+            )
     # One user secret per test process (and the processes it starts), made
     # for this run: the developer's own ~/.config/dask-batch is never used.
     directory = tempfile.mkdtemp(prefix="dask-batch-config-")
     os.environ["XDG_CONFIG_HOME"] = directory
     config.add_cleanup(lambda: shutil.rmtree(directory, ignore_errors=True))
+
+
+#: The suite's longest parts, longest first. pytest-xdist hands tests out in
+#: collection order, so these start first and the two workers end together,
+#: instead of one running a long group alone at the end.
+LONGEST_FIRST = (
+    "test_benchmarks.py",
+    "test_mlflow.py",
+    "test_hub.py",
+    "test_ploomber.py",
+    "test_slurm.py",
+    "test_wheel.py",
+    "test_reliability.py",
+    "test_jupyter.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
 
 
 def first_attempt_hangs(marker):
