@@ -1,7 +1,7 @@
 """Every benchmark, one after the other, with the machine and the date.
 
     python benchmarks/run_all.py           # the figures in docs/benchmarks.md
-    python benchmarks/run_all.py --smoke   # one quick pass of each (CI)
+    python benchmarks/run_all.py --smoke   # one quick pass of each (as CI's tests)
 
 The machine is shared and noisy: each script compares dask-batch with its
 baseline side by side within its own run, so read the ratios.
