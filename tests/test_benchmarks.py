@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pathlib
 import re
-import subprocess
 import sys
 
 import pytest
+from commands import run
 
 BENCHMARKS = pathlib.Path(__file__).parent.parent / "benchmarks"
 
@@ -33,17 +33,7 @@ def soak_parts(parts=3):
 
 
 def smoke(*args):
-    done = subprocess.run(
-        [sys.executable, *map(str, args), "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=540,
-    )
-    assert done.returncode == 0, (
-        f"{' '.join(map(str, args))} --smoke exited {done.returncode}:\n"
-        f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
-    )
-    return done.stdout
+    return run(sys.executable, *args, "--smoke", timeout=540)
 
 
 @pytest.mark.timeout(600)

@@ -17,24 +17,13 @@ import urllib.request
 import zipfile
 
 import pytest
+from commands import run
 
 from dask_batch.testing import stop_process
 
 pytestmark = pytest.mark.xdist_group("wheel")
 
 ROOT = pathlib.Path(__file__).parent.parent
-
-
-def run(*args, **kwargs):
-    """Run a command; fail with its output if it fails."""
-    done = subprocess.run(
-        [str(a) for a in args], capture_output=True, text=True, timeout=600, **kwargs
-    )
-    assert done.returncode == 0, (
-        f"{' '.join(map(str, args))} exited {done.returncode}:\n"
-        f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    )
-    return done.stdout
 
 
 # Session-scoped: built once, however the suite's workers order these tests.
