@@ -190,23 +190,34 @@ def gateway_clusters(gateway: Any) -> set[str]:
 
 
 def wait_for(
-    predicate: Callable[[], Any], timeout: float, message: str, interval: float = 0.05
+    predicate: Callable[[], Any],
+    timeout: float,
+    message: str,
+    interval: float = 0.05,
+    max_interval: float = 0.5,
 ) -> Any:
     """Poll ``predicate`` until it returns a true value; fail after ``timeout`` s.
 
-    Returns the predicate's value. The failure names ``message`` and the last
-    value seen, so a test says what it was waiting for.
+    Polls every ``interval`` s at first, then less and less often, down to
+    every ``max_interval`` s: a predicate that reads storage or asks a
+    server costs CPU on both sides, and a long wait polled at full rate
+    takes that CPU from the work it waits for. Returns the predicate's
+    value. The failure names ``message`` and the last value seen, so a test
+    says what it was waiting for.
     """
     deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
+    delay = interval
+    while True:
         value = predicate()
         if value:
             return value
-        time.sleep(interval)
-    raise AssertionError(
-        f"Timed out after {timeout} s waiting for {message} (last: {value!r})"
-    )
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(
+                f"Timed out after {timeout} s waiting for {message} (last: {value!r})"
+            )
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 1.5, max(interval, max_interval))
 
 
 def job_cluster_client(batch: Any, job_id: str, timeout: float = 60) -> Any:

@@ -84,6 +84,10 @@ def running_mlflow(
         os.environ,
         MLFLOW_AUTH_ADMIN_PASSWORD=password,
         MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
+        # The server's own job runner (GenAI evaluations, prompt optimisation)
+        # is eight more processes that each import mlflow: a tracking server
+        # of runs, as dask-batch uses it, needs none of them.
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
     )
     command = [
         sys.executable, "-m", "mlflow", "server",
