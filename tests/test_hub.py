@@ -302,7 +302,11 @@ def test_the_service_retries_or_loses_jobs_with_nobody_looking(hub, laptop, tmp_
         f"dask-batch audit: user=alice act=retry-job id={retried.id} by=service",
         f"dask-batch audit: user=alice act=judge-lost id={lost.id} by=service",
     )
-    wait_for(lambda: all(a in hub.log() for a in acts), 30, "the audit lines")
+    try:
+        wait_for(lambda: all(a in hub.log() for a in acts), 30, "the audit lines")
+    except AssertionError as exc:
+        said = [line for line in hub.log().splitlines() if "WARNING" in line]
+        raise AssertionError(f"{exc}; the service warned: {said[-20:]}") from None
     log = hub.log()
     assert log.count(acts[0]) == 1
     assert "Could not check the jobs of user 'mallory'" in log

@@ -324,3 +324,40 @@ def test_artifact_sync_copies_changes_and_keeps_within_its_limit(tmp_path):
     (folder / "a.txt").write_bytes(b"12")
     sync.sync()
     assert store.artifacts("alice", job_id) == {"a.txt": 2, "b.txt": 6}
+
+
+def test_a_sweep_that_fails_after_acting_still_audits_the_acts(tmp_path, caplog):
+    """The service's check of a user may act (judge a job LOST, ask for a
+    retry's cluster) and then fail (a gateway call times out): the acts it
+    did are audited all the same, once, and the failure is logged."""
+    import asyncio
+    import logging
+
+    from dask_batch.service.hub import JobKeeper
+    from dask_batch.storage.store import STATE, JobStore
+    from dask_batch.testing import write_job_records
+
+    store = JobStore(str(tmp_path / "jobs"))
+    (job_id,) = write_job_records(store, "alice", 1)
+    store.put_json("alice", job_id, STATE, {"state": "RUNNING"})
+
+    class ActsThenTimesOut:
+        """A user's client whose check judges the job LOST, as a reconcile
+        does, then meets a gateway that does not answer."""
+
+        async def reconcile(self, live):
+            store.put_json("alice", job_id, STATE, {"state": "LOST"})
+            raise TimeoutError("the gateway did not answer in time")
+
+    class Clients:
+        async def client_for(self, user):
+            return ActsThenTimesOut()
+
+    keeper = JobKeeper(store, Clients(), interval=1, catalog_interval=3600)
+    with caplog.at_level(logging.INFO):
+        asyncio.run(keeper.sweep())
+        asyncio.run(keeper.sweep())  # starts from LOST: nothing new to audit
+    lines = [r.getMessage() for r in caplog.records]
+    act = f"dask-batch audit: user=alice act=judge-lost id={job_id} by=service"
+    assert sum(act in line for line in lines) == 1, lines
+    assert any("Could not check the jobs of user 'alice'" in line for line in lines)

@@ -141,6 +141,7 @@ class JobKeeper:
         """Check every live job once; returns each user's checked records."""
         checked: dict[str, list[Any]] = {}
         for user in await asyncio.to_thread(self.store.user_names):
+            acted_on: list[Any] = []  # live jobs handed to a check that may act
             try:
                 live = await live_records(self.store, user)
                 last = self._catalog_checked.get(user)
@@ -155,7 +156,9 @@ class JobKeeper:
                     await client.fire_schedules(by="service")
                 # The records just read: the reconciler reads each again
                 # before it writes.
+                acted_on = live
                 checked[user] = list(await client.reconcile(live)) if live else []
+                audit_job_changes(user, {r.id: r for r in live}, checked[user])
                 if due:
                     # A full listing reads every job prefix: the catalog
                     # forgets jobs deleted from storage with nobody looking.
@@ -172,12 +175,35 @@ class JobKeeper:
                 )
                 logger.log(level, "Could not check the jobs of user %r: %s", user, exc)
                 self._failing[user] = str(exc)
+                if user not in checked and acted_on:
+                    await self._audit_unfinished_check(user, acted_on)
                 continue
             self._failing.pop(user, None)
-            audit_job_changes(user, {r.id: r for r in live}, checked[user])
         self.sweeps += 1
         self.last_sweep = time.time()
         return checked
+
+    async def _audit_unfinished_check(self, user: str, live: list[Any]) -> None:
+        """Audit what a check that failed part way did before it failed.
+
+        A retry's new cluster may have been asked for, or a job judged LOST,
+        before a later call timed out. The next sweep starts from the
+        changed records and would see nothing to audit, so the acts are read
+        back from storage now.
+        """
+        try:
+            now = await asyncio.to_thread(
+                self.store.read_records, user, [r.id for r in live]
+            )
+        except Exception as exc:
+            logger.warning(
+                "Could not read back the jobs of user %r to audit a failed check: %s",
+                user,
+                exc,
+            )
+            return
+        after = [r for r in now.values() if not isinstance(r, Exception)]
+        audit_job_changes(user, {r.id: r for r in live}, after)
 
     async def run(self) -> None:
         """Sweep until cancelled, one sweep per interval."""
