@@ -194,19 +194,20 @@ def wait_for(
     timeout: float,
     message: str,
     interval: float = 0.05,
-    max_interval: float = 0.5,
+    max_interval: float | None = None,
 ) -> Any:
     """Poll ``predicate`` until it returns a true value; fail after ``timeout`` s.
 
-    Polls every ``interval`` s at first, then less and less often, down to
-    every ``max_interval`` s: a predicate that reads storage or asks a
-    server costs CPU on both sides, and a long wait polled at full rate
-    takes that CPU from the work it waits for. Returns the predicate's
-    value. The failure names ``message`` and the last value seen, so a test
-    says what it was waiting for.
+    Polls every ``interval`` s. With ``max_interval``, the polls grow apart
+    (x1.5 each) up to that: for a long wait on a predicate that reads
+    storage or asks a server, whose CPU a full-rate poll takes from the work
+    it waits for. Not for a state that shows only briefly. Returns the
+    predicate's value. The failure names ``message`` and the last value
+    seen, so a test says what it was waiting for.
     """
     deadline = time.monotonic() + timeout
     delay = interval
+    ceiling = interval if max_interval is None else max(interval, max_interval)
     while True:
         value = predicate()
         if value:
@@ -217,7 +218,7 @@ def wait_for(
                 f"Timed out after {timeout} s waiting for {message} (last: {value!r})"
             )
         time.sleep(min(delay, remaining))
-        delay = min(delay * 1.5, max(interval, max_interval))
+        delay = min(delay * 1.5, ceiling)
 
 
 def job_cluster_client(batch: Any, job_id: str, timeout: float = 60) -> Any:
