@@ -175,10 +175,31 @@ def stop_process(proc: Any, timeout: float = 30) -> None:
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now, for servers that cannot take port 0."""
-    import socket
+    """A TCP port free on 127.0.0.1 now, for servers that cannot take port 0.
 
-    with socket.socket() as s:
+    Picked below the kernel's ephemeral range: a port from that range, freed
+    here and bound by the server seconds later, may meanwhile be taken by
+    any outgoing connection or ``bind(0)`` on the machine (seen: a hub that
+    exited with "Address already in use"). Below it, only another caller of
+    this function could take it.
+    """
+    import random
+
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    low = 10000 if ephemeral_low > 11000 else 1024
+    for _ in range(200):
+        port = random.randrange(low, ephemeral_low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # a crowded low range: any free port
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
