@@ -211,35 +211,23 @@ def gateway_clusters(gateway: Any) -> set[str]:
 
 
 def wait_for(
-    predicate: Callable[[], Any],
-    timeout: float,
-    message: str,
-    interval: float = 0.05,
-    max_interval: float | None = None,
+    predicate: Callable[[], Any], timeout: float, message: str, interval: float = 0.05
 ) -> Any:
     """Poll ``predicate`` until it returns a true value; fail after ``timeout`` s.
 
-    Polls every ``interval`` s. With ``max_interval``, the polls grow apart
-    (x1.5 each) up to that: for a long wait on a predicate that reads
-    storage or asks a server, whose CPU a full-rate poll takes from the work
-    it waits for. Not for a state that shows only briefly. Returns the
-    predicate's value. The failure names ``message`` and the last value
-    seen, so a test says what it was waiting for.
+    Returns the predicate's value. The failure names ``message`` and the last
+    value seen, so a test says what it was waiting for.
     """
     deadline = time.monotonic() + timeout
-    delay = interval
-    ceiling = interval if max_interval is None else max(interval, max_interval)
-    while True:
+    value = None
+    while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(
-                f"Timed out after {timeout} s waiting for {message} (last: {value!r})"
-            )
-        time.sleep(min(delay, remaining))
-        delay = min(delay * 1.5, ceiling)
+        time.sleep(interval)
+    raise AssertionError(
+        f"Timed out after {timeout} s waiting for {message} (last: {value!r})"
+    )
 
 
 def job_cluster_client(batch: Any, job_id: str, timeout: float = 60) -> Any:
