@@ -191,7 +191,8 @@ def free_port() -> int:
     except (OSError, ValueError, IndexError):
         ephemeral_low = 32768
     low = 10000 if ephemeral_low > 11000 else 1024
-    for _ in range(200):
+    # No range below (an ephemeral range from 1024): only the fallback.
+    for _ in range(200 if ephemeral_low > low else 0):
         port = random.randrange(low, ephemeral_low)
         with socket.socket() as s:
             try:
@@ -199,7 +200,7 @@ def free_port() -> int:
             except OSError:
                 continue
             return port
-    with socket.socket() as s:  # a crowded low range: any free port
+    with socket.socket() as s:  # a crowded or empty low range: any free port
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
