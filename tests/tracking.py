@@ -25,6 +25,19 @@ from dask_batch.testing import free_port, wait_for
 
 ADMIN = "admin"
 
+#: MLflow's own basic-auth settings, with its credential cache on: without it
+#: the server checks the password's hash (scrypt, slow by design) on every
+#: request, which made the server the busiest process of the MLflow tests.
+#: Production servers that jobs log to want the same (docs/mlflow.md).
+AUTH_CONFIG = """\
+[mlflow]
+default_permission = READ
+database_uri = sqlite:///{database}
+admin_username = admin
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = 600
+"""
+
 
 @dataclass(frozen=True)
 class MlflowServer:
@@ -80,6 +93,9 @@ def running_mlflow(
     port = free_port()
     password = secrets.token_urlsafe(16)
     log_path = os.path.join(directory, "mlflow-server.log")
+    auth_config = os.path.join(directory, "basic_auth.ini")
+    with open(auth_config, "w") as f:
+        f.write(AUTH_CONFIG.format(database=os.path.join(directory, "basic_auth.db")))
     env = dict(
         os.environ,
         MLFLOW_AUTH_ADMIN_PASSWORD=password,
@@ -88,6 +104,7 @@ def running_mlflow(
         # is eight more processes that each import mlflow: a tracking server
         # of runs, as dask-batch uses it, needs none of them.
         MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+        MLFLOW_AUTH_CONFIG_PATH=auth_config,
     )
     command = [
         sys.executable, "-m", "mlflow", "server",
