@@ -33,7 +33,7 @@ AUTH_CONFIG = """\
 [mlflow]
 default_permission = READ
 database_uri = sqlite:///{database}
-admin_username = admin
+admin_username = {admin}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 auth_cache_ttl_seconds = 600
 """
@@ -93,9 +93,6 @@ def running_mlflow(
     port = free_port()
     password = secrets.token_urlsafe(16)
     log_path = os.path.join(directory, "mlflow-server.log")
-    auth_config = os.path.join(directory, "basic_auth.ini")
-    with open(auth_config, "w") as f:
-        f.write(AUTH_CONFIG.format(database=os.path.join(directory, "basic_auth.db")))
     env = dict(
         os.environ,
         MLFLOW_AUTH_ADMIN_PASSWORD=password,
@@ -104,8 +101,12 @@ def running_mlflow(
         # is eight more processes that each import mlflow: a tracking server
         # of runs, as dask-batch uses it, needs none of them.
         MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
-        MLFLOW_AUTH_CONFIG_PATH=auth_config,
     )
+    if auth:
+        env["MLFLOW_AUTH_CONFIG_PATH"] = os.path.join(directory, "basic_auth.ini")
+        with open(env["MLFLOW_AUTH_CONFIG_PATH"], "w") as f:
+            database = os.path.join(directory, "basic_auth.db")
+            f.write(AUTH_CONFIG.format(database=database, admin=ADMIN))
     command = [
         sys.executable, "-m", "mlflow", "server",
         "--host", "127.0.0.1",
