@@ -27,6 +27,7 @@ SCRIPTS = [
     "bench_slurm.py",  # start and end of a job on Slurm beside the local backend
     "bench_mlflow.py",  # what tracking a job in MLflow costs, beside untracked
     "bench_start.py",  # main started early vs after the runner, vs a bare cluster
+    "bench_local_processes.py",  # local clusters forked vs new interpreters
     "bench_workflows.py",  # arrays vs a job each, pipeline cost per step
     "bench_arrays.py",  # 1,000 to 100,000 elements on the workers
     "bench_ploomber.py",  # a Ploomber project as a job beside `ploomber build`

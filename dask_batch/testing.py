@@ -457,12 +457,17 @@ def batch_gateway(
 def batch_plain_gateway(
     tmp_path_factory: pytest.TempPathFactory, batch_s3_server: S3Server
 ) -> Iterator[Any]:
-    """A local gateway without dask-batch installed server-side."""
+    """A local gateway without dask-batch installed server-side, whose
+    schedulers and workers are new interpreters (as on dask-gateway's own
+    backends), not forked."""
     from dask_batch import local
 
     directory = str(tmp_path_factory.mktemp("plain-gateway"))
     info = _start_gateway(
-        directory, server_side=False, environment=_gateway_environment(batch_s3_server)
+        directory,
+        gateway_config={"LoopbackLocalBackend.fork_processes": False},
+        server_side=False,
+        environment=_gateway_environment(batch_s3_server),
     )
     try:
         yield info

@@ -46,12 +46,11 @@ def run_to_exit(func: Any) -> None:
                 print(exc.code, file=sys.stderr)
         except BaseException:
             traceback.print_exc()
-        # What the interpreter does at exit: wait for main's threads, run
-        # its atexit handlers, flush.
-        for thread in threading.enumerate():
-            if thread is not threading.current_thread() and not thread.daemon:
-                thread.join()
-        # What the interpreter runs at exit; no public twin.
+        # What the interpreter does at exit, which has no public twin:
+        # threading's exit hooks (they stop idle executor threads, which a
+        # plain join would wait on forever) and the wait for other
+        # non-daemon threads, then the atexit handlers, then flush.
+        threading._shutdown()  # type: ignore[attr-defined]  # noqa: SLF001
         atexit._run_exitfuncs()  # noqa: SLF001
         logging.shutdown()
     finally:

@@ -28,6 +28,7 @@ from dask_gateway_server.app import DaskGateway
 from dask_gateway_server.backends.jobqueue.slurm import SlurmBackend
 from dask_gateway_server.backends.local import UnsafeLocalBackend
 from dask_gateway_server.utils import run_main
+from traitlets import Bool
 from traitlets.config import Config
 
 from dask_batch.client.local_gateway import (
@@ -38,6 +39,7 @@ from dask_batch.client.local_gateway import (
     read_json,
     write_private,
 )
+from dask_batch.service.cluster_zygote import ClusterZygote, ZygoteUnavailable
 from dask_batch.service.gateway_options import (
     WorkerEnvironmentWithoutJobKeys,
     batch_cluster_options,
@@ -57,13 +59,127 @@ class WorkersOnDefaultHost:
         return [*command, "--host", self.default_host]
 
 
+class ProcessesFromZygote:
+    """Start schedulers and nannies by forking a zygote that has their imports
+    done (:mod:`dask_batch.service.cluster_zygote`), not as new interpreters;
+    what it cannot start faithfully is started as LocalBackend does."""
+
+    fork_processes: bool
+    log: Any
+    inherited_environment: list[str]
+    _zygote: ClusterZygote | None = None
+
+    _forked: set[int]
+    _reaper: asyncio.Task[None] | None = None
+
+    async def do_setup(self) -> None:
+        await super().do_setup()  # type: ignore[misc]
+        # The zygote's children are made to look like new interpreters
+        # through /proc, and reaped through pidfds: Linux only.
+        if self.fork_processes and sys.platform == "linux":
+            self._forked = set()
+            # Children of a zygote that died come to this process, not to
+            # init (which in some containers never reaps): reaped here.
+            if not become_subreaper():
+                self.log.warning(
+                    "Not a child subreaper: forked processes whose zygote "
+                    "died are left to init to reap"
+                )
+            self._reaper = asyncio.ensure_future(self._reap_orphans())
+            self._new_zygote()
+
+    async def _reap_orphans(self) -> None:
+        while True:
+            for pid in list(self._forked):
+                try:
+                    reaped, _ = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:  # the zygote's child still, or gone
+                    if not pid_alive(pid):
+                        self._forked.discard(pid)
+                    continue
+                if reaped:
+                    self._forked.discard(pid)
+            await asyncio.sleep(ORPHAN_REAP_INTERVAL)
+
+    def _new_zygote(self) -> ClusterZygote:
+        self._zygote = ClusterZygote()
+        self._zygote.start(inherited=self.inherited_environment)
+        return self._zygote
+
+    async def start_process(
+        self, cluster: Any, cmd: list[str], env: dict[str, str], name: str
+    ) -> int:
+        zygote = self._zygote
+        if zygote is not None:
+            if zygote.started and not zygote.alive:
+                self.log.warning("The process zygote exited; starting a new one")
+                zygote = self._new_zygote()
+            workdir = cluster.state["workdir"]
+            logs = self.get_logs_directory(workdir)  # type: ignore[attr-defined]
+            log_path = os.path.join(logs, name + ".log")
+            try:
+                pid = await zygote.spawn(cmd, env, workdir, log_path)
+            except ZygoteUnavailable as exc:
+                if zygote.failed_to_start:
+                    self._zygote = None  # new interpreters from now on
+                if os.path.exists(log_path):
+                    # It failed after taking the request: a process may run.
+                    raise RuntimeError(
+                        f"The process zygote failed while starting {name} of "
+                        f"cluster {cluster.name} ({exc}); the cluster is "
+                        "failed, submit the job again."
+                    ) from None
+                self.log.info(
+                    "Starting %s of cluster %s as a new interpreter: %s",
+                    name,
+                    cluster.name,
+                    exc,
+                )
+            else:
+                self._forked.add(pid)
+                return pid
+        started: int = await super().start_process(cluster, cmd, env, name)  # type: ignore[misc]
+        return started
+
+    async def do_cleanup(self) -> None:
+        if self._zygote is not None:
+            self._zygote.close()
+        if self._reaper is not None:
+            self._reaper.cancel()
+        await super().do_cleanup()  # type: ignore[misc]
+
+
+#: How often the gateway reaps forked processes whose zygote died (their
+#: ends then wait this long at most to be seen).
+ORPHAN_REAP_INTERVAL = 0.5
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants of this process come to it, not to init
+    (Linux); False if the kernel refused."""
+    import ctypes
+
+    pr_set_child_subreaper = 36
+    libc = ctypes.CDLL(None, use_errno=True)
+    return bool(libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0) == 0)
+
+
 class LoopbackLocalBackend(
-    WorkersOnDefaultHost, WorkerEnvironmentWithoutJobKeys, UnsafeLocalBackend
+    ProcessesFromZygote,
+    WorkersOnDefaultHost,
+    WorkerEnvironmentWithoutJobKeys,
+    UnsafeLocalBackend,
 ):
     """UnsafeLocalBackend whose schedulers, workers and dashboards listen on
-    127.0.0.1 only, and whose workers do not get the job's env key."""
+    127.0.0.1 only, whose workers do not get the job's env key, and whose
+    processes are forked from a zygote."""
 
     default_host = "127.0.0.1"
+    fork_processes = Bool(
+        True,
+        help="Fork schedulers and nannies from a process with their imports done.",
+        config=True,
+    )
 
 
 class LoopbackSlurmBackend(
@@ -125,6 +241,9 @@ def build_config(
     c.DBBackendBase.db_url = "sqlite:///" + os.path.join(directory, "gateway.sqlite")
     c.DBBackendBase.db_encrypt_keys = [secrets["db_key"]]
     c.LocalBackend.clusters_directory = os.path.join(directory, "clusters")
+    c.LoopbackLocalBackend.fork_processes = dask.config.get(
+        "batch.local.fork-processes"
+    )
     c.LocalBackend.inherited_environment = [
         "PATH",
         "PYTHONPATH",
