@@ -125,6 +125,7 @@ def scheduler_cmd(scheduler_file):
 def test_a_forked_scheduler_is_what_python_m_would_start(zygote, tmp_path):
     # Defined here: cloudpickle sends a nested function by value.
     def what_a_scheduler_sees():
+        import logging
         import random
 
         import dask.config
@@ -138,6 +139,7 @@ def test_a_forked_scheduler_is_what_python_m_would_start(zygote, tmp_path):
             "allowed_failures": dask.config.get(
                 "distributed.scheduler.allowed-failures"
             ),
+            "tornado_log_level": logging.getLogger("tornado").level,
             "session_leader": os.getsid(0) == os.getpid(),
             "argv": sys.argv[1:],
             "main": main.__spec__.name,
@@ -146,13 +148,14 @@ def test_a_forked_scheduler_is_what_python_m_would_start(zygote, tmp_path):
         }
 
     seen, pids, cmds = {}, {}, {}
-    for name, failures in (("one", "7"), ("two", "9")):
+    for name, failures, tornado in (("one", "7", "info"), ("two", "9", "critical")):
         folder = tmp_path / name
         folder.mkdir()
         cmds[name] = scheduler_cmd(str(folder / "scheduler.json"))
         env = plain_env(
             DASK_GATEWAY_CLUSTER_NAME=name,
             DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=failures,
+            DASK_LOGGING__TORNADO=tornado,
         )
         pids[name] = zygote.spawn(
             cmds[name], env, str(folder), str(folder / "scheduler.log")
@@ -162,7 +165,7 @@ def test_a_forked_scheduler_is_what_python_m_would_start(zygote, tmp_path):
             seen[name] = client.run_on_scheduler(what_a_scheduler_sees)
         assert "found in sys.modules" not in (folder / "scheduler.log").read_text()
 
-    for name, failures in (("one", 7), ("two", 9)):
+    for name, failures, level in (("one", 7, 20), ("two", 9, 50)):
         assert (
             seen[name]
             == {
@@ -171,6 +174,7 @@ def test_a_forked_scheduler_is_what_python_m_would_start(zygote, tmp_path):
                 "cluster": name,
                 "room": False,
                 "allowed_failures": failures,  # configuration read from its own env
+                "tornado_log_level": level,  # and logging configured from it
                 "session_leader": True,
                 "argv": cmds[name][3:],
                 "main": "distributed.cli.dask_scheduler",

@@ -37,7 +37,6 @@ import importlib
 import importlib.util
 import json
 import os
-import random
 import select
 import sys
 import threading
@@ -231,7 +230,12 @@ def _become(
         # Read at import from the zygote's environment: read them again
         # from this one's, as a new interpreter would.
         dask.config.refresh()
-        random.seed()
+        # Logging levels too (``DASK_LOGGING__...``), as `import distributed` set
+        # them in the zygote; its handlers are kept, not doubled.
+        import distributed.config
+
+        distributed.config.initialize_logging(dask.config.config)
+        # Python's random reseeds itself at a fork; NumPy's does not.
         numpy_random = sys.modules.get("numpy.random")
         if numpy_random is not None:
             numpy_random.seed()

@@ -123,11 +123,14 @@ class ProcessesFromZygote:
                 if zygote.failed_to_start:
                     self._zygote = None  # new interpreters from now on
                 if os.path.exists(log_path):
-                    # It failed after taking the request: a process may run.
+                    # The log is there: a process may have started, so a
+                    # second one must not; the cluster fails.
+                    job = (getattr(cluster, "options", None) or {}).get("batch_job_id")
                     raise RuntimeError(
-                        f"The process zygote failed while starting {name} of "
-                        f"cluster {cluster.name} ({exc}); the cluster is "
-                        "failed, submit the job again."
+                        f"Could not start {name} of cluster {cluster.name}"
+                        + (f" (job {job})" if job else "")
+                        + f": {exc}. The cluster failed; a job with retries "
+                        "runs again, else submit it again."
                     ) from None
                 self.log.info(
                     "Starting %s of cluster %s as a new interpreter: %s",
