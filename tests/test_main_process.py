@@ -77,6 +77,13 @@ def leave_a_thread_and_an_atexit_handler():
         print("thread finished", flush=True)
 
     threading.Thread(target=late).start()  # not a daemon
+    # A pool kept alive past main: its idle threads end only when told to,
+    # which an interpreter does at exit before it joins them.
+    import builtins
+    import concurrent.futures
+
+    builtins.kept_pool = concurrent.futures.ThreadPoolExecutor(1)
+    builtins.kept_pool.submit(print, "pool ran", flush=True).result()
     return "done"
 
 
@@ -86,6 +93,7 @@ def test_a_forked_main_ends_like_an_interpreter(batch_client):
     log = "".join(job.logs())
     assert "thread finished" in log
     assert "atexit handler ran" in log
+    assert "pool ran" in log
 
 
 @pytest.mark.parametrize("code", [0, 3])

@@ -21,7 +21,6 @@ from conftest import wait_until_nothing_left
 from distributed import Client
 
 from dask_batch.batch_client import BatchClient
-from dask_batch.runtime.forking import run_to_exit
 from dask_batch.service.cluster_zygote import (
     ROOM_VARIABLE,
     ZYGOTE_NAME,
@@ -230,28 +229,6 @@ def test_the_zygote_refuses_what_it_would_not_start_faithfully(zygote, tmp_path)
     with pytest.raises(ZygoteUnavailable, match="cannot open the log"):
         zygote.spawn(cmd, plain_env(), str(tmp_path), str(tmp_path / "taken.log"))
     assert (tmp_path / "taken.log").read_text() == "someone else's"
-
-
-def test_an_exiting_forked_process_stops_idle_executor_threads():
-    # An interpreter at exit tells idle ThreadPoolExecutor threads to stop
-    # before it joins them; a forked process must too, or it never exits.
-    def leaves_an_executor():
-        import concurrent.futures
-
-        executor = concurrent.futures.ThreadPoolExecutor(1)
-        assert executor.submit(sum, [1, 2]).result() == 3
-        leaves_an_executor.executor = executor  # alive past the function
-        sys.exit(3)
-
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child's coverage is not collected
-        run_to_exit(leaves_an_executor)
-    status = wait_for(
-        lambda: os.waitpid(pid, os.WNOHANG)[1] if not gone(pid) else None,
-        30,
-        "the forked process to exit",
-    )
-    assert os.waitstatus_to_exitcode(status) == 3
 
 
 @pytest.fixture(scope="module")

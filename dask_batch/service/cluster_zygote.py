@@ -232,9 +232,9 @@ def _become(
         dask.config.refresh()
         # Logging levels too (``DASK_LOGGING__...``), as `import distributed` set
         # them in the zygote; its handlers are kept, not doubled.
-        import distributed.config
+        from distributed.config import initialize_logging
 
-        distributed.config.initialize_logging(dask.config.config)
+        initialize_logging(dask.config.config)
         # Python's random reseeds itself at a fork; NumPy's does not.
         numpy_random = sys.modules.get("numpy.random")
         if numpy_random is not None:
