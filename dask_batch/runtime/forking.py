@@ -31,6 +31,17 @@ def name_process(name: str) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_name, name.encode(), 0, 0, 0)
 
 
+def initial_areas() -> tuple[tuple[int, int], tuple[int, int]]:
+    """(start, end) of this process's initial argument and environment blocks:
+    what the kernel shows as ``/proc/PID/cmdline`` and ``/proc/PID/environ``,
+    which a forked process keeps from its parent."""
+    with open("/proc/self/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # Fields 48 to 51 of proc(5): arg_start, arg_end, env_start, env_end.
+    arg_start, arg_end, env_start, env_end = (int(fields[n - 3]) for n in range(48, 52))
+    return (arg_start, arg_end), (env_start, env_end)
+
+
 def run_to_exit(func: Any) -> None:
     """In a forked process: run ``func`` as an interpreter runs a program,
     then exit with its status; never returns into the code that forked."""

@@ -41,7 +41,12 @@ from typing import IO, Any
 
 import dask.config
 
-from dask_batch.runtime.forking import MAIN_PROCESS_NAME, name_process, run_to_exit
+from dask_batch.runtime.forking import (
+    MAIN_PROCESS_NAME,
+    initial_areas,
+    name_process,
+    run_to_exit,
+)
 from dask_batch.runtime.handoff import ARTIFACTS_DIR, ENV_RUNNER_PID
 
 # The runner's private folder: main.log, the outcome file, main's working
@@ -74,9 +79,7 @@ def _scrub_initial_environment(names: tuple[str, ...]) -> None:
     """
     import ctypes
 
-    with open("/proc/self/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    start, end = int(fields[47]), int(fields[48])  # env_start, env_end
+    _, (start, end) = initial_areas()
     block = ctypes.string_at(start, end - start)
     for name in names:
         key = name.encode() + b"="

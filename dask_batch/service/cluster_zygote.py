@@ -44,7 +44,7 @@ import types
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from dask_batch.runtime.forking import name_process, run_to_exit
+from dask_batch.runtime.forking import initial_areas, name_process, run_to_exit
 
 #: Modules the zygote imports, so that its children need not; a command
 #: ``python -m MODULE`` is forked only for these. Preloads other than
@@ -88,30 +88,14 @@ def refusal(cmd: Sequence[str], env: Mapping[str, str]) -> str | None:
         return "not this interpreter's `python -m MODULE`"
     if cmd[2] not in WARMED_MODULES:
         return f"module {cmd[2]} is not imported in the zygote"
-    own = _interpreter_variables(os.environ)
-    own.pop(ROOM_VARIABLE, None)
-    if _interpreter_variables(env) != own:
+    if _interpreter_variables(env) != _interpreter_variables(os.environ):
         return "PYTHON* variables differ from the zygote's"
-    arg_room, environment_room = _initial_block_sizes()
-    if len(_environment_block(env)) > environment_room:
+    (arg_start, arg_end), (env_start, env_end) = initial_areas()
+    if len(_environment_block(env)) > env_end - env_start:
         return "environment bigger than the zygote's reserved room"
-    if len(_title(cmd)) >= arg_room:
+    if len(_title(cmd)) >= arg_end - arg_start:
         return "command line longer than the zygote's reserved room"
     return None
-
-
-def _initial_areas() -> tuple[tuple[int, int], tuple[int, int]]:
-    """(start, end) of this process's initial argument and environment areas."""
-    with open("/proc/self/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    # Fields 48 to 51 of proc(5): arg_start, arg_end, env_start, env_end.
-    arg_start, arg_end, env_start, env_end = (int(fields[n - 3]) for n in range(48, 52))
-    return (arg_start, arg_end), (env_start, env_end)
-
-
-def _initial_block_sizes() -> tuple[int, int]:
-    (arg_start, arg_end), (env_start, env_end) = _initial_areas()
-    return arg_end - arg_start, env_end - env_start
 
 
 def _environment_block(env: Mapping[str, str]) -> bytes:
@@ -144,7 +128,7 @@ def take_identity(cmd: Sequence[str], env: Mapping[str, str]) -> None:
     """
     os.environ.clear()
     os.environ.update(env)
-    args, environment = _initial_areas()
+    args, environment = initial_areas()
     _write_area(environment, _environment_block(env), b"\0")
     _write_area(args, _title(cmd), b" ")
 
@@ -331,11 +315,6 @@ class ClusterZygote:
             and self._process is not None
             and self._process.returncode is None
         )
-
-    @property
-    def pid(self) -> int | None:
-        """The zygote's pid, once it was started."""
-        return self._process.pid if self._process is not None else None
 
     async def _reply(self, timeout: float) -> dict[str, Any]:
         assert self._process is not None and self._process.stdout is not None
