@@ -25,8 +25,7 @@ import tempfile
 import time
 
 from bench_core import bare_many  # this directory is on sys.path
-from bench_start import bare, job, jobs_many
-from bench_visibility import trials
+from bench_start import bare, job, jobs_many, trials_and_many
 
 import dask_batch.local
 from dask_batch import BatchClient
@@ -65,13 +64,7 @@ def job_with_a_worker(batch: BatchClient) -> None:
 
 
 def main(argv=None):
-    import argparse
-
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--many", type=int, default=20)
-    known, rest = parser.parse_known_args(argv)
-    count, smoke = trials(rest, __doc__.splitlines()[0], default=10)
-    many = 2 if smoke else known.many
+    count, many = trials_and_many(argv, __doc__.splitlines()[0])
     directory = tempfile.mkdtemp(prefix="dask-batch-bench-processes-")
     dirs = {way: os.path.join(directory, way.replace(" ", "-")) for way in WAYS}
     kinds = ("bare cluster", "job, no worker", "job, one worker")

@@ -85,14 +85,20 @@ WHAT = {
 }
 
 
-def main(argv=None):
+def trials_and_many(argv, description):
+    """``(trials, many)`` from ``--trials``, ``--smoke`` (one trial) and
+    ``--many`` (clusters at once: 2 at smoke size)."""
     import argparse
 
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--many", type=int, default=20)
     known, rest = parser.parse_known_args(argv)
-    count, smoke = trials(rest, __doc__.splitlines()[0], default=10)
-    many = 2 if smoke else known.many
+    count, smoke = trials(rest, description, default=10)
+    return count, (2 if smoke else known.many)
+
+
+def main(argv=None):
+    count, many = trials_and_many(argv, __doc__.splitlines()[0])
     directory = tempfile.mkdtemp(prefix="dask-batch-bench-start-")
     dirs = {way: os.path.join(directory, way) for way in WAYS}
     try:
