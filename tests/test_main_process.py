@@ -127,6 +127,15 @@ def sleeps(seconds):
     return seconds
 
 
+def marks_then_sleeps(mark, seconds):
+    import pathlib
+    import time
+
+    pathlib.Path(mark).touch()
+    time.sleep(seconds)
+    return seconds
+
+
 def children_of(pid):
     import os
 
@@ -159,15 +168,16 @@ def zygote_of(cluster_name):
     return None
 
 
-def test_tasks_go_on_as_new_processes_when_the_zygote_dies(batch_client):
+def test_tasks_go_on_as_new_processes_when_the_zygote_dies(batch_client, tmp_path):
     import os
     import signal
 
     from dask_batch import Step, TasksFailedError
     from dask_batch.testing import wait_for
 
+    marks = [tmp_path / f"s{i}" for i in range(5)]
     steps = [
-        Step(sleeps, name=f"s{i}", args=[seconds])
+        Step(marks_then_sleeps, name=f"s{i}", args=[str(marks[i]), seconds])
         for i, seconds in enumerate([30, 30, 0, 0, 0])
     ]
     job = batch_client.submit_pipeline(steps, max_parallel=2, workers=0)
@@ -179,8 +189,10 @@ def test_tasks_go_on_as_new_processes_when_the_zygote_dies(batch_client):
         "two elements to run",
     )
     zygote = wait_for(lambda: zygote_of(record.cluster_name), 30, "the zygote")
-    # RUNNING is recorded just before the fork: wait for both forked mains.
-    wait_for(lambda: len(children_of(zygote)) == 2, 30, "the zygote to fork two mains")
+    # A forked main runs its task only once the zygote has told the runner
+    # its pid: both marks mean the runner knows both.
+    wait_for(lambda: marks[0].exists() and marks[1].exists(), 60, "s0 and s1 to run")
+    assert len(children_of(zygote)) == 2
     os.kill(zygote, signal.SIGKILL)
     with pytest.raises(TasksFailedError) as raised:
         job.result(timeout=120)
@@ -190,8 +202,23 @@ def test_tasks_go_on_as_new_processes_when_the_zygote_dies(batch_client):
     assert "start as new processes" in batch_client.logs(job.id)
 
 
-def test_a_zygote_that_exits_before_it_answers_is_noticed(tmp_path):
+# Stand-ins for a zygote that dies early: each reads its command line first.
+EXITS_BEFORE_IT_OPENS_ITS_REPLIES = "import sys; sys.stdin.readline()"
+EXITS_RIGHT_AFTER_IT_REPLIES = """
+import os, sys
+fifo = sys.stdin.readline().split()[1]
+replies = os.open(fifo, os.O_WRONLY)
+sys.stdin.readline()
+os.write(replies, b"start 4242\\n")
+"""
+
+
+@pytest.mark.parametrize(
+    "script", [EXITS_BEFORE_IT_OPENS_ITS_REPLIES, EXITS_RIGHT_AFTER_IT_REPLIES]
+)
+def test_a_zygote_that_dies_early_is_noticed(tmp_path, script):
     import asyncio
+    import signal
     import subprocess
     import sys
 
@@ -216,19 +243,27 @@ def test_a_zygote_that_exits_before_it_answers_is_noticed(tmp_path):
     )
 
     async def scenario():
-        # Reads its command, then exits without opening the reply pipe, as
-        # a process that failed to become a zygote would.
         process = MainProcess(
             subprocess.Popen(
-                [sys.executable, "-c", "import sys; sys.stdin.readline()"],
+                [sys.executable, "-c", script],
                 stdin=subprocess.PIPE,
                 start_new_session=True,
             )
         )
         zygote = Zygote(process, str(tmp_path))
         await zygote.start()
-        with pytest.raises(RuntimeError, match="exited"):
-            await asyncio.wait_for(zygote.fork(str(tmp_path / "log"), launch), 30)
+        fork = asyncio.wait_for(zygote.fork(str(tmp_path / "log"), launch), 30)
+        if script == EXITS_BEFORE_IT_OPENS_ITS_REPLIES:
+            with pytest.raises(RuntimeError, match="exited"):
+                await fork
+        else:
+            # It answered before it died: that child ran, and died with it,
+            # whichever the runner noticed first.
+            child = await fork
+            assert child.pid == 4242
+            assert await asyncio.wait_for(child.wait(), 30) == -signal.SIGKILL
+            with pytest.raises(RuntimeError, match="exited"):
+                await zygote.fork(str(tmp_path / "log"), launch)
         await zygote.close()
         assert not (tmp_path / "zygote.fifo").exists()
 

@@ -72,11 +72,16 @@ def serve(stdin: int, fifo_path: str, run_launch: RunLaunch) -> None:
                         return
                     *lines, pending = (pending + data).split(b"\n")
                     for line in lines:
-                        pid = _fork_child(
+                        pid, go = _fork_child(
                             json.loads(line), replies, children, run_launch
                         )
                         children[os.pidfd_open(pid)] = pid
-                        os.write(replies, f"start {pid}\n".encode())
+                        try:
+                            os.write(replies, f"start {pid}\n".encode())
+                            # Only a child the runner has heard of runs its task.
+                            os.write(go, b"1")
+                        finally:
+                            os.close(go)
                 else:
                     pid = children.pop(fd)
                     os.close(fd)
@@ -98,24 +103,33 @@ def _fork_child(
     replies: int,
     children: dict[int, int],
     run_launch: RunLaunch,
-) -> int:
+) -> tuple[int, int]:
+    """The child's pid, and the pipe that lets it run once written to."""
     launch = MainLaunch(**request["launch"])
     log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()  # else the child would write the zygote's buffer too
     zygote = os.getpid()
+    wait_end, go = os.pipe()
     pid = os.fork()
     if pid:
         os.close(log)
-        return pid
+        os.close(wait_end)
+        return pid, go
     # pragma: no cover - the child's coverage is not collected
 
     def run() -> None:
         name_process(MAIN_PROCESS_NAME)
         os.setsid()  # a group of its own: stopping the task stops what it started
-        for fd in (replies, *children):
+        for fd in (replies, go, *children):
             os.close(fd)
+        # A zygote that dies between this fork and its reply leaves the runner
+        # unaware of this process, and the runner starts the task again: so it
+        # runs nothing until the reply is written.
+        if not os.read(wait_end, 1):
+            os._exit(70)
+        os.close(wait_end)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.dup2(log, 1)
@@ -172,6 +186,7 @@ class Zygote:
         self._children: dict[int, ZygoteChild] = {}
         self._lock = asyncio.Lock()
         self._exited: asyncio.Future[int] | None = None
+        self._dead = False
 
     @classmethod
     async def open(cls, process: Any, folder: str) -> tuple[Zygote | None, str]:
@@ -200,14 +215,19 @@ class Zygote:
         stdin.write(data)
         stdin.flush()
 
-    def _read(self) -> None:
+    def _drain(self) -> None:
+        while self._replies >= 0 and not self._dead and self._read():
+            pass
+
+    def _read(self) -> bool:
+        """Handle what the zygote wrote; False once nothing more is waiting."""
         try:
             data = os.read(self._replies, 65536)
         except BlockingIOError:
-            return
+            return False
         if not data:  # the zygote is gone: so are its children
             self._gone()
-            return
+            return False
         self._buffer += data
         *lines, self._buffer = self._buffer.split(b"\n")
         for line in lines:
@@ -219,8 +239,12 @@ class Zygote:
                 child = self._children.pop(pid, None)
                 if child is not None and not child.ended.done():
                     child.ended.set_result(code)
+        return True
 
     def _gone(self) -> None:
+        if self._dead:
+            return
+        self._dead = True
         loop = asyncio.get_running_loop()
         with contextlib.suppress(ValueError, OSError):
             loop.remove_reader(self._replies)
@@ -233,6 +257,8 @@ class Zygote:
     async def fork(self, log_path: str, launch: MainLaunch) -> ZygoteChild:
         """A new main process running ``launch``, its output in ``log_path``."""
         async with self._lock:  # one request at a time: replies come in order
+            if self._dead:
+                raise RuntimeError("the task launcher exited")
             request = json.dumps(
                 {"log": log_path, "launch": json.loads(launch.to_json())}
             )
@@ -246,13 +272,18 @@ class Zygote:
                 {started, self._exited}, return_when=asyncio.FIRST_COMPLETED
             )
             if not started.done():
-                started.cancel()
+                # A reply it wrote before it died still counts: that child
+                # ran (and dies with it).
+                self._drain()
                 self._gone()
-                raise RuntimeError("the task launcher exited")
-            pid = started.result()
+            pid = await started
             if pid < 0:
-                raise RuntimeError("the task launcher is gone")
-            child = self._children[pid] = ZygoteChild(pid)
+                raise RuntimeError("the task launcher exited")
+            child = ZygoteChild(pid)
+            if self._dead:
+                child.ended.set_result(-signal.SIGKILL)
+            else:
+                self._children[pid] = child
             return child
 
     async def close(self) -> None:
