@@ -13,7 +13,8 @@ The protocol: the runner writes ``zygote FIFO`` as the first line of the
 process's stdin, then one JSON line per task, ``{"log": path, "launch":
 {...}}``; the zygote answers on the FIFO (a named pipe in the runner's
 private folder) with ``start PID`` for each request, and ``exit PID CODE``
-when a child ends. When its stdin closes (the task graph ended, or the
+when a child ends. A child runs its launch only after its ``start`` line is
+written, so the runner knows of every task that ran. When its stdin closes (the task graph ended, or the
 scheduler died), the zygote kills what is left of its children and exits.
 
 Scheduler side: imports nothing from the client or CLI modules.
