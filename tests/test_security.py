@@ -339,7 +339,9 @@ def test_uploaded_archives_are_unpacked_by_our_own_checks(tmp_path, member):
 @pytest.mark.parametrize(
     "job_id", ["../../etc", "20261126-081530-123-3F9A1C2B", "x" * 500, "", "a/b"]
 )
-def test_job_ids_are_checked_in_the_api_the_cli_and_the_store(batch_client, job_id):
+def test_job_ids_are_checked_in_the_api_the_cli_and_the_store(
+    batch_client, job_id, tmp_path
+):
     from click.testing import CliRunner
 
     from dask_batch import JobNotFoundError
@@ -350,10 +352,20 @@ def test_job_ids_are_checked_in_the_api_the_cli_and_the_store(batch_client, job_
             method(job_id)
     with pytest.raises(JobNotFoundError):
         batch_client.store.job_path(batch_client.user, job_id)
-    result = CliRunner().invoke(
-        main, ["--storage", batch_client.store.url, "status", job_id or '""']
-    )
-    assert result.exit_code != 0
+    # No gateway configured: a command that got past the id would start the
+    # local default here.
+    local = tmp_path / "local"
+    with dask.config.set({"batch.local.directory": str(local)}):
+        for command in (
+            ["status", job_id],
+            ["cancel", "20261126-081530-123-3f9a1c2b", job_id],
+        ):
+            result = CliRunner().invoke(
+                main, ["--storage", batch_client.store.url, *command]
+            )
+            assert result.exit_code == 1, result.output
+            assert "not a dask-batch job id" in result.output
+    assert not local.exists()
 
 
 @pytest.mark.parametrize("user", ["../bob", "bob/x", ".index", "a\nb", "a" * 200])
@@ -479,7 +491,9 @@ def test_log_reads_are_bounded_and_follow_keeps_characters_whole(batch_client):
     assert followed.endswith("caf\u00e9 done\n") and "\ufffd" not in followed
 
 
-def test_the_cli_prints_no_terminal_control_sequences_from_storage(batch_client):
+def test_the_cli_prints_no_terminal_control_sequences_from_storage(
+    batch_client, batch_gateway, monkeypatch
+):
     from click.testing import CliRunner
 
     from dask_batch.cli import main
@@ -489,10 +503,16 @@ def test_the_cli_prints_no_terminal_control_sequences_from_storage(batch_client)
     (job_id,) = write_job_records(store, user, 1)
     planted = b"\x1b]0;owned\x07\x1b[2J\x1b[31mred\x1b[0m\rbar\n"
     store.put_log_chunk(user, job_id, 1, 0, planted)
-    env = {"DASK_BATCH__USER": user}
-    result = CliRunner().invoke(
-        main, ["--storage", store.url, "logs", job_id], env=env, catch_exceptions=False
-    )
+    for key, value in {"DASK_BATCH__USER": user, **batch_gateway.environment()}.items():
+        monkeypatch.setenv(key, value)
+    dask.config.refresh()
+    try:
+        result = CliRunner().invoke(
+            main, ["--storage", store.url, "logs", job_id], catch_exceptions=False
+        )
+    finally:
+        monkeypatch.undo()
+        dask.config.refresh()
     assert result.output == "red\nbar\n"
 
 

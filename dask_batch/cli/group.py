@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 import click
 
 from dask_batch.core.exceptions import DaskBatchError
-from dask_batch.core.names import strip_control
+from dask_batch.core.names import check_job_id, strip_control
 from dask_batch.core.records import JobRecord, JobState
 
 
@@ -23,6 +23,17 @@ def fail(message: str, code: int = 1) -> NoReturn:
     first = message.strip().splitlines()[0] if message.strip() else "error"
     click.echo(f"Error: {strip_control(first)}", err=True)
     sys.exit(code)
+
+
+def job_id_argument(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Check each job id before any client starts, so that a mistyped id
+    fails at once and never starts the local gateway."""
+    try:
+        if isinstance(value, tuple):
+            return tuple(check_job_id(job_id) for job_id in value)
+        return check_job_id(value)
+    except DaskBatchError as exc:
+        fail(str(exc))
 
 
 class BatchGroup(click.Group):

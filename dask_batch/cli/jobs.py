@@ -12,6 +12,7 @@ from dask_batch.cli.group import (
     CliContext,
     echo_records,
     fail,
+    job_id_argument,
     main,
     record_dict,
 )
@@ -49,7 +50,7 @@ def list_jobs(
 
 
 @main.command()
-@click.argument("job_id")
+@click.argument("job_id", callback=job_id_argument)
 @click.option("--json", "as_json", is_flag=True)
 @click.option(
     "--elements",
@@ -108,7 +109,7 @@ def status(
 
 
 @main.command()
-@click.argument("job_id")
+@click.argument("job_id", callback=job_id_argument)
 @click.option(
     "-f", "--follow", is_flag=True, help="Stream new output until the job ends."
 )
@@ -129,7 +130,7 @@ def logs(obj: CliContext, job_id: str, follow: bool, task: str) -> None:
 
 
 @main.command()
-@click.argument("job_id")
+@click.argument("job_id", callback=job_id_argument)
 @click.option(
     "-o",
     "--output",
@@ -162,7 +163,7 @@ def result(
 
 
 @main.command()
-@click.argument("job_id")
+@click.argument("job_id", callback=job_id_argument)
 @click.option(
     "--failed/--all",
     "failed_only",
@@ -179,7 +180,7 @@ def resubmit(obj: CliContext, job_id: str, failed_only: bool) -> None:
 
 
 @main.command()
-@click.argument("job_ids", nargs=-1, required=True)
+@click.argument("job_ids", nargs=-1, required=True, callback=job_id_argument)
 @click.pass_obj
 def cancel(obj: CliContext, job_ids: tuple[str, ...]) -> None:
     """Cancel jobs and stop their clusters."""
@@ -201,7 +202,7 @@ def reconcile(obj: CliContext, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("job_id")
+@click.argument("job_id", callback=job_id_argument)
 @click.option(
     "--download",
     type=click.Path(file_okay=False),
