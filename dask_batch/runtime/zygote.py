@@ -14,8 +14,9 @@ process's stdin, then one JSON line per task, ``{"log": path, "launch":
 {...}}``; the zygote answers on the FIFO (a named pipe in the runner's
 private folder) with ``start PID`` for each request, and ``exit PID CODE``
 when a child ends. A child runs its launch only after its ``start`` line is
-written, so the runner knows of every task that ran. When its stdin closes (the task graph ended, or the
-scheduler died), the zygote kills what is left of its children and exits.
+written, so the runner knows of every task that ran. When its stdin closes
+(the task graph ended, or the scheduler died), the zygote kills what is left
+of its children and exits.
 
 Scheduler side: imports nothing from the client or CLI modules.
 """
