@@ -268,3 +268,34 @@ def test_a_zygote_that_dies_early_is_noticed(tmp_path, script):
         assert not (tmp_path / "zygote.fifo").exists()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("parent", ["replies", "dies", "cannot-reply"])
+def test_a_held_child_runs_only_once_its_parent_has_replied(tmp_path, parent):
+    import os
+
+    from dask_batch.runtime.forking import fork_held, write_then_release
+
+    mark = tmp_path / "ran"
+    read_end, write_end = os.pipe()
+    pid, hold = fork_held()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            mark.touch()
+        finally:
+            os._exit(0)
+    if parent == "replies":
+        write_then_release(write_end, b"start\n", hold)
+        assert os.read(read_end, 100) == b"start\n"
+    elif parent == "dies":
+        os.close(hold)  # what the parent's death does to it
+    else:
+        gone = os.dup(write_end)
+        os.close(gone)  # a reply that cannot be written
+        with pytest.raises(OSError):
+            write_then_release(gone, b"start\n", hold)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == (0 if parent == "replies" else 70)
+    assert mark.exists() is (parent == "replies")
+    os.close(write_end)
+    os.close(read_end)

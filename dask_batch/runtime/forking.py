@@ -42,6 +42,44 @@ def initial_areas() -> tuple[tuple[int, int], tuple[int, int]]:
     return (arg_start, arg_end), (env_start, env_end)
 
 
+def fork_held() -> tuple[int, int]:
+    """``os.fork()``, with the child held until :func:`write_then_release`.
+
+    Returns ``(pid, hold)`` in the parent and ``(0, -1)`` in the child once it
+    is released. A zygote releases a child only after it has told its driver
+    the pid: a zygote that dies in between (or closes ``hold``) leaves no
+    child running that nobody knows of, since the child then exits unrun.
+    """
+    held, hold = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(held)
+        return pid, hold
+    os.close(hold)
+    released = os.read(held, 1)
+    os.close(held)
+    if not released:
+        os._exit(70)
+    return 0, -1
+
+
+def write_then_release(fd: int, data: bytes, hold: int) -> None:
+    """Write ``data`` (the reply that names the child) to ``fd``, then let the
+    child of :func:`fork_held` go on; if the write fails, the child exits
+    unrun. ``hold`` -1: no child, only the write."""
+    try:
+        os.write(fd, data)
+    except BaseException:
+        if hold >= 0:
+            os.close(hold)
+        raise
+    if hold >= 0:
+        try:
+            os.write(hold, b"1")
+        finally:
+            os.close(hold)
+
+
 def run_to_exit(func: Any) -> None:
     """In a forked process: run ``func`` as an interpreter runs a program,
     then exit with its status; never returns into the code that forked."""

@@ -37,8 +37,10 @@ from typing import Any
 from dask_batch.runtime.forking import (
     MAIN_PROCESS_NAME,
     exit_with_parent,
+    fork_held,
     name_process,
     run_to_exit,
+    write_then_release,
 )
 from dask_batch.runtime.handoff import MainLaunch
 
@@ -74,16 +76,11 @@ def serve(stdin: int, fifo_path: str, run_launch: RunLaunch) -> None:
                         return
                     *lines, pending = (pending + data).split(b"\n")
                     for line in lines:
-                        pid, go = _fork_child(
+                        pid, hold = _fork_child(
                             json.loads(line), replies, children, run_launch
                         )
                         children[os.pidfd_open(pid)] = pid
-                        try:
-                            os.write(replies, f"start {pid}\n".encode())
-                            # Only a child the runner has heard of runs its task.
-                            os.write(go, b"1")
-                        finally:
-                            os.close(go)
+                        write_then_release(replies, f"start {pid}\n".encode(), hold)
                 else:
                     pid = children.pop(fd)
                     os.close(fd)
@@ -106,32 +103,26 @@ def _fork_child(
     children: dict[int, int],
     run_launch: RunLaunch,
 ) -> tuple[int, int]:
-    """The child's pid, and the pipe that lets it run once written to."""
+    """The child's pid, and its hold (see :func:`fork_held`)."""
     launch = MainLaunch(**request["launch"])
     log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()  # else the child would write the zygote's buffer too
     zygote = os.getpid()
-    wait_end, go = os.pipe()
-    pid = os.fork()
+    # Held until the runner has its pid: a zygote that died first leaves no
+    # task running that the runner would start again.
+    pid, hold = fork_held()
     if pid:
         os.close(log)
-        os.close(wait_end)
-        return pid, go
+        return pid, hold
     # pragma: no cover - the child's coverage is not collected
 
     def run() -> None:
         name_process(MAIN_PROCESS_NAME)
         os.setsid()  # a group of its own: stopping the task stops what it started
-        for fd in (replies, go, *children):
+        for fd in (replies, *children):
             os.close(fd)
-        # A zygote that dies between this fork and its reply leaves the runner
-        # unaware of this process, and the runner starts the task again: so it
-        # runs nothing until the reply is written.
-        if not os.read(wait_end, 1):
-            os._exit(70)
-        os.close(wait_end)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.dup2(log, 1)

@@ -44,7 +44,13 @@ import types
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from dask_batch.runtime.forking import initial_areas, name_process, run_to_exit
+from dask_batch.runtime.forking import (
+    fork_held,
+    initial_areas,
+    name_process,
+    run_to_exit,
+    write_then_release,
+)
 
 #: Modules the zygote imports, so that its children need not; a command
 #: ``python -m MODULE`` is forked only for these. Preloads other than
@@ -164,8 +170,9 @@ def serve(stdin: int = 0, stdout: int = 1) -> None:
                     continue
                 *lines, pending = (pending + data).split(b"\n")
                 for line in lines:
-                    reply = _answer(json.loads(line), stdin, stdout, children)
-                    os.write(stdout, json.dumps(reply).encode() + b"\n")
+                    reply, hold = _answer(json.loads(line), stdin, stdout, children)
+                    data = json.dumps(reply).encode() + b"\n"
+                    write_then_release(stdout, data, hold)
             else:
                 pid = children.pop(fd)
                 os.close(fd)
@@ -175,22 +182,25 @@ def serve(stdin: int = 0, stdout: int = 1) -> None:
 
 def _answer(
     request: dict[str, Any], stdin: int, stdout: int, children: dict[int, int]
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], int]:
+    """The reply to ``request``, and the hold of the child it forked (-1: none)."""
     cmd, env = request["cmd"], request["env"]
     why = refusal(cmd, env)
     if why is not None:
-        return {"refused": why}
+        return {"refused": why}, -1
     try:
         # As dask-gateway's LocalBackend opens it: never an existing file.
         log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:
-        return {"refused": f"cannot open the log: {exc}"}
-    pid = os.fork()
+        return {"refused": f"cannot open the log: {exc}"}, -1
+    # Held until the gateway has its pid: a zygote that died first fails
+    # that cluster, and must leave no scheduler running that nobody knows of.
+    pid, hold = fork_held()
     if pid == 0:  # pragma: no cover - the child's coverage is not collected
         _become(cmd, env, request["cwd"], log, [stdin, stdout, *children])
     os.close(log)
     children[os.pidfd_open(pid)] = pid
-    return {"pid": pid}
+    return {"pid": pid}, hold
 
 
 def _become(
