@@ -116,24 +116,34 @@ def write_job_records(
 
 def _cluster_of(pid: str) -> str | None:
     """The gateway cluster a live main process belongs to (None if not main)."""
+    # Called for every process of the host, many times a second while a test
+    # waits: the short comm first, and a forked process's environment (with
+    # the zygote's reserved room, up to 128 KiB) searched, not split.
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            spawned = b"dask_batch.runtime.child" in f.read()
         with open(f"/proc/{pid}/comm") as f:
             comm = f.read().strip()
-        forked = comm == MAIN_PROCESS_NAME
-        if comm == ZYGOTE_NAME or not (spawned or forked):
+        if comm == ZYGOTE_NAME:
             return None  # a zygote only forks the main processes of tasks
+        if comm != MAIN_PROCESS_NAME:
+            if not comm.startswith("python"):
+                return None
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"dask_batch.runtime.child" not in f.read():
+                    return None
         with open(f"/proc/{pid}/stat") as f:
             if f.read().split(")")[-1].split()[0] == "Z":
                 return None
         with open(f"/proc/{pid}/environ", "rb") as f:
-            environ = f.read().split(b"\0")
+            environ = b"\0" + f.read()
     except OSError:
         return None  # exited while we looked, or not ours to read
-    prefix = b"DASK_GATEWAY_CLUSTER_NAME="
-    names = [e[len(prefix) :] for e in environ if e.startswith(prefix)]
-    return names[0].decode() if names else ""
+    prefix = b"\0DASK_GATEWAY_CLUSTER_NAME="
+    start = environ.find(prefix)
+    if start < 0:
+        return ""
+    start += len(prefix)
+    end = environ.find(b"\0", start)
+    return environ[start : end if end >= 0 else None].decode()
 
 
 def main_processes(cluster_names: Collection[str] | None = None) -> list[int]:

@@ -187,6 +187,30 @@ def _fresh_config(monkeypatch):
         yield
 
 
+@pytest.fixture
+def configured_cli(batch_gateway, monkeypatch):
+    """``configured_cli(**env)``: the ``dask batch`` command, invoked in-process,
+    with the fixture gateway and ``env`` in the environment and dask's config
+    (undone after the test). Returns ``invoke(*args)``."""
+    from click.testing import CliRunner
+
+    from dask_batch.cli import main
+
+    def configure(**env):
+        for key, value in {**batch_gateway.environment(), **env}.items():
+            monkeypatch.setenv(key, value)
+        dask.config.refresh()
+
+        def invoke(*args):
+            return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+        return invoke
+
+    yield configure
+    monkeypatch.undo()
+    dask.config.refresh()
+
+
 CHROMIUM = "/usr/bin/chromium"
 
 

@@ -34,18 +34,9 @@ def cli_env(batch_gateway, tmp_path):
 
 
 @pytest.fixture
-def run(cli_env, monkeypatch):
+def run(configured_cli, cli_env):
     """Invoke the CLI in-process with the fixture gateway configured."""
-    for key, value in cli_env.items():
-        monkeypatch.setenv(key, value)
-    dask.config.refresh()
-
-    def invoke(*args):
-        return CliRunner().invoke(main, list(args), catch_exceptions=False)
-
-    yield invoke
-    monkeypatch.undo()
-    dask.config.refresh()
+    return configured_cli(**cli_env)
 
 
 @pytest.fixture

@@ -171,22 +171,14 @@ def test_the_local_gateway_fires_schedules_with_nobody_looking(tmp_path, monkeyp
 
 
 def test_dask_batch_schedule_add_list_pause_resume_history_delete(
-    batch_gateway, tmp_path, monkeypatch
+    configured_cli, tmp_path
 ):
-    import dask
-    from click.testing import CliRunner
-
-    from dask_batch.cli import main
-
-    for key, value in batch_gateway.environment().items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("DASK_BATCH__STORAGE", str(tmp_path / "jobs"))
-    dask.config.refresh()
+    invoke = configured_cli(DASK_BATCH__STORAGE=str(tmp_path / "jobs"))
     script = tmp_path / "nightly.py"
     script.write_text("print('nightly')\n")
 
     def run(*args):
-        result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+        result = invoke(*args)
         assert result.exit_code == 0, result.output
         return result.output
 
@@ -207,10 +199,8 @@ def test_dask_batch_schedule_add_list_pause_resume_history_delete(
     assert run("schedule", "fire") == ""  # nothing due before 02:00 tomorrow
     run("schedule", "delete", schedule_id)
     assert schedule_id not in run("schedule", "list")
-    bad = CliRunner().invoke(main, ["schedule", "add", str(script), "--cron", "nope"])
+    bad = invoke("schedule", "add", str(script), "--cron", "nope")
     assert bad.exit_code == 1 and "is not a cron expression" in bad.output
-    monkeypatch.undo()
-    dask.config.refresh()
 
 
 def test_a_delegation_opens_only_its_own_schedule(

@@ -492,27 +492,16 @@ def test_log_reads_are_bounded_and_follow_keeps_characters_whole(batch_client):
 
 
 def test_the_cli_prints_no_terminal_control_sequences_from_storage(
-    batch_client, batch_gateway, monkeypatch
+    batch_client, configured_cli
 ):
-    from click.testing import CliRunner
-
-    from dask_batch.cli import main
     from dask_batch.testing import write_job_records
 
     store, user = batch_client.store, batch_client.user
     (job_id,) = write_job_records(store, user, 1)
     planted = b"\x1b]0;owned\x07\x1b[2J\x1b[31mred\x1b[0m\rbar\n"
     store.put_log_chunk(user, job_id, 1, 0, planted)
-    for key, value in {"DASK_BATCH__USER": user, **batch_gateway.environment()}.items():
-        monkeypatch.setenv(key, value)
-    dask.config.refresh()
-    try:
-        result = CliRunner().invoke(
-            main, ["--storage", store.url, "logs", job_id], catch_exceptions=False
-        )
-    finally:
-        monkeypatch.undo()
-        dask.config.refresh()
+    invoke = configured_cli(DASK_BATCH__USER=user)
+    result = invoke("--storage", store.url, "logs", job_id)
     assert result.output == "red\nbar\n"
 
 
