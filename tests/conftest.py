@@ -38,7 +38,7 @@ def pytest_configure(config):
 
 
 #: The suite's longest parts, longest first. pytest-xdist hands tests out in
-#: collection order, so these start first and the two workers end together,
+#: collection order, so these start first and the workers end together,
 #: instead of one running a long group alone at the end.
 LONGEST_FIRST = (
     "test_benchmarks.py",
@@ -156,7 +156,7 @@ def _nothing_left_behind(request):
 
     Scoped to the gateways the test used: their clusters, and the main
     processes of those clusters, so that other test runs on the same
-    machine (``pytest -n 2``, a second suite) are neither seen nor blamed.
+    machine (``pytest -n 3``, a second suite) are neither seen nor blamed.
     """
     yield
     for fixture in GATEWAY_FIXTURES:
