@@ -31,14 +31,28 @@ ROOT = pathlib.Path(__file__).parent.parent
 def installed(tmp_path_factory):
     """``(venv, dist)``: a fresh venv with the built wheel and its ``local``
     extra, and the folder of the sdist and the wheel."""
+    import uv
+
     dist = tmp_path_factory.mktemp("dist")
-    run(sys.executable, "-m", "build", "--outdir", dist, ROOT)
+    # uv fills build's isolated environment and the fresh venv from its
+    # cache: the same packages pip would install, for a fifth of the CPU.
+    run(sys.executable, "-m", "build", "--installer", "uv", "--outdir", dist, ROOT)
     built = sorted(dist.iterdir())
     print(run(sys.executable, "-m", "twine", "check", "--strict", *built))
     (wheel,) = dist.glob("*.whl")
     venv = tmp_path_factory.mktemp("venv")
-    run(sys.executable, "-m", "venv", venv)
-    run(venv / "bin" / "python", "-m", "pip", "install", "-q", f"{wheel}[local]")
+    run(sys.executable, "-m", "venv", "--without-pip", venv)
+    python = venv / "bin" / "python"
+    run(
+        uv.find_uv_bin(),
+        "pip",
+        "install",
+        "--quiet",
+        "--compile-bytecode",  # as pip does: each command below starts warm
+        "--python",
+        python,
+        f"{wheel}[local]",
+    )
     return venv, dist
 
 
