@@ -12,7 +12,10 @@ installs ``dask-batch[test]`` can use them directly:
 - ``batch_client``: a :class:`~dask_batch.BatchClient` on ``batch_gateway`` with
   a fresh local storage directory.
 
-Every server listens on 127.0.0.1 only, on ports picked at start. For example:
+Every server listens on 127.0.0.1 only, on ports picked at start. The
+gateways' clusters check their event loops once a second rather than every
+20 ms (``QUIET_CLUSTER_ENVIRONMENT``), as a session runs many of them at
+once. For example:
 
 .. code-block:: python
 

@@ -35,7 +35,8 @@ def installed(tmp_path_factory):
 
     dist = tmp_path_factory.mktemp("dist")
     # uv fills build's isolated environment and the fresh venv from its
-    # cache: the same packages pip would install, for a fifth of the CPU.
+    # cache: the same packages pip would install (measured: these tests take
+    # 30 CPU-s, against 52 with pip).
     run(sys.executable, "-m", "build", "--installer", "uv", "--outdir", dist, ROOT)
     built = sorted(dist.iterdir())
     print(run(sys.executable, "-m", "twine", "check", "--strict", *built))
