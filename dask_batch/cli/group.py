@@ -27,13 +27,11 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def job_id_argument(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     """Check each job id before any client starts, so that a mistyped id
-    fails at once and never starts the local gateway."""
-    try:
-        if isinstance(value, tuple):
-            return tuple(check_job_id(job_id) for job_id in value)
-        return check_job_id(value)
-    except DaskBatchError as exc:
-        fail(str(exc))
+    fails at once and never starts the local gateway (:class:`BatchGroup`
+    turns the error into its one line)."""
+    if isinstance(value, tuple):
+        return tuple(check_job_id(job_id) for job_id in value)
+    return check_job_id(value)
 
 
 class BatchGroup(click.Group):
