@@ -69,14 +69,10 @@ def write_then_release(fd: int, data: bytes, hold: int) -> None:
     unrun. ``hold`` -1: no child, only the write."""
     try:
         os.write(fd, data)
-    except BaseException:
         if hold >= 0:
-            os.close(hold)
-        raise
-    if hold >= 0:
-        try:
             os.write(hold, b"1")
-        finally:
+    finally:
+        if hold >= 0:
             os.close(hold)
 
 
