@@ -13,9 +13,10 @@ installs ``dask-batch[test]`` can use them directly:
   a fresh local storage directory.
 
 Every server listens on 127.0.0.1 only, on ports picked at start. The
-gateways' clusters check their event loops once a second rather than every
-20 ms (``QUIET_CLUSTER_ENVIRONMENT``), as a session runs many of them at
-once. For example:
+gateways' clusters are set up to be cheap, as a session runs hundreds of them
+side by side (``TEST_CLUSTER_ENVIRONMENT``): their processes check their event
+loops once a second rather than every 20 ms, and each nanny forks its worker
+instead of starting a new interpreter. For example:
 
 .. code-block:: python
 
@@ -419,11 +420,21 @@ def batch_s3_storage(
     fs.rm(bucket, recursive=True)
 
 
-#: distributed checks each process's event loop every 20 ms, to warn when it
-#: has been blocked for seconds: 2 % of a core for each idle scheduler, nanny
-#: and worker, and a test session runs hundreds of clusters side by side.
-#: Their processes check once a second (0.35 % of a core), which still warns.
-QUIET_CLUSTER_ENVIRONMENT = {"DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s"}
+#: What the testing plugin's gateways give their clusters, to make them cheap
+#: (a test session runs hundreds side by side; a fixture's own environment
+#: wins):
+#:
+#: - distributed checks each process's event loop every 20 ms, to warn when it
+#:   has been blocked for seconds: 2 % of a core for each idle scheduler,
+#:   nanny and worker. Once a second (0.35 % of a core) still warns.
+#: - A nanny starts its worker as a new interpreter (``spawn``), which imports
+#:   distributed again: ~0.6 s of CPU per worker. ``fork`` is distributed's
+#:   own alternative; the nanny forks from a thread of its own, so that the
+#:   child starts without the nanny's event loop.
+TEST_CLUSTER_ENVIRONMENT = {
+    "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s",
+    "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD": "fork",
+}
 
 
 def _start_gateway(
@@ -445,7 +456,7 @@ def _start_gateway(
             "LocalBackend.sigint_timeout": 5,
             **(gateway_config or {}),
         },
-        environment={**QUIET_CLUSTER_ENVIRONMENT, **(environment or {})},
+        environment={**TEST_CLUSTER_ENVIRONMENT, **(environment or {})},
         # An interrupted test session must not leave a gateway running.
         owner_pid=os.getpid(),
         **kwargs,
