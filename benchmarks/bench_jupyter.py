@@ -1,7 +1,7 @@
 """JupyterLab's Notebook Jobs on dask-batch, beside jupyter-scheduler's own backend.
 
     python benchmarks/bench_jupyter.py            # the figures in docs/benchmarks.md
-    python benchmarks/bench_jupyter.py --smoke    # once, 10 and 1,000 jobs (CI)
+    python benchmarks/bench_jupyter.py --smoke    # once, 10 and 200 jobs (CI)
 
 Real `jupyter server` processes on 127.0.0.1, driven through the REST API as
 the Jobs panel calls it:
@@ -111,7 +111,7 @@ def main(argv=None):
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     repeat = 1 if args.smoke else args.repeat
-    big = 1000 if args.smoke else 10_000
+    big = 200 if args.smoke else 10_000
     directory = tempfile.mkdtemp(prefix="dask-batch-bench-jupyter-")
     info = dask_batch.local.start(directory)
     moto = FilledMoto()

@@ -1,7 +1,7 @@
 """Listing at scale: the newest 50 and the last hour at 1,000 to 100,000 jobs.
 
     python benchmarks/bench_scale.py            # the figures in docs/benchmarks.md
-    python benchmarks/bench_scale.py --smoke    # 100 and 1,000 jobs, once (CI)
+    python benchmarks/bench_scale.py --smoke    # 100 and 300 jobs, once (CI)
 
 Fills local storage and a moto S3 server (its own process, see
 filled_moto.py) with finished jobs, one every five minutes up to now, with
@@ -223,8 +223,8 @@ def main(argv=None):
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--local-only", action="store_true", help="skip S3")
     args = parser.parse_args(argv)
-    sizes = [100, 1000] if args.smoke else [int(s) for s in args.sizes.split(",")]
-    cold = 100 if args.smoke else args.cold_jobs
+    sizes = [100, 300] if args.smoke else [int(s) for s in args.sizes.split(",")]
+    cold = 50 if args.smoke else args.cold_jobs
     repeat = 1 if args.smoke else args.repeat
 
     directory = tempfile.mkdtemp(prefix="dask-batch-bench-")
