@@ -493,8 +493,8 @@ def batch_plain_gateway(
     tmp_path_factory: pytest.TempPathFactory, batch_s3_server: S3Server
 ) -> Iterator[Any]:
     """A local gateway without dask-batch installed server-side, whose
-    schedulers and workers are new interpreters (as on dask-gateway's own
-    backends), not forked."""
+    schedulers, nannies and workers are new interpreters (as on dask-gateway's
+    own backends), not forked."""
     from dask_batch import local
 
     directory = str(tmp_path_factory.mktemp("plain-gateway"))
@@ -502,7 +502,10 @@ def batch_plain_gateway(
         directory,
         gateway_config={"LoopbackLocalBackend.fork_processes": False},
         server_side=False,
-        environment=_gateway_environment(batch_s3_server),
+        environment={
+            **_gateway_environment(batch_s3_server),
+            "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD": "spawn",
+        },
     )
     try:
         yield info

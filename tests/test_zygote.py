@@ -318,3 +318,53 @@ def test_with_forking_off_the_gateway_starts_new_interpreters(batch_plain_gatewa
             assert zygotes_of(batch_plain_gateway.pid) == []
         finally:
             gateway.stop_cluster(name)
+
+
+def is_resource_tracker(pid):
+    # Started beside a spawned worker, by multiprocessing, for shared memory.
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return b"multiprocessing.resource_tracker" in f.read()
+
+
+def worker_of(cluster_name):
+    """The pid of the cluster's worker process (the child of its nanny)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            if f"DASK_GATEWAY_CLUSTER_NAME={cluster_name}" in initial_environment(pid):
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"distributed.cli.dask_worker" in f.read():
+                        children = [
+                            int(child)
+                            for child in filter(str.isdigit, os.listdir("/proc"))
+                            if parent_of(child) == int(pid)
+                            and not is_resource_tracker(child)
+                        ]
+                        if children:
+                            return children[0]
+    return None
+
+
+@pytest.mark.parametrize(
+    "fixture, spawned",
+    [("zygote_gateway", False), ("batch_plain_gateway", True)],
+    ids=["testing-plugin-forks", "plain-spawns"],
+)
+def test_a_nanny_forks_its_worker_only_where_the_testing_plugin_asks(
+    fixture, spawned, request
+):
+    # The testing plugin's clusters fork their workers (cheaper); the plain
+    # gateway keeps distributed's default, a new interpreter per worker.
+    info = request.getfixturevalue(fixture)
+    with info.gateway() as gateway:
+        name = gateway.submit()
+        try:
+            gateway.connect(name).scale(1)  # connect waits for the scheduler
+            worker = wait_for(
+                lambda: worker_of(name), 90, f"a worker of cluster {name} to start"
+            )
+            with open(f"/proc/{worker}/cmdline", "rb") as f:
+                command = f.read()
+            assert (b"multiprocessing.spawn" in command) is spawned, command
+            assert (b"distributed.cli.dask_worker" in command) is not spawned, command
+        finally:
+            gateway.stop_cluster(name)
