@@ -305,8 +305,14 @@ def test_the_service_retries_or_loses_jobs_with_nobody_looking(hub, laptop, tmp_
     try:
         wait_for(lambda: all(a in hub.log() for a in acts), 30, "the audit lines")
     except AssertionError as exc:
-        said = [line for line in hub.log().splitlines() if "WARNING" in line]
-        raise AssertionError(f"{exc}; the service warned: {said[-20:]}") from None
+        # What the service said of these jobs, or warned of: which sweep saw
+        # them, and whether another actor was first.
+        said = [
+            line
+            for line in hub.log().splitlines()
+            if "WARNING" in line or retried.id in line or lost.id in line
+        ]
+        raise AssertionError(f"{exc}; the service said: {said[-30:]}") from None
     log = hub.log()
     assert log.count(acts[0]) == 1
     assert "Could not check the jobs of user 'mallory'" in log
