@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 
+import psutil
 import pytest
 from conftest import wait_until_nothing_left
 from distributed import Client
@@ -250,16 +251,23 @@ def waits_for_file(path):
     return "released"
 
 
-def scheduler_of(cluster_name):
+def cluster_processes(cluster_name, module):
+    """The pids of the cluster's processes that run ``python -m module``."""
+    found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         with contextlib.suppress(OSError):
             if comm_of(pid) == "python" and (
                 f"DASK_GATEWAY_CLUSTER_NAME={cluster_name}" in initial_environment(pid)
             ):
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if b"distributed.cli.dask_scheduler" in f.read():
-                        return int(pid)
-    return None
+                    if module.encode() in f.read():
+                        found.append(int(pid))
+    return found
+
+
+def scheduler_of(cluster_name):
+    schedulers = cluster_processes(cluster_name, "distributed.cli.dask_scheduler")
+    return schedulers[0] if schedulers else None
 
 
 def zygotes_of(gateway_pid):
@@ -320,27 +328,19 @@ def test_with_forking_off_the_gateway_starts_new_interpreters(batch_plain_gatewa
             gateway.stop_cluster(name)
 
 
-def is_resource_tracker(pid):
-    # Started beside a spawned worker, by multiprocessing, for shared memory.
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return b"multiprocessing.resource_tracker" in f.read()
-
-
 def worker_of(cluster_name):
-    """The pid of the cluster's worker process (the child of its nanny)."""
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError):
-            if f"DASK_GATEWAY_CLUSTER_NAME={cluster_name}" in initial_environment(pid):
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if b"distributed.cli.dask_worker" in f.read():
-                        children = [
-                            int(child)
-                            for child in filter(str.isdigit, os.listdir("/proc"))
-                            if parent_of(child) == int(pid)
-                            and not is_resource_tracker(child)
-                        ]
-                        if children:
-                            return children[0]
+    """The pid of the cluster's worker process: its nanny's child (a forked
+    worker runs the nanny's command line too, but has no child of its own)."""
+    for pid in cluster_processes(cluster_name, "distributed.cli.dask_worker"):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            workers = [
+                child.pid
+                for child in psutil.Process(pid).children()
+                # Started beside a spawned worker, for shared memory.
+                if "multiprocessing.resource_tracker" not in " ".join(child.cmdline())
+            ]
+            if workers:
+                return workers[0]
     return None
 
 
