@@ -156,7 +156,7 @@ def _nothing_left_behind(request):
 
     Scoped to the gateways the test used: their clusters, and the main
     processes of those clusters, so that other test runs on the same
-    machine (``pytest -n 3``, a second suite) are neither seen nor blamed.
+    machine (``pytest -n 4``, a second suite) are neither seen nor blamed.
     """
     yield
     for fixture in GATEWAY_FIXTURES:
