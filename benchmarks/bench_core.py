@@ -35,6 +35,7 @@ import tempfile
 import time
 
 import distributed
+from common import cluster_environment  # this directory is on sys.path
 from dask_gateway.client import ClusterStatus
 
 import dask_batch.local
@@ -264,8 +265,12 @@ def main(argv=None):
 
     directory = tempfile.mkdtemp(prefix="dask-batch-bench-")
     plain_directory = tempfile.mkdtemp(prefix="dask-batch-bench-plain-")
-    info = dask_batch.local.start(directory)
-    plain = dask_batch.local.start(plain_directory, server_side=False)
+    info = dask_batch.local.start(
+        directory, environment=cluster_environment(args.smoke)
+    )
+    plain = dask_batch.local.start(
+        plain_directory, server_side=False, environment=cluster_environment(args.smoke)
+    )
     try:
         with (
             info.gateway() as gateway,

@@ -33,6 +33,7 @@ import s3fs
 from bench_scale import FilledMoto, dask_cli  # this directory is on sys.path
 from bench_ui import Server
 from bench_visibility import timed
+from common import cluster_environment  # this directory is on sys.path
 
 import dask_batch.local
 from dask_batch import BatchClient
@@ -51,7 +52,9 @@ def main(argv=None):
     # the second of two requests within a second.
     os.environ["DASK_BATCH__UI__LISTING_TTL"] = "0"
     directory = tempfile.mkdtemp(prefix="dask-batch-bench-history-")
-    info = dask_batch.local.start(directory)
+    info = dask_batch.local.start(
+        directory, environment=cluster_environment(args.smoke)
+    )
     moto = FilledMoto()
     fs = s3fs.S3FileSystem(**moto.options)
     clients, servers = {}, {}

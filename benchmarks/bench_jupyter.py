@@ -29,6 +29,7 @@ import time
 
 import s3fs
 from bench_scale import FilledMoto  # this directory is on sys.path
+from common import cluster_environment  # this directory is on sys.path
 
 import dask_batch.local
 from dask_batch import BatchClient
@@ -113,7 +114,9 @@ def main(argv=None):
     repeat = 1 if args.smoke else args.repeat
     big = 200 if args.smoke else 10_000
     directory = tempfile.mkdtemp(prefix="dask-batch-bench-jupyter-")
-    info = dask_batch.local.start(directory)
+    info = dask_batch.local.start(
+        directory, environment=cluster_environment(args.smoke)
+    )
     moto = FilledMoto()
     servers = {}
     try:

@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 
+from common import cluster_environment  # this directory is on sys.path
+
 import dask_batch.local
 from dask_batch import BatchClient
 from dask_batch.testing import write_job_records
@@ -160,7 +162,9 @@ def main(argv=None):
     lines, interval = (3, 0.2) if args.smoke else (20, 0.25)
     directory = tempfile.mkdtemp(prefix="dask-batch-bench-load-")
     storage = os.path.join(directory, "jobs")
-    info = dask_batch.local.start(os.path.join(directory, "gateway"))
+    info = dask_batch.local.start(
+        os.path.join(directory, "gateway"), environment=cluster_environment(args.smoke)
+    )
     servers = {}
     try:
         batch = BatchClient(gateway=info.gateway(), storage=storage)

@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 
+from common import cluster_environment  # this directory is on sys.path
+
 import dask_batch.local
 from dask_batch import BatchClient, JobState
 from dask_batch.testing import most_at_once
@@ -102,7 +104,9 @@ def main(argv=None):
     grid_workers = 2 if args.smoke else 4
 
     directory = tempfile.mkdtemp(prefix="dask-batch-bench-ploomber-")
-    info = dask_batch.local.start(directory)
+    info = dask_batch.local.start(
+        directory, environment=cluster_environment(args.smoke)
+    )
     runs = {k: [] for k in ("local", "job", "again", "floor")}
     try:
         storage = os.path.join(directory, "jobs")

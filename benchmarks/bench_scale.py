@@ -32,6 +32,7 @@ import tempfile
 import time
 
 from bench_visibility import timed  # this directory is on sys.path when run
+from common import cluster_environment  # this directory is on sys.path
 
 import dask_batch.local
 from dask_batch import BatchClient
@@ -228,7 +229,9 @@ def main(argv=None):
     repeat = 1 if args.smoke else args.repeat
 
     directory = tempfile.mkdtemp(prefix="dask-batch-bench-")
-    info = dask_batch.local.start(directory)
+    info = dask_batch.local.start(
+        directory, environment=cluster_environment(args.smoke)
+    )
     moto = None
     stores = {"local": (os.path.join(directory, "jobs"), {})}
     try:

@@ -31,6 +31,7 @@ import urllib.request
 
 from bench_scale import start_moto  # this directory is on sys.path when run
 from bench_visibility import sizes, timed
+from common import cluster_environment  # this directory is on sys.path
 
 import dask_batch.local
 from dask_batch import BatchClient
@@ -139,7 +140,10 @@ def main(argv=None):
     directory = tempfile.mkdtemp(prefix="dask-batch-bench-ui-")
     moto, options = start_moto()
     # Schedulers reach moto with the storage options of their own config.
-    environment = {"DASK_BATCH__STORAGE_OPTIONS": repr(options)}
+    environment = {
+        **(cluster_environment(smoke) or {}),
+        "DASK_BATCH__STORAGE_OPTIONS": repr(options),
+    }
     info = dask_batch.local.start(directory, environment=environment)
     try:
         measure(

@@ -18,6 +18,8 @@ import sys
 import tempfile
 import time
 
+from common import cluster_environment  # this directory is on sys.path
+
 import dask_batch.local
 from dask_batch import BatchClient
 from dask_batch.storage.store import JobStore
@@ -81,7 +83,7 @@ def main(argv=None):
     lines, interval = (5, 0.2) if smoke else (60, 0.25)
 
     directory = tempfile.mkdtemp(prefix="dask-batch-bench-")
-    info = dask_batch.local.start(directory)
+    info = dask_batch.local.start(directory, environment=cluster_environment(smoke))
     try:
         with info.gateway() as gateway:
             batch = BatchClient(
