@@ -280,12 +280,9 @@ def test_a_storage_outage_during_an_array_and_a_pipeline_loses_no_task(
 
 @pytest.fixture(scope="module")
 def crowded_gateway(tmp_path_factory, batch_s3_server):
-    """A gateway with the default heartbeat timeout (30 s).
-
-    Twenty clusters and thirty Python processes starting at once on two cores
-    can hold a scheduler's heartbeat past the 4 s the other fixtures allow (CI
-    saw a healthy cluster failed by the gateway), which is load, not a fault.
-    """
+    """A gateway with dask-gateway's default heartbeat period (15 s), for
+    twenty clusters and thirty Python processes starting at once on two
+    cores: fewer heartbeats to answer while they start."""
     directory = str(tmp_path_factory.mktemp("crowded-gateway"))
     info = _start_gateway(
         directory,
