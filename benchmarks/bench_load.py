@@ -39,9 +39,17 @@ from dask_batch.testing import write_job_records
 CHROMIUM = "/usr/bin/chromium"
 
 
-def prints_timestamps(count, interval):
+def prints_timestamps(count, interval, gate):
+    import os
     import time
 
+    # Printing starts once every page follows the log: a page observes only
+    # the lines that arrive after it has loaded.
+    deadline = time.monotonic() + 120
+    while not os.path.exists(gate):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no page opened the job's log within 120 s ({gate})")
+        time.sleep(0.02)
     for _ in range(count):
         print(f"at {time.time():.6f}", flush=True)
         time.sleep(interval)
@@ -105,8 +113,9 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def follow_in_browsers(server, batch, browsers, lines, interval):
-    """Delays (s) from a printed line to it showing in each of ``browsers`` pages."""
+def follow_in_browsers(server, batch, browsers, lines, interval, gate):
+    """Delays (s) from a printed line to it showing in each of ``browsers``
+    pages; the job prints once the file ``gate`` exists."""
     from playwright.sync_api import sync_playwright
 
     record = """() => {
@@ -128,13 +137,15 @@ def follow_in_browsers(server, batch, browsers, lines, interval):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
         context = browser.new_context()
-        job = batch.submit(prints_timestamps, lines, interval, workers=0)
+        job = batch.submit(prints_timestamps, lines, interval, gate, workers=0)
         pages = []
         for _ in range(browsers):
             page = context.new_page()
             page.goto(server.url.replace("/?token=", f"/jobs/{job.id}?token="))
             page.evaluate(record)
             pages.append(page)
+        with open(gate, "w"):
+            pass
         batch.wait(job.id, timeout=120)
         deadline = time.monotonic() + 30
         delays = []
@@ -146,6 +157,8 @@ def follow_in_browsers(server, batch, browsers, lines, interval):
                 page.wait_for_timeout(200)
             delays += [shown - float(line[3:]) for line, shown in seen]
         browser.close()
+    if not delays:
+        raise RuntimeError(f"no page showed a line of job {job.id}'s log")
     return delays
 
 
@@ -200,7 +213,8 @@ def main(argv=None):
         print("| pages following one job | lines seen | median delay | p90 | max |")
         print("|---|---|---|---|---|")
         for count in (1, args.browsers):
-            delays = follow_in_browsers(default, batch, count, lines, interval)
+            gate = os.path.join(directory, f"print-{count}")
+            delays = follow_in_browsers(default, batch, count, lines, interval, gate)
             print(
                 f"| {count} | {len(delays)} of {count * lines} | "
                 f"{statistics.median(delays) * 1000:.0f} ms | "
