@@ -361,3 +361,43 @@ def test_a_sweep_that_fails_after_acting_still_audits_the_acts(tmp_path, caplog)
     act = f"dask-batch audit: user=alice act=judge-lost id={job_id} by=service"
     assert sum(act in line for line in lines) == 1, lines
     assert any("Could not check the jobs of user 'alice'" in line for line in lines)
+
+
+def test_a_job_judged_lost_by_the_sweeps_full_listing_is_audited(tmp_path, caplog):
+    """The sweep's full listing checks live jobs with the gateway too: a
+    cluster the gateway saw die after the sweep's reconcile asked it is
+    judged LOST by the listing, and that act is audited once, as the
+    reconcile's are (CI saw the line missing)."""
+    import asyncio
+    import logging
+
+    from dask_batch.service.hub import JobKeeper
+    from dask_batch.storage.store import STATE, JobStore
+    from dask_batch.testing import write_job_records
+
+    store = JobStore(str(tmp_path / "jobs"))
+    (job_id,) = write_job_records(store, "alice", 1)
+    store.put_json("alice", job_id, STATE, {"state": "RUNNING"})
+
+    class GatewaySeesTheDeathBetweenCalls:
+        """The reconcile finds the cluster running; the listing just after
+        finds it gone and judges the job LOST, as a listing does."""
+
+        async def reconcile(self, live):
+            return live
+
+        async def jobs(self):
+            store.put_json("alice", job_id, STATE, {"state": "LOST"})
+            return [store.read_record("alice", job_id)]
+
+    class Clients:
+        async def client_for(self, user):
+            return GatewaySeesTheDeathBetweenCalls()
+
+    keeper = JobKeeper(store, Clients(), interval=1, catalog_interval=0)
+    with caplog.at_level(logging.INFO):
+        asyncio.run(keeper.sweep())
+        asyncio.run(keeper.sweep())  # starts from LOST: nothing new to audit
+    lines = [r.getMessage() for r in caplog.records]
+    act = f"dask-batch audit: user=alice act=judge-lost id={job_id} by=service"
+    assert sum(act in line for line in lines) == 1, lines

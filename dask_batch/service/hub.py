@@ -162,7 +162,12 @@ class JobKeeper:
                 if due:
                     # A full listing reads every job prefix: the catalog
                     # forgets jobs deleted from storage with nobody looking.
-                    await client.jobs()
+                    # It checks the live jobs with the gateway too, so a job
+                    # whose cluster the gateway saw die since the reconcile
+                    # above is judged LOST here: audited as the reconcile's
+                    # acts are.
+                    listed = await client.jobs()
+                    audit_job_changes(user, {r.id: r for r in checked[user]}, listed)
                     self._catalog_checked[user] = time.monotonic()
             except Exception as exc:
                 # One user's broken records or refused token must not stop
