@@ -448,15 +448,14 @@ def _start_gateway(
     return local.start(
         directory,
         gateway_config={
-            # Notice dead schedulers within seconds, not a minute: the
-            # backend checks each scheduler's process every second.
+            # Notice dead schedulers within seconds, not a minute: a running
+            # cluster is judged by its heartbeats alone. Not 2 x period
+            # (4 s): on a loaded machine a busy scheduler's heartbeat can be
+            # held that long, and the gateway then stops a healthy cluster
+            # mid-job (seen in CI). Checked every 5 s (half the timeout).
             "DBBackendBase.cluster_status_period": 1.0,
             "DBBackendBase.cluster_heartbeat_period": 2,
-            # A live scheduler whose heartbeats stop is failed after
-            # dask-gateway's default 30 s, not 2 x period: on a loaded
-            # machine a busy scheduler's heartbeat can be held past 4 s, and
-            # the gateway then stops a healthy cluster mid-job.
-            "DBBackendBase.cluster_heartbeat_timeout": 30,
+            "DBBackendBase.cluster_heartbeat_timeout": 10,
             "DBBackendBase.worker_status_period": 2.0,
             "LocalBackend.sigint_timeout": 5,
             **(gateway_config or {}),
