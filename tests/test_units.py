@@ -326,20 +326,43 @@ def test_artifact_sync_copies_changes_and_keeps_within_its_limit(tmp_path):
     assert store.artifacts("alice", job_id) == {"a.txt": 2, "b.txt": 6}
 
 
-def test_a_sweep_that_fails_after_acting_still_audits_the_acts(tmp_path, caplog):
-    """The service's check of a user may act (judge a job LOST, ask for a
-    retry's cluster) and then fail (a gateway call times out): the acts it
-    did are audited all the same, once, and the failure is logged."""
-    import asyncio
-    import logging
-
-    from dask_batch.service.hub import JobKeeper
+def running_job_of_alice(tmp_path):
+    """A job store with one RUNNING job of alice's: (store, job id)."""
     from dask_batch.storage.store import STATE, JobStore
     from dask_batch.testing import write_job_records
 
     store = JobStore(str(tmp_path / "jobs"))
     (job_id,) = write_job_records(store, "alice", 1)
     store.put_json("alice", job_id, STATE, {"state": "RUNNING"})
+    return store, job_id
+
+
+def two_sweeps_logged(store, client, catalog_interval, caplog):
+    """The messages logged by two sweeps of the hub service's keeper whose
+    client for every user is ``client``."""
+    import asyncio
+    import logging
+
+    from dask_batch.service.hub import JobKeeper
+
+    class Clients:
+        async def client_for(self, user):
+            return client
+
+    keeper = JobKeeper(store, Clients(), interval=1, catalog_interval=catalog_interval)
+    with caplog.at_level(logging.INFO):
+        asyncio.run(keeper.sweep())
+        asyncio.run(keeper.sweep())  # starts from LOST: nothing new to audit
+    return [r.getMessage() for r in caplog.records]
+
+
+def test_a_sweep_that_fails_after_acting_still_audits_the_acts(tmp_path, caplog):
+    """The service's check of a user may act (judge a job LOST, ask for a
+    retry's cluster) and then fail (a gateway call times out): the acts it
+    did are audited all the same, once, and the failure is logged."""
+    from dask_batch.storage.store import STATE
+
+    store, job_id = running_job_of_alice(tmp_path)
 
     class ActsThenTimesOut:
         """A user's client whose check judges the job LOST, as a reconcile
@@ -349,15 +372,7 @@ def test_a_sweep_that_fails_after_acting_still_audits_the_acts(tmp_path, caplog)
             store.put_json("alice", job_id, STATE, {"state": "LOST"})
             raise TimeoutError("the gateway did not answer in time")
 
-    class Clients:
-        async def client_for(self, user):
-            return ActsThenTimesOut()
-
-    keeper = JobKeeper(store, Clients(), interval=1, catalog_interval=3600)
-    with caplog.at_level(logging.INFO):
-        asyncio.run(keeper.sweep())
-        asyncio.run(keeper.sweep())  # starts from LOST: nothing new to audit
-    lines = [r.getMessage() for r in caplog.records]
+    lines = two_sweeps_logged(store, ActsThenTimesOut(), 3600, caplog)
     act = f"dask-batch audit: user=alice act=judge-lost id={job_id} by=service"
     assert sum(act in line for line in lines) == 1, lines
     assert any("Could not check the jobs of user 'alice'" in line for line in lines)
@@ -368,16 +383,9 @@ def test_a_job_judged_lost_by_the_sweeps_full_listing_is_audited(tmp_path, caplo
     cluster the gateway saw die after the sweep's reconcile asked it is
     judged LOST by the listing, and that act is audited once, as the
     reconcile's are (CI saw the line missing)."""
-    import asyncio
-    import logging
+    from dask_batch.storage.store import STATE
 
-    from dask_batch.service.hub import JobKeeper
-    from dask_batch.storage.store import STATE, JobStore
-    from dask_batch.testing import write_job_records
-
-    store = JobStore(str(tmp_path / "jobs"))
-    (job_id,) = write_job_records(store, "alice", 1)
-    store.put_json("alice", job_id, STATE, {"state": "RUNNING"})
+    store, job_id = running_job_of_alice(tmp_path)
 
     class GatewaySeesTheDeathBetweenCalls:
         """The reconcile finds the cluster running; the listing just after
@@ -390,14 +398,6 @@ def test_a_job_judged_lost_by_the_sweeps_full_listing_is_audited(tmp_path, caplo
             store.put_json("alice", job_id, STATE, {"state": "LOST"})
             return [store.read_record("alice", job_id)]
 
-    class Clients:
-        async def client_for(self, user):
-            return GatewaySeesTheDeathBetweenCalls()
-
-    keeper = JobKeeper(store, Clients(), interval=1, catalog_interval=0)
-    with caplog.at_level(logging.INFO):
-        asyncio.run(keeper.sweep())
-        asyncio.run(keeper.sweep())  # starts from LOST: nothing new to audit
-    lines = [r.getMessage() for r in caplog.records]
+    lines = two_sweeps_logged(store, GatewaySeesTheDeathBetweenCalls(), 0, caplog)
     act = f"dask-batch audit: user=alice act=judge-lost id={job_id} by=service"
     assert sum(act in line for line in lines) == 1, lines
