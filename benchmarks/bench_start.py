@@ -86,19 +86,19 @@ WHAT = {
 
 
 def trials_and_many(argv, description):
-    """``(trials, many)`` from ``--trials``, ``--smoke`` (one trial) and
-    ``--many`` (clusters at once: 2 at smoke size)."""
+    """``(trials, many, smoke)`` from ``--trials``, ``--smoke`` (one trial)
+    and ``--many`` (clusters at once: 2 at smoke size)."""
     import argparse
 
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--many", type=int, default=20)
     known, rest = parser.parse_known_args(argv)
     count, smoke = trials(rest, description, default=10)
-    return count, (2 if smoke else known.many)
+    return count, (2 if smoke else known.many), smoke
 
 
 def main(argv=None):
-    count, many = trials_and_many(argv, __doc__.splitlines()[0])
+    count, many, smoke = trials_and_many(argv, __doc__.splitlines()[0])
     directory = tempfile.mkdtemp(prefix="dask-batch-bench-start-")
     dirs = {way: os.path.join(directory, way) for way in WAYS}
     try:
@@ -112,7 +112,9 @@ def main(argv=None):
             for way, info in infos.items()
         }
         figures: dict[str, list[float]] = {"bare": [], **{w: [] for w in WAYS}}
-        for batch in clients.values():  # warm-up: imports, caches
+        # Warm-up: imports, caches. A smoke checks that the benchmark runs,
+        # not its figures: none.
+        for batch in () if smoke else clients.values():
             job(batch)
         for _ in range(count):
             figures["bare"].append(bare(clients["forked"].gateway))
