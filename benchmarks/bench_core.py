@@ -280,8 +280,7 @@ def main(argv=None):
             storage = os.path.join(directory, "jobs")
             server = BatchClient(gateway=gateway, storage=storage, mode="server")
             client_mode = BatchClient(gateway=gateway, storage=storage, mode="client")
-            # Warm up: imports, first connections (a smoke's figures don't
-            # count).
+            # Warm-up: imports, first connections (a smoke's figures don't count).
             if not args.smoke:
                 server.submit(started_at, workers=0).result(timeout=120)
 

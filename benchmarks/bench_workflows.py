@@ -100,7 +100,8 @@ def main(argv=None):
         batch = BatchClient(
             gateway=info.gateway(), storage=os.path.join(directory, "jobs")
         )
-        if not args.smoke:  # warm-up: imports, caches (a smoke's figures don't count)
+        # Warm-up: imports, caches (a smoke's figures don't count).
+        if not args.smoke:
             one_main(batch, 1)
         figures: dict[str, list[float]] = {}
         clusters: dict[str, int] = {}
